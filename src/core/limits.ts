@@ -1,0 +1,47 @@
+// Named limits, units last. Checked at the edge (src/core/validate.ts) with a
+// clear error; asserted again inside where a violation would be a bug.
+
+/** Longest key, in UTF-8 bytes (keys are ASCII, so also characters). */
+export const KEY_BYTES_MAX = 512;
+/** Largest value, in UTF-8 bytes. Well below NATS's default 1 MiB payload. */
+export const VALUE_BYTES_MAX = 256 * 1024;
+/** Most operations in one batch (one log entry). */
+export const BATCH_OPS_MAX = 128;
+/** Largest encoded log entry, in bytes: must fit one NATS message with its envelope. */
+export const ENTRY_BYTES_MAX = 768 * 1024;
+/** Most keys in one mget. */
+export const MGET_KEYS_MAX = 1024;
+/** Default and largest page of a list. */
+export const LIST_LIMIT_DEFAULT = 100;
+export const LIST_LIMIT_MAX = 1000;
+/** Longest request id, in bytes. */
+export const RID_BYTES_MAX = 64;
+/** Largest request payload a server accepts, in bytes (NATS default max_payload). */
+export const REQUEST_BYTES_MAX = 1024 * 1024;
+/** Default and largest time a server may hold a request (waiting for a token, a commit). */
+export const REQUEST_TIMEOUT_MS_DEFAULT = 5_000;
+export const REQUEST_TIMEOUT_MS_MAX = 60_000;
+/** Request ids remembered for exactly-once retries (oldest forgotten first, in log order). */
+export const RIDS_RETAINED_MAX = 100_000;
+/** Most events returned by one replay request. */
+export const REPLAY_EVENTS_MAX = 1000;
+
+/** Log segment rotation size, in bytes. */
+export const SEGMENT_BYTES_MAX = 16 * 1024 * 1024;
+/** Log bytes since the last checkpoint that trigger one before the cron does. */
+export const CHECKPOINT_LOG_BYTES_TRIGGER = 64 * 1024 * 1024;
+/** Entries kept in the log below the checkpoint for lagging followers. */
+export const LOG_RETAIN_ENTRIES = 10_000;
+/** Default checkpoint schedule (cron with seconds). */
+export const CHECKPOINT_CRON_DEFAULT = '*/10 * * * * *';
+
+/** One protocol tick, in milliseconds. All protocol timing is counted in ticks. */
+export const TICK_MS = 50;
+/** Heartbeat period, in ticks. */
+export const PING_INTERVAL_TICKS = 2;
+/** Silence after which a peer is suspected, then dead, in ticks. */
+export const SUSPECT_AFTER_TICKS = 4;
+export const DEAD_AFTER_TICKS = 8;
+/** Entries in one replication message, at most, and bytes. */
+export const REPL_ENTRIES_MAX = 512;
+export const REPL_BYTES_MAX = 768 * 1024;

@@ -1,0 +1,115 @@
+// Wire types: client requests and replies (JSON over NATS request/reply),
+// log entries and change events. Validation of untrusted input is in validate.ts.
+
+import type { WireError } from './errors.js';
+
+/** A write operation, as it appears inside a request and inside a log entry. */
+export type WriteOp =
+  | { op: 'put'; key: string; value: string }
+  | { op: 'del'; key: string }
+  /** expect null: the key must be absent. value null: delete on success. */
+  | { op: 'cas'; key: string; expect: string | null; value: string | null };
+
+export type Consistency = 'causal' | 'strong';
+
+interface Common {
+  /** Causal token: answer only from a state holding every write with ts <= after. */
+  after?: number;
+  /** How long the server may hold the request, in ms. */
+  timeout?: number;
+}
+
+export type ReadRequest = Common &
+  (
+    | { op: 'get'; key: string; consistency?: Consistency }
+    | { op: 'mget'; keys: string[]; consistency?: Consistency }
+    | { op: 'list'; prefix: string; start?: string; limit?: number; consistency?: Consistency }
+    /** Change events from a log index, for observers that saw a gap. */
+    | { op: 'replay'; from: number; limit?: number }
+  );
+
+export type WriteRequest = Common &
+  (
+    | (WriteOp & { rid?: string })
+    | { op: 'batch'; ops: WriteOp[]; rid?: string }
+  );
+
+export type AdminRequest = { op: 'status' };
+
+export type Request = ReadRequest | WriteRequest | AdminRequest;
+
+export interface KeyValue {
+  key: string;
+  value: string;
+  /** Log index of the write that set this value. */
+  rev: number;
+}
+
+/** Replies always carry ts (the causal token) and, when ok, the applied index. */
+export type Reply =
+  | ({ ok: true; ts: number; index: number } & ReplyBody)
+  | { ok: false; ts: number; index?: number; error: WireError; current?: string | null; failed?: number };
+
+export interface ReplyBody {
+  /** get */
+  value?: string;
+  rev?: number;
+  /** mget: one per key, null where absent */
+  values?: (KeyValue | null)[];
+  /** list */
+  items?: KeyValue[];
+  next?: string | null;
+  /** replay */
+  events?: ChangeEvent[];
+  /** status */
+  status?: NodeStatus;
+}
+
+/** A log entry. index and epoch place it; ts is its Lamport timestamp. */
+export type Entry =
+  | { index: number; epoch: number; ts: number; kind: 'noop' }
+  | { index: number; epoch: number; ts: number; kind: 'write'; rid?: string; ops: WriteOp[] }
+  | { index: number; epoch: number; ts: number; kind: 'config'; voters: number[] };
+
+/** The result of applying one write entry (deterministic: same log, same results). */
+export type WriteResult =
+  | { ok: true }
+  | { ok: false; code: 'CAS_MISMATCH'; failed: number; current: string | null };
+
+/** Published on ckv.<c>.ev.<key>, one per applied write op, in log order. */
+export interface ChangeEvent {
+  index: number;
+  ts: number;
+  op: 'put' | 'del';
+  key: string;
+  value?: string;
+  /** Index of the previous entry that produced events (0 if none): lets an observer see a gap. */
+  prev: number;
+}
+
+export type Role = 'follower' | 'candidate' | 'coordinator' | 'learner';
+export type Liveness = 'alive' | 'suspect' | 'dead';
+
+/** What a heartbeat carries and what status shows. */
+export interface NodeStatus {
+  id: number;
+  cluster: string;
+  epoch: number;
+  role: Role;
+  coordinator: number | null;
+  clock: number;
+  last: number;
+  commit: number;
+  applied: number;
+  checkpoint: number;
+  voters: number[];
+  version: string;
+  uptimeMs: number;
+  peers?: PeerStatus[];
+}
+
+export interface PeerStatus extends NodeStatus {
+  liveness: Liveness;
+  /** How long since we heard it, in ms. */
+  silentMs: number;
+}
