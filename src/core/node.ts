@@ -1,0 +1,912 @@
+// The protocol core of one server: Lamport clock, ping daemon, bully election
+// with epochs and persisted promises, replication with commit by majority,
+// strong-read confirmation and token checks.
+//
+// Pure and deterministic: it takes a tick, a message, a proposal or a query,
+// and accumulates a Ready (what to persist, then send, then apply). No I/O, no
+// clock, no randomness: time enters only as ticks.
+
+import {
+  DEAD_AFTER_TICKS,
+  PING_INTERVAL_TICKS,
+  REPL_BYTES_MAX,
+  REPL_ENTRIES_MAX,
+  SUSPECT_AFTER_TICKS,
+} from './limits.js';
+import { BROADCAST, type Body, type Msg } from './messages.js';
+import type { Entry, Liveness, Role, WriteOp } from './wire.js';
+
+/** Ticks to wait for an `alive` after ELECTION, then for an announcement after `alive`. */
+export const ALIVE_WAIT_TICKS = 3;
+export const ANNOUNCE_WAIT_TICKS = 12;
+/** Ticks a claim waits for promises (and fetches) before it starts over. */
+export const CLAIM_WAIT_TICKS = 10;
+/** Ticks a strong-read confirmation round may take. */
+export const CONFIRM_WAIT_TICKS = 10;
+/** A server bullies a live lower-id coordinator only after this long up and caught up. */
+export const TAKEOVER_UPTIME_TICKS = 2 * DEAD_AFTER_TICKS;
+/** Minimum ticks between two resends to one follower, and two nacks from one follower. */
+export const RESEND_GAP_TICKS = 2;
+
+export interface NodeInit {
+  id: number;
+  voters: number[];
+  /** Highest epoch promised (from the state file). */
+  promised: number;
+  /** The log on disk after `base`, contiguous. */
+  entries: Entry[];
+  /** The entry just before `entries` (the checkpoint's position when the log starts after it). */
+  base: { index: number; epoch: number; ts: number };
+  /** Highest index known committed (at least the checkpoint's). */
+  commit: number;
+  commitTs: number;
+}
+
+export interface PeerInfo {
+  id: number;
+  lastHeard: number;
+  ping?: Extract<Body, { t: 'ping' }> & { epoch: number; clock: number };
+}
+
+export type Notice =
+  | { type: 'coordinator'; id: number; epoch: number }
+  | { type: 'stepdown'; epoch: number; reason: string }
+  | { type: 'up' | 'down'; id: number }
+  | { type: 'election'; epoch: number; phase: string };
+
+/** What the driver must carry out, in this order: persist, send, apply. */
+export interface Ready {
+  /** Truncate the log from this index (inclusive) before appending. */
+  truncateFrom: number | null;
+  append: Entry[];
+  /** Persist this promise (epoch) before sending anything. */
+  promise: number | null;
+  send: Msg[];
+  /** Apply committed entries up to here. */
+  commit: number;
+  /** Strong reads confirmed: answer each once applied >= index. */
+  reads: Array<{ id: number; index: number }>;
+  readsFailed: number[];
+  /** Token checks answered: ahead means no such write exists. */
+  tokens: Array<{ id: number; ahead: boolean }>;
+  /** Followers that need the checkpoint (their next entry is below our log). */
+  needSnapshot: number[];
+  /** Leadership was lost: fail pending proposals (their outcome is unknown). */
+  lostLeadership: boolean;
+  notices: Notice[];
+  /** Pass back to persisted() once everything in this Ready is durable. */
+  persistMark: { last: number; gen: number };
+}
+
+function emptyReady(): Omit<Ready, 'persistMark'> {
+  return {
+    truncateFrom: null,
+    append: [],
+    promise: null,
+    send: [],
+    commit: 0,
+    reads: [],
+    readsFailed: [],
+    tokens: [],
+    needSnapshot: [],
+    lostLeadership: false,
+    notices: [],
+  };
+}
+
+type Phase =
+  | { p: 'idle' }
+  | { p: 'electing'; until: number }
+  | { p: 'waiting'; until: number }
+  | { p: 'claiming'; epoch: number; until: number; promises: Map<number, { last: number; lastEpoch: number }> }
+  | { p: 'fetching'; epoch: number; until: number; start: number; target: number; targetLast: number };
+
+function assert(cond: unknown, msg: string): asserts cond {
+  if (!cond) throw new Error(`invariant: ${msg}`);
+}
+
+export class Node {
+  readonly id: number;
+  voters: number[];
+  role: Role = 'follower';
+  coordinator: number | null = null;
+  /** Epoch of the coordinator we follow (or lead). */
+  epoch = 0;
+  /** Highest epoch promised; durable. */
+  promised: number;
+  /** Highest epoch seen anywhere. */
+  private epochSeen: number;
+  clock: number;
+  commit: number;
+  commitTs: number;
+  /** Highest commitTs heard from a coordinator (followers: lower bound on the cluster's). */
+  knownCommitTs: number;
+  /** Index of the last entry known durable locally. */
+  private persistedLast: number;
+  private gen = 0;
+  /** In-memory log: entries[i] has index offset + 1 + i. */
+  private entries: Entry[];
+  private offset: number;
+  private offsetEpoch: number;
+  private offsetTs: number;
+  /** Highest index known to match the current coordinator's log. */
+  private matched: number;
+  private now = 0;
+  private startTick = 0;
+  private peers = new Map<number, PeerInfo>();
+  private peerDead = new Set<number>();
+  private phase: Phase = { p: 'idle' };
+  // Coordinator state.
+  private match = new Map<number, number>();
+  private broadcastUpTo = 0;
+  private epochStart = 0;
+  private commitToSend = false;
+  private resentAt = new Map<number, number>();
+  // Follower state.
+  private nackAt = -100;
+  private lastAppendTick = -100;
+  // Strong reads.
+  private readSeq = 0;
+  private readQueue: number[] = [];
+  private readRound: { seq: number; ids: number[]; index: number; acks: Set<number>; until: number } | null = null;
+  // Token checks.
+  private tsqSeq = 0;
+  private tokenQueue: Array<{ id: number; after: number; seq: number }> = [];
+  private tsqSentSeq = 0;
+  /** Reported by the driver, for heartbeats. */
+  applied: number;
+  checkpointIndex: number;
+  private out: Omit<Ready, 'persistMark'> = emptyReady();
+
+  constructor(init: NodeInit) {
+    assert(init.voters.includes(init.id) || init.voters.length > 0, 'voters must not be empty');
+    this.id = init.id;
+    this.voters = [...init.voters].sort((a, b) => a - b);
+    this.promised = init.promised;
+    this.epochSeen = init.promised;
+    this.offset = init.base.index;
+    this.offsetEpoch = init.base.epoch;
+    this.offsetTs = init.base.ts;
+    this.entries = [...init.entries];
+    for (let i = 0; i < this.entries.length; i++) {
+      assert(this.entries[i]!.index === this.offset + 1 + i, 'log must be contiguous');
+    }
+    this.persistedLast = this.lastIndex();
+    this.commit = Math.min(init.commit, this.lastIndex());
+    this.commitTs = init.commitTs;
+    this.knownCommitTs = init.commitTs;
+    this.clock = Math.max(this.lastTs(), init.commitTs);
+    this.epochSeen = Math.max(this.epochSeen, this.lastEpoch());
+    this.matched = this.commit;
+    this.applied = init.commit;
+    this.checkpointIndex = init.base.index;
+    for (const v of this.voters) if (v !== this.id) this.peers.set(v, { id: v, lastHeard: 0 });
+  }
+
+  // ---- log access ----
+
+  lastIndex(): number {
+    return this.offset + this.entries.length;
+  }
+  lastEpoch(): number {
+    return this.entries.length ? this.entries[this.entries.length - 1]!.epoch : this.offsetEpoch;
+  }
+  private lastTs(): number {
+    return this.entries.length ? this.entries[this.entries.length - 1]!.ts : this.offsetTs;
+  }
+  firstIndex(): number {
+    return this.offset + 1;
+  }
+  /** The entry at index, if in memory. */
+  entry(index: number): Entry | undefined {
+    return this.entries[index - this.offset - 1];
+  }
+  /** Epoch of the entry at index; undefined when below our log or beyond it. */
+  private epochAt(index: number): number | undefined {
+    if (index === this.offset) return this.offsetEpoch;
+    return this.entry(index)?.epoch;
+  }
+  private tsAt(index: number): number {
+    if (index === this.offset) return this.offsetTs;
+    const e = this.entry(index);
+    assert(e !== undefined, `ts of entry ${index} outside the log`);
+    return e.ts;
+  }
+  private majority(): number {
+    return Math.floor(this.voters.length / 2) + 1;
+  }
+  private isVoter(id: number): boolean {
+    return this.voters.includes(id);
+  }
+  liveness(id: number): Liveness {
+    if (id === this.id) return 'alive';
+    const p = this.peers.get(id);
+    if (!p) return 'dead';
+    const silent = this.now - p.lastHeard;
+    return silent > DEAD_AFTER_TICKS ? 'dead' : silent > SUSPECT_AFTER_TICKS ? 'suspect' : 'alive';
+  }
+  peerTable(): PeerInfo[] {
+    return [...this.peers.values()];
+  }
+  get ticks(): number {
+    return this.now;
+  }
+
+  // ---- output ----
+
+  /** Take what accumulated since the last call. */
+  ready(): Ready {
+    if (this.role === 'coordinator') {
+      const sent = this.flushAppends();
+      if (this.commitToSend && !sent && this.voters.length > 1) {
+        this.send(BROADCAST, { t: 'append', prevIndex: this.lastIndex(), prevEpoch: this.lastEpoch(), entries: [], commit: this.commit, commitTs: this.commitTs });
+      }
+    }
+    this.commitToSend = false;
+    const r: Ready = { ...this.out, commit: this.commit, persistMark: { last: this.lastIndex(), gen: this.gen } };
+    this.out = emptyReady();
+    return r;
+  }
+
+  /** Everything in the Ready that carried this mark is durable. */
+  persisted(mark: { last: number; gen: number }): void {
+    if (mark.gen !== this.gen) return; // a truncation since: a later Ready will cover it
+    if (mark.last > this.persistedLast) this.persistedLast = Math.min(mark.last, this.lastIndex());
+    if (this.role === 'coordinator') this.advanceCommit();
+  }
+
+  private send(to: number, body: Body): void {
+    this.out.send.push({ from: this.id, to, epoch: this.role === 'candidate' ? this.promised : this.epoch, clock: this.clock, ...body } as Msg);
+  }
+
+  private persistPromise(epoch: number): void {
+    assert(epoch > this.promised, 'promises only increase');
+    this.promised = epoch;
+    this.epochSeen = Math.max(this.epochSeen, epoch);
+    this.out.promise = epoch;
+  }
+
+  private appendLocal(entries: Entry[]): void {
+    for (const e of entries) {
+      assert(e.index === this.lastIndex() + 1, `append ${e.index} after ${this.lastIndex()}`);
+      assert(e.ts > this.lastTs() || e.index === 1, `ts must increase along the log at ${e.index}`);
+      this.entries.push(e);
+      this.out.append.push(e);
+      if (e.ts > this.clock) this.clock = e.ts;
+    }
+  }
+
+  private truncateLocal(from: number): void {
+    assert(from > this.commit, `truncating committed entry ${from} (commit ${this.commit})`);
+    if (from > this.lastIndex()) return;
+    this.entries.length = Math.max(0, from - this.offset - 1);
+    this.gen++;
+    this.persistedLast = Math.min(this.persistedLast, from - 1);
+    this.matched = Math.min(this.matched, from - 1);
+    // Entries queued for append at or beyond `from` are dropped too.
+    this.out.append = this.out.append.filter((e) => e.index < from);
+    this.out.truncateFrom = this.out.truncateFrom === null ? from : Math.min(this.out.truncateFrom, from);
+    if (this.broadcastUpTo >= from) this.broadcastUpTo = from - 1;
+  }
+
+  // ---- inputs ----
+
+  /** One tick of time. */
+  tick(): void {
+    this.now++;
+    this.updateLiveness();
+    if (this.now % PING_INTERVAL_TICKS === 0) this.sendPing();
+    switch (this.role) {
+      case 'coordinator':
+        this.tickCoordinator();
+        break;
+      default:
+        this.tickFollower();
+    }
+    if (this.readRound && this.now > this.readRound.until) {
+      this.out.readsFailed.push(...this.readRound.ids);
+      this.readRound = null;
+    }
+    this.flushTokenQueries();
+  }
+
+  private updateLiveness(): void {
+    for (const p of this.peers.values()) {
+      const dead = this.liveness(p.id) === 'dead';
+      if (dead && !this.peerDead.has(p.id)) {
+        this.peerDead.add(p.id);
+        if (p.ping) this.out.notices.push({ type: 'down', id: p.id });
+      }
+    }
+  }
+
+  private sendPing(): void {
+    this.send(BROADCAST, {
+      t: 'ping',
+      role: this.role,
+      coordinator: this.coordinator,
+      last: this.lastIndex(),
+      lastEpoch: this.lastEpoch(),
+      commit: this.commit,
+      commitTs: this.commitTs,
+      matched: this.matched,
+      applied: this.applied,
+      checkpoint: this.checkpointIndex,
+      voters: this.voters,
+      uptimeTicks: this.now - this.startTick,
+    });
+  }
+
+  private tickCoordinator(): void {
+    // A coordinator that cannot hear a majority steps down, so a minority side stops taking writes.
+    let heard = 1;
+    for (const v of this.voters) if (v !== this.id && this.liveness(v) !== 'dead') heard++;
+    if (heard < this.majority()) {
+      this.stepDown('lost contact with a majority of voters');
+      return;
+    }
+    if (this.now % PING_INTERVAL_TICKS === 0 && this.broadcastUpTo >= this.lastIndex()) {
+      // Heartbeat append: tells followers the commit index and lets them find gaps.
+      this.send(BROADCAST, {
+        t: 'append',
+        prevIndex: this.lastIndex(),
+        prevEpoch: this.lastEpoch(),
+        entries: [],
+        commit: this.commit,
+        commitTs: this.commitTs,
+      });
+    }
+  }
+
+  private tickFollower(): void {
+    const ph = this.phase;
+    if (ph.p === 'idle') {
+      if (!this.isVoter(this.id)) return;
+      const coordDead = this.coordinator === null || this.liveness(this.coordinator) === 'dead';
+      // At start, give peers time to be heard before electing (unless alone).
+      const settled = this.now > DEAD_AFTER_TICKS || this.voters.length === 1;
+      if (coordDead && settled) this.startElection();
+      else if (!coordDead && this.coordinator !== null && this.id > this.coordinator && this.caughtUp()) this.startElection();
+      return;
+    }
+    if (this.now < ph.until) return;
+    switch (ph.p) {
+      case 'electing':
+        this.claim();
+        break;
+      case 'waiting':
+        this.phase = { p: 'idle' };
+        if (this.coordinator === null || this.liveness(this.coordinator) === 'dead') this.startElection();
+        break;
+      case 'claiming':
+      case 'fetching':
+        this.abandonClaim('timed out');
+        break;
+    }
+  }
+
+  /** Caught up enough to bully a live lower-id coordinator. */
+  private caughtUp(): boolean {
+    if (this.now - this.startTick < TAKEOVER_UPTIME_TICKS) return false;
+    const c = this.coordinator === null ? undefined : this.peers.get(this.coordinator)?.ping;
+    if (!c || c.epoch !== this.epoch) return false;
+    return this.matched >= c.commit && this.commit >= c.commit;
+  }
+
+  private startElection(): void {
+    const higher = this.voters.filter((v) => v > this.id && this.liveness(v) !== 'dead');
+    this.out.notices.push({ type: 'election', epoch: this.epochSeen, phase: 'start' });
+    if (higher.length === 0) {
+      this.claim();
+      return;
+    }
+    this.send(BROADCAST, { t: 'election' });
+    this.phase = { p: 'electing', until: this.now + ALIVE_WAIT_TICKS };
+  }
+
+  private claim(): void {
+    const epoch = Math.max(this.promised, this.epochSeen) + 1;
+    if (this.role === 'coordinator') this.stepDown('claiming a new epoch');
+    this.persistPromise(epoch);
+    this.role = 'candidate';
+    this.coordinator = null;
+    const promises = new Map([[this.id, { last: this.lastIndex(), lastEpoch: this.lastEpoch() }]]);
+    this.phase = { p: 'claiming', epoch, until: this.now + CLAIM_WAIT_TICKS, promises };
+    this.out.notices.push({ type: 'election', epoch, phase: 'claim' });
+    this.send(BROADCAST, { t: 'claim' });
+    this.checkPromises();
+  }
+
+  private abandonClaim(reason: string): void {
+    this.out.notices.push({ type: 'election', epoch: this.promised, phase: `abandon: ${reason}` });
+    this.role = 'follower';
+    this.phase = { p: 'idle' };
+  }
+
+  /** A client write at the coordinator. Returns the entry's index and epoch, or null if not coordinator. */
+  propose(ops: WriteOp[], rid?: string): { index: number; epoch: number; ts: number } | null {
+    if (this.role !== 'coordinator') return null;
+    const e: Entry = {
+      index: this.lastIndex() + 1,
+      epoch: this.epoch,
+      ts: ++this.clock,
+      kind: 'write',
+      ...(rid !== undefined ? { rid } : {}),
+      ops,
+    };
+    this.appendLocal([e]);
+    return { index: e.index, epoch: e.epoch, ts: e.ts };
+  }
+
+  /** A strong read: answered in a later Ready (reads or readsFailed) with the index to wait for. */
+  readIndex(id: number): boolean {
+    if (this.role !== 'coordinator') return false;
+    this.readQueue.push(id);
+    this.startReadRound();
+    return true;
+  }
+
+  private startReadRound(): void {
+    if (this.readRound || this.readQueue.length === 0) return;
+    // Our no-op must be committed, or commit may lag what earlier coordinators committed.
+    if (this.commit < this.epochStart) return;
+    const round = { seq: ++this.readSeq, ids: this.readQueue, index: this.commit, acks: new Set([this.id]), until: this.now + CONFIRM_WAIT_TICKS };
+    this.readQueue = [];
+    this.readRound = round;
+    if (round.acks.size >= this.majority()) this.finishReadRound();
+    else this.send(BROADCAST, { t: 'confirm', seq: round.seq });
+  }
+
+  private finishReadRound(): void {
+    const r = this.readRound!;
+    for (const id of r.ids) this.out.reads.push({ id, index: r.index });
+    this.readRound = null;
+    this.startReadRound();
+  }
+
+  /**
+   * A request carries `after` beyond what this server has applied and heard committed:
+   * find out whether such a write exists (answer in Ready.tokens), or keep waiting.
+   */
+  checkToken(id: number, after: number): void {
+    if (this.role === 'coordinator' && this.commit >= this.epochStart) {
+      this.out.tokens.push({ id, ahead: after > this.commitTs });
+      return;
+    }
+    if (after <= this.knownCommitTs) {
+      this.out.tokens.push({ id, ahead: false });
+      return;
+    }
+    this.tokenQueue.push({ id, after, seq: 0 });
+    this.flushTokenQueries();
+  }
+
+  private flushTokenQueries(): void {
+    const fresh = this.tokenQueue.filter((q) => q.seq === 0);
+    if (fresh.length === 0 || this.coordinator === null || this.coordinator === this.id) return;
+    if (this.liveness(this.coordinator) === 'dead') return;
+    const seq = ++this.tsqSeq;
+    for (const q of fresh) q.seq = seq;
+    this.tsqSentSeq = seq;
+    this.send(this.coordinator, { t: 'tsq', seq });
+  }
+
+  /** Forget in-memory entries up to index (they are in the checkpoint and past the retention margin). */
+  compact(index: number): void {
+    const upTo = Math.min(index, this.commit, this.applied);
+    if (upTo <= this.offset) return;
+    const e = this.entry(upTo)!;
+    this.entries = this.entries.slice(upTo - this.offset);
+    this.offset = upTo;
+    this.offsetEpoch = e.epoch;
+    this.offsetTs = e.ts;
+  }
+
+  /** A checkpoint at `base` was installed from a peer: the log restarts after it. */
+  restore(base: { index: number; epoch: number; ts: number }): void {
+    assert(base.index >= this.commit, 'restore must not go back');
+    this.entries = [];
+    this.offset = base.index;
+    this.offsetEpoch = base.epoch;
+    this.offsetTs = base.ts;
+    this.commit = base.index;
+    this.commitTs = base.ts;
+    this.matched = base.index;
+    this.persistedLast = base.index;
+    this.applied = base.index;
+    this.gen++;
+    if (base.ts > this.clock) this.clock = base.ts;
+  }
+
+  receive(m: Msg): void {
+    if (m.from === this.id) return;
+    if (m.to !== BROADCAST && m.to !== this.id) return;
+    if (m.clock > this.clock) this.clock = m.clock;
+    if (m.epoch > this.epochSeen) this.epochSeen = m.epoch;
+    const peer = this.peers.get(m.from);
+    if (peer) {
+      peer.lastHeard = this.now;
+      if (this.peerDead.delete(m.from) && peer.ping) this.out.notices.push({ type: 'up', id: m.from });
+    } else {
+      this.peers.set(m.from, { id: m.from, lastHeard: this.now });
+    }
+    switch (m.t) {
+      case 'ping':
+        return this.onPing(m);
+      case 'append':
+        return this.onAppend(m);
+      case 'ack':
+        return this.onAck(m);
+      case 'nack':
+        return this.onNack(m);
+      case 'election':
+        return this.onElection(m);
+      case 'alive':
+        if (this.phase.p === 'electing') this.phase = { p: 'waiting', until: this.now + ANNOUNCE_WAIT_TICKS };
+        return;
+      case 'claim':
+        return this.onClaim(m);
+      case 'promise':
+        return this.onPromise(m);
+      case 'fetch':
+        return this.onFetch(m);
+      case 'fetched':
+        return this.onFetched(m);
+      case 'confirm':
+        if (m.epoch === this.promised && this.role !== 'coordinator' && this.coordinator === m.from) {
+          this.send(m.from, { t: 'confirmed', seq: m.seq });
+        }
+        return;
+      case 'confirmed':
+        if (this.role === 'coordinator' && m.epoch === this.epoch && this.readRound?.seq === m.seq) {
+          this.readRound.acks.add(m.from);
+          if (this.readRound.acks.size >= this.majority()) this.finishReadRound();
+        }
+        return;
+      case 'tsq':
+        if (this.role === 'coordinator' && this.commit >= this.epochStart) {
+          this.send(m.from, { t: 'tsr', seq: m.seq, commitTs: this.commitTs });
+        }
+        return;
+      case 'tsr':
+        return this.onTsr(m);
+    }
+  }
+
+  private onPing(m: Extract<Msg, { t: 'ping' }>): void {
+    const peer = this.peers.get(m.from)!;
+    peer.ping = m;
+    if (m.role === 'coordinator') {
+      if (m.epoch > this.epoch && m.epoch >= this.promised) {
+        // A coordinator of a newer epoch: follow it (its appends will bring our log).
+        this.follow(m.from, m.epoch);
+      }
+      if (m.epoch === this.epoch && m.from === this.coordinator) {
+        if (m.commitTs > this.knownCommitTs) this.knownCommitTs = m.commitTs;
+        this.learnCommit(m.commit, m.commitTs);
+        // A gap (lost append): ask for what we lack.
+        if (m.last > this.matched && this.now - this.lastAppendTick > RESEND_GAP_TICKS) this.sendNack();
+      }
+    } else if (this.role === 'coordinator' && m.epoch === this.epoch && this.isVoter(m.from)) {
+      // A lost ack is recovered from the follower's heartbeat.
+      if (m.matched > (this.match.get(m.from) ?? 0) && m.matched <= this.lastIndex()) {
+        this.match.set(m.from, m.matched);
+        this.advanceCommit();
+      }
+    }
+  }
+
+  private follow(coordinator: number, epoch: number): void {
+    if (epoch > this.promised) this.persistPromise(epoch);
+    if (this.role === 'coordinator' && coordinator !== this.id) this.stepDown(`coordinator ${coordinator} leads epoch ${epoch}`);
+    const changed = this.coordinator !== coordinator || this.epoch !== epoch;
+    this.role = 'follower';
+    this.coordinator = coordinator;
+    if (epoch !== this.epoch) this.matched = this.commit;
+    this.epoch = epoch;
+    this.phase = { p: 'idle' };
+    if (changed) this.out.notices.push({ type: 'coordinator', id: coordinator, epoch });
+  }
+
+  private learnCommit(commit: number, commitTs: number): void {
+    const c = Math.min(commit, this.matched);
+    if (c > this.commit) {
+      this.commit = c;
+      this.commitTs = c === commit ? commitTs : this.tsAt(c);
+    }
+    this.answerTokens();
+  }
+
+  private onAppend(m: Extract<Msg, { t: 'append' }>): void {
+    if (m.epoch < this.promised) {
+      // A coordinator of an old epoch: tell it (our nack carries the newer epoch).
+      this.out.send.push({ from: this.id, to: m.from, epoch: this.promised, clock: this.clock, t: 'nack', last: this.lastIndex(), commit: this.commit });
+      return;
+    }
+    if (this.role === 'coordinator' && m.epoch === this.epoch) return; // cannot happen: one claimant per epoch
+    if (m.epoch !== this.epoch || this.coordinator !== m.from || this.role !== 'follower') this.follow(m.from, m.epoch);
+    this.lastAppendTick = this.now;
+    if (m.commitTs > this.knownCommitTs) this.knownCommitTs = m.commitTs;
+    let prev = m.prevIndex;
+    let entries = m.entries;
+    // Entries at or below our commit are committed, hence identical: skip them.
+    if (prev < this.commit) {
+      const skip = Math.min(entries.length, this.commit - prev);
+      entries = entries.slice(skip);
+      prev += skip;
+      if (prev < this.commit) {
+        // The whole message lies below our commit: nothing to do but learn.
+        this.learnCommit(m.commit, m.commitTs);
+        return;
+      }
+    }
+    const prevEpoch = prev === m.prevIndex ? m.prevEpoch : m.entries[prev - m.prevIndex - 1]!.epoch;
+    const have = this.epochAt(prev);
+    if (have === undefined || have !== prevEpoch) {
+      if (this.now - this.nackAt >= RESEND_GAP_TICKS || entries.length === 0) this.sendNack();
+      return;
+    }
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i]!;
+      const mine = this.epochAt(e.index);
+      if (mine === e.epoch) continue;
+      if (mine !== undefined) this.truncateLocal(e.index);
+      this.appendLocal(entries.slice(i));
+      break;
+    }
+    const covered = prev + entries.length;
+    if (covered > this.matched) this.matched = covered;
+    if (entries.length > 0) this.send(m.from, { t: 'ack', match: this.matched });
+    this.learnCommit(m.commit, m.commitTs);
+  }
+
+  private sendNack(): void {
+    if (this.coordinator === null) return;
+    this.nackAt = this.now;
+    this.send(this.coordinator, { t: 'nack', last: this.lastIndex(), commit: this.commit });
+  }
+
+  private onAck(m: Extract<Msg, { t: 'ack' }>): void {
+    if (this.role !== 'coordinator' || m.epoch !== this.epoch) return;
+    if (m.match > (this.match.get(m.from) ?? 0)) {
+      assert(m.match <= this.lastIndex(), `ack beyond our log from ${m.from}`);
+      this.match.set(m.from, m.match);
+      this.advanceCommit();
+    }
+  }
+
+  private onNack(m: Extract<Msg, { t: 'nack' }>): void {
+    if (m.epoch > this.epoch && this.role === 'coordinator') {
+      this.stepDown(`server ${m.from} promised epoch ${m.epoch}`);
+      return;
+    }
+    if (this.role !== 'coordinator' || m.epoch !== this.epoch) return;
+    const at = this.resentAt.get(m.from);
+    if (at !== undefined && this.now - at < RESEND_GAP_TICKS) return;
+    this.resentAt.set(m.from, this.now);
+    this.sendFrom(m.from, Math.min(m.commit, this.lastIndex()));
+  }
+
+  /** Unicast entries after `prev` to one follower (catch-up), or ask for a snapshot. */
+  private sendFrom(to: number, prev: number): void {
+    if (prev < this.offset) {
+      this.out.needSnapshot.push(to);
+      return;
+    }
+    const entries = this.slice(prev + 1, this.lastIndex());
+    this.send(to, { t: 'append', prevIndex: prev, prevEpoch: this.epochAt(prev)!, entries, commit: this.commit, commitTs: this.commitTs });
+  }
+
+  /** Entries from..to, bounded by REPL_ENTRIES_MAX and (roughly) REPL_BYTES_MAX. */
+  private slice(from: number, to: number): Entry[] {
+    const out: Entry[] = [];
+    let bytes = 0;
+    for (let i = from; i <= to && out.length < REPL_ENTRIES_MAX; i++) {
+      const e = this.entry(i)!;
+      const size = entrySize(e);
+      if (out.length > 0 && bytes + size > REPL_BYTES_MAX) break;
+      bytes += size;
+      out.push(e);
+    }
+    return out;
+  }
+
+  private flushAppends(): boolean {
+    const before = this.broadcastUpTo;
+    while (this.broadcastUpTo < this.lastIndex()) {
+      const prev = this.broadcastUpTo;
+      const entries = this.slice(prev + 1, this.lastIndex());
+      this.send(BROADCAST, { t: 'append', prevIndex: prev, prevEpoch: this.epochAt(prev)!, entries, commit: this.commit, commitTs: this.commitTs });
+      this.broadcastUpTo = prev + entries.length;
+    }
+    return this.broadcastUpTo > before;
+  }
+
+  /** True when ready() would return something to carry out. */
+  hasOutput(): boolean {
+    const o = this.out;
+    return (
+      o.send.length > 0 || o.append.length > 0 || o.truncateFrom !== null || o.promise !== null || o.reads.length > 0 ||
+      o.readsFailed.length > 0 || o.tokens.length > 0 || o.needSnapshot.length > 0 || o.lostLeadership || o.notices.length > 0 ||
+      this.commitToSend || (this.role === 'coordinator' && this.broadcastUpTo < this.lastIndex())
+    );
+  }
+
+  private advanceCommit(): void {
+    const idx = this.voters.map((v) => (v === this.id ? this.persistedLast : this.match.get(v) ?? 0)).sort((a, b) => b - a);
+    const n = idx[this.majority() - 1]!;
+    // Only entries of our own epoch are committed by counting (older ones ride along).
+    if (n > this.commit && this.epochAt(n) === this.epoch) {
+      this.commit = n;
+      this.commitTs = this.tsAt(n);
+      this.knownCommitTs = Math.max(this.knownCommitTs, this.commitTs);
+      // Tell followers promptly, once per Ready (an append in it carries the commit too).
+      this.commitToSend = true;
+      this.startReadRound();
+    }
+  }
+
+  private onElection(m: Extract<Msg, { t: 'election' }>): void {
+    if (!this.isVoter(this.id) || m.from > this.id) return;
+    this.send(m.from, { t: 'alive' });
+    if (this.role === 'coordinator') {
+      this.sendPing();
+      return;
+    }
+    const coordAlive = this.coordinator !== null && this.liveness(this.coordinator) !== 'dead';
+    if (this.phase.p === 'idle' && (!coordAlive || (this.coordinator! < this.id && this.caughtUp()))) this.startElection();
+  }
+
+  private onClaim(m: Extract<Msg, { t: 'claim' }>): void {
+    if (!this.isVoter(this.id)) return;
+    if (m.epoch <= this.promised) {
+      this.out.send.push({ from: this.id, to: m.from, epoch: this.promised, clock: this.clock, t: 'promise', ok: false, last: this.lastIndex(), lastEpoch: this.lastEpoch(), commit: this.commit });
+      return;
+    }
+    if (this.role === 'coordinator') this.stepDown(`promised epoch ${m.epoch} to ${m.from}`);
+    this.persistPromise(m.epoch);
+    this.role = 'follower';
+    this.coordinator = null;
+    this.phase = { p: 'waiting', until: this.now + ANNOUNCE_WAIT_TICKS };
+    this.out.send.push({ from: this.id, to: m.from, epoch: m.epoch, clock: this.clock, t: 'promise', ok: true, last: this.lastIndex(), lastEpoch: this.lastEpoch(), commit: this.commit });
+  }
+
+  private onPromise(m: Extract<Msg, { t: 'promise' }>): void {
+    const ph = this.phase;
+    if (ph.p !== 'claiming') return;
+    if (!m.ok) {
+      if (m.epoch > ph.epoch) this.abandonClaim(`server ${m.from} promised epoch ${m.epoch}`);
+      return;
+    }
+    if (m.epoch !== ph.epoch || !this.isVoter(m.from)) return;
+    ph.promises.set(m.from, { last: m.last, lastEpoch: m.lastEpoch });
+    this.checkPromises();
+  }
+
+  private checkPromises(): void {
+    const ph = this.phase;
+    if (ph.p !== 'claiming' || ph.promises.size < this.majority()) return;
+    // The most up-to-date log among a majority holds every committed entry.
+    let best = this.id;
+    let b = ph.promises.get(this.id)!;
+    for (const [id, p] of ph.promises) {
+      if (p.lastEpoch > b.lastEpoch || (p.lastEpoch === b.lastEpoch && p.last > b.last)) {
+        best = id;
+        b = p;
+      }
+    }
+    if (best === this.id) {
+      this.becomeCoordinator(ph.epoch);
+      return;
+    }
+    const start = this.commit + 1;
+    this.phase = { p: 'fetching', epoch: ph.epoch, until: this.now + CLAIM_WAIT_TICKS, start, target: best, targetLast: b.last };
+    this.send(best, { t: 'fetch', start });
+  }
+
+  private onFetch(m: Extract<Msg, { t: 'fetch' }>): void {
+    // Serve only the claimant we promised to (its epoch is our promise).
+    if (m.epoch !== this.promised) return;
+    const compacted = m.start <= this.offset;
+    const entries = compacted ? [] : this.slice(m.start, this.lastIndex());
+    this.out.send.push({ from: this.id, to: m.from, epoch: this.promised, clock: this.clock, t: 'fetched', start: m.start, entries, last: this.lastIndex(), compacted });
+  }
+
+  private onFetched(m: Extract<Msg, { t: 'fetched' }>): void {
+    const ph = this.phase;
+    if (ph.p !== 'fetching' || m.epoch !== ph.epoch || m.start !== ph.start || m.from !== ph.target) return;
+    if (m.compacted) {
+      this.abandonClaim(`server ${ph.target} no longer has the entries from ${ph.start}`);
+      return;
+    }
+    const fromIdx = m.start;
+    // Everything from our commit on is replaced by the best log's entries.
+    for (let i = 0; i < m.entries.length; i++) {
+      const e = m.entries[i]!;
+      const mine = this.epochAt(e.index);
+      if (mine === e.epoch) continue;
+      if (mine !== undefined) this.truncateLocal(e.index);
+      this.appendLocal(m.entries.slice(i));
+      break;
+    }
+    const got = fromIdx + m.entries.length - 1;
+    if (got < ph.targetLast && m.entries.length > 0) {
+      ph.start = got + 1;
+      ph.until = this.now + CLAIM_WAIT_TICKS;
+      this.send(ph.target, { t: 'fetch', start: ph.start });
+      return;
+    }
+    // Our own entries beyond the best log's end are from older epochs and never committed.
+    if (this.lastIndex() > ph.targetLast) this.truncateLocal(ph.targetLast + 1);
+    this.becomeCoordinator(ph.epoch);
+  }
+
+  private becomeCoordinator(epoch: number): void {
+    assert(epoch === this.promised, 'a coordinator leads the epoch it was promised');
+    this.role = 'coordinator';
+    this.coordinator = this.id;
+    this.epoch = epoch;
+    this.phase = { p: 'idle' };
+    this.match = new Map();
+    this.resentAt = new Map();
+    this.broadcastUpTo = this.lastIndex();
+    const noop: Entry = { index: this.lastIndex() + 1, epoch, ts: ++this.clock, kind: 'noop' };
+    this.epochStart = noop.index;
+    this.appendLocal([noop]);
+    // Followers may lack entries before the no-op: they nack and we resend from their commit.
+    this.broadcastUpTo = noop.index - 1;
+    this.out.notices.push({ type: 'coordinator', id: this.id, epoch });
+    this.advanceCommit();
+  }
+
+  private stepDown(reason: string): void {
+    if (this.role !== 'coordinator') return;
+    this.role = 'follower';
+    this.coordinator = null;
+    this.out.lostLeadership = true;
+    this.out.notices.push({ type: 'stepdown', epoch: this.epoch, reason });
+    if (this.readRound) this.out.readsFailed.push(...this.readRound.ids);
+    this.out.readsFailed.push(...this.readQueue);
+    this.readRound = null;
+    this.readQueue = [];
+    this.phase = { p: 'waiting', until: this.now + ANNOUNCE_WAIT_TICKS };
+  }
+
+  private onTsr(m: Extract<Msg, { t: 'tsr' }>): void {
+    if (m.from !== this.coordinator) return;
+    if (m.commitTs > this.knownCommitTs) this.knownCommitTs = m.commitTs;
+    const rest: typeof this.tokenQueue = [];
+    for (const q of this.tokenQueue) {
+      if (q.seq !== 0 && q.seq <= m.seq) this.out.tokens.push({ id: q.id, ahead: q.after > m.commitTs });
+      else rest.push(q);
+    }
+    this.tokenQueue = rest;
+  }
+
+  private answerTokens(): void {
+    if (this.tokenQueue.length === 0) return;
+    const rest: typeof this.tokenQueue = [];
+    for (const q of this.tokenQueue) {
+      if (q.after <= this.knownCommitTs) this.out.tokens.push({ id: q.id, ahead: false });
+      else rest.push(q);
+    }
+    this.tokenQueue = rest;
+  }
+
+  /** Drop a token check (its request timed out). */
+  cancelToken(id: number): void {
+    this.tokenQueue = this.tokenQueue.filter((q) => q.id !== id);
+  }
+}
+
+/** Rough encoded size of an entry, for bounding replication messages. */
+export function entrySize(e: Entry): number {
+  if (e.kind !== 'write') return 64;
+  let n = 64;
+  for (const op of e.ops) {
+    n += op.key.length + 32;
+    if (op.op === 'put') n += op.value.length * 2;
+    else if (op.op === 'cas') n += (op.value?.length ?? 0) * 2 + (op.expect?.length ?? 0) * 2;
+  }
+  return n;
+}

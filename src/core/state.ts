@@ -1,0 +1,218 @@
+// The replicated state machine: applies committed log entries, in order, to
+// an in-memory overlay above the last checkpoint. Pure and synchronous: the
+// checkpoint is reached only through the synchronous CheckpointReader port.
+
+import { RIDS_RETAINED_MAX } from './limits.js';
+import type { ChangeEvent, Entry, KeyValue, WriteOp, WriteResult } from './wire.js';
+import type { CheckpointDelta, CheckpointReader, Rec, RidRecord } from '../storage/ports.js';
+
+export const CHECKPOINT_FORMAT = 1;
+
+/** A value or a tombstone in the overlay (tombstones hide what the checkpoint holds). */
+type Slot = { rec: Rec } | { rec: null; rev: number };
+
+export interface Applied {
+  /** Set for write entries. */
+  result?: WriteResult;
+  events: ChangeEvent[];
+  /** True when the entry's rid had been applied before: its first result is returned. */
+  duplicate: boolean;
+}
+
+export class KvState {
+  private base: CheckpointReader;
+  private overlay = new Map<string, Slot>();
+  /** Exactly-once table, in log order (Map keeps insertion order). */
+  private rids = new Map<string, RidRecord>();
+  private ridsAdded = new Set<string>();
+  private ridsDeleted = new Set<string>();
+  /** Index and ts of the last applied entry. */
+  applied: number;
+  appliedTs: number;
+  appliedEpoch: number;
+  voters: number[];
+  eventPrev: number;
+  private ridsMax: number;
+
+  constructor(base: CheckpointReader, ridsMax = RIDS_RETAINED_MAX) {
+    this.base = base;
+    this.ridsMax = ridsMax;
+    const m = base.meta();
+    this.applied = m.index;
+    this.appliedTs = m.ts;
+    this.appliedEpoch = m.epoch;
+    this.voters = [...m.voters];
+    this.eventPrev = m.eventPrev;
+    for (const [rid, rec] of base.rids()) this.rids.set(rid, rec);
+  }
+
+  /** Entries applied since the last checkpoint that took effect (memory use). */
+  get overlaySize(): number {
+    return this.overlay.size;
+  }
+
+  get(key: string): Rec | undefined {
+    const s = this.overlay.get(key);
+    if (s !== undefined) return s.rec ?? undefined;
+    return this.base.get(key);
+  }
+
+  ridResult(rid: string): RidRecord | undefined {
+    return this.rids.get(rid);
+  }
+
+  /** Keys with `prefix`, in byte order, after `start`, at most `limit`, merged from overlay and checkpoint. */
+  range(prefix: string, start: string | undefined, limit: number): KeyValue[] {
+    const fromOverlay: string[] = [];
+    for (const k of this.overlay.keys()) {
+      if (k.startsWith(prefix) && (start === undefined || k > start)) fromOverlay.push(k);
+    }
+    fromOverlay.sort();
+    const out: KeyValue[] = [];
+    let cursor = start;
+    let oi = 0;
+    // Merge pages of the checkpoint with the overlay; the overlay wins on equal keys.
+    // The cursor strictly increases, so this ends even when tombstones hide whole pages.
+    for (;;) {
+      const want = limit - out.length + 1;
+      const page = this.base.range(prefix, cursor, want);
+      const pageFull = page.length === want;
+      let pi = 0;
+      for (;;) {
+        if (out.length >= limit) return out;
+        const pk = pi < page.length ? page[pi]![0] : undefined;
+        if (pk === undefined && pageFull) break; // more of the checkpoint to read
+        const ok = oi < fromOverlay.length ? fromOverlay[oi]! : undefined;
+        if (pk === undefined && ok === undefined) return out;
+        let key: string;
+        let rec: Rec | null;
+        if (ok !== undefined && (pk === undefined || ok <= pk)) {
+          key = ok;
+          rec = this.overlay.get(ok)!.rec;
+          oi++;
+          if (pk === ok) pi++;
+        } else {
+          key = pk!;
+          rec = page[pi]![1];
+          pi++;
+        }
+        cursor = key;
+        if (rec !== null) out.push({ key, value: rec.value, rev: rec.rev });
+      }
+    }
+  }
+
+  /** Apply the next committed entry. Entries must come in index order without gaps. */
+  apply(e: Entry): Applied {
+    if (e.index !== this.applied + 1) throw new Error(`apply out of order: entry ${e.index} after ${this.applied}`);
+    if (e.ts <= this.appliedTs && e.index > 1) throw new Error(`entry ${e.index} ts ${e.ts} not above ${this.appliedTs}`);
+    this.applied = e.index;
+    this.appliedTs = e.ts;
+    this.appliedEpoch = e.epoch;
+    if (e.kind === 'noop') return { events: [], duplicate: false };
+    if (e.kind === 'config') {
+      this.voters = [...e.voters];
+      return { events: [], duplicate: false };
+    }
+    if (e.rid !== undefined) {
+      const seen = this.rids.get(e.rid);
+      if (seen !== undefined) return { result: seen.result, events: [], duplicate: true };
+    }
+    const { result, changes } = this.evaluate(e.ops, e.index, e.ts);
+    const events: ChangeEvent[] = [];
+    if (result.ok) {
+      for (const [key, slot] of changes) {
+        this.overlay.set(key, slot);
+        events.push(
+          slot.rec === null
+            ? { index: e.index, ts: e.ts, op: 'del', key, prev: this.eventPrev }
+            : { index: e.index, ts: e.ts, op: 'put', key, value: slot.rec.value, prev: this.eventPrev },
+        );
+      }
+      if (events.length > 0) this.eventPrev = e.index;
+    }
+    if (e.rid !== undefined) this.remember(e.rid, { index: e.index, ts: e.ts, result });
+    return { result, events, duplicate: false };
+  }
+
+  /** Evaluate ops in order against the state; all-or-nothing: a failed cas discards every change. */
+  private evaluate(ops: WriteOp[], index: number, ts: number): { result: WriteResult; changes: Map<string, Slot> } {
+    const changes = new Map<string, Slot>();
+    const current = (key: string): Rec | undefined => {
+      const c = changes.get(key);
+      if (c !== undefined) return c.rec ?? undefined;
+      return this.get(key);
+    };
+    for (let i = 0; i < ops.length; i++) {
+      const op = ops[i]!;
+      let value: string | null;
+      if (op.op === 'put') value = op.value;
+      else if (op.op === 'del') value = null;
+      else {
+        const cur = current(op.key);
+        const curValue = cur === undefined ? null : cur.value;
+        if (curValue !== op.expect) {
+          return { result: { ok: false, code: 'CAS_MISMATCH', failed: i, current: curValue }, changes: new Map() };
+        }
+        value = op.value;
+      }
+      if (value === null) {
+        // Deleting an absent key changes nothing and produces no event.
+        if (current(op.key) === undefined) continue;
+        changes.set(op.key, { rec: null, rev: index });
+      } else {
+        changes.set(op.key, { rec: { value, rev: index, ts } });
+      }
+    }
+    return { result: { ok: true }, changes };
+  }
+
+  private remember(rid: string, rec: RidRecord): void {
+    this.rids.set(rid, rec);
+    this.ridsAdded.add(rid);
+    this.ridsDeleted.delete(rid);
+    while (this.rids.size > this.ridsMax) {
+      const oldest = this.rids.keys().next().value as string;
+      this.rids.delete(oldest);
+      if (!this.ridsAdded.delete(oldest)) this.ridsDeleted.add(oldest);
+    }
+  }
+
+  /**
+   * What a checkpoint must write to hold the state as of `applied`.
+   * Call release(delta) once it is durable to drop the overlay it covers.
+   */
+  takeDelta(): CheckpointDelta {
+    const kv: Array<[string, Rec | null]> = [];
+    for (const [k, s] of this.overlay) kv.push([k, s.rec]);
+    kv.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    const ridsSet: Array<[string, RidRecord]> = [];
+    for (const r of this.ridsAdded) ridsSet.push([r, this.rids.get(r)!]);
+    const ridsDel = [...this.ridsDeleted];
+    this.ridsAdded = new Set();
+    this.ridsDeleted = new Set();
+    return {
+      kv,
+      ridsSet,
+      ridsDel,
+      meta: {
+        format: CHECKPOINT_FORMAT,
+        index: this.applied,
+        epoch: this.appliedEpoch,
+        ts: this.appliedTs,
+        voters: [...this.voters],
+        eventPrev: this.eventPrev,
+      },
+    };
+  }
+
+  /** The checkpoint holding `delta` is durable: drop overlay slots it covers that were not overwritten since. */
+  release(delta: CheckpointDelta): void {
+    for (const [k] of delta.kv) {
+      const s = this.overlay.get(k);
+      if (s === undefined) continue;
+      const rev = s.rec === null ? s.rev : s.rec.rev;
+      if (rev <= delta.meta.index) this.overlay.delete(k);
+    }
+  }
+}

@@ -1,0 +1,205 @@
+// Validation at the edge: turns untrusted JSON into typed requests, or a
+// RequestError with a stable code. Nothing past this point re-checks shapes.
+
+import { ErrorCode, RequestError } from './errors.js';
+import {
+  BATCH_OPS_MAX,
+  KEY_BYTES_MAX,
+  LIST_LIMIT_DEFAULT,
+  LIST_LIMIT_MAX,
+  MGET_KEYS_MAX,
+  REPLAY_EVENTS_MAX,
+  REQUEST_BYTES_MAX,
+  REQUEST_TIMEOUT_MS_DEFAULT,
+  REQUEST_TIMEOUT_MS_MAX,
+  RID_BYTES_MAX,
+  VALUE_BYTES_MAX,
+} from './limits.js';
+import type { Consistency, Request, WriteOp } from './wire.js';
+
+const KEY_CHARS = /^[-/_=.a-zA-Z0-9]+$/;
+const PREFIX_CHARS = /^[-/_=.a-zA-Z0-9]*$/;
+const RID_CHARS = /^[-_.:a-zA-Z0-9]+$/;
+
+function bad(message: string): never {
+  throw new RequestError(ErrorCode.BAD_REQUEST, message);
+}
+
+/** Why a key is invalid, or null if it is valid. Keys are NATS subject tokens joined by dots. */
+export function keyProblem(key: unknown): string | null {
+  if (typeof key !== 'string') return 'key must be a string';
+  if (key.length === 0) return 'key must not be empty';
+  if (key.length > KEY_BYTES_MAX) return `key is longer than KEY_BYTES_MAX (${KEY_BYTES_MAX} bytes)`;
+  if (!KEY_CHARS.test(key)) return 'key may contain only letters, digits and - / _ = .';
+  if (key.startsWith('.') || key.endsWith('.') || key.includes('..')) {
+    return 'key must not start or end with a dot, nor contain two dots in a row';
+  }
+  return null;
+}
+
+function checkKey(key: unknown, what = 'key'): string {
+  const p = keyProblem(key);
+  if (p !== null) {
+    if (typeof key === 'string' && key.length > KEY_BYTES_MAX) throw new RequestError(ErrorCode.TOO_LARGE, p);
+    bad(what === 'key' ? p : `${what}: ${p}`);
+  }
+  return key as string;
+}
+
+function checkPrefix(prefix: unknown): string {
+  if (prefix === undefined) return '';
+  if (typeof prefix !== 'string') bad('prefix must be a string');
+  if (prefix.length > KEY_BYTES_MAX) throw new RequestError(ErrorCode.TOO_LARGE, 'prefix is longer than KEY_BYTES_MAX');
+  if (!PREFIX_CHARS.test(prefix)) bad('prefix may contain only letters, digits and - / _ = .');
+  if (prefix.startsWith('.') || prefix.includes('..')) bad('prefix must not start with a dot nor contain two dots in a row');
+  return prefix;
+}
+
+function checkValue(value: unknown, what = 'value'): string {
+  if (typeof value !== 'string') bad(`${what} must be a string`);
+  // Cheap bound first: UTF-8 takes at most 3 bytes per UTF-16 unit.
+  if (value.length * 3 > VALUE_BYTES_MAX && Buffer.byteLength(value, 'utf8') > VALUE_BYTES_MAX) {
+    throw new RequestError(ErrorCode.TOO_LARGE, `${what} is larger than VALUE_BYTES_MAX (${VALUE_BYTES_MAX} bytes)`);
+  }
+  return value;
+}
+
+function checkNullableValue(value: unknown, what: string): string | null {
+  if (value === null) return null;
+  return checkValue(value, what);
+}
+
+function checkNat(n: unknown, what: string): number {
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) bad(`${what} must be a non-negative integer`);
+  return n;
+}
+
+function checkConsistency(c: unknown): Consistency | undefined {
+  if (c === undefined || c === 'causal' || c === 'strong') return c;
+  bad('consistency must be "causal" or "strong"');
+}
+
+const COMMON_FIELDS = ['op', 'after', 'timeout'];
+
+function checkFields(o: Record<string, unknown>, allowed: string[]): void {
+  for (const k of Object.keys(o)) {
+    if (!COMMON_FIELDS.includes(k) && !allowed.includes(k)) bad(`unknown field "${k}" for op "${String(o.op)}"`);
+  }
+}
+
+function checkWriteOp(raw: unknown, where: string): WriteOp {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad(`${where} must be an object`);
+  const o = raw as Record<string, unknown>;
+  switch (o.op) {
+    case 'put':
+      checkFields(o, ['key', 'value', 'rid']);
+      return { op: 'put', key: checkKey(o.key), value: checkValue(o.value) };
+    case 'del':
+      checkFields(o, ['key', 'rid']);
+      return { op: 'del', key: checkKey(o.key) };
+    case 'cas':
+      checkFields(o, ['key', 'expect', 'value', 'rid']);
+      if (!('expect' in o)) bad('cas needs "expect" (a string, or null for "must be absent")');
+      if (!('value' in o)) bad('cas needs "value" (a string, or null to delete)');
+      return {
+        op: 'cas',
+        key: checkKey(o.key),
+        expect: checkNullableValue(o.expect, 'expect'),
+        value: checkNullableValue(o.value, 'value'),
+      };
+    default:
+      bad(`${where}: unknown write op ${JSON.stringify(o.op)}`);
+  }
+}
+
+/** Parse and validate a request payload. Throws RequestError (BAD_REQUEST, TOO_LARGE). */
+export function parseRequest(data: Uint8Array | string): Request {
+  const size = typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
+  if (size > REQUEST_BYTES_MAX) throw new RequestError(ErrorCode.TOO_LARGE, `request is larger than ${REQUEST_BYTES_MAX} bytes`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(typeof data === 'string' ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8'));
+  } catch {
+    bad('request is not valid JSON');
+  }
+  return validateRequest(raw);
+}
+
+export function validateRequest(raw: unknown): Request {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad('request must be a JSON object');
+  const o = raw as Record<string, unknown>;
+  if (typeof o.op !== 'string') bad('request needs "op"');
+  const after = o.after === undefined ? undefined : checkNat(o.after, 'after');
+  let timeout: number | undefined;
+  if (o.timeout !== undefined) {
+    timeout = checkNat(o.timeout, 'timeout');
+    if (timeout > REQUEST_TIMEOUT_MS_MAX) bad(`timeout must be at most ${REQUEST_TIMEOUT_MS_MAX} ms`);
+  }
+  const common = { ...(after !== undefined ? { after } : {}), ...(timeout !== undefined ? { timeout } : {}) };
+  const rid = (): { rid?: string } => {
+    if (o.rid === undefined) return {};
+    if (typeof o.rid !== 'string' || o.rid.length === 0 || o.rid.length > RID_BYTES_MAX || !RID_CHARS.test(o.rid)) {
+      bad(`rid must be 1..${RID_BYTES_MAX} characters of [-_.:a-zA-Z0-9]`);
+    }
+    return { rid: o.rid };
+  };
+  switch (o.op) {
+    case 'get': {
+      checkFields(o, ['key', 'consistency']);
+      const consistency = checkConsistency(o.consistency);
+      return { op: 'get', key: checkKey(o.key), ...(consistency ? { consistency } : {}), ...common };
+    }
+    case 'mget': {
+      checkFields(o, ['keys', 'consistency']);
+      if (!Array.isArray(o.keys) || o.keys.length === 0) bad('mget needs "keys", a non-empty array');
+      if (o.keys.length > MGET_KEYS_MAX) throw new RequestError(ErrorCode.TOO_LARGE, `mget takes at most MGET_KEYS_MAX (${MGET_KEYS_MAX}) keys`);
+      const keys = o.keys.map((k) => checkKey(k));
+      const consistency = checkConsistency(o.consistency);
+      return { op: 'mget', keys, ...(consistency ? { consistency } : {}), ...common };
+    }
+    case 'list': {
+      checkFields(o, ['prefix', 'start', 'limit', 'consistency']);
+      const prefix = checkPrefix(o.prefix);
+      const start = o.start === undefined || o.start === null ? undefined : checkKey(o.start, 'start');
+      const limit = o.limit === undefined ? LIST_LIMIT_DEFAULT : checkNat(o.limit, 'limit');
+      if (limit < 1 || limit > LIST_LIMIT_MAX) bad(`limit must be 1..${LIST_LIMIT_MAX}`);
+      const consistency = checkConsistency(o.consistency);
+      return { op: 'list', prefix, ...(start ? { start } : {}), limit, ...(consistency ? { consistency } : {}), ...common };
+    }
+    case 'replay': {
+      checkFields(o, ['from', 'limit']);
+      const from = checkNat(o.from, 'from');
+      const limit = o.limit === undefined ? REPLAY_EVENTS_MAX : checkNat(o.limit, 'limit');
+      if (limit < 1 || limit > REPLAY_EVENTS_MAX) bad(`limit must be 1..${REPLAY_EVENTS_MAX}`);
+      return { op: 'replay', from, limit, ...common };
+    }
+    case 'put':
+    case 'del':
+    case 'cas':
+      return { ...checkWriteOp(o, 'request'), ...rid(), ...common };
+    case 'batch': {
+      checkFields(o, ['ops', 'rid']);
+      if (!Array.isArray(o.ops) || o.ops.length === 0) bad('batch needs "ops", a non-empty array');
+      if (o.ops.length > BATCH_OPS_MAX) throw new RequestError(ErrorCode.TOO_LARGE, `batch takes at most BATCH_OPS_MAX (${BATCH_OPS_MAX}) ops`);
+      const ops = o.ops.map((op, i) => {
+        const w = checkWriteOp(op, `ops[${i}]`);
+        if ((op as Record<string, unknown>).rid !== undefined) bad(`ops[${i}]: rid belongs on the batch, not on its ops`);
+        return w;
+      });
+      return { op: 'batch', ops, ...rid(), ...common };
+    }
+    case 'status':
+      checkFields(o, []);
+      return { op: 'status' };
+    default:
+      bad(`unknown op ${JSON.stringify(o.op)}`);
+  }
+}
+
+export function isWrite(r: Request): r is Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }> {
+  return r.op === 'put' || r.op === 'del' || r.op === 'cas' || r.op === 'batch';
+}
+
+export function requestTimeoutMs(r: Request): number {
+  return 'timeout' in r && r.timeout !== undefined ? r.timeout : REQUEST_TIMEOUT_MS_DEFAULT;
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env node
+// ckv-server: one replica. Opens its data directory (log, checkpoint, promise),
+// connects to NATS, and runs the driver loop until SIGTERM/SIGINT.
+
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { connect } from '@nats-io/transport-node';
+import { CronJob } from 'cron';
+import pino from 'pino';
+import { CHECKPOINT_CRON_DEFAULT } from '../core/limits.js';
+import { LmdbCheckpoint } from '../storage/checkpoint.js';
+import { SegmentLog } from '../storage/segment-log.js';
+import { FileStateFile } from '../storage/state-file.js';
+import { NatsTransport } from '../transport/nats.js';
+import { CLUSTER_NAME } from '../transport/subjects.js';
+import { Server } from './server.js';
+
+const USAGE = `usage: ckv-server --id N [--data DIR] [--nats URL] [--cluster NAME] [--voters 1,2,3]
+                  [--checkpoint-cron EXPR] [--log-level LEVEL]
+
+  --id N                 this server's id, a positive integer (env CKV_ID)
+  --data DIR             data directory (env CKV_DATA; default checkpoints/node-<id>)
+  --nats URL             NATS server (env CKV_NATS; default nats://127.0.0.1:4222)
+  --cluster NAME         cluster name (env CKV_CLUSTER; default ckv)
+  --voters 1,2,3         the first set of voters (env CKV_VOTERS; default: just this id)
+  --checkpoint-cron EXPR checkpoint schedule, cron with seconds (env CKV_CHECKPOINT_CRON; default "${CHECKPOINT_CRON_DEFAULT}")
+  --log-level LEVEL      pino level (env CKV_LOG_LEVEL; default info)
+`;
+
+function usage(msg: string): never {
+  process.stderr.write(`ckv-server: ${msg}\n${USAGE}`);
+  process.exit(2);
+}
+
+async function main(): Promise<void> {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      options: {
+        id: { type: 'string' },
+        data: { type: 'string' },
+        nats: { type: 'string' },
+        cluster: { type: 'string' },
+        voters: { type: 'string' },
+        'checkpoint-cron': { type: 'string' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    }));
+  } catch (err) {
+    usage((err as Error).message);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const env = process.env;
+  const id = Number(values.id ?? env.CKV_ID);
+  if (!Number.isSafeInteger(id) || id < 1) usage('--id must be a positive integer');
+  const cluster = String(values.cluster ?? env.CKV_CLUSTER ?? 'ckv');
+  if (!CLUSTER_NAME.test(cluster)) usage('--cluster must be 1..64 characters of [-_a-zA-Z0-9]');
+  const natsUrl = String(values.nats ?? env.CKV_NATS ?? 'nats://127.0.0.1:4222');
+  const data = String(values.data ?? env.CKV_DATA ?? join('checkpoints', `node-${id}`));
+  const votersArg = values.voters ?? env.CKV_VOTERS;
+  const voters = votersArg === undefined ? [id] : String(votersArg).split(',').map((v) => Number(v.trim()));
+  if (voters.some((v) => !Number.isSafeInteger(v) || v < 1) || new Set(voters).size !== voters.length) {
+    usage('--voters must be distinct positive integers, comma-separated');
+  }
+  const cronExpr = String(values['checkpoint-cron'] ?? env.CKV_CHECKPOINT_CRON ?? CHECKPOINT_CRON_DEFAULT);
+  const level = String(values['log-level'] ?? env.CKV_LOG_LEVEL ?? 'info');
+
+  const logger = pino({ level, base: { node: id } }, pino.destination(2));
+  mkdirSync(data, { recursive: true });
+  const { log, entries, warnings } = await SegmentLog.open(join(data, 'log'), { warn: (m: string) => logger.child({ component: 'log' }).warn(m) });
+  for (const w of warnings) logger.child({ component: 'log' }).warn(w);
+  const checkpoint = await LmdbCheckpoint.open(join(data, 'checkpoint'));
+  const stateFile = new FileStateFile(join(data, 'state'));
+  const nc = await connect({ servers: natsUrl, name: `ckv-server-${cluster}-${id}`, maxReconnectAttempts: -1 });
+  const transport = new NatsTransport(nc, cluster, id, (err) => logger.child({ component: 'transport' }).warn({ err }, 'bad peer message'));
+  const server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }) });
+
+  let job: CronJob;
+  try {
+    job = CronJob.from({ cronTime: cronExpr, onTick: () => void server.checkpoint(), start: true });
+  } catch (err) {
+    usage(`--checkpoint-cron: ${(err as Error).message}`);
+  }
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping: finishing in-flight work and checkpointing');
+    void job.stop();
+    await server.close();
+    logger.info('stopped');
+    logger.flush();
+    process.exitCode = 0;
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  server.start((err) => {
+    logger.fatal({ err }, 'server stopped on a fatal error');
+    logger.flush();
+    process.exit(1);
+  });
+  logger.info({ id, cluster, voters, data, nats: natsUrl, checkpointCron: cronExpr, applied: server.state.applied }, 'ckv-server started');
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`ckv-server: ${err.stack ?? err.message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,599 @@
+// The driver loop of one server: feeds the pure protocol core (Node) with
+// ticks, peer messages and client requests, and carries out its output in
+// order — persist (log append + fsync, promise), then send, then apply — with
+// group commit: everything that arrives while an fsync is in flight shares
+// the next one. It also runs checkpoints and serves the client subjects.
+
+import type { Logger } from 'pino';
+import { ErrorCode, RequestError, type ErrorCode as Code } from '../core/errors.js';
+import {
+  CHECKPOINT_LOG_BYTES_TRIGGER,
+  ENTRY_BYTES_MAX,
+  LOG_RETAIN_ENTRIES,
+  REPLAY_EVENTS_MAX,
+  TICK_MS,
+} from '../core/limits.js';
+import type { Msg } from '../core/messages.js';
+import { Node, type Notice, type Ready } from '../core/node.js';
+import { KvState } from '../core/state.js';
+import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
+import type { ChangeEvent, Entry, NodeStatus, PeerStatus, Reply, Request, WriteOp, WriteResult } from '../core/wire.js';
+import type { CheckpointStore, LogStore, StateFile } from '../storage/ports.js';
+import type { Respond, ServerTransport } from '../transport/nats.js';
+import { subjects } from '../transport/subjects.js';
+
+export const VERSION = '0.1.0';
+/** Change events kept in memory for replay requests. */
+export const EVENTS_RETAINED_MAX = 10_000;
+/** Time allowed on shutdown for in-flight work before the final checkpoint. */
+export const SHUTDOWN_DRAIN_MS_MAX = 5_000;
+
+export interface ServerOptions {
+  id: number;
+  cluster: string;
+  voters: number[];
+  log: LogStore;
+  logEntries: Entry[];
+  checkpoint: CheckpointStore;
+  stateFile: StateFile;
+  transport: ServerTransport;
+  logger: Logger;
+  /** Bytes of log since the last checkpoint that trigger one. */
+  checkpointBytes?: number;
+  /** Entries kept below a checkpoint for lagging followers. */
+  retainEntries?: number;
+}
+
+interface PendingWrite {
+  index: number;
+  epoch: number;
+  rid: string | undefined;
+  responders: Respond[];
+  timer: NodeJS.Timeout;
+}
+
+interface Waiter {
+  id: number;
+  after: number;
+  req: Request;
+  respond: Respond;
+  timer: NodeJS.Timeout;
+  /** For strong reads: the index to reach. */
+  index?: number;
+}
+
+const encoder = new TextEncoder();
+
+export class Server {
+  readonly id: number;
+  readonly cluster: string;
+  readonly node: Node;
+  readonly state: KvState;
+  private log: LogStore;
+  private ckpt: CheckpointStore;
+  private stateFile: StateFile;
+  private t: ServerTransport;
+  private s: ReturnType<typeof subjects>;
+  private logger: Logger;
+  private started = Date.now();
+  private ticker: NodeJS.Timeout | null = null;
+  private pumping = false;
+  private again = false;
+  private scheduled = false;
+  private pendingByIndex = new Map<number, PendingWrite>();
+  private pendingByRid = new Map<string, PendingWrite>();
+  /** Causal reads waiting for their token to be applied. */
+  private waiters = new Map<number, Waiter>();
+  /** Strong reads waiting for confirmation. */
+  private strong = new Map<number, Waiter>();
+  private nextWaiter = 1;
+  private events: ChangeEvent[] = [];
+  private stopWrites: (() => void) | null = null;
+  private stopRead: (() => void) | null = null;
+  private stopAdmin: (() => void) | null = null;
+  private checkpointing: Promise<void> | null = null;
+  private checkpointBytes: number;
+  private retainEntries: number;
+  private closing = false;
+  private fatal: ((err: Error) => void) | null = null;
+
+  constructor(o: ServerOptions) {
+    this.id = o.id;
+    this.cluster = o.cluster;
+    this.log = o.log;
+    this.ckpt = o.checkpoint;
+    this.stateFile = o.stateFile;
+    this.t = o.transport;
+    this.s = subjects(o.cluster);
+    this.logger = o.logger;
+    this.checkpointBytes = o.checkpointBytes ?? CHECKPOINT_LOG_BYTES_TRIGGER;
+    this.retainEntries = o.retainEntries ?? LOG_RETAIN_ENTRIES;
+    this.state = new KvState(o.checkpoint);
+    const meta = o.checkpoint.meta();
+    // The log must reach back to the checkpoint: a hole means lost entries.
+    const entries = o.logEntries;
+    if (entries.length > 0 && entries[0]!.index > meta.index + 1) {
+      throw new Error(`log starts at ${entries[0]!.index} but the checkpoint holds only up to ${meta.index}: entries are missing`);
+    }
+    let base = { index: meta.index, epoch: meta.epoch, ts: meta.ts };
+    let rest = entries.filter((e) => e.index > meta.index);
+    const below = entries.filter((e) => e.index <= meta.index);
+    if (below.length > 0) {
+      const b = below[0]!;
+      base = { index: b.index, epoch: b.epoch, ts: b.ts };
+      rest = entries.slice(1);
+    }
+    const voters = meta.voters.length > 0 ? meta.voters : o.voters;
+    this.node = new Node({
+      id: o.id,
+      voters,
+      promised: o.stateFile.read().promised,
+      entries: rest,
+      base,
+      commit: meta.index,
+      commitTs: meta.ts,
+    });
+    this.node.checkpointIndex = meta.index;
+    // Replay what is known committed (the checkpoint's own index: nothing more until the cluster says so).
+    this.applyCommitted();
+  }
+
+  /** Start serving: peer messages, ticks, client subjects. `onFatal` is called if the server must stop. */
+  start(onFatal: (err: Error) => void): void {
+    this.fatal = onFatal;
+    this.t.onPeer((m) => this.onPeer(m));
+    this.stopRead = this.t.serve(this.s.read, 'ckv-read', (d, r) => this.onRequest('read', d, r));
+    this.stopAdmin = this.t.serve(this.s.admin, undefined, (d, r) => this.onRequest('admin', d, r));
+    this.ticker = setInterval(() => {
+      this.node.tick();
+      this.schedule();
+    }, TICK_MS);
+    this.node.tick();
+    this.schedule();
+  }
+
+  // ---- the loop: persist, send, apply ----
+
+  private schedule(): void {
+    if (this.pumping) {
+      this.again = true;
+      return;
+    }
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.pump().catch((err: Error) => this.die(err));
+    });
+  }
+
+  private async pump(): Promise<void> {
+    if (this.pumping) {
+      this.again = true;
+      return;
+    }
+    this.pumping = true;
+    try {
+      do {
+        this.again = false;
+        const r = this.node.ready();
+        await this.persist(r);
+        this.node.persisted(r.persistMark);
+        for (const m of r.send) this.t.sendPeer(m);
+        this.carryOut(r);
+        this.applyCommitted();
+      } while (this.again || this.node.hasOutput());
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private async persist(r: Ready): Promise<void> {
+    if (r.truncateFrom !== null) this.log.truncateFrom(r.truncateFrom);
+    if (r.append.length > 0) this.log.append(r.append);
+    const promise = r.promise !== null ? this.stateFile.write({ promised: r.promise }) : null;
+    if (r.truncateFrom !== null || r.append.length > 0) await this.log.sync();
+    if (promise) await promise;
+  }
+
+  private carryOut(r: Ready): void {
+    if (r.lostLeadership) this.failPending(ErrorCode.UNAVAILABLE, 'the coordinator changed; the outcome is unknown: retry with the same rid');
+    for (const n of r.notices) this.onNotice(n);
+    for (const { id, index } of r.reads) {
+      const w = this.strong.get(id);
+      if (!w) continue;
+      this.strong.delete(id);
+      w.index = index;
+      this.waiters.set(id, w);
+    }
+    for (const id of r.readsFailed) {
+      const w = this.strong.get(id);
+      if (!w) continue;
+      this.strong.delete(id);
+      clearTimeout(w.timer);
+      this.replyError(w.respond, ErrorCode.UNAVAILABLE, 'could not confirm leadership with a majority');
+    }
+    for (const { id, ahead } of r.tokens) {
+      const w = this.waiters.get(id);
+      if (!w || !ahead) continue;
+      this.waiters.delete(id);
+      clearTimeout(w.timer);
+      this.replyError(w.respond, ErrorCode.TOKEN_AHEAD, `no write with timestamp ${w.after} exists in the cluster`);
+    }
+    // needSnapshot: catch-up by checkpoint transfer is handled by the replication issue's snapshot path.
+    if (r.needSnapshot.length > 0) this.logger.warn({ followers: r.needSnapshot }, 'followers need a checkpoint transfer');
+    this.syncWriteSubscription();
+  }
+
+  private syncWriteSubscription(): void {
+    const lead = this.node.role === 'coordinator' && !this.closing;
+    if (lead && !this.stopWrites) {
+      this.stopWrites = this.t.serve(this.s.write, 'ckv-write', (d, r) => this.onRequest('write', d, r));
+    } else if (!lead && this.stopWrites) {
+      this.stopWrites();
+      this.stopWrites = null;
+    }
+  }
+
+  private onNotice(n: Notice): void {
+    this.logger.info({ notice: n }, `members: ${n.type}`);
+    this.t.publish(this.s.members, JSON.stringify({ ...n, by: this.id }));
+  }
+
+  private applyCommitted(): void {
+    const target = this.node.commit;
+    const lead = this.node.role === 'coordinator';
+    while (this.state.applied < target) {
+      const e = this.node.entry(this.state.applied + 1);
+      if (!e) throw new Error(`entry ${this.state.applied + 1} committed but not in the log`);
+      const res = this.state.apply(e);
+      for (const ev of res.events) {
+        this.events.push(ev);
+        if (lead) this.t.publish(this.s.event(ev.key), JSON.stringify(ev));
+      }
+      const p = this.pendingByIndex.get(e.index);
+      if (p) {
+        this.pendingByIndex.delete(e.index);
+        if (p.rid !== undefined) this.pendingByRid.delete(p.rid);
+        clearTimeout(p.timer);
+        if (p.epoch === e.epoch && res.result) this.replyWrite(p.responders, e.index, e.ts, res.result);
+        else for (const r of p.responders) this.replyError(r, ErrorCode.UNAVAILABLE, 'the coordinator changed; retry with the same rid');
+      }
+    }
+    if (this.events.length > EVENTS_RETAINED_MAX * 2) this.events = this.events.slice(-EVENTS_RETAINED_MAX);
+    this.node.applied = this.state.applied;
+    this.wakeWaiters();
+    if (this.log.bytesAfter(this.node.checkpointIndex) > this.checkpointBytes) void this.checkpoint();
+  }
+
+  private wakeWaiters(): void {
+    if (this.waiters.size === 0) return;
+    for (const [id, w] of this.waiters) {
+      const ready = w.index !== undefined ? this.state.applied >= w.index && this.state.appliedTs >= w.after : this.state.appliedTs >= w.after;
+      if (!ready) continue;
+      this.waiters.delete(id);
+      clearTimeout(w.timer);
+      this.node.cancelToken(id);
+      this.answerRead(w.req, w.respond);
+    }
+  }
+
+  private failPending(code: Code, message: string): void {
+    for (const p of this.pendingByIndex.values()) {
+      clearTimeout(p.timer);
+      for (const r of p.responders) this.replyError(r, code, message);
+    }
+    this.pendingByIndex.clear();
+    this.pendingByRid.clear();
+  }
+
+  // ---- peers ----
+
+  private onPeer(m: Msg): void {
+    if (this.closing) return;
+    try {
+      this.node.receive(m);
+    } catch (err) {
+      // An invariant broke on a peer's message: stop rather than risk the log.
+      this.die(err as Error);
+      return;
+    }
+    this.schedule();
+  }
+
+  // ---- clients ----
+
+  private onRequest(kind: 'read' | 'write' | 'admin', data: Uint8Array, respond: Respond): void {
+    let req: Request;
+    try {
+      req = parseRequest(data);
+    } catch (err) {
+      const e = err instanceof RequestError ? err : new RequestError(ErrorCode.BAD_REQUEST, String(err));
+      this.replyError(respond, e.code, e.message);
+      return;
+    }
+    try {
+      this.dispatch(kind, req, respond);
+    } catch (err) {
+      if (err instanceof RequestError) this.replyError(respond, err.code, err.message);
+      else {
+        this.logger.error({ err }, 'request failed');
+        this.replyError(respond, ErrorCode.INTERNAL, 'internal error');
+      }
+    }
+  }
+
+  private dispatch(kind: 'read' | 'write' | 'admin', req: Request, respond: Respond): void {
+    if (req.op === 'status') {
+      this.reply(respond, { ok: true, ts: this.state.appliedTs, index: this.state.applied, status: this.status() });
+      return;
+    }
+    if (this.closing) throw new RequestError(ErrorCode.UNAVAILABLE, 'server is shutting down');
+    if (kind === 'admin') throw new RequestError(ErrorCode.BAD_REQUEST, `op ${req.op} does not belong on the admin subject`);
+    if (isWrite(req)) {
+      if (kind !== 'write') throw new RequestError(ErrorCode.BAD_REQUEST, `op ${req.op} is a write: send it on ${this.s.write}`);
+      this.onWrite(req, respond);
+      return;
+    }
+    const strong = 'consistency' in req && req.consistency === 'strong';
+    if (strong && kind !== 'write') throw new RequestError(ErrorCode.BAD_REQUEST, `strong reads go to the coordinator on ${this.s.write}`);
+    const timeoutMs = requestTimeoutMs(req);
+    const after = req.after ?? 0;
+    if (strong) {
+      const id = this.nextWaiter++;
+      const w: Waiter = { id, after, req, respond, timer: this.timeoutTimer(id, timeoutMs) };
+      if (after > this.node.commitTs && this.node.role === 'coordinator' && this.node.commit >= 0) {
+        // The coordinator knows every committed write: a token beyond them is from the future.
+        if (after > this.node.knownCommitTs) {
+          clearTimeout(w.timer);
+          throw new RequestError(ErrorCode.TOKEN_AHEAD, `no write with timestamp ${after} exists in the cluster`);
+        }
+      }
+      if (!this.node.readIndex(id)) {
+        clearTimeout(w.timer);
+        throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
+      }
+      this.strong.set(id, w);
+      this.schedule();
+      return;
+    }
+    if (after <= this.state.appliedTs) {
+      this.answerRead(req, respond);
+      return;
+    }
+    const id = this.nextWaiter++;
+    this.waiters.set(id, { id, after, req, respond, timer: this.timeoutTimer(id, timeoutMs) });
+    if (after > this.node.knownCommitTs) {
+      this.node.checkToken(id, after);
+      this.schedule();
+    }
+  }
+
+  private timeoutTimer(id: number, ms: number): NodeJS.Timeout {
+    return setTimeout(() => {
+      const w = this.waiters.get(id) ?? this.strong.get(id);
+      if (!w) return;
+      this.waiters.delete(id);
+      this.strong.delete(id);
+      this.node.cancelToken(id);
+      this.replyError(w.respond, ErrorCode.TIMEOUT, `state did not reach timestamp ${w.after} within ${ms} ms`);
+    }, ms);
+  }
+
+  private answerRead(req: Request, respond: Respond): void {
+    const ts = this.state.appliedTs;
+    const index = this.state.applied;
+    switch (req.op) {
+      case 'get': {
+        const rec = this.state.get(req.key);
+        if (!rec) this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.NOT_FOUND, message: `key ${req.key} not found` } });
+        else this.reply(respond, { ok: true, ts, index, value: rec.value, rev: rec.rev });
+        return;
+      }
+      case 'mget': {
+        const values = req.keys.map((key) => {
+          const rec = this.state.get(key);
+          return rec ? { key, value: rec.value, rev: rec.rev } : null;
+        });
+        this.reply(respond, { ok: true, ts, index, values });
+        return;
+      }
+      case 'list': {
+        const limit = req.limit!;
+        const items = this.state.range(req.prefix, req.start, limit + 1);
+        const more = items.length > limit;
+        if (more) items.length = limit;
+        this.reply(respond, { ok: true, ts, index, items, next: more ? items[items.length - 1]!.key : null });
+        return;
+      }
+      case 'replay': {
+        const first = this.events.length > 0 ? this.events[0]!.index : this.state.applied + 1;
+        const from = Math.max(req.from, 1);
+        if (from < first && this.events.length > 0 && this.events[0]!.prev !== 0 && from <= this.events[0]!.prev) {
+          this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.COMPACTED, message: `events before index ${first} are no longer kept here; read the current state instead` } });
+          return;
+        }
+        const limit = req.limit ?? REPLAY_EVENTS_MAX;
+        const events: ChangeEvent[] = [];
+        for (const ev of this.events) {
+          if (ev.index < from) continue;
+          if (events.length >= limit && ev.index !== events[events.length - 1]!.index) break;
+          events.push(ev);
+        }
+        this.reply(respond, { ok: true, ts, index, events });
+        return;
+      }
+      default:
+        throw new RequestError(ErrorCode.BAD_REQUEST, `op ${req.op} is not a read`);
+    }
+  }
+
+  private onWrite(req: Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>, respond: Respond): void {
+    if (this.node.role !== 'coordinator') throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
+    if (req.after !== undefined && req.after > this.node.knownCommitTs && req.after > this.node.clock) {
+      throw new RequestError(ErrorCode.TOKEN_AHEAD, `no write with timestamp ${req.after} exists in the cluster`);
+    }
+    const rid = req.rid;
+    if (rid !== undefined) {
+      const seen = this.state.ridResult(rid);
+      if (seen) {
+        this.replyWrite([respond], seen.index, Math.max(seen.ts, this.state.appliedTs), seen.result);
+        return;
+      }
+      const inflight = this.pendingByRid.get(rid);
+      if (inflight) {
+        inflight.responders.push(respond);
+        return;
+      }
+    }
+    const ops: WriteOp[] = req.op === 'batch' ? req.ops : [stripWrite(req)];
+    const size = Buffer.byteLength(JSON.stringify(ops));
+    if (size > ENTRY_BYTES_MAX) throw new RequestError(ErrorCode.TOO_LARGE, `write is ${size} bytes encoded, more than ENTRY_BYTES_MAX (${ENTRY_BYTES_MAX})`);
+    const placed = this.node.propose(ops, rid);
+    if (!placed) throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
+    const timeoutMs = requestTimeoutMs(req);
+    const p: PendingWrite = {
+      index: placed.index,
+      epoch: placed.epoch,
+      rid,
+      responders: [respond],
+      timer: setTimeout(() => {
+        if (this.pendingByIndex.get(placed.index) !== p) return;
+        this.pendingByIndex.delete(placed.index);
+        if (rid !== undefined) this.pendingByRid.delete(rid);
+        for (const r of p.responders) this.replyError(r, ErrorCode.TIMEOUT, 'not committed in time; the write may still apply: retry with the same rid');
+      }, timeoutMs),
+    };
+    this.pendingByIndex.set(placed.index, p);
+    if (rid !== undefined) this.pendingByRid.set(rid, p);
+    this.schedule();
+  }
+
+  private replyWrite(responders: Respond[], index: number, ts: number, result: WriteResult): void {
+    const reply: Reply = result.ok
+      ? { ok: true, ts, index }
+      : { ok: false, ts, index, error: { code: ErrorCode.CAS_MISMATCH, message: `compare-and-set failed at op ${result.failed}` }, current: result.current, failed: result.failed };
+    const data = encoder.encode(JSON.stringify(reply));
+    for (const r of responders) r(data);
+  }
+
+  private reply(respond: Respond, reply: Reply): void {
+    respond(JSON.stringify(reply));
+  }
+
+  private replyError(respond: Respond, code: Code, message: string): void {
+    this.reply(respond, { ok: false, ts: this.state.appliedTs, error: { code, message } });
+  }
+
+  // ---- status ----
+
+  status(): NodeStatus {
+    const n = this.node;
+    const peers: PeerStatus[] = [];
+    for (const p of n.peerTable()) {
+      const ping = p.ping;
+      peers.push({
+        id: p.id,
+        cluster: this.cluster,
+        epoch: ping?.epoch ?? 0,
+        role: ping?.role ?? 'follower',
+        coordinator: ping?.coordinator ?? null,
+        clock: ping?.clock ?? 0,
+        last: ping?.last ?? 0,
+        commit: ping?.commit ?? 0,
+        applied: ping?.applied ?? 0,
+        checkpoint: ping?.checkpoint ?? 0,
+        voters: ping?.voters ?? [],
+        version: VERSION,
+        uptimeMs: (ping?.uptimeTicks ?? 0) * TICK_MS,
+        liveness: ping ? n.liveness(p.id) : 'dead',
+        silentMs: (n.ticks - p.lastHeard) * TICK_MS,
+      });
+    }
+    return {
+      id: this.id,
+      cluster: this.cluster,
+      epoch: n.epoch,
+      role: n.role,
+      coordinator: n.coordinator,
+      clock: n.clock,
+      last: n.lastIndex(),
+      commit: n.commit,
+      applied: this.state.applied,
+      checkpoint: n.checkpointIndex,
+      voters: n.voters,
+      version: VERSION,
+      uptimeMs: Date.now() - this.started,
+      peers,
+    };
+  }
+
+  // ---- checkpoints ----
+
+  /** Write what was applied since the last checkpoint into it; never blocks requests. */
+  checkpoint(): Promise<void> {
+    if (this.checkpointing) return this.checkpointing;
+    if (this.state.applied === this.node.checkpointIndex) return Promise.resolve();
+    const delta = this.state.takeDelta();
+    this.checkpointing = (async () => {
+      try {
+        await this.ckpt.write(delta);
+        this.state.release(delta);
+        this.node.checkpointIndex = delta.meta.index;
+        const keepFrom = delta.meta.index - this.retainEntries;
+        if (keepFrom > 0) {
+          this.node.compact(keepFrom);
+          await this.log.removeBelow(this.node.firstIndex());
+        }
+        this.logger.debug({ index: delta.meta.index, keys: delta.kv.length }, 'checkpoint written');
+      } finally {
+        this.checkpointing = null;
+      }
+    })();
+    this.checkpointing.catch((err: Error) => this.die(err));
+    return this.checkpointing;
+  }
+
+  private die(err: Error): void {
+    this.logger.fatal({ err }, 'fatal error: stopping');
+    if (this.fatal) this.fatal(err);
+    else throw err;
+  }
+
+  /** Stop taking requests, finish in-flight work, checkpoint, close. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    this.stopRead?.();
+    this.syncWriteSubscription();
+    const deadline = Date.now() + SHUTDOWN_DRAIN_MS_MAX;
+    while ((this.pendingByIndex.size > 0 || this.pumping) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, TICK_MS));
+    }
+    if (this.ticker) clearInterval(this.ticker);
+    this.failPending(ErrorCode.UNAVAILABLE, 'server is shutting down; retry with the same rid');
+    for (const w of [...this.waiters.values(), ...this.strong.values()]) {
+      clearTimeout(w.timer);
+      this.replyError(w.respond, ErrorCode.UNAVAILABLE, 'server is shutting down');
+    }
+    this.waiters.clear();
+    this.strong.clear();
+    while (this.pumping) await new Promise((r) => setTimeout(r, 5));
+    await this.checkpoint();
+    this.stopAdmin?.();
+    await this.t.close();
+    await this.log.close();
+    await this.ckpt.close();
+  }
+}
+
+function stripWrite(req: WriteOp & { rid?: string; after?: number; timeout?: number }): WriteOp {
+  switch (req.op) {
+    case 'put':
+      return { op: 'put', key: req.key, value: req.value };
+    case 'del':
+      return { op: 'del', key: req.key };
+    case 'cas':
+      return { op: 'cas', key: req.key, expect: req.expect, value: req.value };
+  }
+}

@@ -1,0 +1,111 @@
+// The server's NATS adapter: peer messages, client request subjects, and
+// publications (events, members). The driver sees only the ServerTransport port.
+
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { Msg } from '../core/messages.js';
+import { subjects } from './subjects.js';
+
+export type Respond = (reply: Uint8Array | string) => void;
+export type RequestHandler = (data: Uint8Array, respond: Respond) => void;
+
+export interface ServerTransport {
+  sendPeer(m: Msg): void;
+  onPeer(handler: (m: Msg) => void): void;
+  publish(subject: string, data: Uint8Array | string): void;
+  /** Serve a request subject; queue groups share the load. Returns a stop function. */
+  serve(subject: string, queue: string | undefined, handler: RequestHandler): () => void;
+  /** Subscribe to a plain subject (snapshot transfer). */
+  subscribe(subject: string, handler: (data: Uint8Array, respond: Respond | null) => void): () => void;
+  request(subject: string, data: Uint8Array | string, timeoutMs: number): Promise<Uint8Array>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const decoder = new TextDecoder();
+
+export class NatsTransport implements ServerTransport {
+  private nc: NatsConnection;
+  private subs: Subscription[] = [];
+  private s: ReturnType<typeof subjects>;
+  private id: number;
+  private onBadPeerMessage: (err: unknown) => void;
+
+  constructor(nc: NatsConnection, cluster: string, id: number, onBadPeerMessage: (err: unknown) => void) {
+    this.nc = nc;
+    this.s = subjects(cluster);
+    this.id = id;
+    this.onBadPeerMessage = onBadPeerMessage;
+  }
+
+  sendPeer(m: Msg): void {
+    this.nc.publish(this.s.peer(m), JSON.stringify(m));
+  }
+
+  onPeer(handler: (m: Msg) => void): void {
+    for (const subject of this.s.peerListen(this.id)) {
+      this.subs.push(
+        this.nc.subscribe(subject, {
+          callback: (err, msg) => {
+            if (err) return;
+            let m: Msg;
+            try {
+              m = JSON.parse(decoder.decode(msg.data)) as Msg;
+              if (typeof m !== 'object' || m === null || typeof m.from !== 'number' || typeof m.t !== 'string') throw new Error('not a peer message');
+            } catch (e) {
+              this.onBadPeerMessage(e);
+              return;
+            }
+            handler(m);
+          },
+        }),
+      );
+    }
+  }
+
+  publish(subject: string, data: Uint8Array | string): void {
+    this.nc.publish(subject, data);
+  }
+
+  serve(subject: string, queue: string | undefined, handler: RequestHandler): () => void {
+    const sub = this.nc.subscribe(subject, {
+      ...(queue ? { queue } : {}),
+      callback: (err, msg) => {
+        if (err || !msg.reply) return;
+        handler(msg.data, (reply) => {
+          msg.respond(reply);
+        });
+      },
+    });
+    this.subs.push(sub);
+    return () => {
+      sub.unsubscribe();
+      this.subs = this.subs.filter((x) => x !== sub);
+    };
+  }
+
+  subscribe(subject: string, handler: (data: Uint8Array, respond: Respond | null) => void): () => void {
+    const sub = this.nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (err) return;
+        handler(msg.data, msg.reply ? (r) => void msg.respond(r) : null);
+      },
+    });
+    this.subs.push(sub);
+    return () => sub.unsubscribe();
+  }
+
+  async request(subject: string, data: Uint8Array | string, timeoutMs: number): Promise<Uint8Array> {
+    const r = await this.nc.request(subject, data, { timeout: timeoutMs });
+    return r.data;
+  }
+
+  flush(): Promise<void> {
+    return this.nc.flush();
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.subs) s.unsubscribe();
+    this.subs = [];
+    await this.nc.drain();
+  }
+}

@@ -1,0 +1,162 @@
+// The pure core: validation, the state machine, and the single-voter protocol
+// path (election, proposals, commit, clock and token rules), driven by hand.
+
+import t from 'tap';
+import { ErrorCode, RequestError } from '../src/core/errors.js';
+import { KEY_BYTES_MAX, VALUE_BYTES_MAX, BATCH_OPS_MAX } from '../src/core/limits.js';
+import { Node, type Ready } from '../src/core/node.js';
+import { KvState } from '../src/core/state.js';
+import { parseRequest, keyProblem } from '../src/core/validate.js';
+import type { Entry } from '../src/core/wire.js';
+import type { CheckpointMeta, CheckpointReader, Rec, RidRecord } from '../src/storage/ports.js';
+
+/** A tiny CheckpointReader over a sorted array, enough for the state machine tests. */
+class ArrayCheckpoint implements CheckpointReader {
+  constructor(
+    private kv: Array<[string, Rec]> = [],
+    private m: CheckpointMeta = { format: 1, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 },
+  ) {}
+  meta() {
+    return this.m;
+  }
+  get(key: string) {
+    return this.kv.find(([k]) => k === key)?.[1];
+  }
+  range(prefix: string, start: string | undefined, limit: number) {
+    return this.kv.filter(([k]) => k.startsWith(prefix) && (start === undefined || k > start)).slice(0, limit);
+  }
+  rids(): Array<[string, RidRecord]> {
+    return [];
+  }
+}
+
+function code(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (e) {
+    return e instanceof RequestError ? e.code : `not a RequestError: ${String(e)}`;
+  }
+  return undefined;
+}
+
+t.test('validation: every bad input gets its code', async (t) => {
+  t.equal(code(() => parseRequest('{nope')), ErrorCode.BAD_REQUEST, 'malformed JSON');
+  t.equal(code(() => parseRequest('[]')), ErrorCode.BAD_REQUEST, 'not an object');
+  t.equal(code(() => parseRequest('{"op":"frobnicate"}')), ErrorCode.BAD_REQUEST, 'unknown op');
+  t.equal(code(() => parseRequest('{"op":"get","key":5}')), ErrorCode.BAD_REQUEST, 'wrong type');
+  t.equal(code(() => parseRequest('{"op":"get","key":"a b"}')), ErrorCode.BAD_REQUEST, 'bad charset');
+  t.equal(code(() => parseRequest('{"op":"get","key":".a"}')), ErrorCode.BAD_REQUEST, 'leading dot');
+  t.equal(code(() => parseRequest('{"op":"get","key":"a..b"}')), ErrorCode.BAD_REQUEST, 'double dot');
+  t.equal(code(() => parseRequest(JSON.stringify({ op: 'get', key: 'k'.repeat(KEY_BYTES_MAX + 1) }))), ErrorCode.TOO_LARGE, 'long key');
+  t.equal(code(() => parseRequest(JSON.stringify({ op: 'put', key: 'k', value: 'v'.repeat(VALUE_BYTES_MAX + 1) }))), ErrorCode.TOO_LARGE, 'big value');
+  t.equal(code(() => parseRequest(JSON.stringify({ op: 'put', key: 'k', value: 7 }))), ErrorCode.BAD_REQUEST, 'value not a string');
+  t.equal(code(() => parseRequest(JSON.stringify({ op: 'put', key: 'k', value: 'v', after: -1 }))), ErrorCode.BAD_REQUEST, 'negative token');
+  t.equal(code(() => parseRequest(JSON.stringify({ op: 'put', key: 'k', value: 'v', extra: 1 }))), ErrorCode.BAD_REQUEST, 'unknown field');
+  t.equal(code(() => parseRequest(JSON.stringify({ op: 'cas', key: 'k', value: 'v' }))), ErrorCode.BAD_REQUEST, 'cas without expect');
+  const ops = Array.from({ length: BATCH_OPS_MAX + 1 }, (_, i) => ({ op: 'put', key: `k${i}`, value: 'v' }));
+  t.equal(code(() => parseRequest(JSON.stringify({ op: 'batch', ops }))), ErrorCode.TOO_LARGE, 'batch too long');
+  t.equal(code(() => parseRequest(JSON.stringify({ op: 'batch', ops: [{ op: 'get', key: 'a' }] }))), ErrorCode.BAD_REQUEST, 'read inside batch');
+  t.equal(code(() => parseRequest(JSON.stringify({ op: 'list', prefix: 'a', limit: 0 }))), ErrorCode.BAD_REQUEST, 'zero limit');
+  t.same(parseRequest('{"op":"put","key":"users.alice","value":"x","rid":"r1","after":3}'), { op: 'put', key: 'users.alice', value: 'x', rid: 'r1', after: 3 });
+  t.equal(keyProblem('a/b=c-d_e.f'), null);
+});
+
+t.test('state machine: put, del, cas, batch atomicity, rids, overlay over checkpoint', async (t) => {
+  const base = new ArrayCheckpoint(
+    [
+      ['a', { value: 'A', rev: 1, ts: 1 }],
+      ['b', { value: 'B', rev: 2, ts: 2 }],
+      ['c', { value: 'C', rev: 3, ts: 3 }],
+    ],
+    { format: 1, index: 3, epoch: 1, ts: 3, voters: [1], eventPrev: 3 },
+  );
+  const s = new KvState(base, 2);
+  const w = (index: number, ops: Entry extends infer E ? (E extends { kind: 'write' } ? E['ops'] : never) : never, rid?: string): Entry => ({ index, epoch: 1, ts: index * 10, kind: 'write', ops, ...(rid ? { rid } : {}) });
+  let r = s.apply(w(4, [{ op: 'put', key: 'b', value: 'B2' }], 'r4'));
+  t.same(r.result, { ok: true });
+  t.same(r.events, [{ index: 4, ts: 40, op: 'put', key: 'b', value: 'B2', prev: 3 }]);
+  r = s.apply(w(5, [{ op: 'del', key: 'a' }]));
+  t.equal(s.get('a'), undefined, 'tombstone hides the checkpoint value');
+  t.same(s.range('', undefined, 10).map((x) => x.key), ['b', 'c']);
+  r = s.apply(w(6, [{ op: 'put', key: 'd', value: 'D' }, { op: 'cas', key: 'c', expect: 'nope', value: 'C2' }], 'r6'));
+  t.same(r.result, { ok: false, code: 'CAS_MISMATCH', failed: 1, current: 'C' });
+  t.equal(s.get('d'), undefined, 'a failed batch changes nothing');
+  t.same(r.events, []);
+  r = s.apply(w(7, [{ op: 'cas', key: 'x', expect: null, value: 'X' }, { op: 'cas', key: 'c', expect: 'C', value: null }], 'r7'));
+  t.same(r.result, { ok: true });
+  t.equal(s.get('x')?.value, 'X');
+  t.equal(s.get('c'), undefined);
+  r = s.apply(w(8, [{ op: 'put', key: 'x', value: 'again' }], 'r7'));
+  t.ok(r.duplicate, 'a retried rid is not applied twice');
+  t.equal(s.get('x')?.value, 'X');
+  t.equal(s.ridResult('r4'), undefined, 'oldest rid evicted beyond the table size');
+  t.throws(() => s.apply(w(10, [])), /out of order/);
+  const page1 = s.range('', undefined, 1);
+  t.same(page1.map((x) => x.key), ['b']);
+  t.same(s.range('', 'b', 5).map((x) => x.key), ['x']);
+  const delta = s.takeDelta();
+  t.equal(delta.meta.index, 8);
+  t.same(delta.kv.map(([k]) => k), ['a', 'b', 'c', 'x']);
+  t.ok(s.overlaySize > 0);
+  s.release(delta);
+  t.equal(s.overlaySize, 0, 'the overlay empties once a checkpoint lands');
+});
+
+/** Drive a single-voter node like the server does, synchronously. */
+function drive(n: Node): Ready[] {
+  const out: Ready[] = [];
+  for (let i = 0; i < 10 && (n.hasOutput() || i === 0); i++) {
+    const r = n.ready();
+    n.persisted(r.persistMark);
+    out.push(r);
+  }
+  return out;
+}
+
+t.test('single voter: elects itself, commits after persist, timestamps increase', async (t) => {
+  const n = new Node({ id: 1, voters: [1], promised: 0, entries: [], base: { index: 0, epoch: 0, ts: 0 }, commit: 0, commitTs: 0 });
+  n.tick();
+  t.equal(n.role, 'coordinator');
+  const r = n.ready();
+  t.equal(r.promise, 1, 'the promise is persisted');
+  t.same(r.append.map((e) => e.kind), ['noop']);
+  t.equal(n.commit, 0, 'nothing commits before it is persisted');
+  n.persisted(r.persistMark);
+  t.equal(n.commit, 1);
+  const a = n.propose([{ op: 'put', key: 'k', value: 'v' }], 'x')!;
+  const b = n.propose([{ op: 'put', key: 'k', value: 'w' }])!;
+  t.ok(b.ts > a.ts && a.ts > 1, 'entry ts strictly increase');
+  drive(n);
+  t.equal(n.commit, 3);
+  t.equal(n.commitTs, b.ts);
+});
+
+t.test('token rules: ahead at once at the coordinator, never moving the clock', async (t) => {
+  const n = new Node({ id: 1, voters: [1], promised: 0, entries: [], base: { index: 0, epoch: 0, ts: 0 }, commit: 0, commitTs: 0 });
+  n.tick();
+  drive(n);
+  n.propose([{ op: 'put', key: 'k', value: 'v' }]);
+  drive(n);
+  const clock = n.clock;
+  n.checkToken(7, n.commitTs + 1000);
+  n.checkToken(8, n.commitTs);
+  const r = n.ready();
+  t.same(r.tokens, [
+    { id: 7, ahead: true },
+    { id: 8, ahead: false },
+  ]);
+  t.equal(n.clock, clock, 'a token from the future does not move the clock');
+});
+
+t.test('restart from a log: promise survives, a new epoch is higher', async (t) => {
+  const entries: Entry[] = [
+    { index: 1, epoch: 1, ts: 1, kind: 'noop' },
+    { index: 2, epoch: 1, ts: 2, kind: 'write', ops: [{ op: 'put', key: 'a', value: '1' }] },
+  ];
+  const n = new Node({ id: 1, voters: [1], promised: 1, entries, base: { index: 0, epoch: 0, ts: 0 }, commit: 0, commitTs: 0 });
+  n.tick();
+  drive(n);
+  t.equal(n.epoch, 2);
+  t.equal(n.commit, 3, 'the new epoch no-op commits the old entries');
+  t.ok(n.entry(3)!.ts > 2);
+});

@@ -1,0 +1,160 @@
+// Real processes for integration tests: a nats-server, ckv-server processes
+// (from the compiled dist/), and one-shot `ckv` invocations.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startNatsServer, stopProcess, type NatsServer } from './nats-server.js';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const SERVER_JS = join(ROOT, 'dist', 'src', 'server', 'main.js');
+export const CLI_JS = join(ROOT, 'dist', 'src', 'client', 'cli.js');
+export const CKVCTL_JS = join(ROOT, 'dist', 'tools', 'ckvctl.js');
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run a program to completion, bounded in time. */
+export function run(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
+  return new Promise((resolveRun, reject) => {
+    const env = { ...process.env, ...opts.env };
+    delete env.NODE_EXTRA_CA_CERTS;
+    const p = spawn(cmd, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => {
+      p.kill('SIGKILL');
+      reject(new Error(`${cmd} ${args.join(' ')} took longer than ${opts.timeoutMs ?? 30_000} ms\n${stderr}`));
+    }, opts.timeoutMs ?? 30_000);
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('error', reject);
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      resolveRun({ code, stdout, stderr });
+    });
+    p.stdin.end(opts.input ?? '');
+  });
+}
+
+export class Cluster {
+  nats!: NatsServer;
+  readonly dir: string;
+  readonly cluster: string;
+  readonly voters: number[];
+  readonly procs = new Map<number, ChildProcess>();
+  readonly logs = new Map<number, string>();
+  private extraArgs: string[];
+
+  constructor(nodes: number, opts: { cluster?: string; extraArgs?: string[] } = {}) {
+    this.dir = mkdtempSync(join(tmpdir(), 'ckv-it-'));
+    this.cluster = opts.cluster ?? 'it';
+    this.voters = Array.from({ length: nodes }, (_, i) => i + 1);
+    this.extraArgs = opts.extraArgs ?? [];
+  }
+
+  async start(): Promise<void> {
+    this.nats = await startNatsServer();
+    for (const id of this.voters) this.startNode(id);
+  }
+
+  dataDir(id: number): string {
+    return join(this.dir, `node-${id}`);
+  }
+
+  startNode(id: number, extra: string[] = []): ChildProcess {
+    const env = { ...process.env, CKV_LOG_LEVEL: 'info' };
+    delete env.NODE_EXTRA_CA_CERTS;
+    const p = spawn(
+      process.execPath,
+      [SERVER_JS, '--id', String(id), '--data', this.dataDir(id), '--nats', this.nats.url, '--cluster', this.cluster, '--voters', this.voters.join(','), ...this.extraArgs, ...extra],
+      { stdio: ['ignore', 'ignore', 'pipe'], env },
+    );
+    this.logs.set(id, '');
+    p.stderr!.on('data', (d: Buffer) => this.logs.set(id, (this.logs.get(id) ?? '') + d.toString()));
+    this.procs.set(id, p);
+    return p;
+  }
+
+  kill(id: number, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const p = this.procs.get(id)!;
+    if (signal === 'SIGSTOP' || signal === 'SIGCONT') {
+      p.kill(signal);
+      return Promise.resolve();
+    }
+    return new Promise((r) => {
+      if (p.exitCode !== null || p.signalCode !== null) return r();
+      p.once('exit', () => r());
+      p.kill(signal);
+    });
+  }
+
+  /** The ckv CLI against this cluster. */
+  ckv(args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
+    return run(process.execPath, [CLI_JS, '--nats', this.nats.url, '--cluster', this.cluster, ...args], opts);
+  }
+
+  /** Poll `ckv status --json` until `pred` holds, bounded by a deadline. */
+  async waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    let last: unknown;
+    while (Date.now() < deadline) {
+      try {
+        const v = await probe();
+        if (v !== undefined) return v;
+      } catch (err) {
+        last = err;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+  }
+
+  /** Wait until some server is coordinator and a write goes through; returns its id. */
+  async waitForCoordinator(timeoutMs = 20_000): Promise<number> {
+    return this.waitFor(
+      'a coordinator',
+      async () => {
+        const r = await this.ckv(['status', '--json', '--no-session', '--timeout', '1000']);
+        if (r.code !== 0) return undefined;
+        const rows = parseStatus(r.stdout);
+        const c = rows.find((s) => s.role === 'coordinator');
+        return c ? c.id : undefined;
+      },
+      timeoutMs,
+    );
+  }
+
+  async stop(): Promise<void> {
+    for (const p of this.procs.values()) {
+      if (p.signalCode === null && p.exitCode === null) p.kill('SIGCONT');
+    }
+    await Promise.all([...this.procs.values()].map((p) => stopProcess(p, 3000)));
+    await this.nats?.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export interface StatusRow {
+  id: number;
+  role: string;
+  epoch: number;
+  applied: number;
+  commit: number;
+  last: number;
+  checkpoint: number;
+}
+
+/** `ckv status --json` prints the servers that answered (an array, or one object per line). */
+export function parseStatus(stdout: string): StatusRow[] {
+  const text = stdout.trim();
+  if (!text) return [];
+  const parsed: unknown = text.startsWith('[') ? JSON.parse(text) : text.split('\n').map((l) => JSON.parse(l));
+  const arr = Array.isArray(parsed) ? parsed : [parsed];
+  return arr.map((x: any) => (x.status ?? x) as StatusRow);
+}

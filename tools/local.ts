@@ -1,0 +1,136 @@
+#!/usr/bin/env node
+// npm start: a local cluster on loopback — a nats-server child process and
+// ckv-server processes with their data under checkpoints/ — shown working with
+// one put and get through the ckv CLI, stopped cleanly by Ctrl-C.
+
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const SERVER = join(ROOT, 'dist', 'src', 'server', 'main.js');
+const CLI = join(ROOT, 'dist', 'src', 'client', 'cli.js');
+/** How long the cluster may take to elect a coordinator and answer. */
+const READY_TIMEOUT_MS = 20_000;
+
+const { values } = parseArgs({
+  options: {
+    nodes: { type: 'string', default: '3' },
+    port: { type: 'string', default: '4222' },
+    cluster: { type: 'string', default: 'ckv' },
+    data: { type: 'string', default: join(ROOT, 'checkpoints') },
+  },
+});
+const nodes = Number(values.nodes);
+const port = Number(values.port);
+const cluster = values.cluster!;
+const natsUrl = `nats://127.0.0.1:${port}`;
+const children: ChildProcess[] = [];
+let stopping = false;
+
+function log(msg: string): void {
+  process.stdout.write(`local: ${msg}\n`);
+}
+
+function startNats(): Promise<ChildProcess> {
+  return new Promise((resolveStart, reject) => {
+    const p = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let buf = '';
+    p.once('error', (err) => reject(new Error(`cannot start nats-server (run tools/setup.sh): ${err.message}`)));
+    const onExit = (code: number | null) => reject(new Error(`nats-server exited (${code}): ${buf.slice(-500)}`));
+    p.once('exit', onExit);
+    p.stderr!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes('Server is ready')) {
+        p.off('exit', onExit);
+        resolveStart(p);
+      }
+    });
+  });
+}
+
+function startServer(id: number, voters: number[]): ChildProcess {
+  const data = join(values.data!, `node-${id}`);
+  mkdirSync(data, { recursive: true });
+  const p = spawn(process.execPath, [SERVER, '--id', String(id), '--data', data, '--nats', natsUrl, '--cluster', cluster, '--voters', voters.join(',')], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  // Server logs are JSON lines (pino); show only warnings and errors here.
+  p.stderr!.on('data', (d: Buffer) => {
+    for (const line of d.toString().split('\n')) {
+      if (/"level":(40|50|60)/.test(line) || (line && !line.startsWith('{'))) process.stderr.write(`node-${id}: ${line}\n`);
+    }
+  });
+  p.on('exit', (code, sig) => {
+    if (!stopping) log(`node-${id} exited (${code ?? sig})`);
+  });
+  return p;
+}
+
+function ckv(args: string[]): { status: number | null; out: string } {
+  const r = spawnSync(process.execPath, [CLI, '--nats', natsUrl, '--cluster', cluster, '--no-session', ...args], { encoding: 'utf8' });
+  return { status: r.status, out: (r.stdout + r.stderr).trim() };
+}
+
+function stopAll(): Promise<void> {
+  stopping = true;
+  const servers = children.slice(1);
+  const wait = (p: ChildProcess) =>
+    new Promise<void>((r) => {
+      if (p.exitCode !== null || p.signalCode !== null) return r();
+      p.once('exit', () => r());
+    });
+  for (const p of servers) p.kill('SIGTERM');
+  return Promise.all(servers.map(wait)).then(() => {
+    children[0]?.kill('SIGTERM');
+    return children[0] ? wait(children[0]) : undefined;
+  });
+}
+
+async function main(): Promise<void> {
+  log(`starting nats-server on ${natsUrl}`);
+  children.push(await startNats());
+  const voters = Array.from({ length: nodes }, (_, i) => i + 1);
+  for (const id of voters) children.push(startServer(id, voters));
+  log(`started ${nodes} ckv-server processes (voters ${voters.join(',')}), data under ${values.data}`);
+  process.on('SIGINT', () => {
+    log('stopping (servers checkpoint and exit)');
+    void stopAll().then(() => log('stopped'));
+  });
+  process.on('SIGTERM', () => void stopAll());
+
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let put = ckv(['put', 'hello', 'world', '--timeout', '2000']);
+  while (put.status !== 0 && Date.now() < deadline && !stopping) {
+    put = ckv(['put', 'hello', 'world', '--timeout', '2000']);
+  }
+  if (put.status !== 0) {
+    log(`the cluster did not take a write: ${put.out}`);
+    await stopAll();
+    process.exitCode = 1;
+    return;
+  }
+  const get = ckv(['get', 'hello']);
+  const status = ckv(['status']);
+  log(`ckv put hello world -> ${put.out || 'ok'}`);
+  log(`ckv get hello       -> ${get.out}`);
+  process.stdout.write(`${status.out}\n`);
+  process.stdout.write(`
+The cluster is up. In another shell:
+  export CKV_NATS=${natsUrl} CKV_CLUSTER=${cluster}
+  node dist/src/client/cli.js put greeting hi      # or: npx ckv put greeting hi
+  node dist/src/client/cli.js get greeting
+  node dist/src/client/cli.js watch ''             # change events
+  node dist/src/client/cli.js status
+  node dist/tools/ckvctl.js log ls --data ${join(values.data!, 'node-1')}
+Ctrl-C stops everything.
+`);
+}
+
+main().catch(async (err: Error) => {
+  process.stderr.write(`local: ${err.message}\n`);
+  await stopAll();
+  process.exitCode = 1;
+});
