@@ -17,7 +17,7 @@ import type { Msg } from '../core/messages.js';
 import { Node, type Notice, type Ready } from '../core/node.js';
 import { KvState } from '../core/state.js';
 import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
-import type { ChangeEvent, Entry, NodeStatus, PeerStatus, Reply, Request, WriteOp, WriteResult } from '../core/wire.js';
+import type { ChangeEvent, Entry, KeyValue, NodeStatus, PeerStatus, Reply, Request, WriteOp, WriteResult } from '../core/wire.js';
 import type { CheckpointStore, LogStore, StateFile } from '../storage/ports.js';
 import type { Respond, ServerTransport } from '../transport/nats.js';
 import { subjects } from '../transport/subjects.js';
@@ -88,6 +88,8 @@ export class Server {
   private strong = new Map<number, Waiter>();
   private nextWaiter = 1;
   private events: ChangeEvent[] = [];
+  /** Replay is complete only for entries above this index (older events are not kept). */
+  private eventsFloor: number;
   private stopWrites: (() => void) | null = null;
   private stopRead: (() => void) | null = null;
   private stopAdmin: (() => void) | null = null;
@@ -134,6 +136,7 @@ export class Server {
       commitTs: meta.ts,
     });
     this.node.checkpointIndex = meta.index;
+    this.eventsFloor = this.state.applied;
     // Replay what is known committed (the checkpoint's own index: nothing more until the cluster says so).
     this.applyCommitted();
   }
@@ -260,7 +263,14 @@ export class Server {
         else for (const r of p.responders) this.replyError(r, ErrorCode.UNAVAILABLE, 'the coordinator changed; retry with the same rid');
       }
     }
-    if (this.events.length > EVENTS_RETAINED_MAX * 2) this.events = this.events.slice(-EVENTS_RETAINED_MAX);
+    if (this.events.length > EVENTS_RETAINED_MAX * 2) {
+      const drop = this.events.length - EVENTS_RETAINED_MAX;
+      // Keep whole entries: never split the events of one index.
+      let cut = drop;
+      while (cut < this.events.length && this.events[cut]!.index === this.events[drop - 1]!.index) cut++;
+      this.eventsFloor = this.events[cut - 1]!.index;
+      this.events = this.events.slice(cut);
+    }
     this.node.applied = this.state.applied;
     this.wakeWaiters();
     if (this.log.bytesAfter(this.node.checkpointIndex) > this.checkpointBytes) void this.checkpoint();
@@ -399,18 +409,23 @@ export class Server {
         return;
       }
       case 'list': {
+        // `start` is inclusive (the previous page's `next`); ranges below are exclusive.
         const limit = req.limit!;
-        const items = this.state.range(req.prefix, req.start, limit + 1);
+        const items: KeyValue[] = [];
+        const first = req.start !== undefined && req.start.startsWith(req.prefix) ? this.state.get(req.start) : undefined;
+        if (first) items.push({ key: req.start!, value: first.value, rev: first.rev });
+        const from = req.start !== undefined && req.start < req.prefix ? undefined : req.start;
+        items.push(...this.state.range(req.prefix, from, limit + 1 - items.length));
         const more = items.length > limit;
+        const next = more ? items[limit]!.key : null;
         if (more) items.length = limit;
-        this.reply(respond, { ok: true, ts, index, items, next: more ? items[items.length - 1]!.key : null });
+        this.reply(respond, { ok: true, ts, index, items, next });
         return;
       }
       case 'replay': {
-        const first = this.events.length > 0 ? this.events[0]!.index : this.state.applied + 1;
         const from = Math.max(req.from, 1);
-        if (from < first && this.events.length > 0 && this.events[0]!.prev !== 0 && from <= this.events[0]!.prev) {
-          this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.COMPACTED, message: `events before index ${first} are no longer kept here; read the current state instead` } });
+        if (from <= this.eventsFloor) {
+          this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.COMPACTED, message: `events up to index ${this.eventsFloor} are no longer kept here; read the current state instead` } });
           return;
         }
         const limit = req.limit ?? REPLAY_EVENTS_MAX;

@@ -150,11 +150,11 @@ export interface StatusRow {
   checkpoint: number;
 }
 
-/** `ckv status --json` prints the servers that answered (an array, or one object per line). */
+/** `ckv status --json` prints {servers: [...], ts}: the servers that answered. */
 export function parseStatus(stdout: string): StatusRow[] {
   const text = stdout.trim();
   if (!text) return [];
-  const parsed: unknown = text.startsWith('[') ? JSON.parse(text) : text.split('\n').map((l) => JSON.parse(l));
-  const arr = Array.isArray(parsed) ? parsed : [parsed];
+  const parsed: any = JSON.parse(text);
+  const arr: unknown[] = Array.isArray(parsed) ? parsed : Array.isArray(parsed.servers) ? parsed.servers : [parsed];
   return arr.map((x: any) => (x.status ?? x) as StatusRow);
 }

@@ -1,0 +1,590 @@
+#!/usr/bin/env node
+// ckv: the one-shot client. Parse, validate, connect, one request, print, exit.
+// It loads no server code; the NATS library is loaded only once the arguments
+// are known to be good (see Client.connect).
+
+import { parseArgs } from 'node:util';
+import { ErrorCode } from '../core/errors.js';
+import { KEY_BYTES_MAX, LIST_LIMIT_MAX, REQUEST_BYTES_MAX, VALUE_BYTES_MAX } from '../core/limits.js';
+import { validateRequest } from '../core/validate.js';
+import type { ChangeEvent, KeyValue, NodeStatus, Request, WriteOp } from '../core/wire.js';
+import { CasMismatchError, CkvError, Client, CLUSTER_DEFAULT, NATS_URL_DEFAULT } from './client.js';
+import { defaultSessionPath, readToken, saveToken } from './session.js';
+
+/** Exit statuses (documented in --help). */
+const EXIT_OK = 0;
+const EXIT_NOT_FOUND = 1; // also a cas mismatch
+const EXIT_USAGE = 2; // also a request the server rejects as malformed or too large
+const EXIT_UNAVAILABLE = 3; // no server could answer in time
+const EXIT_ERROR = 4; // any other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)
+
+const TIMEOUT_MS_DEFAULT = 5000;
+
+const FLAGS_HELP = `Flags (before or after the command):
+  --nats URL[,URL]   NATS server(s) (env CKV_NATS, default ${NATS_URL_DEFAULT})
+  --cluster NAME     cluster name (env CKV_CLUSTER, default ${CLUSTER_DEFAULT})
+  --timeout MS       budget for the whole command, retries included (default ${TIMEOUT_MS_DEFAULT})
+  --json             print JSON (one object; watch: one object per line)
+  --strong           linearizable read via the coordinator (get, mget, list)
+  --session FILE     token file (env CKV_SESSION, default
+                     \${XDG_STATE_HOME:-$HOME/.local/state}/ckv/session.json)
+  --no-session       neither read nor write the token file
+  --after TS         causal token to start from (env CKV_AFTER); implies --print-token
+  --print-token      on exit 0 or 1, print the new token on stderr as the last
+                     line (a decimal number)
+  -h, --help         help (also: ckv help COMMAND, ckv COMMAND --help)
+  --                 ends flags: "ckv put k -- -1" stores "-1"`;
+
+const EXIT_HELP = `Exit status:
+  0  ok
+  1  not found (get, mget: any key, del) or cas mismatch (cas, batch)
+  2  usage error, or the server rejected the request (BAD_REQUEST, TOO_LARGE)
+  3  unavailable: no server answered in time (UNAVAILABLE, TIMEOUT, NATS down)
+  4  other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)`;
+
+const KEYS_HELP = `Keys: 1..${KEY_BYTES_MAX} characters of [-/_=.a-zA-Z0-9], dots separate tokens (no
+leading, trailing or doubled dot). Values: UTF-8 text up to ${VALUE_BYTES_MAX} bytes.`;
+
+const TOKEN_HELP = `Causal token: every reply carries a timestamp; ckv keeps the largest in the
+session file (per cluster) so the next ckv reads at least what this one saw,
+from any server. Without a shared file, pass it on explicitly:
+  t=$(ckv --no-session --print-token put cfg/a 1 2>&1 >/dev/null)
+  ckv --no-session --after "$t" get cfg/a     # elsewhere: sees the put`;
+
+interface CommandSpec {
+  usage: string;
+  help: string;
+  /** Command-specific flags it accepts. */
+  flags: string[];
+}
+
+const COMMANDS: Record<string, CommandSpec> = {
+  get: {
+    usage: 'get KEY',
+    help: `Print the value of KEY: its exact bytes, plus a newline only when stdout is a
+terminal. A missing key prints "not found" on stderr and exits 1.
+--json: {"key","value","rev","ts"} (value null if missing).`,
+    flags: ['strong'],
+  },
+  put: {
+    usage: 'put KEY VALUE',
+    help: `Set KEY to VALUE. VALUE "-" reads the value from stdin (exact bytes, UTF-8).
+Prints nothing; --json: {"index","ts"}.`,
+    flags: [],
+  },
+  del: {
+    usage: 'del KEY',
+    help: `Delete KEY. Prints nothing; --json: {"index","ts"}.`,
+    flags: [],
+  },
+  cas: {
+    usage: 'cas KEY EXPECTED NEW | cas --absent KEY NEW | cas --delete KEY EXPECTED',
+    help: `Compare-and-set: set KEY to NEW only if it holds EXPECTED.
+  --absent   expect KEY to be absent (create-if-absent); EXPECTED is not given
+  --delete   delete KEY on a match instead of setting it; NEW is not given
+(--absent --delete KEY succeeds only if KEY is absent, and changes nothing.)
+One of EXPECTED or NEW may be "-" (stdin). On a mismatch nothing is written,
+stderr says what KEY holds now, and the exit status is 1.
+Prints nothing; --json: {"index","ts"}, or on a mismatch
+{"error":{"code","message"},"current","ts"}.`,
+    flags: ['absent', 'delete'],
+  },
+  mget: {
+    usage: 'mget KEY...',
+    help: `Print several values, one line per key found: KEY<TAB>VALUE, with VALUE
+escaped (\\\\, \\n, \\t, \\r, other control characters as \\xHH). Missing keys are
+named on stderr and make the exit status 1.
+--json: {"values":[{"key","value","rev"} or null, ...],"ts"}.`,
+    flags: ['strong'],
+  },
+  list: {
+    usage: 'list PREFIX [--limit N] [--start KEY] [--all] [--keys]',
+    help: `List keys that start with PREFIX ("" for all), in key order: KEY<TAB>VALUE
+per line (VALUE escaped as for mget).
+  --limit N    keys per page, 1..${LIST_LIMIT_MAX} (default 100)
+  --start KEY  begin at KEY (the "next" of a previous page)
+  --all        fetch every page
+  --keys       print only the keys
+When more keys remain, stderr says how to continue (--start NEXT).
+--json: {"items":[{"key","value","rev"}...],"next","ts"}.`,
+    flags: ['limit', 'start', 'all', 'keys', 'strong'],
+  },
+  batch: {
+    usage: 'batch JSON | batch -',
+    help: `Apply several writes atomically, as one log entry. The argument (or stdin,
+for "-") is a JSON array of ops:
+  [{"op":"put","key":"a","value":"1"}, {"op":"del","key":"b"},
+   {"op":"cas","key":"c","expect":null,"value":"x"}]
+(cas: expect null = must be absent, value null = delete). If a cas does not
+match, nothing is applied and the exit status is 1.
+Prints nothing; --json: {"index","ts"}.`,
+    flags: [],
+  },
+  watch: {
+    usage: 'watch [TARGET] [--from INDEX]',
+    help: `Print change events until interrupted (Ctrl-C), one line per event:
+  INDEX<TAB>TS<TAB>put<TAB>KEY<TAB>VALUE     (VALUE escaped as for mget)
+  INDEX<TAB>TS<TAB>del<TAB>KEY
+TARGET "" or absent: every key; ending in ".": every key under it ("users."
+matches users.a and users.a.b); otherwise exactly that key.
+  --from INDEX  first replay the events from log index INDEX, then go live
+--json: one event object per line.`,
+    flags: ['from'],
+  },
+  status: {
+    usage: 'status',
+    help: `Show every server that answers within ~300 ms: a table with one line per
+server (the coordinator is marked *). --json: {"servers":[...],"ts"}.`,
+    flags: [],
+  },
+};
+
+const OPTIONS = {
+  nats: { type: 'string' },
+  cluster: { type: 'string' },
+  timeout: { type: 'string' },
+  json: { type: 'boolean' },
+  strong: { type: 'boolean' },
+  session: { type: 'string' },
+  'no-session': { type: 'boolean' },
+  after: { type: 'string' },
+  'print-token': { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  limit: { type: 'string' },
+  start: { type: 'string' },
+  all: { type: 'boolean' },
+  keys: { type: 'boolean' },
+  from: { type: 'string' },
+  absent: { type: 'boolean' },
+  delete: { type: 'boolean' },
+} as const;
+
+const COMMAND_FLAGS = new Set(Object.values(COMMANDS).flatMap((c) => c.flags));
+
+function mainHelp(): string {
+  const lines = Object.values(COMMANDS).map((c) => `  ckv ${c.usage}`);
+  return `Usage: ckv [flags] COMMAND [ARGS]
+
+Commands:
+${lines.join('\n')}
+
+${KEYS_HELP}
+
+${FLAGS_HELP}
+
+${EXIT_HELP}
+
+${TOKEN_HELP}
+`;
+}
+
+function commandHelp(name: string): string {
+  const c = COMMANDS[name]!;
+  return `Usage: ckv [flags] ${c.usage}
+
+${c.help}
+
+${FLAGS_HELP}
+
+${EXIT_HELP}
+`;
+}
+
+/** A bad command line: exit 2 with the message and a pointer to help. */
+class UsageError extends Error {}
+
+function usage(message: string): never {
+  throw new UsageError(message);
+}
+
+function parseNat(s: string, what: string): number {
+  if (!/^\d+$/.test(s) || !Number.isSafeInteger(Number(s))) usage(`${what} must be a non-negative integer, got "${s}"`);
+  return Number(s);
+}
+
+/** The server's own validation, run before connecting: a bad request is a usage error. */
+function check(req: Request): void {
+  try {
+    validateRequest(req);
+  } catch (err) {
+    usage((err as Error).message);
+  }
+}
+
+async function readStdin(what: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > REQUEST_BYTES_MAX) usage(`${what} on stdin is larger than ${REQUEST_BYTES_MAX} bytes`);
+    chunks.push(chunk);
+  }
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks));
+  } catch {
+    usage(`${what} on stdin is not UTF-8 text`);
+  }
+}
+
+/** Escapes a value for one-line output: backslash, newline, tab, CR, other control characters. */
+function escapeValue(v: string): string {
+  return v.replace(/[\\\x00-\x1f\x7f]/g, (c) => {
+    switch (c) {
+      case '\\':
+        return '\\\\';
+      case '\n':
+        return '\\n';
+      case '\t':
+        return '\\t';
+      case '\r':
+        return '\\r';
+      default:
+        return `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
+    }
+  });
+}
+
+function out(s: string): void {
+  process.stdout.write(s);
+}
+
+function json(v: unknown): void {
+  out(JSON.stringify(v) + '\n');
+}
+
+function warn(s: string): void {
+  process.stderr.write(`ckv: ${s}\n`);
+}
+
+interface Settings {
+  command: string;
+  args: string[];
+  flags: Record<string, string | boolean | undefined>;
+  servers: string[];
+  cluster: string;
+  timeout: number;
+  json: boolean;
+  sessionPath: string | null;
+  after: number;
+  afterSource: string | null;
+  printToken: boolean;
+}
+
+function parse(argv: string[], env: NodeJS.ProcessEnv): Settings | { help: string } {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (err) {
+    usage((err as Error).message);
+  }
+  const flags = parsed.values as Record<string, string | boolean | undefined>;
+  const [command, ...args] = parsed.positionals;
+  if (command === 'help') {
+    if (args.length === 0) return { help: mainHelp() };
+    if (!COMMANDS[args[0]!]) usage(`unknown command "${args[0]}"`);
+    return { help: commandHelp(args[0]!) };
+  }
+  if (flags.help) return { help: command && COMMANDS[command] ? commandHelp(command) : mainHelp() };
+  if (!command) usage('no command given');
+  const spec = COMMANDS[command];
+  if (!spec) usage(`unknown command "${command}"`);
+  for (const f of COMMAND_FLAGS) {
+    if (flags[f] !== undefined && !spec.flags.includes(f)) usage(`--${f} does not apply to ${command}`);
+  }
+
+  const servers = (typeof flags.nats === 'string' ? flags.nats : env.CKV_NATS || NATS_URL_DEFAULT)
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s);
+  if (servers.length === 0) usage('--nats needs a URL');
+  const cluster = typeof flags.cluster === 'string' ? flags.cluster : env.CKV_CLUSTER || CLUSTER_DEFAULT;
+  if (!/^[-_a-zA-Z0-9]{1,64}$/.test(cluster)) usage('cluster name must be 1..64 characters of [-_a-zA-Z0-9]');
+  const timeout = typeof flags.timeout === 'string' ? parseNat(flags.timeout, '--timeout') : TIMEOUT_MS_DEFAULT;
+  if (timeout <= 0) usage('--timeout must be at least 1 ms');
+
+  let after = 0;
+  let afterSource: string | null = null;
+  if (typeof flags.after === 'string') {
+    after = parseNat(flags.after, '--after');
+    afterSource = '--after';
+  } else if (env.CKV_AFTER !== undefined && env.CKV_AFTER !== '') {
+    after = parseNat(env.CKV_AFTER, 'CKV_AFTER');
+    afterSource = 'CKV_AFTER';
+  }
+  const sessionPath = flags['no-session'] ? null : typeof flags.session === 'string' ? flags.session : env.CKV_SESSION || defaultSessionPath(env);
+  if (flags['no-session'] && typeof flags.session === 'string') usage('--session and --no-session contradict each other');
+
+  return {
+    command,
+    args,
+    flags,
+    servers,
+    cluster,
+    timeout,
+    json: flags.json === true,
+    sessionPath,
+    after,
+    afterSource,
+    printToken: flags['print-token'] === true || afterSource !== null,
+  };
+}
+
+function arity(s: Settings, min: number, max: number): void {
+  if (s.args.length < min || s.args.length > max) usage(`usage: ckv ${COMMANDS[s.command]!.usage}`);
+}
+
+/** One prepared command: validated arguments and what to do once connected. */
+type Action = (c: Client) => Promise<number>;
+
+async function prepare(s: Settings): Promise<Action> {
+  const strong = s.flags.strong ? ({ consistency: 'strong' } as const) : {};
+  let stdinUsed = false;
+  const arg = async (v: string, what: string): Promise<string> => {
+    if (v !== '-') return v;
+    if (stdinUsed) usage('only one argument can be "-" (stdin)');
+    stdinUsed = true;
+    return readStdin(what);
+  };
+
+  switch (s.command) {
+    case 'get': {
+      arity(s, 1, 1);
+      const key = s.args[0]!;
+      check({ op: 'get', key });
+      return async (c) => {
+        const kv = await c.get(key, strong);
+        if (s.json) json({ key, value: kv?.value ?? null, ...(kv ? { rev: kv.rev } : {}), ts: c.token });
+        else if (kv) out(process.stdout.isTTY ? kv.value + '\n' : kv.value);
+        if (!kv && !s.json) warn(`${key}: not found`);
+        return kv ? EXIT_OK : EXIT_NOT_FOUND;
+      };
+    }
+    case 'put': {
+      arity(s, 2, 2);
+      const key = s.args[0]!;
+      check({ op: 'del', key }); // the key first: a clear error before reading stdin
+      const value = await arg(s.args[1]!, 'value');
+      check({ op: 'put', key, value });
+      return async (c) => printAck(s, await c.put(key, value));
+    }
+    case 'del': {
+      arity(s, 1, 1);
+      const key = s.args[0]!;
+      check({ op: 'del', key });
+      return async (c) => printAck(s, await c.del(key));
+    }
+    case 'cas': {
+      const absent = s.flags.absent === true;
+      const del = s.flags.delete === true;
+      const n = 1 + (absent ? 0 : 1) + (del ? 0 : 1);
+      arity(s, n, n);
+      const key = s.args[0]!;
+      check({ op: 'del', key });
+      let i = 1;
+      const expect = absent ? null : await arg(s.args[i++]!, 'expected value');
+      const value = del ? null : await arg(s.args[i++]!, 'new value');
+      check({ op: 'cas', key, expect, value });
+      return async (c) => printAck(s, await c.cas(key, expect, value));
+    }
+    case 'mget': {
+      if (s.args.length === 0) usage(`usage: ckv ${COMMANDS.mget!.usage}`);
+      const keys = s.args;
+      check({ op: 'mget', keys });
+      return async (c) => {
+        const values = await c.mget(keys, strong);
+        const missing = keys.filter((_, i) => !values[i]);
+        if (s.json) json({ values, ts: c.token });
+        else {
+          out(values.filter((v): v is KeyValue => v !== null).map((v) => `${v.key}\t${escapeValue(v.value)}\n`).join(''));
+          for (const k of missing) warn(`${k}: not found`);
+        }
+        return missing.length > 0 ? EXIT_NOT_FOUND : EXIT_OK;
+      };
+    }
+    case 'list': {
+      arity(s, 1, 1);
+      const prefix = s.args[0]!;
+      const limit = typeof s.flags.limit === 'string' ? parseNat(s.flags.limit, '--limit') : undefined;
+      const start = typeof s.flags.start === 'string' ? s.flags.start : undefined;
+      check({ op: 'list', prefix, ...(start !== undefined ? { start } : {}), ...(limit !== undefined ? { limit } : {}) });
+      const all = s.flags.all === true;
+      return async (c) => {
+        const items: KeyValue[] = [];
+        let next: string | null = start ?? null;
+        do {
+          const page = await c.list(prefix, { ...strong, ...(next !== null ? { start: next } : {}), ...(limit !== undefined ? { limit } : {}) });
+          if (!s.json) out(page.items.map((kv) => (s.flags.keys ? `${kv.key}\n` : `${kv.key}\t${escapeValue(kv.value)}\n`)).join(''));
+          else items.push(...page.items);
+          next = page.next;
+        } while (all && next !== null);
+        if (s.json) json({ items, next, ts: c.token });
+        else if (next !== null) warn(`more keys: continue with --start ${next} (or use --all)`);
+        return EXIT_OK;
+      };
+    }
+    case 'batch': {
+      arity(s, 1, 1);
+      const text = await arg(s.args[0]!, 'batch');
+      let ops: WriteOp[];
+      try {
+        ops = JSON.parse(text) as WriteOp[];
+      } catch (err) {
+        usage(`batch is not valid JSON: ${(err as Error).message}`);
+      }
+      if (!Array.isArray(ops)) usage('batch must be a JSON array of ops');
+      check({ op: 'batch', ops });
+      return async (c) => printAck(s, await c.batch(ops));
+    }
+    case 'watch': {
+      arity(s, 0, 1);
+      const target = s.args[0] ?? '';
+      if (target !== '') check({ op: 'get', key: target.endsWith('.') ? target.slice(0, -1) : target });
+      const from = typeof s.flags.from === 'string' ? parseNat(s.flags.from, '--from') : undefined;
+      return (c) => watch(s, c, target, from);
+    }
+    case 'status': {
+      arity(s, 0, 0);
+      return async (c) => {
+        const servers = await c.status();
+        if (s.json) json({ servers, ts: c.token });
+        else out(statusTable(servers));
+        return EXIT_OK;
+      };
+    }
+    default:
+      usage(`unknown command "${s.command}"`);
+  }
+}
+
+function printAck(s: Settings, ack: { index: number; ts: number }): number {
+  if (s.json) json(ack);
+  return EXIT_OK;
+}
+
+async function watch(s: Settings, c: Client, target: string, from: number | undefined): Promise<number> {
+  const w = c.watch(target, from !== undefined ? { from } : {});
+  const stop = () => w.stop();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  // A closed pipe (ckv watch | head -1) ends the watch quietly.
+  process.stdout.on('error', stop);
+  try {
+    for await (const e of w) {
+      if (s.json) json(e);
+      else out(eventLine(e));
+    }
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
+  return EXIT_OK;
+}
+
+function eventLine(e: ChangeEvent): string {
+  return e.op === 'put' ? `${e.index}\t${e.ts}\tput\t${e.key}\t${escapeValue(e.value ?? '')}\n` : `${e.index}\t${e.ts}\tdel\t${e.key}\n`;
+}
+
+function statusTable(servers: NodeStatus[]): string {
+  const header = ['ID', 'ROLE', 'EPOCH', 'COORD', 'CLOCK', 'LAST', 'COMMIT', 'APPLIED', 'CHECKPOINT', 'VOTERS', 'UPTIME', 'VERSION'];
+  const rows = servers.map((n) => [
+    `${n.id}${n.role === 'coordinator' ? '*' : ''}`,
+    n.role,
+    String(n.epoch),
+    n.coordinator === null ? '-' : String(n.coordinator),
+    String(n.clock),
+    String(n.last),
+    String(n.commit),
+    String(n.applied),
+    String(n.checkpoint),
+    (n.voters ?? []).join(','),
+    `${Math.round((n.uptimeMs ?? 0) / 1000)}s`,
+    n.version ?? '',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  return [header, ...rows].map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd() + '\n').join('');
+}
+
+function exitFor(err: CkvError): number {
+  switch (err.code) {
+    case ErrorCode.NOT_FOUND:
+    case ErrorCode.CAS_MISMATCH:
+      return EXIT_NOT_FOUND;
+    case ErrorCode.BAD_REQUEST:
+    case ErrorCode.TOO_LARGE:
+      return EXIT_USAGE;
+    case ErrorCode.UNAVAILABLE:
+    case ErrorCode.TIMEOUT:
+      return EXIT_UNAVAILABLE;
+    default:
+      return EXIT_ERROR;
+  }
+}
+
+function report(s: Settings, err: CkvError, c: Client | null, sessionToken: number): number {
+  if (err instanceof CasMismatchError) {
+    if (s.json) {
+      json({ error: { code: err.code, message: err.message }, ...(err.current !== undefined ? { current: err.current } : {}), failed: err.failed, ts: c?.token ?? 0 });
+    } else {
+      const now = err.current === undefined ? '' : err.current === null ? ' (it is absent)' : ` (it holds ${JSON.stringify(err.current.length > 200 ? err.current.slice(0, 200) + '…' : err.current)})`;
+      warn(`cas mismatch${s.command === 'batch' ? ` at ops[${err.failed}]` : ''}: ${err.message}${now}`);
+    }
+  } else if (err.code === ErrorCode.NOT_FOUND) {
+    if (s.json) json({ error: { code: err.code, message: err.message }, ts: c?.token ?? 0 });
+    else warn(`${s.args[0] ?? ''}: not found`);
+  } else {
+    warn(`${err.code}: ${err.message}`);
+    if (err.code === ErrorCode.TOKEN_AHEAD) {
+      const from = s.afterSource ?? (sessionToken > 0 && s.sessionPath ? `the session file ${s.sessionPath}` : 'the token');
+      warn(`the causal token (from ${from}) is ahead of every write in cluster "${s.cluster}"; if the cluster was recreated, remove the file or use --no-session`);
+    }
+  }
+  return exitFor(err);
+}
+
+async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  let s: Settings;
+  let action: Action;
+  try {
+    const p = parse(argv, env);
+    if ('help' in p) {
+      out(p.help);
+      return EXIT_OK;
+    }
+    s = p;
+    action = await prepare(s);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    warn(`${err.message}\nTry "ckv --help"${argv.length > 0 && COMMANDS[argv.find((a) => !a.startsWith('-')) ?? ''] ? ` or "ckv help ${argv.find((a) => !a.startsWith('-'))}"` : ''}.`);
+    return EXIT_USAGE;
+  }
+
+  const [sessionToken, connected] = await Promise.all([
+    s.sessionPath ? readToken(s.sessionPath, s.cluster) : Promise.resolve(0),
+    Client.connect({ servers: s.servers, cluster: s.cluster, timeout: s.timeout, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError),
+  ]);
+  if (connected instanceof Error) return report(s, connected instanceof CkvError ? connected : new CkvError(ErrorCode.UNAVAILABLE, String(connected)), null, sessionToken);
+  const c = connected;
+  c.observe(sessionToken);
+  let code: number;
+  try {
+    code = await action(c);
+  } catch (err) {
+    if (!(err instanceof CkvError)) throw err;
+    code = report(s, err, c, sessionToken);
+  } finally {
+    await c.close();
+  }
+  if (s.sessionPath && c.token > sessionToken) await saveToken(s.sessionPath, s.cluster, c.token);
+  if (s.printToken && (code === EXIT_OK || code === EXIT_NOT_FOUND)) process.stderr.write(`${c.token}\n`);
+  return code;
+}
+
+main(process.argv.slice(2), process.env).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`ckv: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exitCode = EXIT_ERROR;
+  },
+);

@@ -1,0 +1,698 @@
+// The ckv client library: requests with the causal token, retries with the same
+// request id, and change-event watches with replay. The NATS connection is an
+// injected Transport, so tests can run it against anything and the one-shot CLI
+// loads the NATS library only when it really connects.
+
+import type { NatsConnection } from '@nats-io/transport-node';
+import { ErrorCode, ERROR_CODES, type WireError } from '../core/errors.js';
+import {
+  LIST_LIMIT_DEFAULT,
+  REPLAY_EVENTS_MAX,
+  REQUEST_TIMEOUT_MS_DEFAULT,
+  REQUEST_TIMEOUT_MS_MAX,
+} from '../core/limits.js';
+import { validateRequest } from '../core/validate.js';
+import type { ChangeEvent, Consistency, KeyValue, NodeStatus, Reply, ReplyBody, Request, WriteOp } from '../core/wire.js';
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/** Every failure the client reports. Switch on `code`: it is stable (core/errors.ts). */
+export class CkvError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.code = code;
+    this.name = 'CkvError';
+  }
+}
+
+/** A cas (alone or inside a batch) found another value: nothing was written. */
+export class CasMismatchError extends CkvError {
+  /** The value the key holds now (null: absent), when the server says. */
+  readonly current: string | null | undefined;
+  /** Index in the batch of the op that failed (0 for a lone cas). */
+  readonly failed: number;
+  constructor(message: string, current: string | null | undefined, failed: number) {
+    super(ErrorCode.CAS_MISMATCH, message);
+    this.current = current;
+    this.failed = failed;
+    this.name = 'CasMismatchError';
+  }
+}
+
+/** Worth another try (same rid) while the caller's budget lasts. */
+const RETRYABLE: ReadonlySet<ErrorCode> = new Set([ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT]);
+
+// ---------------------------------------------------------------------------
+// Transport
+
+export interface Subscription {
+  unsubscribe(): void;
+}
+
+/**
+ * What the client needs from NATS. Implementations reject with CkvError:
+ * UNAVAILABLE when nobody listens (NATS no-responders) or the connection is
+ * down, TIMEOUT when no reply came in time.
+ */
+export interface Transport {
+  request(subject: string, data: Uint8Array, opts: { timeout: number }): Promise<Uint8Array>;
+  /**
+   * Publish one request and hand every reply to onReply until the returned
+   * subscription is unsubscribed. err is set (and data null) on no-responders.
+   */
+  requestMany(subject: string, data: Uint8Array, onReply: (err: CkvError | null, data: Uint8Array | null) => void): Subscription;
+  subscribe(subject: string, onMsg: (data: Uint8Array) => void): Subscription;
+  /** Resolves once the NATS server has processed everything sent so far (subscriptions included). */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+function randomToken(bytes: number): string {
+  return Buffer.from(crypto.getRandomValues(new Uint8Array(bytes))).toString('base64url');
+}
+
+function transportError(err: unknown, subject: string, timeoutMs: number): CkvError {
+  if (err instanceof CkvError) return err;
+  const e = err as { name?: string; message?: string; isNoResponders?: () => boolean };
+  // Matched by name so that this file needs no runtime import of the NATS library.
+  if (e?.name === 'TimeoutError') return new CkvError(ErrorCode.TIMEOUT, `no reply on ${subject} within ${timeoutMs} ms`, { cause: err });
+  if (e?.name === 'NoResponders' || (typeof e?.isNoResponders === 'function' && e.isNoResponders())) {
+    return new CkvError(ErrorCode.UNAVAILABLE, `no server is listening on ${subject}`, { cause: err });
+  }
+  return new CkvError(ErrorCode.UNAVAILABLE, `NATS request on ${subject} failed: ${e?.message ?? String(err)}`, { cause: err });
+}
+
+/** Adapts a connection from @nats-io/transport-node. The caller keeps owning nc unless told otherwise. */
+export function natsTransport(nc: NatsConnection, opts: { closeConnection?: boolean } = {}): Transport {
+  return {
+    async request(subject, data, { timeout }) {
+      try {
+        return (await nc.request(subject, data, { timeout })).data;
+      } catch (err) {
+        throw transportError(err, subject, timeout);
+      }
+    },
+    requestMany(subject, data, onReply) {
+      // Our own inbox, so that stopping is one unsubscribe and leaves no timer behind.
+      const inbox = `_INBOX.${randomToken(16)}`;
+      const sub = nc.subscribe(inbox, {
+        callback: (err, msg) => {
+          if (err) return onReply(transportError(err, subject, 0), null);
+          if (msg.data.length === 0 && msg.headers?.code === 503) {
+            return onReply(new CkvError(ErrorCode.UNAVAILABLE, `no server is listening on ${subject}`), null);
+          }
+          onReply(null, msg.data);
+        },
+      });
+      nc.publish(subject, data, { reply: inbox });
+      return sub;
+    },
+    subscribe(subject, onMsg) {
+      return nc.subscribe(subject, { callback: (err, msg) => void (err ? undefined : onMsg(msg.data)) });
+    },
+    flush: () => nc.flush(),
+    async close() {
+      if (opts.closeConnection) await nc.close();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Client
+
+export interface ClientOptions {
+  /** Cluster name: the second token of every subject. Default "ckv". */
+  cluster?: string;
+  /** Budget of one call, retries included, in ms. Default 5000. */
+  timeout?: number;
+  /** Initial causal token (e.g. from another program). Default 0. */
+  after?: number;
+}
+
+export interface ConnectOptions extends ClientOptions {
+  /** NATS server URL(s). Default nats://127.0.0.1:4222. */
+  servers?: string | string[];
+  /** Connection name shown by NATS monitoring. */
+  name?: string;
+}
+
+export interface ReadOptions {
+  /** "causal" (default): any server, once it holds the token. "strong": linearizable, via the coordinator. */
+  consistency?: Consistency;
+}
+
+export interface ListOptions extends ReadOptions {
+  /** First key of the page (inclusive), usually the previous page's `next`. */
+  start?: string;
+  /** Keys per page: 1..LIST_LIMIT_MAX, default LIST_LIMIT_DEFAULT. */
+  limit?: number;
+}
+
+export interface ListPage {
+  items: KeyValue[];
+  /** Pass as `start` for the next page; null when this was the last. */
+  next: string | null;
+}
+
+/** Where a write landed: its log index and Lamport timestamp. */
+export interface WriteAck {
+  index: number;
+  ts: number;
+}
+
+export interface WatchOptions {
+  /** Replay events from this log index first, then go live with no gap and no duplicate. */
+  from?: number;
+}
+
+/** An async iterator of change events; stop() (or breaking out of for-await) ends it. */
+export interface Watch extends AsyncIterableIterator<ChangeEvent> {
+  stop(): void;
+}
+
+export const CLUSTER_DEFAULT = 'ckv';
+export const NATS_URL_DEFAULT = 'nats://127.0.0.1:4222';
+/** Same rule as the server's cluster names (src/transport/subjects.ts). */
+const CLUSTER_NAME = /^[-_a-zA-Z0-9]{1,64}$/;
+
+/** An attempt gets half the remaining budget, but at least this (or all that is left). */
+const ATTEMPT_MS_MIN = 1000;
+/** The server's hold time is the attempt's minus this share, so its TIMEOUT reply beats ours. */
+const SERVER_TIMEOUT_MARGIN_MS_MAX = 100;
+/** Backoff between attempts: doubles from MIN up to MAX, with jitter. */
+const RETRY_BACKOFF_MS_MIN = 20;
+const RETRY_BACKOFF_MS_MAX = 250;
+/** status: gather replies for this long (servers answer independently). */
+export const STATUS_WINDOW_MS = 300;
+/** status: after a late first reply, wait this much longer for the others. */
+const STATUS_GRACE_MS = 50;
+/** A watch stops taking live events while this many wait for the consumer (replay fills the gap later). */
+const WATCH_BUFFER_EVENTS_MAX = 10_000;
+/** Random bytes in a request id: 128 bits, 22 base64url characters (within RID_BYTES_MAX). */
+const RID_RANDOM_BYTES = 16;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+type OkReply = Extract<Reply, { ok: true }>;
+
+function isNat(n: unknown): n is number {
+  return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function decodeReply(data: Uint8Array, subject: string): Reply {
+  let r: unknown;
+  try {
+    r = JSON.parse(decoder.decode(data));
+  } catch {
+    throw new CkvError(ErrorCode.INTERNAL, `reply on ${subject} is not JSON`);
+  }
+  const o = r as Record<string, unknown>;
+  if (typeof o !== 'object' || o === null || typeof o.ok !== 'boolean' || !isNat(o.ts)) {
+    throw new CkvError(ErrorCode.INTERNAL, `reply on ${subject} is not a ckv reply`);
+  }
+  return r as Reply;
+}
+
+function replyError(reply: Extract<Reply, { ok: false }>): CkvError {
+  const e: Partial<WireError> = reply.error ?? {};
+  const code = ERROR_CODES.includes(e.code as ErrorCode) ? (e.code as ErrorCode) : ErrorCode.INTERNAL;
+  const message = typeof e.message === 'string' && e.message ? e.message : `server error ${String(e.code)}`;
+  if (code === ErrorCode.CAS_MISMATCH) return new CasMismatchError(message, reply.current, reply.failed ?? 0);
+  return new CkvError(code, message);
+}
+
+export class Client {
+  readonly cluster: string;
+  readonly timeout: number;
+  private readonly transport: Transport;
+  private readonly subject: { read: string; write: string; admin: string; ev: string };
+  private ts: number;
+  private closed = false;
+  private ownsTransport = false;
+  private readonly watches = new Set<WatchImpl>();
+
+  /** Connect to NATS and return a client that owns (and on close() closes) the connection. */
+  static async connect(opts: ConnectOptions = {}): Promise<Client> {
+    const servers = opts.servers ?? NATS_URL_DEFAULT;
+    const timeout = opts.timeout ?? REQUEST_TIMEOUT_MS_DEFAULT;
+    // Loaded here, not at the top: the CLI's usage errors and --help never pay for it.
+    const { connect } = await import('@nats-io/transport-node');
+    let nc: NatsConnection;
+    try {
+      // Reconnect forever: a long-lived client rides out NATS restarts (calls fail UNAVAILABLE meanwhile).
+      nc = await connect({ servers, timeout, noAsyncTraces: true, maxReconnectAttempts: -1, ...(opts.name ? { name: opts.name } : {}) });
+    } catch (err) {
+      throw new CkvError(ErrorCode.UNAVAILABLE, `cannot connect to NATS at ${String(servers)}: ${(err as Error).message}`, { cause: err });
+    }
+    const client = new Client(natsTransport(nc, { closeConnection: true }), opts);
+    client.ownsTransport = true;
+    return client;
+  }
+
+  /** A client over a transport the caller owns: close() leaves the transport open. */
+  constructor(transport: Transport, opts: ClientOptions = {}) {
+    const cluster = opts.cluster ?? CLUSTER_DEFAULT;
+    if (!CLUSTER_NAME.test(cluster)) throw new CkvError(ErrorCode.BAD_REQUEST, 'cluster name must be 1..64 characters of [-_a-zA-Z0-9]');
+    const timeout = opts.timeout ?? REQUEST_TIMEOUT_MS_DEFAULT;
+    if (!Number.isFinite(timeout) || timeout <= 0) throw new CkvError(ErrorCode.BAD_REQUEST, 'timeout must be a positive number of ms');
+    const after = opts.after ?? 0;
+    if (!isNat(after)) throw new CkvError(ErrorCode.BAD_REQUEST, 'after must be a non-negative integer');
+    this.transport = transport;
+    this.cluster = cluster;
+    this.timeout = timeout;
+    this.ts = after;
+    const p = `ckv.${cluster}`;
+    this.subject = { read: `${p}.read`, write: `${p}.write`, admin: `${p}.admin`, ev: `${p}.ev` };
+  }
+
+  /** The causal token: the largest ts this client has seen. Never decreases. */
+  get token(): number {
+    return this.ts;
+  }
+
+  /** Take in a token from elsewhere (another program's reply): later calls see at least its effects. */
+  observe(ts: number): void {
+    if (isNat(ts) && ts > this.ts) this.ts = ts;
+  }
+
+  /** The value of key, or null if it is absent (absence is an answer, not an error). */
+  async get(key: string, opts: ReadOptions = {}): Promise<KeyValue | null> {
+    try {
+      const r = await this.read({ op: 'get', key, ...consistency(opts) }, opts);
+      if (typeof r.value !== 'string') return null;
+      return { key, value: r.value, rev: r.rev ?? 0 };
+    } catch (err) {
+      if (err instanceof CkvError && err.code === ErrorCode.NOT_FOUND) return null;
+      throw err;
+    }
+  }
+
+  /** One entry per key, in order; null where absent. */
+  async mget(keys: string[], opts: ReadOptions = {}): Promise<(KeyValue | null)[]> {
+    const r = await this.read({ op: 'mget', keys, ...consistency(opts) }, opts);
+    const values = r.values ?? [];
+    return keys.map((_, i) => values[i] ?? null);
+  }
+
+  /** One page of the keys starting with prefix, in key order. */
+  async list(prefix: string, opts: ListOptions = {}): Promise<ListPage> {
+    const r = await this.read(
+      {
+        op: 'list',
+        prefix,
+        ...(opts.start !== undefined ? { start: opts.start } : {}),
+        limit: opts.limit ?? LIST_LIMIT_DEFAULT,
+        ...consistency(opts),
+      },
+      opts,
+    );
+    return { items: r.items ?? [], next: r.next ?? null };
+  }
+
+  put(key: string, value: string): Promise<WriteAck> {
+    return this.write({ op: 'put', key, value });
+  }
+
+  del(key: string): Promise<WriteAck> {
+    return this.write({ op: 'del', key });
+  }
+
+  /**
+   * Set key to value if it holds expect. expect null: the key must be absent;
+   * value null: delete it. Throws CasMismatchError otherwise.
+   */
+  cas(key: string, expect: string | null, value: string | null): Promise<WriteAck> {
+    return this.write({ op: 'cas', key, expect, value });
+  }
+
+  /** Several writes as one log entry: all applied, or none (a failing cas fails them all). */
+  batch(ops: WriteOp[]): Promise<WriteAck> {
+    return this.write({ op: 'batch', ops });
+  }
+
+  /**
+   * Every server's status, from the replies that arrive within STATUS_WINDOW_MS
+   * (or sooner once every voter has answered), sorted by id.
+   */
+  async status(): Promise<NodeStatus[]> {
+    const data = encoder.encode(JSON.stringify({ op: 'status' }));
+    const deadline = Date.now() + this.timeout;
+    for (let attempt = 0; ; attempt++) {
+      this.checkOpen();
+      try {
+        return await this.gatherStatus(data, deadline);
+      } catch (err) {
+        const e = err instanceof CkvError ? err : transportError(err, this.subject.admin, this.timeout);
+        if (!RETRYABLE.has(e.code) || !(await this.backoff(attempt, deadline))) throw e;
+      }
+    }
+  }
+
+  /**
+   * Change events for a key or a prefix, in log order, each once.
+   *
+   * target "" watches everything; a target ending in "." watches every key
+   * under it ("users." → users.a, users.a.b); any other target is one exact key.
+   * With from, events from that log index are replayed first. A gap in the live
+   * stream (seen from an event's prev) is filled by replay. The iterator throws
+   * a CkvError if it cannot go on (e.g. COMPACTED: from is below the servers'
+   * log); resume with watch(target, { from: lastSeen.index }).
+   */
+  watch(target: string, opts: WatchOptions = {}): Watch {
+    this.checkOpen();
+    if (target !== '') {
+      const key = target.endsWith('.') ? target.slice(0, -1) : target;
+      check({ op: 'get', key }); // the same rules as keys
+    }
+    if (opts.from !== undefined && !isNat(opts.from)) throw new CkvError(ErrorCode.BAD_REQUEST, 'from must be a non-negative integer');
+    const subject = target === '' ? `${this.subject.ev}.>` : target.endsWith('.') ? `${this.subject.ev}.${target}>` : `${this.subject.ev}.${target}`;
+    const match = target === '' ? () => true : target.endsWith('.') ? (k: string) => k.startsWith(target) : (k: string) => k === target;
+    const w = new WatchImpl(this.watchPort(), subject, match, opts.from, () => this.watches.delete(w));
+    this.watches.add(w);
+    return w;
+  }
+
+  /** Stop every watch; close the connection if connect() made it. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const w of [...this.watches]) w.stop();
+    if (this.ownsTransport) await this.transport.close();
+  }
+
+  // -------------------------------------------------------------------------
+  // Internals
+
+  /** What a watch needs from its client, without widening the public API. */
+  private watchPort(): WatchPort {
+    return {
+      subscribe: (subject, onMsg) => this.transport.subscribe(subject, onMsg),
+      flush: () => this.transport.flush(),
+      replay: async (from, after) => {
+        const r = await this.call(this.subject.read, { op: 'replay', from, limit: REPLAY_EVENTS_MAX }, after);
+        return { events: r.events ?? [], index: r.index };
+      },
+      observe: (ts) => this.observe(ts),
+    };
+  }
+
+  private read(req: Request, opts: ReadOptions): Promise<OkReply & ReplyBody> {
+    return this.call(opts.consistency === 'strong' ? this.subject.write : this.subject.read, req);
+  }
+
+  private write(op: WriteOp | { op: 'batch'; ops: WriteOp[] }): Promise<WriteAck> {
+    // One rid per logical write, reused by every retry: the server applies it at most once.
+    const req = { ...op, rid: randomToken(RID_RANDOM_BYTES) } as Request;
+    return this.call(this.subject.write, req).then((r) => ({ index: r.index, ts: r.ts }));
+  }
+
+  /** Validate, then send with retries until the budget runs out. */
+  private async call(subject: string, req: Request, after?: number): Promise<OkReply & ReplyBody> {
+    this.checkOpen();
+    check(req); // the server's own rules: fail here, before any network
+    const deadline = Date.now() + this.timeout;
+    for (let attempt = 0; ; attempt++) {
+      this.checkOpen();
+      const remaining = deadline - Date.now();
+      const attemptMs = remaining <= ATTEMPT_MS_MIN ? Math.max(1, remaining) : Math.max(ATTEMPT_MS_MIN, Math.ceil(remaining / 2));
+      const serverMs = Math.min(REQUEST_TIMEOUT_MS_MAX, Math.max(1, attemptMs - Math.min(SERVER_TIMEOUT_MARGIN_MS_MAX, Math.floor(attemptMs / 10))));
+      const token = Math.max(this.ts, after ?? 0);
+      const body = { ...req, ...(token > 0 ? { after: token } : {}), timeout: serverMs };
+      let err: CkvError;
+      try {
+        const reply = decodeReply(await this.transport.request(subject, encoder.encode(JSON.stringify(body)), { timeout: attemptMs }), subject);
+        this.observe(reply.ts);
+        if (reply.ok) return reply;
+        err = replyError(reply);
+      } catch (e) {
+        err = transportError(e, subject, attemptMs);
+      }
+      if (!RETRYABLE.has(err.code) || !(await this.backoff(attempt, deadline))) throw err;
+    }
+  }
+
+  /** Sleep before the next attempt; false if the budget is spent. */
+  private async backoff(attempt: number, deadline: number): Promise<boolean> {
+    const base = Math.min(RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS_MIN * 2 ** Math.min(attempt, 8));
+    const wait = Math.min(base / 2 + Math.random() * (base / 2), deadline - Date.now());
+    if (wait <= 0) return false;
+    await sleep(wait);
+    return Date.now() < deadline && !this.closed;
+  }
+
+  private gatherStatus(data: Uint8Array, deadline: number): Promise<NodeStatus[]> {
+    return new Promise((resolve, reject) => {
+      const byId = new Map<number, NodeStatus>();
+      const start = Date.now();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      let sub: Subscription | undefined;
+      let done = false;
+      const finish = (err: CkvError | null) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        sub?.unsubscribe();
+        if (err) reject(err);
+        else resolve([...byId.values()].sort((a, b) => a.id - b.id));
+      };
+      const arm = (at: number) => {
+        clearTimeout(timer);
+        timer = setTimeout(() => finish(byId.size > 0 ? null : new CkvError(ErrorCode.TIMEOUT, `no server answered on ${this.subject.admin}`)), Math.max(0, Math.min(at, deadline) - Date.now()));
+      };
+      sub = this.transport.requestMany(this.subject.admin, data, (err, msg) => {
+        if (done) return;
+        if (err) return byId.size > 0 ? undefined : finish(err);
+        let st: NodeStatus | undefined;
+        try {
+          const r = decodeReply(msg!, this.subject.admin);
+          this.observe(r.ts);
+          if (r.ok && r.status && isNat(r.status.id)) st = r.status;
+        } catch {
+          // one bad reply must not hide the other servers
+        }
+        if (!st) return;
+        const first = byId.size === 0;
+        byId.set(st.id, st);
+        // Everyone we know of (voters, and peers not dead) has answered: no need to wait.
+        const expected = new Set<number>();
+        for (const s of byId.values()) {
+          for (const v of s.voters ?? []) expected.add(v);
+          for (const p of s.peers ?? []) if (p.liveness !== 'dead') expected.add(p.id);
+        }
+        if (expected.size > 0 && [...expected].every((id) => byId.has(id))) return finish(null);
+        if (first) arm(Math.max(start + STATUS_WINDOW_MS, Date.now() + STATUS_GRACE_MS));
+      });
+      if (done) sub.unsubscribe();
+      else if (byId.size === 0) arm(deadline);
+    });
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new CkvError(ErrorCode.UNAVAILABLE, 'client is closed');
+  }
+}
+
+/** Validate a request with the server's rules (core/validate.ts), as a CkvError. */
+function check(req: Request): void {
+  try {
+    validateRequest(req);
+  } catch (err) {
+    const e = err as { code?: ErrorCode; message: string };
+    throw new CkvError(e.code ?? ErrorCode.BAD_REQUEST, e.message);
+  }
+}
+
+function consistency(opts: ReadOptions): { consistency?: Consistency } {
+  return opts.consistency ? { consistency: opts.consistency } : {};
+}
+
+// ---------------------------------------------------------------------------
+// Watch
+
+interface WatchPort {
+  subscribe(subject: string, onMsg: (data: Uint8Array) => void): Subscription;
+  flush(): Promise<void>;
+  /** One page of events from index from, from a server that holds token after. */
+  replay(from: number, after: number): Promise<{ events: ChangeEvent[]; index: number }>;
+  observe(ts: number): void;
+}
+
+/**
+ * Live events from a subscription, merged with replayed ones. Emitted events
+ * are in log order, each (index, key) once. The subscription starts before any
+ * replay, so nothing falls between them.
+ */
+class WatchImpl implements Watch {
+  private readonly client: WatchPort;
+  private readonly match: (key: string) => boolean;
+  private readonly sub: Subscription;
+  private readonly onStop: () => void;
+  /** Live events not yet looked at. */
+  private incoming: ChangeEvent[] = [];
+  /** Events ready for the consumer. */
+  private ready: ChangeEvent[] = [];
+  /** Every index <= settled is done: its events for us were emitted. -1: unknown yet. */
+  private settled: number;
+  /** The index being emitted (a batch has several events) and its keys emitted so far. */
+  private atIndex = -1;
+  private keysAtIndex = new Set<string>();
+  private failure: CkvError | null = null;
+  private stopped = false;
+  private wakePump: (() => void) | null = null;
+  private wakeConsumer: (() => void) | null = null;
+
+  constructor(client: WatchPort, subject: string, match: (key: string) => boolean, from: number | undefined, onStop: () => void) {
+    this.client = client;
+    this.match = match;
+    this.onStop = onStop;
+    this.settled = from === undefined ? -1 : Math.max(0, from - 1);
+    this.sub = client.subscribe(subject, (data) => {
+      if (this.stopped) return;
+      // A full buffer drops the event; the next one's prev shows the gap and replay fills it.
+      if (this.incoming.length + this.ready.length >= WATCH_BUFFER_EVENTS_MAX) return;
+      const e = parseEvent(data);
+      if (!e) return;
+      this.incoming.push(e);
+      this.wake('pump');
+    });
+    void this.pump(from !== undefined);
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  async next(): Promise<IteratorResult<ChangeEvent>> {
+    for (;;) {
+      const e = this.ready.shift();
+      if (e) {
+        this.wake('pump'); // there is room again
+        return { value: e, done: false };
+      }
+      if (this.failure) {
+        const f = this.failure;
+        this.failure = null;
+        this.stop();
+        throw f;
+      }
+      if (this.stopped) return { value: undefined, done: true };
+      await new Promise<void>((resolve) => (this.wakeConsumer = resolve));
+    }
+  }
+
+  async return(): Promise<IteratorResult<ChangeEvent>> {
+    this.stop();
+    return { value: undefined, done: true };
+  }
+
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.sub.unsubscribe();
+    this.onStop();
+    this.wake('pump');
+    this.wake('consumer');
+  }
+
+  private wake(who: 'pump' | 'consumer'): void {
+    const f = who === 'pump' ? this.wakePump : this.wakeConsumer;
+    if (who === 'pump') this.wakePump = null;
+    else this.wakeConsumer = null;
+    f?.();
+  }
+
+  private waitPump(): Promise<void> {
+    return new Promise((resolve) => (this.wakePump = resolve));
+  }
+
+  private async pump(replayFirst: boolean): Promise<void> {
+    try {
+      await this.client.flush(); // the server has our subscription: live events from here on reach us
+      if (replayFirst) await this.fill(Infinity, 0);
+      while (!this.stopped) {
+        if (this.incoming.length === 0 || this.ready.length >= WATCH_BUFFER_EVENTS_MAX) {
+          await this.waitPump();
+          continue;
+        }
+        const e = this.incoming.shift()!;
+        if (!this.match(e.key) || this.seen(e)) continue;
+        // Entries after the last we know of produced events we did not get (in a
+        // key or prefix watch, maybe for other keys only): replay tells.
+        const high = Math.max(this.settled, this.atIndex);
+        if (high >= 0 && e.index > high && e.prev > high) await this.fill(e.index - 1, e.ts);
+        if (!this.stopped && !this.seen(e)) this.emit(e);
+      }
+    } catch (err) {
+      if (this.stopped) return;
+      this.failure = err instanceof CkvError ? err : new CkvError(ErrorCode.INTERNAL, String(err));
+      this.wake('consumer');
+    }
+  }
+
+  /**
+   * Replay from settled + 1 through index through (Infinity: until caught up),
+   * from a server that holds token after.
+   */
+  private async fill(through: number, after: number): Promise<void> {
+    let from = this.settled + 1;
+    while (!this.stopped) {
+      while (this.ready.length >= WATCH_BUFFER_EVENTS_MAX && !this.stopped) await this.waitPump();
+      const { events, index } = await this.client.replay(from, after);
+      let last = -1;
+      for (const e of events) {
+        if (!isEvent(e) || e.index < from) continue;
+        if (e.index > through) return this.settle(through);
+        last = e.index;
+        if (this.match(e.key) && !this.seen(e)) this.emit(e);
+      }
+      // Nothing more at that server: all it has applied is settled.
+      if (last < 0) return this.settle(Math.min(through, index));
+      if (last >= through) return this.settle(through);
+      // The page may have cut the last entry's events (servers may page below our
+      // limit): read that entry again, deduped, unless it is all this page held.
+      from = last > from ? last : last + 1;
+      this.settle(from - 1);
+    }
+  }
+
+  private settle(index: number): void {
+    if (index > this.settled) this.settled = index;
+  }
+
+  private seen(e: ChangeEvent): boolean {
+    return e.index <= this.settled || (e.index === this.atIndex && this.keysAtIndex.has(e.key));
+  }
+
+  private emit(e: ChangeEvent): void {
+    this.settle(e.index - 1); // emitted in log order: everything before e is done
+    if (e.index !== this.atIndex) {
+      this.atIndex = e.index;
+      this.keysAtIndex.clear();
+    }
+    this.keysAtIndex.add(e.key);
+    this.client.observe(e.ts);
+    this.ready.push(e);
+    this.wake('consumer');
+  }
+}
+
+function isEvent(e: unknown): e is ChangeEvent {
+  const o = e as ChangeEvent;
+  return typeof o === 'object' && o !== null && isNat(o.index) && isNat(o.ts) && isNat(o.prev) && typeof o.key === 'string' && (o.op === 'put' || o.op === 'del');
+}
+
+function parseEvent(data: Uint8Array): ChangeEvent | null {
+  try {
+    const e: unknown = JSON.parse(decoder.decode(data));
+    return isEvent(e) ? e : null;
+  } catch {
+    return null;
+  }
+}

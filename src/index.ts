@@ -1,0 +1,35 @@
+// The public library: the client, its options and errors, and the wire types.
+// Nothing server-side is exported from here.
+
+export {
+  Client,
+  CkvError,
+  CasMismatchError,
+  natsTransport,
+  CLUSTER_DEFAULT,
+  NATS_URL_DEFAULT,
+  type ClientOptions,
+  type ConnectOptions,
+  type ReadOptions,
+  type ListOptions,
+  type ListPage,
+  type WriteAck,
+  type Watch,
+  type WatchOptions,
+  type Transport,
+  type Subscription,
+} from './client/client.js';
+export { defaultSessionPath, readToken, saveToken } from './client/session.js';
+export { ErrorCode, ERROR_CODES, type WireError } from './core/errors.js';
+export {
+  KEY_BYTES_MAX,
+  VALUE_BYTES_MAX,
+  BATCH_OPS_MAX,
+  MGET_KEYS_MAX,
+  LIST_LIMIT_DEFAULT,
+  LIST_LIMIT_MAX,
+  REPLAY_EVENTS_MAX,
+  REQUEST_TIMEOUT_MS_DEFAULT,
+  REQUEST_TIMEOUT_MS_MAX,
+} from './core/limits.js';
+export type * from './core/wire.js';

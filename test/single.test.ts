@@ -1,0 +1,199 @@
+// One real ckv-server process on a real nats-server, driven through the ckv
+// binary and raw NATS requests: every operation, sessions, exactly-once,
+// SIGKILL durability, and bad input that must change nothing.
+
+import t from 'tap';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Cluster } from './helpers/cluster.js';
+
+const dec = new TextDecoder();
+
+async function req(nc: NatsConnection, subject: string, body: unknown): Promise<any> {
+  const data = typeof body === 'string' ? body : JSON.stringify(body);
+  const r = await nc.request(subject, data, { timeout: 5000 });
+  return JSON.parse(dec.decode(r.data));
+}
+
+t.test('single node end to end', async (t) => {
+  const c = new Cluster(1, { cluster: 'one' });
+  await c.start();
+  t.teardown(() => c.stop());
+  await c.waitForCoordinator();
+  const nc = await connect({ servers: c.nats.url });
+  t.teardown(() => nc.close());
+  const W = 'ckv.one.write';
+  const R = 'ckv.one.read';
+  const session = join(mkdtempSync(join(tmpdir(), 'ckv-sess-')), 'session.json');
+  const ckv = (args: string[], input?: string) => c.ckv(['--session', session, ...args], input === undefined ? {} : { input });
+
+  await t.test('every operation through the ckv binary', async (t) => {
+    let r = await ckv(['put', 'app.color', 'blue']);
+    t.equal(r.code, 0, r.stderr);
+    r = await ckv(['get', 'app.color']);
+    t.equal(r.code, 0);
+    t.equal(r.stdout.trim(), 'blue');
+    r = await ckv(['put', 'app.size', '-'], 'large\n');
+    t.equal(r.code, 0, r.stderr);
+    r = await ckv(['get', 'app.size', '--json']);
+    t.equal(JSON.parse(r.stdout).value, 'large\n', 'stdin value kept byte for byte');
+    r = await ckv(['cas', 'app.color', 'red', 'green']);
+    t.equal(r.code, 1, 'cas mismatch exits 1');
+    r = await ckv(['cas', 'app.color', 'blue', 'green']);
+    t.equal(r.code, 0, r.stderr);
+    r = await ckv(['cas', '--absent', 'app.new', 'x']);
+    t.equal(r.code, 0, r.stderr);
+    r = await ckv(['cas', '--absent', 'app.new', 'y']);
+    t.equal(r.code, 1, 'expected-absent cas fails when present');
+    r = await ckv(['mget', 'app.color', 'app.new', 'app.none', '--json']);
+    const mget = JSON.parse(r.stdout);
+    t.same(mget.values.map((v: any) => v && v.value), ['green', 'x', null]);
+    r = await ckv(['batch', JSON.stringify([{ op: 'put', key: 'app.b1', value: '1' }, { op: 'put', key: 'app.b2', value: '2' }, { op: 'del', key: 'app.new' }])]);
+    t.equal(r.code, 0, r.stderr);
+    r = await ckv(['batch', JSON.stringify([{ op: 'put', key: 'app.b3', value: '3' }, { op: 'cas', key: 'app.b1', expect: 'nope', value: '9' }])]);
+    t.equal(r.code, 1, 'a batch with a failing cas fails');
+    r = await ckv(['get', 'app.b3']);
+    t.equal(r.code, 1, 'and applies none of its ops');
+    r = await ckv(['list', 'app.', '--json']);
+    t.same(JSON.parse(r.stdout).items.map((i: any) => i.key), ['app.b1', 'app.b2', 'app.color', 'app.size']);
+    r = await ckv(['list', 'app.', '--limit', '2', '--json']);
+    const page = JSON.parse(r.stdout);
+    t.same(page.items.map((i: any) => i.key), ['app.b1', 'app.b2']);
+    t.equal(page.next, 'app.color', 'next is the first key of the next page');
+    r = await ckv(['list', 'app.', '--limit', '2', '--start', page.next, '--json']);
+    t.same(JSON.parse(r.stdout).items.map((i: any) => i.key), ['app.color', 'app.size']);
+    r = await ckv(['del', 'app.b2']);
+    t.equal(r.code, 0);
+    r = await ckv(['get', 'app.b2']);
+    t.equal(r.code, 1, 'deleted key is not found');
+    r = await ckv(['status', '--json']);
+    t.equal(r.code, 0);
+    const st = JSON.parse(r.stdout);
+    t.equal(st.servers[0].role, 'coordinator');
+    t.ok(st.servers[0].applied > 0);
+  });
+
+  await t.test('read-your-writes across one-shot invocations through the session file', async (t) => {
+    const before = JSON.parse(readFileSync(session, 'utf8'));
+    const r1 = await ckv(['put', 'ryw.k', 'v1', '--json']);
+    const ts = JSON.parse(r1.stdout).ts as number;
+    const after = JSON.parse(readFileSync(session, 'utf8'));
+    const tok = (o: any) => Math.max(...Object.values(o).map((v: any) => (typeof v === 'number' ? v : v.ts ?? 0)));
+    t.ok(tok(after) >= ts && tok(after) > tok(before), 'the session file keeps the newest token');
+    const r2 = await ckv(['get', 'ryw.k', '--json']);
+    t.equal(JSON.parse(r2.stdout).value, 'v1');
+    t.ok(JSON.parse(r2.stdout).ts >= ts, 'the read is at least as new as the write');
+    const r3 = await c.ckv(['--no-session', '--after', String(ts + 1_000_000), 'get', 'ryw.k']);
+    t.equal(r3.code, 4, 'a token from the future is refused');
+    t.match(r3.stderr, /TOKEN_AHEAD/);
+  });
+
+  await t.test('a retried rid is applied once', async (t) => {
+    const a = await req(nc, W, { op: 'put', key: 'once', value: 'first', rid: 'rid-once-1' });
+    t.ok(a.ok);
+    const b = await req(nc, W, { op: 'put', key: 'once', value: 'second', rid: 'rid-once-2' });
+    t.ok(b.ok);
+    const again = await req(nc, W, { op: 'put', key: 'once', value: 'first', rid: 'rid-once-1' });
+    t.ok(again.ok);
+    t.equal(again.index, a.index, 'the retry returns the first result');
+    const g = await req(nc, R, { op: 'get', key: 'once' });
+    t.equal(g.value, 'second', 'and is not applied again');
+    const cas1 = await req(nc, W, { op: 'cas', key: 'once', expect: 'nope', value: 'x', rid: 'rid-cas' });
+    t.equal(cas1.error.code, 'CAS_MISMATCH');
+    await req(nc, W, { op: 'put', key: 'once', value: 'nope', rid: 'rid-once-3' });
+    const cas2 = await req(nc, W, { op: 'cas', key: 'once', expect: 'nope', value: 'x', rid: 'rid-cas' });
+    t.equal(cas2.error.code, 'CAS_MISMATCH', 'a retried cas returns its first result, even when it would now succeed');
+  });
+
+  await t.test('bad input gets its error code and changes nothing', async (t) => {
+    const before = await req(nc, R, { op: 'list', prefix: '', limit: 1000 });
+    const cases: Array<[string, string, unknown]> = [
+      ['malformed JSON', 'BAD_REQUEST', '{"op":"put",'],
+      ['not an object', 'BAD_REQUEST', '"put"'],
+      ['unknown op', 'BAD_REQUEST', { op: 'explode', key: 'a' }],
+      ['wrong type', 'BAD_REQUEST', { op: 'put', key: 'a', value: 42 }],
+      ['invalid key', 'BAD_REQUEST', { op: 'put', key: 'a b', value: 'x' }],
+      ['dot key', 'BAD_REQUEST', { op: 'put', key: 'a.', value: 'x' }],
+      ['oversize key', 'TOO_LARGE', { op: 'put', key: 'k'.repeat(600), value: 'x' }],
+      ['oversize value', 'TOO_LARGE', { op: 'put', key: 'big', value: 'v'.repeat(300 * 1024) }],
+      ['negative token', 'BAD_REQUEST', { op: 'put', key: 'a', value: 'x', after: -5 }],
+      ['token from the future', 'TOKEN_AHEAD', { op: 'put', key: 'a', value: 'x', after: 1e12 }],
+      ['read on write subject with bad field', 'BAD_REQUEST', { op: 'get', key: 'a', bogus: true }],
+      ['empty batch', 'BAD_REQUEST', { op: 'batch', ops: [] }],
+      ['write on the read subject', 'BAD_REQUEST', null],
+    ];
+    for (const [name, code, body] of cases) {
+      const r = body === null ? await req(nc, R, { op: 'put', key: 'a', value: 'x' }) : await req(nc, W, body);
+      t.equal(r.ok, false, name);
+      t.equal(r.error?.code, code, name);
+      t.type(r.ts, 'number', `${name}: reply carries ts`);
+    }
+    const r = await req(nc, R, { op: 'get', key: 'a', after: 1e12 });
+    t.equal(r.error?.code, 'TOKEN_AHEAD', 'future token on a read');
+    const after = await req(nc, R, { op: 'list', prefix: '', limit: 1000 });
+    t.same(after.items, before.items, 'no bad request changed anything');
+    t.equal(after.index, before.index, 'nor appended to the log');
+    const cli = await c.ckv(['--no-session', 'put', 'bad key', 'x']);
+    t.equal(cli.code, 2, 'the CLI refuses an invalid key as a usage error');
+  });
+
+  await t.test('watch sees events and replays from an index', async (t) => {
+    const first = await req(nc, W, { op: 'put', key: 'w.a', value: '1', rid: 'w-1' });
+    await req(nc, W, { op: 'put', key: 'w.b', value: '2', rid: 'w-2' });
+    const r = await req(nc, R, { op: 'replay', from: first.index });
+    t.same(r.events.filter((e: any) => e.key.startsWith('w.')).map((e: any) => [e.key, e.value]), [['w.a', '1'], ['w.b', '2']]);
+    const sub = nc.subscribe('ckv.one.ev.w.>', { max: 1 });
+    const got = (async () => {
+      for await (const m of sub) return JSON.parse(dec.decode(m.data));
+    })();
+    await nc.flush();
+    await req(nc, W, { op: 'put', key: 'w.c', value: '3', rid: 'w-3' });
+    const ev = await got;
+    t.match(ev, { key: 'w.c', op: 'put', value: '3' });
+  });
+
+  await t.test('SIGKILL during a stream of writes loses no acknowledged write', async (t) => {
+    const acked: string[] = [];
+    let stop = false;
+    let seq = 0;
+    const writers = Array.from({ length: 8 }, async () => {
+      while (!stop) {
+        const k = `dur.${seq++}`;
+        try {
+          const r = await req(nc, W, { op: 'put', key: k, value: k, rid: `dur-${k}`, timeout: 1000 });
+          if (r.ok) acked.push(k);
+        } catch {
+          // the server died: this write is not acknowledged
+        }
+      }
+    });
+    await c.waitFor('200 acknowledged writes', async () => (acked.length >= 200 ? true : undefined));
+    await c.kill(1, 'SIGKILL');
+    stop = true;
+    await Promise.all(writers);
+    c.startNode(1);
+    await c.waitForCoordinator();
+    const missing: string[] = [];
+    for (let i = 0; i < acked.length; i += 500) {
+      const keys = acked.slice(i, i + 500);
+      const r = await req(nc, R, { op: 'mget', keys });
+      r.values.forEach((v: any, j: number) => {
+        if (!v || v.value !== keys[j]) missing.push(keys[j]!);
+      });
+    }
+    t.same(missing, [], `all ${acked.length} acknowledged writes survive SIGKILL`);
+  });
+
+  await t.test('SIGTERM checkpoints and exits 0; the state survives', async (t) => {
+    const p = c.procs.get(1)!;
+    const exited = new Promise<number | null>((r) => p.once('exit', (code) => r(code)));
+    p.kill('SIGTERM');
+    t.equal(await exited, 0);
+    c.startNode(1);
+    await c.waitForCoordinator();
+    const g = await req(nc, R, { op: 'get', key: 'app.color' });
+    t.equal(g.value, 'green');
+  });
+});
