@@ -98,8 +98,8 @@ type Phase =
   | { p: 'idle' }
   | { p: 'electing'; until: number }
   | { p: 'waiting'; until: number }
-  | { p: 'claiming'; epoch: number; until: number; promises: Map<number, { last: number; lastEpoch: number }> }
-  | { p: 'fetching'; epoch: number; until: number; start: number; target: number; targetLast: number };
+  | { p: 'claiming'; epoch: number; until: number; promises: Map<number, { last: number; lastEpoch: number; commit: number }> }
+  | { p: 'fetching'; epoch: number; until: number; start: number; target: number; targetLast: number; targetCommit: number };
 
 function assert(cond: unknown, msg: string): asserts cond {
   if (!cond) throw new Error(`invariant: ${msg}`);
@@ -143,12 +143,30 @@ export class Node {
   private commitToSend = false;
   private resentAt = new Map<number, number>();
   // Follower state.
+  /** Last tick we heard our coordinator acting as coordinator of our epoch (an append, or a coordinator's ping). */
+  private coordHeard = -100;
+  /**
+   * A claim failed because the most up-to-date log no longer holds the entries we lack
+   * (compacted into a checkpoint): we cannot lead, or bid to, until our commit reaches this.
+   */
+  private cannotLeadBelow = 0;
   private nackAt = -100;
   private lastAppendTick = -100;
-  // Strong reads.
+  // Strong reads, and token checks the coordinator may answer `ahead` only once it has
+  // confirmed it still leads (a deposed coordinator's commitTs may lag the cluster's).
   private readSeq = 0;
   private readQueue: number[] = [];
-  private readRound: { seq: number; ids: number[]; index: number; acks: Set<number>; until: number } | null = null;
+  private confirmTokens: Array<{ id: number; after: number }> = [];
+  private confirmTsqs: Array<{ to: number; seq: number }> = [];
+  private readRound: {
+    seq: number;
+    ids: number[];
+    tokens: Array<{ id: number; after: number }>;
+    tsqs: Array<{ to: number; seq: number }>;
+    index: number;
+    acks: Set<number>;
+    until: number;
+  } | null = null;
   // Token checks.
   private tsqSeq = 0;
   private tokenQueue: Array<{ id: number; after: number; seq: number }> = [];
@@ -304,8 +322,13 @@ export class Node {
         this.tickFollower();
     }
     if (this.readRound && this.now > this.readRound.until) {
-      this.out.readsFailed.push(...this.readRound.ids);
+      const r = this.readRound;
+      this.out.readsFailed.push(...r.ids);
+      // Token checks wait for a round that succeeds (or for a step-down, which hands them on).
+      this.confirmTokens.unshift(...r.tokens);
+      this.confirmTsqs.unshift(...r.tsqs);
       this.readRound = null;
+      this.startReadRound();
     }
     this.flushTokenQueries();
   }
@@ -362,7 +385,8 @@ export class Node {
     const ph = this.phase;
     if (ph.p === 'idle') {
       if (!this.isVoter(this.id)) return;
-      const coordDead = this.coordinator === null || this.liveness(this.coordinator) === 'dead';
+      if (!this.canLead()) return;
+      const coordDead = !this.coordinatorAlive();
       // At start, give peers time to be heard before electing (unless alone).
       const settled = this.now > DEAD_AFTER_TICKS || this.voters.length === 1;
       if (coordDead && settled) this.startElection();
@@ -376,13 +400,27 @@ export class Node {
         break;
       case 'waiting':
         this.phase = { p: 'idle' };
-        if (this.coordinator === null || this.liveness(this.coordinator) === 'dead') this.startElection();
+        if (!this.coordinatorAlive() && this.canLead()) this.startElection();
         break;
       case 'claiming':
       case 'fetching':
         this.abandonClaim('timed out');
         break;
     }
+  }
+
+  /**
+   * Our coordinator is alive while we hear it acting as coordinator of our epoch. Any message
+   * is not enough: a coordinator that stepped down keeps pinging as a follower, and a follower
+   * that kept treating it as alive would never elect (nor let lower ids elect: it answers alive).
+   */
+  private coordinatorAlive(): boolean {
+    return this.coordinator !== null && (this.coordinator === this.id || this.now - this.coordHeard <= DEAD_AFTER_TICKS);
+  }
+
+  /** See cannotLeadBelow. */
+  private canLead(): boolean {
+    return this.commit >= this.cannotLeadBelow;
   }
 
   /** Caught up enough to bully a live lower-id coordinator. */
@@ -410,7 +448,7 @@ export class Node {
     this.persistPromise(epoch);
     this.role = 'candidate';
     this.coordinator = null;
-    const promises = new Map([[this.id, { last: this.lastIndex(), lastEpoch: this.lastEpoch() }]]);
+    const promises = new Map([[this.id, { last: this.lastIndex(), lastEpoch: this.lastEpoch(), commit: this.commit }]]);
     this.phase = { p: 'claiming', epoch, until: this.now + CLAIM_WAIT_TICKS, promises };
     this.out.notices.push({ type: 'election', epoch, phase: 'claim' });
     this.send(BROADCAST, { t: 'claim' });
@@ -447,11 +485,21 @@ export class Node {
   }
 
   private startReadRound(): void {
-    if (this.readRound || this.readQueue.length === 0) return;
+    if (this.readRound || (this.readQueue.length === 0 && this.confirmTokens.length === 0 && this.confirmTsqs.length === 0)) return;
     // Our no-op must be committed, or commit may lag what earlier coordinators committed.
     if (this.commit < this.epochStart) return;
-    const round = { seq: ++this.readSeq, ids: this.readQueue, index: this.commit, acks: new Set([this.id]), until: this.now + CONFIRM_WAIT_TICKS };
+    const round = {
+      seq: ++this.readSeq,
+      ids: this.readQueue,
+      tokens: this.confirmTokens,
+      tsqs: this.confirmTsqs,
+      index: this.commit,
+      acks: new Set([this.id]),
+      until: this.now + CONFIRM_WAIT_TICKS,
+    };
     this.readQueue = [];
+    this.confirmTokens = [];
+    this.confirmTsqs = [];
     this.readRound = round;
     if (round.acks.size >= this.majority()) this.finishReadRound();
     else this.send(BROADCAST, { t: 'confirm', seq: round.seq });
@@ -460,6 +508,10 @@ export class Node {
   private finishReadRound(): void {
     const r = this.readRound!;
     for (const id of r.ids) this.out.reads.push({ id, index: r.index });
+    // We led when the majority confirmed, after these questions were asked: every write
+    // committed before them is at or below our commit.
+    for (const q of r.tokens) this.out.tokens.push({ id: q.id, ahead: q.after > this.commitTs });
+    for (const q of r.tsqs) this.send(q.to, { t: 'tsr', seq: q.seq, commitTs: this.commitTs });
     this.readRound = null;
     this.startReadRound();
   }
@@ -469,12 +521,14 @@ export class Node {
    * find out whether such a write exists (answer in Ready.tokens), or keep waiting.
    */
   checkToken(id: number, after: number): void {
-    if (this.role === 'coordinator' && this.commit >= this.epochStart) {
-      this.out.tokens.push({ id, ahead: after > this.commitTs });
+    if (after <= this.knownCommitTs || (this.role === 'coordinator' && this.commit >= this.epochStart && after <= this.commitTs)) {
+      this.out.tokens.push({ id, ahead: false });
       return;
     }
-    if (after <= this.knownCommitTs) {
-      this.out.tokens.push({ id, ahead: false });
+    if (this.role === 'coordinator') {
+      // Maybe ahead: say so only once a majority confirms we still lead (we may have been deposed).
+      this.confirmTokens.push({ id, after });
+      this.startReadRound();
       return;
     }
     this.tokenQueue.push({ id, after, seq: 0 });
@@ -502,20 +556,40 @@ export class Node {
     this.offsetTs = e.ts;
   }
 
-  /** A checkpoint at `base` was installed from a peer: the log restarts after it. */
-  restore(base: { index: number; epoch: number; ts: number }): void {
+  /**
+   * A checkpoint at `base` was installed from a peer. If our log holds the checkpoint's last
+   * entry (same index and epoch), the entries after it are kept: they may be committed and
+   * counted on for a majority, so dropping them could lose a committed write. Otherwise the
+   * whole log goes. Returns true when the log after `base` was kept (the driver then leaves
+   * its log alone), false when it must discard its log entirely.
+   */
+  restore(base: { index: number; epoch: number; ts: number }): boolean {
     assert(base.index >= this.commit, 'restore must not go back');
-    this.entries = [];
+    const keep = base.index <= this.lastIndex() && this.epochAt(base.index) === base.epoch;
+    if (keep) {
+      assert(this.tsAt(base.index) === base.ts, `checkpoint entry ${base.index} has the same epoch but not the same ts`);
+      this.entries = this.entries.slice(base.index - this.offset);
+      this.persistedLast = Math.max(this.persistedLast, base.index);
+      this.matched = Math.max(this.matched, base.index);
+    } else {
+      this.entries = [];
+      this.persistedLast = base.index;
+      this.matched = base.index;
+      // Nothing queued for the log survives: the driver discards its log.
+      this.out.append = [];
+      this.out.truncateFrom = null;
+      this.broadcastUpTo = Math.min(this.broadcastUpTo, base.index);
+      this.gen++;
+    }
     this.offset = base.index;
     this.offsetEpoch = base.epoch;
     this.offsetTs = base.ts;
     this.commit = base.index;
     this.commitTs = base.ts;
-    this.matched = base.index;
-    this.persistedLast = base.index;
+    if (base.ts > this.knownCommitTs) this.knownCommitTs = base.ts;
     this.applied = base.index;
-    this.gen++;
     if (base.ts > this.clock) this.clock = base.ts;
+    return keep;
   }
 
   receive(m: Msg): void {
@@ -564,8 +638,10 @@ export class Node {
         }
         return;
       case 'tsq':
-        if (this.role === 'coordinator' && this.commit >= this.epochStart) {
-          this.send(m.from, { t: 'tsr', seq: m.seq, commitTs: this.commitTs });
+        // Answered once a confirmation round shows we still lead (see finishReadRound).
+        if (this.role === 'coordinator') {
+          this.confirmTsqs.push({ to: m.from, seq: m.seq });
+          this.startReadRound();
         }
         return;
       case 'tsr':
@@ -582,6 +658,7 @@ export class Node {
         this.follow(m.from, m.epoch);
       }
       if (m.epoch === this.epoch && m.from === this.coordinator) {
+        this.coordHeard = this.now;
         if (m.commitTs > this.knownCommitTs) this.knownCommitTs = m.commitTs;
         this.learnCommit(m.commit, m.commitTs);
         // A gap (lost append): ask for what we lack.
@@ -602,6 +679,7 @@ export class Node {
     const changed = this.coordinator !== coordinator || this.epoch !== epoch;
     this.role = 'follower';
     this.coordinator = coordinator;
+    this.coordHeard = this.now;
     if (epoch !== this.epoch) this.matched = this.commit;
     this.epoch = epoch;
     this.phase = { p: 'idle' };
@@ -626,6 +704,7 @@ export class Node {
     if (this.role === 'coordinator' && m.epoch === this.epoch) return; // cannot happen: one claimant per epoch
     if (m.epoch !== this.epoch || this.coordinator !== m.from || this.role !== 'follower') this.follow(m.from, m.epoch);
     this.lastAppendTick = this.now;
+    this.coordHeard = this.now;
     if (m.commitTs > this.knownCommitTs) this.knownCommitTs = m.commitTs;
     let prev = m.prevIndex;
     let entries = m.entries;
@@ -748,12 +827,13 @@ export class Node {
 
   private onElection(m: Extract<Msg, { t: 'election' }>): void {
     if (!this.isVoter(this.id) || m.from > this.id) return;
+    if (this.role !== 'coordinator' && !this.canLead()) return; // we could not win: let the lower ids elect
     this.send(m.from, { t: 'alive' });
     if (this.role === 'coordinator') {
       this.sendPing();
       return;
     }
-    const coordAlive = this.coordinator !== null && this.liveness(this.coordinator) !== 'dead';
+    const coordAlive = this.coordinatorAlive();
     if (this.phase.p === 'idle' && (!coordAlive || (this.coordinator! < this.id && this.caughtUp()))) this.startElection();
   }
 
@@ -779,7 +859,7 @@ export class Node {
       return;
     }
     if (m.epoch !== ph.epoch || !this.isVoter(m.from)) return;
-    ph.promises.set(m.from, { last: m.last, lastEpoch: m.lastEpoch });
+    ph.promises.set(m.from, { last: m.last, lastEpoch: m.lastEpoch, commit: m.commit });
     this.checkPromises();
   }
 
@@ -800,7 +880,7 @@ export class Node {
       return;
     }
     const start = this.commit + 1;
-    this.phase = { p: 'fetching', epoch: ph.epoch, until: this.now + CLAIM_WAIT_TICKS, start, target: best, targetLast: b.last };
+    this.phase = { p: 'fetching', epoch: ph.epoch, until: this.now + CLAIM_WAIT_TICKS, start, target: best, targetLast: b.last, targetCommit: b.commit };
     this.send(best, { t: 'fetch', start });
   }
 
@@ -816,6 +896,9 @@ export class Node {
     const ph = this.phase;
     if (ph.p !== 'fetching' || m.epoch !== ph.epoch || m.start !== ph.start || m.from !== ph.target) return;
     if (m.compacted) {
+      // Claiming again would fail the same way and depose whoever leads meanwhile: stand back
+      // (no claim, no `alive` to lower ids) until a coordinator brings us up to date.
+      this.cannotLeadBelow = Math.max(this.cannotLeadBelow, ph.targetCommit);
       this.abandonClaim(`server ${ph.target} no longer has the entries from ${ph.start}`);
       return;
     }
@@ -867,8 +950,12 @@ export class Node {
     this.out.notices.push({ type: 'stepdown', epoch: this.epoch, reason });
     if (this.readRound) this.out.readsFailed.push(...this.readRound.ids);
     this.out.readsFailed.push(...this.readQueue);
+    // Our own token checks go to whoever leads next.
+    for (const q of [...(this.readRound?.tokens ?? []), ...this.confirmTokens]) this.tokenQueue.push({ id: q.id, after: q.after, seq: 0 });
     this.readRound = null;
     this.readQueue = [];
+    this.confirmTokens = [];
+    this.confirmTsqs = [];
     this.phase = { p: 'waiting', until: this.now + ANNOUNCE_WAIT_TICKS };
   }
 
@@ -896,6 +983,8 @@ export class Node {
   /** Drop a token check (its request timed out). */
   cancelToken(id: number): void {
     this.tokenQueue = this.tokenQueue.filter((q) => q.id !== id);
+    this.confirmTokens = this.confirmTokens.filter((q) => q.id !== id);
+    if (this.readRound) this.readRound.tokens = this.readRound.tokens.filter((q) => q.id !== id);
   }
 }
 

@@ -2,22 +2,68 @@
 // ckv-server: one replica. Opens its data directory (log, checkpoint, promise),
 // connects to NATS, and runs the driver loop until SIGTERM/SIGINT.
 
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, fsyncSync, closeSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { CronJob } from 'cron';
 import pino from 'pino';
-import { CHECKPOINT_CRON_DEFAULT } from '../core/limits.js';
+import { CHECKPOINT_CRON_DEFAULT, LOG_RETAIN_ENTRIES } from '../core/limits.js';
 import { LmdbCheckpoint } from '../storage/checkpoint.js';
 import { SegmentLog } from '../storage/segment-log.js';
 import { FileStateFile } from '../storage/state-file.js';
 import { NatsTransport } from '../transport/nats.js';
 import { CLUSTER_NAME } from '../transport/subjects.js';
-import { Server } from './server.js';
+import { Server, type CheckpointInstaller } from './server.js';
+import type { CheckpointStore } from '../storage/ports.js';
+
+function fsyncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Checkpoint transfer on disk: fill <data>/checkpoint-incoming, then swap directories. */
+function lmdbInstaller(data: string): CheckpointInstaller {
+  const current = join(data, 'checkpoint');
+  const incoming = join(data, 'checkpoint-incoming');
+  const old = join(data, 'checkpoint-old');
+  return {
+    async begin() {
+      rmSync(incoming, { recursive: true, force: true });
+      return LmdbCheckpoint.open(incoming);
+    },
+    async swap(cur: CheckpointStore, inc: CheckpointStore) {
+      await inc.close();
+      await cur.close();
+      rmSync(old, { recursive: true, force: true });
+      renameSync(current, old);
+      renameSync(incoming, current);
+      fsyncDir(data);
+      rmSync(old, { recursive: true, force: true });
+      return LmdbCheckpoint.open(current);
+    },
+    async abort(inc: CheckpointStore) {
+      await inc.close();
+      rmSync(incoming, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A crash in the middle of a swap leaves checkpoint-old: put it back (the transfer will be offered again). */
+function recoverCheckpointDirs(data: string): void {
+  const current = join(data, 'checkpoint');
+  const old = join(data, 'checkpoint-old');
+  if (!existsSync(current) && existsSync(old)) renameSync(old, current);
+  rmSync(old, { recursive: true, force: true });
+  rmSync(join(data, 'checkpoint-incoming'), { recursive: true, force: true });
+}
 
 const USAGE = `usage: ckv-server --id N [--data DIR] [--nats URL] [--cluster NAME] [--voters 1,2,3]
-                  [--checkpoint-cron EXPR] [--log-level LEVEL]
+                  [--checkpoint-cron EXPR] [--retain-entries N] [--log-level LEVEL]
 
   --id N                 this server's id, a positive integer (env CKV_ID)
   --data DIR             data directory (env CKV_DATA; default checkpoints/node-<id>)
@@ -25,6 +71,7 @@ const USAGE = `usage: ckv-server --id N [--data DIR] [--nats URL] [--cluster NAM
   --cluster NAME         cluster name (env CKV_CLUSTER; default ckv)
   --voters 1,2,3         the first set of voters (env CKV_VOTERS; default: just this id)
   --checkpoint-cron EXPR checkpoint schedule, cron with seconds (env CKV_CHECKPOINT_CRON; default "${CHECKPOINT_CRON_DEFAULT}")
+  --retain-entries N     log entries kept below a checkpoint for lagging followers (env CKV_RETAIN_ENTRIES; default ${LOG_RETAIN_ENTRIES})
   --log-level LEVEL      pino level (env CKV_LOG_LEVEL; default info)
 `;
 
@@ -45,6 +92,7 @@ async function main(): Promise<void> {
         voters: { type: 'string' },
         'checkpoint-cron': { type: 'string' },
         'log-level': { type: 'string' },
+        'retain-entries': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -70,16 +118,20 @@ async function main(): Promise<void> {
   }
   const cronExpr = String(values['checkpoint-cron'] ?? env.CKV_CHECKPOINT_CRON ?? CHECKPOINT_CRON_DEFAULT);
   const level = String(values['log-level'] ?? env.CKV_LOG_LEVEL ?? 'info');
+  const retainArg = values['retain-entries'] ?? env.CKV_RETAIN_ENTRIES;
+  const retain = retainArg === undefined ? undefined : Number(retainArg);
+  if (retain !== undefined && (!Number.isSafeInteger(retain) || retain < 0)) usage('--retain-entries must be a non-negative integer');
 
   const logger = pino({ level, base: { node: id } }, pino.destination(2));
   mkdirSync(data, { recursive: true });
+  recoverCheckpointDirs(data);
   const { log, entries, warnings } = await SegmentLog.open(join(data, 'log'), { warn: (m: string) => logger.child({ component: 'log' }).warn(m) });
   for (const w of warnings) logger.child({ component: 'log' }).warn(w);
   const checkpoint = await LmdbCheckpoint.open(join(data, 'checkpoint'));
   const stateFile = new FileStateFile(join(data, 'state'));
   const nc = await connect({ servers: natsUrl, name: `ckv-server-${cluster}-${id}`, maxReconnectAttempts: -1 });
   const transport = new NatsTransport(nc, cluster, id, (err) => logger.child({ component: 'transport' }).warn({ err }, 'bad peer message'));
-  const server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }) });
+  const server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data), ...(retain !== undefined ? { retainEntries: retain } : {}) });
 
   let job: CronJob;
   try {

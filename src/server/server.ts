@@ -27,6 +27,8 @@ export const VERSION = '0.1.0';
 export const EVENTS_RETAINED_MAX = 10_000;
 /** Time allowed on shutdown for in-flight work before the final checkpoint. */
 export const SHUTDOWN_DRAIN_MS_MAX = 5_000;
+/** Room an entry's fields take around its ops, in bytes (rid ≤ 64, numbers, field names). */
+export const ENTRY_ENVELOPE_BYTES_MAX = 512;
 
 export interface ServerOptions {
   id: number;
@@ -42,7 +44,25 @@ export interface ServerOptions {
   checkpointBytes?: number;
   /** Entries kept below a checkpoint for lagging followers. */
   retainEntries?: number;
+  /** Checkpoint transfer: swap in a checkpoint received from a peer (absent: this server cannot receive one). */
+  installer?: CheckpointInstaller;
 }
+
+/** Builds a checkpoint from a peer's pages, then swaps it in place of the current one. */
+export interface CheckpointInstaller {
+  /** A fresh, empty checkpoint store to fill. */
+  begin(): Promise<CheckpointStore>;
+  /** Close `incoming` and `current`, make incoming the checkpoint durably, and open it. */
+  swap(current: CheckpointStore, incoming: CheckpointStore): Promise<CheckpointStore>;
+  abort(incoming: CheckpointStore): Promise<void>;
+}
+
+/** Pages of a checkpoint transfer, in keys (or request ids). */
+export const SNAPSHOT_PAGE_ITEMS_MAX = 2_000;
+/** A coordinator serving a transfer holds its checkpoint still this long after each page. */
+export const SNAPSHOT_HOLD_MS = 10_000;
+/** Time one page request may take. */
+export const SNAPSHOT_PAGE_TIMEOUT_MS = 5_000;
 
 interface PendingWrite {
   index: number;
@@ -68,7 +88,7 @@ export class Server {
   readonly id: number;
   readonly cluster: string;
   readonly node: Node;
-  readonly state: KvState;
+  state: KvState;
   private log: LogStore;
   private ckpt: CheckpointStore;
   private stateFile: StateFile;
@@ -97,6 +117,12 @@ export class Server {
   private checkpointBytes: number;
   private retainEntries: number;
   private closing = false;
+  private installer: CheckpointInstaller | undefined;
+  /** Set while a checkpoint received from a peer is being installed: the loop holds still. */
+  private installing: Promise<void> | null = null;
+  /** Until when checkpoints wait, because a follower is reading ours. */
+  private holdCheckpointUntil = 0;
+  private lastOffer = new Map<number, number>();
   private fatal: ((err: Error) => void) | null = null;
 
   constructor(o: ServerOptions) {
@@ -110,6 +136,7 @@ export class Server {
     this.logger = o.logger;
     this.checkpointBytes = o.checkpointBytes ?? CHECKPOINT_LOG_BYTES_TRIGGER;
     this.retainEntries = o.retainEntries ?? LOG_RETAIN_ENTRIES;
+    this.installer = o.installer;
     this.state = new KvState(o.checkpoint);
     const meta = o.checkpoint.meta();
     // The log must reach back to the checkpoint: a hole means lost entries.
@@ -118,10 +145,17 @@ export class Server {
       throw new Error(`log starts at ${entries[0]!.index} but the checkpoint holds only up to ${meta.index}: entries are missing`);
     }
     let base = { index: meta.index, epoch: meta.epoch, ts: meta.ts };
-    let rest = entries.filter((e) => e.index > meta.index);
-    const below = entries.filter((e) => e.index <= meta.index);
-    if (below.length > 0) {
-      const b = below[0]!;
+    let rest = entries;
+    const lastLogged = entries.length > 0 ? entries[entries.length - 1]! : undefined;
+    const atCheckpoint = entries.find((e) => e.index === meta.index);
+    if (meta.index > 0 && lastLogged !== undefined && (lastLogged.index < meta.index || (atCheckpoint && atCheckpoint.epoch !== meta.epoch))) {
+      // A checkpoint received from a peer, installed just before a crash: the old log is stale.
+      this.logger.warn({ logLast: lastLogged.index, checkpoint: meta.index }, 'discarding a log that the checkpoint supersedes');
+      o.log.truncateFrom(entries[0]!.index);
+      rest = [];
+    } else if (entries.length > 0 && entries[0]!.index <= meta.index) {
+      // Keep the retained entries below the checkpoint in memory, for lagging followers.
+      const b = entries[0]!;
       base = { index: b.index, epoch: b.epoch, ts: b.ts };
       rest = entries.slice(1);
     }
@@ -147,6 +181,7 @@ export class Server {
     this.t.onPeer((m) => this.onPeer(m));
     this.stopRead = this.t.serve(this.s.read, 'ckv-read', (d, r) => this.onRequest('read', d, r));
     this.stopAdmin = this.t.serve(this.s.admin, undefined, (d, r) => this.onRequest('admin', d, r));
+    this.t.subscribe(this.s.snapshot(this.id), (d, respond) => this.onSnapshotSubject(d, respond));
     this.ticker = setInterval(() => {
       this.node.tick();
       this.schedule();
@@ -171,6 +206,7 @@ export class Server {
   }
 
   private async pump(): Promise<void> {
+    if (this.installing) return;
     if (this.pumping) {
       this.again = true;
       return;
@@ -223,8 +259,7 @@ export class Server {
       clearTimeout(w.timer);
       this.replyError(w.respond, ErrorCode.TOKEN_AHEAD, `no write with timestamp ${w.after} exists in the cluster`);
     }
-    // needSnapshot: catch-up by checkpoint transfer is handled by the replication issue's snapshot path.
-    if (r.needSnapshot.length > 0) this.logger.warn({ followers: r.needSnapshot }, 'followers need a checkpoint transfer');
+    for (const f of r.needSnapshot) this.offerCheckpoint(f);
     this.syncWriteSubscription();
   }
 
@@ -300,7 +335,7 @@ export class Server {
   // ---- peers ----
 
   private onPeer(m: Msg): void {
-    if (this.closing) return;
+    if (this.closing || this.installing) return;
     try {
       this.node.receive(m);
     } catch (err) {
@@ -462,7 +497,8 @@ export class Server {
       }
     }
     const ops: WriteOp[] = req.op === 'batch' ? req.ops : [stripWrite(req)];
-    const size = Buffer.byteLength(JSON.stringify(ops));
+    // The entry adds its index, epoch, ts and rid around the ops: keep room for them.
+    const size = Buffer.byteLength(JSON.stringify(ops)) + ENTRY_ENVELOPE_BYTES_MAX;
     if (size > ENTRY_BYTES_MAX) throw new RequestError(ErrorCode.TOO_LARGE, `write is ${size} bytes encoded, more than ENTRY_BYTES_MAX (${ENTRY_BYTES_MAX})`);
     const placed = this.node.propose(ops, rid);
     if (!placed) throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
@@ -498,6 +534,100 @@ export class Server {
 
   private replyError(respond: Respond, code: Code, message: string): void {
     this.reply(respond, { ok: false, ts: this.state.appliedTs, error: { code, message } });
+  }
+
+  // ---- checkpoint transfer (a follower behind the log still on disk) ----
+
+  private offerCheckpoint(follower: number): void {
+    const last = this.lastOffer.get(follower) ?? 0;
+    if (Date.now() - last < SNAPSHOT_PAGE_TIMEOUT_MS) return;
+    this.lastOffer.set(follower, Date.now());
+    this.logger.info({ follower, checkpoint: this.node.checkpointIndex }, 'offering our checkpoint to a follower behind our log');
+    this.t.publish(this.s.snapshot(follower), JSON.stringify({ t: 'offer', from: this.id, index: this.node.checkpointIndex }));
+  }
+
+  private onSnapshotSubject(data: Uint8Array, respond: Respond | null): void {
+    let m: { t?: string; from?: number; phase?: string; after?: string | null };
+    try {
+      m = JSON.parse(new TextDecoder().decode(data));
+    } catch {
+      return;
+    }
+    if (m.t === 'offer' && typeof m.from === 'number') {
+      if (!this.installing && this.installer && this.node.role !== 'coordinator') {
+        this.installing = this.receiveCheckpoint(m.from).finally(() => {
+          this.installing = null;
+          this.schedule();
+        });
+        this.installing.catch((err: Error) => this.logger.warn({ err }, 'checkpoint transfer failed; will retry when offered again'));
+      }
+      return;
+    }
+    if (m.t === 'page' && respond) {
+      // Serve one page of our checkpoint; hold it still meanwhile.
+      this.holdCheckpointUntil = Date.now() + SNAPSHOT_HOLD_MS;
+      const after = typeof m.after === 'string' ? m.after : undefined;
+      const meta = this.ckpt.meta();
+      if (m.phase === 'rids') {
+        const all = this.ckpt.rids();
+        const startAt = after === undefined ? 0 : Number(after);
+        const items = all.slice(startAt, startAt + SNAPSHOT_PAGE_ITEMS_MAX);
+        const next = startAt + items.length < all.length ? String(startAt + items.length) : null;
+        respond(JSON.stringify({ meta, items, next }));
+      } else {
+        const items = this.ckpt.range('', after, SNAPSHOT_PAGE_ITEMS_MAX);
+        const next = items.length === SNAPSHOT_PAGE_ITEMS_MAX ? items[items.length - 1]![0] : null;
+        respond(JSON.stringify({ meta, items, next }));
+      }
+    }
+  }
+
+  /** Pull the coordinator's checkpoint page by page into a fresh store, then swap it in. */
+  private async receiveCheckpoint(from: number): Promise<void> {
+    const installer = this.installer!;
+    const incoming = await installer.begin();
+    const log = this.logger.child({ component: 'transfer' });
+    log.info({ from }, 'receiving a checkpoint');
+    let meta: ReturnType<CheckpointStore['meta']> | undefined;
+    try {
+      for (const phase of ['kv', 'rids'] as const) {
+        let after: string | null | undefined;
+        do {
+          const raw = await this.t.request(this.s.snapshot(from), JSON.stringify({ t: 'page', phase, after: after ?? null }), SNAPSHOT_PAGE_TIMEOUT_MS);
+          const page = JSON.parse(new TextDecoder().decode(raw)) as { meta: typeof meta; items: Array<[string, any]>; next: string | null };
+          if (meta === undefined) meta = page.meta!;
+          if (page.meta!.index !== meta.index) throw new Error('the checkpoint changed during the transfer');
+          await incoming.write({
+            kv: phase === 'kv' ? page.items : [],
+            ridsSet: phase === 'rids' ? page.items : [],
+            ridsDel: [],
+            // The incoming store is never opened as a checkpoint until the swap: the final meta can go in from the start.
+            meta,
+          });
+          after = page.next;
+        } while (after !== null);
+      }
+    } catch (err) {
+      await installer.abort(incoming);
+      throw err;
+    }
+    if (!meta || meta.index <= this.node.commit) {
+      await installer.abort(incoming);
+      log.info({ index: meta?.index, applied: this.state.applied }, 'transfer not needed any more');
+      return;
+    }
+    // Let the loop finish what it is doing, then swap while it holds still.
+    while (this.pumping || this.checkpointing) await new Promise((r) => setTimeout(r, 5));
+    this.ckpt = await installer.swap(this.ckpt, incoming);
+    // The log restarts after the checkpoint (a stale log is also dropped on restart, should we crash here).
+    if (this.log.last > 0) this.log.truncateFrom(1);
+    await this.log.sync();
+    this.state = new KvState(this.ckpt);
+    this.node.restore({ index: meta.index, epoch: meta.epoch, ts: meta.ts });
+    this.node.checkpointIndex = meta.index;
+    this.events = [];
+    this.eventsFloor = meta.index;
+    log.info({ index: meta.index, digest: this.ckpt.digest() }, 'checkpoint installed');
   }
 
   // ---- status ----
@@ -548,7 +678,10 @@ export class Server {
   /** Write what was applied since the last checkpoint into it; never blocks requests. */
   checkpoint(): Promise<void> {
     if (this.checkpointing) return this.checkpointing;
+    if (this.installing) return this.installing;
     if (this.state.applied === this.node.checkpointIndex) return Promise.resolve();
+    // A follower is reading our checkpoint page by page: keep it still (the cron comes back).
+    if (Date.now() < this.holdCheckpointUntil && !this.closing) return Promise.resolve();
     const delta = this.state.takeDelta();
     this.checkpointing = (async () => {
       try {

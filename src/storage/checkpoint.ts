@@ -1,0 +1,548 @@
+// The checkpoint: the state as of a log index, in an LMDB environment
+// (`<data>/checkpoint/`), plus its in-memory twin.
+//
+// Layout (three named databases; keys and values are raw bytes, encoded here):
+//   kv    key: the key's UTF-8 bytes    value: UTF-8 JSON {"value":…,"rev":…,"ts":…}
+//   rids  key: the rid's UTF-8 bytes    value: UTF-8 JSON {"index":…,"ts":…,"result":…}
+//   meta  key: "meta"                   value: UTF-8 JSON CheckpointMeta
+// Binary keys make LMDB's order (memcmp) the byte order of the UTF-8 key,
+// which is what range() promises. Values are JSON rather than lmdb-js's
+// msgpack so that the bytes do not depend on encoder state (msgpack's shared
+// structures) and the tools can decode them on their own.
+//
+// A write applies one delta in one LMDB write transaction, queued with
+// lmdb-js's batch() so that it commits on lmdb-js's write thread without
+// blocking the event loop; readers see the old state until the commit and the
+// new one after, never a mix. The write resolves once the commit is flushed.
+// (lmdb-js's async transaction(callback) hangs on this platform; batch()
+// gives the same one-transaction atomicity for puts and removes.)
+
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import { KEY_BYTES_MAX, RID_BYTES_MAX } from '../core/limits.js';
+import type { CheckpointDelta, CheckpointMeta, CheckpointStore, Rec, RidRecord } from './ports.js';
+
+/** Format version of the checkpoint layout (CheckpointMeta.format). */
+export const CHECKPOINT_FORMAT = 1;
+export const CHECKPOINT_DIR_NAME = 'checkpoint';
+const META_KEY = Buffer.from('meta', 'utf8');
+const DB_NAMES = ['kv', 'rids', 'meta'] as const;
+const DIGEST_PREFIX = 'ckv-checkpoint-digest-v1\n';
+
+export function emptyMeta(): CheckpointMeta {
+  return { format: CHECKPOINT_FORMAT, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 };
+}
+
+// ---------------------------------------------------------------------------
+// Shapes, checked on every value read from disk (LMDB has no checksums of its own).
+
+function isObject(x: unknown): x is Record<string, unknown> {
+  return typeof x === 'object' && x !== null && !Array.isArray(x);
+}
+
+function isNat(x: unknown): x is number {
+  return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+}
+
+function extraField(o: Record<string, unknown>, allowed: readonly string[]): string | null {
+  for (const k in o) if (!allowed.includes(k)) return k;
+  return null;
+}
+
+export function metaProblem(x: unknown): string | null {
+  if (!isObject(x)) return 'meta is not an object';
+  const extra = extraField(x, ['format', 'index', 'epoch', 'ts', 'voters', 'eventPrev']);
+  if (extra !== null) return `meta has unknown field "${extra}"`;
+  if (x.format !== CHECKPOINT_FORMAT) return `meta.format is ${JSON.stringify(x.format)}, expected ${CHECKPOINT_FORMAT}`;
+  for (const f of ['index', 'epoch', 'ts', 'eventPrev'] as const) {
+    if (!isNat(x[f])) return `meta.${f} is not a non-negative integer`;
+  }
+  if ((x.eventPrev as number) > (x.index as number)) return `meta.eventPrev ${String(x.eventPrev)} is beyond meta.index ${String(x.index)}`;
+  if (!Array.isArray(x.voters)) return 'meta.voters is not an array';
+  for (const v of x.voters) if (!isNat(v) || v < 1) return 'meta.voters holds something other than positive integers';
+  return null;
+}
+
+export function recProblem(x: unknown): string | null {
+  if (!isObject(x)) return 'record is not an object';
+  const extra = extraField(x, ['value', 'rev', 'ts']);
+  if (extra !== null) return `record has unknown field "${extra}"`;
+  if (typeof x.value !== 'string') return 'record value is not a string';
+  if (!isNat(x.rev) || x.rev < 1) return 'record rev is not a positive integer';
+  if (!isNat(x.ts)) return 'record ts is not a non-negative integer';
+  return null;
+}
+
+export function ridRecordProblem(x: unknown): string | null {
+  if (!isObject(x)) return 'rid record is not an object';
+  const extra = extraField(x, ['index', 'ts', 'result']);
+  if (extra !== null) return `rid record has unknown field "${extra}"`;
+  if (!isNat(x.index) || x.index < 1) return 'rid record index is not a positive integer';
+  if (!isNat(x.ts)) return 'rid record ts is not a non-negative integer';
+  const r = x.result;
+  if (!isObject(r)) return 'rid record result is not an object';
+  if (r.ok === true) {
+    if (extraField(r, ['ok']) !== null) return 'rid record result has unknown fields';
+  } else if (r.ok === false) {
+    if (extraField(r, ['ok', 'code', 'failed', 'current']) !== null) return 'rid record result has unknown fields';
+    if (r.code !== 'CAS_MISMATCH') return `rid record result code is ${JSON.stringify(r.code)}`;
+    if (!isNat(r.failed)) return 'rid record result.failed is not a non-negative integer';
+    if (r.current !== null && typeof r.current !== 'string') return 'rid record result.current is not a string or null';
+  } else {
+    return 'rid record result.ok is not a boolean';
+  }
+  return null;
+}
+
+function nameProblem(s: unknown, what: string, maxBytes: number): string | null {
+  if (typeof s !== 'string' || s.length === 0) return `${what} is not a non-empty string`;
+  if (Buffer.byteLength(s, 'utf8') > maxBytes) return `${what} is longer than ${maxBytes} bytes`;
+  return null;
+}
+
+/** Why `delta` cannot be applied on top of a checkpoint at `current`, or null. */
+export function deltaProblem(delta: CheckpointDelta, current: CheckpointMeta): string | null {
+  const mp = metaProblem(delta.meta);
+  if (mp !== null) return mp;
+  if (delta.meta.index < current.index) {
+    return `delta goes back from index ${current.index} to ${delta.meta.index}`;
+  }
+  const seen = new Set<string>();
+  for (const [key, rec] of delta.kv) {
+    const np = nameProblem(key, 'key', KEY_BYTES_MAX);
+    if (np !== null) return np;
+    if (seen.has(key)) return `key ${JSON.stringify(key)} appears twice in one delta`;
+    seen.add(key);
+    if (rec !== null) {
+      const rp = recProblem(rec);
+      if (rp !== null) return `key ${JSON.stringify(key)}: ${rp}`;
+      if (rec.rev > delta.meta.index) return `key ${JSON.stringify(key)}: rev ${rec.rev} is beyond meta.index ${delta.meta.index}`;
+    }
+  }
+  for (const [rid, rec] of delta.ridsSet) {
+    const np = nameProblem(rid, 'rid', RID_BYTES_MAX);
+    if (np !== null) return np;
+    const rp = ridRecordProblem(rec);
+    if (rp !== null) return `rid ${JSON.stringify(rid)}: ${rp}`;
+  }
+  for (const rid of delta.ridsDel) {
+    const np = nameProblem(rid, 'rid', RID_BYTES_MAX);
+    if (np !== null) return np;
+  }
+  return null;
+}
+
+// Canonical JSON with a fixed field order.
+function recJson(r: Rec): string {
+  return `{"value":${JSON.stringify(r.value)},"rev":${r.rev},"ts":${r.ts}}`;
+}
+
+function ridJson(r: RidRecord): string {
+  const res = r.result.ok
+    ? '{"ok":true}'
+    : `{"ok":false,"code":${JSON.stringify(r.result.code)},"failed":${r.result.failed},"current":${JSON.stringify(r.result.current)}}`;
+  return `{"index":${r.index},"ts":${r.ts},"result":${res}}`;
+}
+
+function metaJson(m: CheckpointMeta): string {
+  return `{"format":${m.format},"index":${m.index},"epoch":${m.epoch},"ts":${m.ts},"voters":[${m.voters.join(',')}],"eventPrev":${m.eventPrev}}`;
+}
+
+// lmdb-js's getBinaryFast buffers report the whole shared buffer as byteLength:
+// go by .length only (toString does).
+function parseJson<T>(bytes: Buffer, what: string, problem: (x: unknown) => string | null): T {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    throw new Error(`checkpoint: ${what} is not JSON`);
+  }
+  const p = problem(raw);
+  if (p !== null) throw new Error(`checkpoint: ${what}: ${p}`);
+  return raw as T;
+}
+
+/** Compare two strings in the byte order of their UTF-8 encodings. */
+export function compareKeys(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x === y) continue;
+    // UTF-16 order differs from UTF-8 order only between surrogates
+    // (D800-DFFF, code points >= 0x10000) and E000-FFFF: move surrogates up.
+    if (x >= 0xd800 && y >= 0xd800) {
+      x = x >= 0xe000 ? x - 0x800 : x + 0x2000;
+      y = y >= 0xe000 ? y - 0x800 : y + 0x2000;
+    }
+    return x - y;
+  }
+  return a.length - b.length;
+}
+
+/**
+ * The digest of a logical state: sha256 over the meta index and every
+ * key/record in key order. Equal state gives an equal digest however it was built.
+ */
+export function digestOf(index: number, entries: Iterable<[string, Rec]>): string {
+  const h = createHash('sha256');
+  h.update(DIGEST_PREFIX);
+  h.update(`index ${index}\n`);
+  for (const [key, rec] of entries) h.update(JSON.stringify([key, rec.value, rec.rev, rec.ts]) + '\n');
+  return h.digest('hex');
+}
+
+export interface CheckpointCounts {
+  keys: number;
+  rids: number;
+}
+
+// ---------------------------------------------------------------------------
+// LMDB
+
+export interface LmdbCheckpointOptions {
+  /** Open for reading only (the operator tool): writes throw, nothing is created. */
+  readOnly?: boolean;
+}
+
+type Bytes = Buffer;
+
+export class LmdbCheckpoint implements CheckpointStore {
+  readonly dir: string;
+  readonly readOnly: boolean;
+  private readonly root: RootDatabase<Bytes, Bytes>;
+  private readonly kv: Database<Bytes, Bytes>;
+  private readonly ridsDb: Database<Bytes, Bytes>;
+  private readonly metaDb: Database<Bytes, Bytes>;
+  /** Writes run one at a time, in call order. */
+  private chain: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  private constructor(dir: string, readOnly: boolean, root: RootDatabase<Bytes, Bytes>, dbs: Database<Bytes, Bytes>[]) {
+    this.dir = dir;
+    this.readOnly = readOnly;
+    this.root = root;
+    this.kv = dbs[0]!;
+    this.ridsDb = dbs[1]!;
+    this.metaDb = dbs[2]!;
+  }
+
+  /** Open (creating unless read-only) the LMDB environment in `dir` (the server uses `<data>/checkpoint`). */
+  static async open(dir: string, opts: LmdbCheckpointOptions = {}): Promise<LmdbCheckpoint> {
+    const readOnly = opts.readOnly === true;
+    if (readOnly) {
+      if (!fs.existsSync(path.join(dir, 'data.mdb'))) throw new Error(`no checkpoint at ${dir} (no data.mdb)`);
+    } else if (!fs.existsSync(dir)) {
+      fs.mkdirSync(dir, { recursive: true });
+      const fd = fs.openSync(path.dirname(dir), 'r');
+      try {
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    const enc = { keyEncoding: 'binary', encoding: 'binary' } as const;
+    const root = open<Bytes, Bytes>({ path: dir, maxDbs: DB_NAMES.length + 1, readOnly, ...enc });
+    const dbs: Database<Bytes, Bytes>[] = [];
+    for (const name of DB_NAMES) {
+      const db = root.openDB<Bytes, Bytes>({ name, ...enc }) as Database<Bytes, Bytes> | undefined;
+      if (db === undefined) {
+        await root.close();
+        throw new Error(`checkpoint ${dir} has no "${name}" database`);
+      }
+      dbs.push(db);
+    }
+    const cp = new LmdbCheckpoint(dir, readOnly, root, dbs);
+    if (!readOnly && cp.metaDb.getBinary(META_KEY) === undefined) {
+      // A new checkpoint: write the empty state's meta so every reader finds one.
+      await cp.metaDb.put(META_KEY, Buffer.from(metaJson(emptyMeta()), 'utf8'));
+      await cp.root.flushed;
+    }
+    return cp;
+  }
+
+  private check(): void {
+    if (this.closed) throw new Error(`checkpoint ${this.dir} is closed`);
+  }
+
+  meta(): CheckpointMeta {
+    this.check();
+    const b = this.metaDb.getBinaryFast(META_KEY);
+    if (b === undefined) return emptyMeta();
+    return parseJson<CheckpointMeta>(b, 'meta', metaProblem);
+  }
+
+  get(key: string): Rec | undefined {
+    this.check();
+    if (key.length === 0) return undefined;
+    const b = this.kv.getBinaryFast(Buffer.from(key, 'utf8'));
+    if (b === undefined) return undefined;
+    return parseJson<Rec>(b, `record of key ${JSON.stringify(key)}`, recProblem);
+  }
+
+  range(prefix: string, start: string | undefined, limit: number): Array<[string, Rec]> {
+    this.check();
+    const out: Array<[string, Rec]> = [];
+    if (limit <= 0) return out;
+    let from = prefix;
+    let exclusive = false;
+    if (start !== undefined && compareKeys(start, prefix) >= 0) {
+      from = start;
+      exclusive = true;
+    }
+    const opts = from.length === 0 ? {} : { start: Buffer.from(from, 'utf8'), exclusiveStart: exclusive };
+    for (const { key, value } of this.kv.getRange(opts)) {
+      const k = key.toString('utf8');
+      if (!k.startsWith(prefix)) break;
+      out.push([k, parseJson<Rec>(value, `record of key ${JSON.stringify(k)}`, recProblem)]);
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  rids(): Array<[string, RidRecord]> {
+    this.check();
+    const out: Array<[string, RidRecord]> = [];
+    for (const { key, value } of this.ridsDb.getRange({})) {
+      const rid = key.toString('utf8');
+      out.push([rid, parseJson<RidRecord>(value, `rid ${JSON.stringify(rid)}`, ridRecordProblem)]);
+    }
+    out.sort((a, b) => a[1].index - b[1].index || compareKeys(a[0], b[0]));
+    return out;
+  }
+
+  *entries(): Iterable<[string, Rec]> {
+    this.check();
+    for (const { key, value } of this.kv.getRange({})) {
+      const k = key.toString('utf8');
+      yield [k, parseJson<Rec>(value, `record of key ${JSON.stringify(k)}`, recProblem)];
+    }
+  }
+
+  digest(): string {
+    return digestOf(this.meta().index, this.entries());
+  }
+
+  counts(): CheckpointCounts {
+    this.check();
+    return { keys: this.kv.getKeysCount(), rids: this.ridsDb.getKeysCount() };
+  }
+
+  /** The raw bytes of one database, in key order (for verification). */
+  *raw(db: 'kv' | 'rids'): Iterable<{ key: Buffer; value: Buffer }> {
+    this.check();
+    for (const { key, value } of (db === 'kv' ? this.kv : this.ridsDb).getRange({})) yield { key, value };
+  }
+
+  write(delta: CheckpointDelta): Promise<void> {
+    const run = (): Promise<void> => this.writeNow(delta);
+    const next = this.chain.then(run, run);
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  private async writeNow(delta: CheckpointDelta): Promise<void> {
+    this.check();
+    if (this.readOnly) throw new Error(`checkpoint ${this.dir} is open read-only`);
+    const p = deltaProblem(delta, this.meta());
+    if (p !== null) throw new Error(`checkpoint write: ${p}`);
+    // Encode everything first: nothing inside the batch may throw halfway.
+    const kvOps: Array<[Buffer, Buffer | null]> = delta.kv.map(([k, rec]) => [
+      Buffer.from(k, 'utf8'),
+      rec === null ? null : Buffer.from(recJson(rec), 'utf8'),
+    ]);
+    const ridSets = delta.ridsSet.map(([rid, rec]): [Buffer, Buffer] => [Buffer.from(rid, 'utf8'), Buffer.from(ridJson(rec), 'utf8')]);
+    const ridDels = delta.ridsDel.map((rid) => Buffer.from(rid, 'utf8'));
+    const meta = Buffer.from(metaJson(delta.meta), 'utf8');
+    await this.root.batch(() => {
+      for (const [k, v] of kvOps) {
+        if (v === null) void this.kv.remove(k);
+        else void this.kv.put(k, v);
+      }
+      for (const k of ridDels) void this.ridsDb.remove(k);
+      for (const [k, v] of ridSets) void this.ridsDb.put(k, v);
+      void this.metaDb.put(META_KEY, meta);
+    });
+    // The batch resolves when committed (visible); durable once flushed.
+    await this.root.flushed;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.chain;
+    this.closed = true;
+    await this.root.close();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// In memory
+
+/** The in-memory twin: a sorted map. A write is atomic (applied at once); clone() is the state a crash leaves. */
+export class MemCheckpoint implements CheckpointStore {
+  private readonly map = new Map<string, Readonly<Rec>>();
+  /** Keys in byte order. */
+  private keys: string[] = [];
+  private readonly ridMap = new Map<string, Readonly<RidRecord>>();
+  private metaValue: CheckpointMeta = emptyMeta();
+  writes = 0;
+
+  meta(): CheckpointMeta {
+    return { ...this.metaValue, voters: [...this.metaValue.voters] };
+  }
+
+  get(key: string): Rec | undefined {
+    return this.map.get(key);
+  }
+
+  /** Position of the first key >= k (or > k when `after`). */
+  private lowerBound(k: string, after: boolean): number {
+    let lo = 0;
+    let hi = this.keys.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const c = compareKeys(this.keys[mid]!, k);
+      if (c < 0 || (after && c === 0)) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  range(prefix: string, start: string | undefined, limit: number): Array<[string, Rec]> {
+    const out: Array<[string, Rec]> = [];
+    if (limit <= 0) return out;
+    const i0 =
+      start !== undefined && compareKeys(start, prefix) >= 0 ? this.lowerBound(start, true) : this.lowerBound(prefix, false);
+    for (let i = i0; i < this.keys.length && out.length < limit; i++) {
+      const k = this.keys[i]!;
+      if (!k.startsWith(prefix)) break;
+      out.push([k, this.map.get(k)!]);
+    }
+    return out;
+  }
+
+  rids(): Array<[string, RidRecord]> {
+    const out = [...this.ridMap.entries()];
+    out.sort((a, b) => a[1].index - b[1].index || compareKeys(a[0], b[0]));
+    return out;
+  }
+
+  *entries(): Iterable<[string, Rec]> {
+    for (const k of this.keys) yield [k, this.map.get(k)!];
+  }
+
+  digest(): string {
+    return digestOf(this.metaValue.index, this.entries());
+  }
+
+  counts(): CheckpointCounts {
+    return { keys: this.keys.length, rids: this.ridMap.size };
+  }
+
+  write(delta: CheckpointDelta): Promise<void> {
+    const p = deltaProblem(delta, this.metaValue);
+    if (p !== null) return Promise.reject(new Error(`checkpoint write: ${p}`));
+    for (const [key, rec] of delta.kv) {
+      const had = this.map.has(key);
+      if (rec === null) {
+        if (had) {
+          this.map.delete(key);
+          this.keys.splice(this.lowerBound(key, false), 1);
+        }
+      } else {
+        if (!had) this.keys.splice(this.lowerBound(key, false), 0, key);
+        this.map.set(key, Object.freeze({ value: rec.value, rev: rec.rev, ts: rec.ts }));
+      }
+    }
+    for (const rid of delta.ridsDel) this.ridMap.delete(rid);
+    for (const [rid, rec] of delta.ridsSet) {
+      const result = Object.freeze(rec.result.ok ? { ok: true as const } : { ...rec.result });
+      this.ridMap.set(rid, Object.freeze({ index: rec.index, ts: rec.ts, result }));
+    }
+    this.metaValue = { ...delta.meta, voters: [...delta.meta.voters] };
+    this.writes++;
+    return Promise.resolve();
+  }
+
+  /** An independent copy: what a restart after a crash finds (writes are atomic). */
+  clone(): MemCheckpoint {
+    const c = new MemCheckpoint();
+    for (const [k, v] of this.map) c.map.set(k, v);
+    c.keys = this.keys.slice();
+    for (const [k, v] of this.ridMap) c.ridMap.set(k, v);
+    c.metaValue = this.meta();
+    return c;
+  }
+
+  async close(): Promise<void> {}
+}
+
+// ---------------------------------------------------------------------------
+// Offline verification for ckvctl.
+
+export interface CheckpointReport {
+  meta: CheckpointMeta | null;
+  keys: number;
+  rids: number;
+  digest: string | null;
+  problems: string[];
+}
+
+/** Open the checkpoint read-only and check every record; never throws for a bad record, lists it. */
+export async function verifyCheckpoint(dir: string): Promise<CheckpointReport> {
+  const report: CheckpointReport = { meta: null, keys: 0, rids: 0, digest: null, problems: [] };
+  let cp: LmdbCheckpoint;
+  try {
+    cp = await LmdbCheckpoint.open(dir, { readOnly: true });
+  } catch (err) {
+    report.problems.push(`cannot open: ${(err as Error).message}`);
+    return report;
+  }
+  const PROBLEMS_MAX = 1000;
+  const problem = (p: string): void => {
+    if (report.problems.length < PROBLEMS_MAX) report.problems.push(p);
+  };
+  try {
+    try {
+      report.meta = cp.meta();
+    } catch (err) {
+      problem((err as Error).message);
+    }
+    const index = report.meta?.index ?? Number.MAX_SAFE_INTEGER;
+    const h = createHash('sha256');
+    h.update(DIGEST_PREFIX);
+    h.update(`index ${report.meta?.index ?? 0}\n`);
+    let prevKey: Buffer | null = null;
+    for (const { key, value } of cp.raw('kv')) {
+      report.keys++;
+      const k = key.toString('utf8');
+      if (!Buffer.from(k, 'utf8').equals(key)) problem(`key ${JSON.stringify(k)} is not valid UTF-8`);
+      if (key.length > KEY_BYTES_MAX) problem(`key ${JSON.stringify(k)} is longer than KEY_BYTES_MAX`);
+      if (prevKey !== null && Buffer.compare(prevKey, key) >= 0) problem(`key ${JSON.stringify(k)} is out of order`);
+      prevKey = Buffer.from(key);
+      try {
+        const rec = parseJson<Rec>(value, `record of key ${JSON.stringify(k)}`, recProblem);
+        if (rec.rev > index) problem(`key ${JSON.stringify(k)}: rev ${rec.rev} is beyond meta.index ${index}`);
+        h.update(JSON.stringify([k, rec.value, rec.rev, rec.ts]) + '\n');
+      } catch (err) {
+        problem((err as Error).message);
+      }
+    }
+    for (const { key, value } of cp.raw('rids')) {
+      report.rids++;
+      const rid = key.toString('utf8');
+      try {
+        const rec = parseJson<RidRecord>(value, `rid ${JSON.stringify(rid)}`, ridRecordProblem);
+        if (rec.index > index) problem(`rid ${JSON.stringify(rid)}: index ${rec.index} is beyond meta.index ${index}`);
+      } catch (err) {
+        problem((err as Error).message);
+      }
+    }
+    if (report.meta !== null) report.digest = h.digest('hex');
+  } finally {
+    await cp.close();
+  }
+  return report;
+}

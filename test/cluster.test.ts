@@ -1,0 +1,166 @@
+// Three real ckv-server processes on a real nats-server: read-your-writes
+// across one-shot clients and servers, SIGKILL of the coordinator during
+// writes, SIGSTOP/SIGCONT of a follower, and catch-up by checkpoint transfer.
+
+import t from 'tap';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { CKVCTL_JS, Cluster, parseStatus, run, type StatusRow } from './helpers/cluster.js';
+
+const dec = new TextDecoder();
+
+async function req(nc: NatsConnection, subject: string, body: unknown, timeoutMs = 5000): Promise<any> {
+  const r = await nc.request(subject, JSON.stringify(body), { timeout: timeoutMs });
+  return JSON.parse(dec.decode(r.data));
+}
+
+/** A write retried (same rid) until it is acknowledged or the deadline passes. */
+async function write(nc: NatsConnection, body: Record<string, unknown>, deadlineMs = 15_000): Promise<any> {
+  const deadline = Date.now() + deadlineMs;
+  for (;;) {
+    try {
+      const r = await req(nc, 'ckv.c3.write', { ...body, timeout: 1000 }, 1500);
+      if (r.ok || (r.error.code !== 'UNAVAILABLE' && r.error.code !== 'TIMEOUT')) return r;
+    } catch {
+      // no responders (no coordinator yet) or timeout: retry with the same rid
+    }
+    if (Date.now() > deadline) throw new Error(`write ${JSON.stringify(body)} not acknowledged in time`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function statuses(c: Cluster): Promise<StatusRow[]> {
+  const r = await c.ckv(['status', '--json', '--no-session', '--timeout', '1500']);
+  return r.code === 0 ? parseStatus(r.stdout) : [];
+}
+
+t.test('three-node cluster', async (t) => {
+  const c = new Cluster(3, { cluster: 'c3', extraArgs: ['--checkpoint-cron', '* * * * * *', '--retain-entries', '20'] });
+  await c.start();
+  t.teardown(() => c.stop());
+  const first = await c.waitForCoordinator();
+  t.ok(first >= 1 && first <= 3);
+  const nc = await connect({ servers: c.nats.url });
+  t.teardown(() => nc.close());
+
+  await t.test('read-your-writes across one-shot invocations, whichever server answers', async (t) => {
+    const session = join(mkdtempSync(join(tmpdir(), 'ckv-sess-')), 's.json');
+    for (let i = 0; i < 12; i++) {
+      const w = await c.ckv(['--session', session, 'put', `ryw.${i}`, `v${i}`]);
+      t.equal(w.code, 0, w.stderr);
+      const r = await c.ckv(['--session', session, 'get', `ryw.${i}`]);
+      t.equal(r.stdout, `v${i}`, `read ${i} sees its write`);
+    }
+    // Causal reads are served by followers too: every server has applied the writes.
+    const rows = await c.waitFor('all servers applied', async () => {
+      const s = await statuses(c);
+      return s.length === 3 && new Set(s.map((x) => x.applied)).size === 1 ? s : undefined;
+    });
+    t.equal(rows.filter((r) => r.role === 'coordinator').length, 1, 'exactly one coordinator');
+  });
+
+  await t.test('SIGKILL of the coordinator during writes: a new one, no acknowledged write lost, none applied twice', async (t) => {
+    const coord = await c.waitForCoordinator();
+    const acked = new Map<string, number>();
+    let stop = false;
+    let n = 0;
+    const writers = Array.from({ length: 6 }, async () => {
+      while (!stop) {
+        const k = `fo.${n++}`;
+        try {
+          const r = await write(nc, { op: 'put', key: k, value: k, rid: `fo-${k}` }, 20_000);
+          if (r.ok) acked.set(k, r.index);
+        } catch {
+          // gave up on this one: not acknowledged
+        }
+      }
+    });
+    await c.waitFor('100 acknowledged writes', async () => (acked.size >= 100 ? true : undefined));
+    const killedAt = Date.now();
+    await c.kill(coord, 'SIGKILL');
+    const ackedAtKill = acked.size;
+    await c.waitFor('writes to resume', async () => (acked.size >= ackedAtKill + 50 ? true : undefined), 20_000);
+    t.comment(`writes resumed within ${Date.now() - killedAt} ms of the SIGKILL`);
+    stop = true;
+    await Promise.all(writers);
+    const newCoord = await c.waitForCoordinator();
+    t.not(newCoord, coord, 'another server leads');
+    // Every acknowledged write is readable (from any live server).
+    const keys = [...acked.keys()];
+    const missing: string[] = [];
+    for (let i = 0; i < keys.length; i += 500) {
+      const chunk = keys.slice(i, i + 500);
+      const r = await req(nc, 'ckv.c3.read', { op: 'mget', keys: chunk, after: 0 });
+      r.values.forEach((v: any, j: number) => v?.value === chunk[j] || missing.push(chunk[j]!));
+    }
+    t.same(missing, [], `all ${keys.length} acknowledged writes present`);
+    // None applied twice: each key's write produced exactly one event.
+    const seen = new Map<string, number>();
+    let from = 1;
+    for (;;) {
+      const r = await req(nc, 'ckv.c3.read', { op: 'replay', from });
+      if (!r.ok || r.events.length === 0) break;
+      for (const e of r.events) if (e.key.startsWith('fo.')) seen.set(e.key, (seen.get(e.key) ?? 0) + 1);
+      from = r.events[r.events.length - 1].index + 1;
+    }
+    const twice = [...seen].filter(([, count]) => count > 1);
+    t.same(twice, [], 'no write applied twice');
+    // Bring the killed server back; it rejoins and catches up.
+    c.startNode(coord);
+    await c.waitFor('the restarted server to catch up', async () => {
+      const s = await statuses(c);
+      const me = s.find((x) => x.id === coord);
+      const lead = s.find((x) => x.role === 'coordinator');
+      return me && lead && me.applied >= lead.commit && lead.commit > 0 ? true : undefined;
+    });
+  });
+
+  await t.test('SIGSTOP of a follower: writes go on; SIGCONT: it catches up', async (t) => {
+    const coord = await c.waitForCoordinator();
+    const follower = c.voters.find((v) => v !== coord)!;
+    await c.kill(follower, 'SIGSTOP');
+    for (let i = 0; i < 30; i++) {
+      const r = await write(nc, { op: 'put', key: `stop.${i}`, value: String(i), rid: `stop-${i}` });
+      t.ok(r.ok, `write ${i} while a follower is stopped`);
+    }
+    await c.kill(follower, 'SIGCONT');
+    await c.waitFor('the follower to catch up', async () => {
+      const s = await statuses(c);
+      const f = s.find((x) => x.id === follower);
+      const lead = s.find((x) => x.role === 'coordinator');
+      return f && lead && f.applied === lead.applied ? true : undefined;
+    });
+  });
+
+  await t.test('a follower behind the retained log receives the checkpoint', async (t) => {
+    const coord = await c.waitForCoordinator();
+    const follower = c.voters.find((v) => v !== coord)!;
+    await c.kill(follower, 'SIGKILL');
+    for (let i = 0; i < 200; i++) {
+      const r = await write(nc, { op: 'put', key: `far.${i % 50}`, value: String(i), rid: `far-${i}` });
+      t.equal(r.ok, true);
+    }
+    // The coordinator checkpoints every second and keeps 20 entries below it.
+    const target = (await statuses(c)).find((x) => x.role === 'coordinator')!.applied;
+    await c.waitFor('the coordinator to checkpoint past the writes', async () => {
+      const lead = (await statuses(c)).find((x) => x.role === 'coordinator');
+      return lead && lead.checkpoint >= target - 5 ? true : undefined;
+    });
+    c.startNode(follower);
+    await c.waitFor('the follower to catch up through a checkpoint transfer', async () => {
+      const s = await statuses(c);
+      const f = s.find((x) => x.id === follower);
+      const lead = s.find((x) => x.role === 'coordinator');
+      return f && lead && f.applied === lead.applied && f.applied >= target ? true : undefined;
+    }, 30_000);
+    t.match(c.logs.get(follower) ?? '', /checkpoint installed/, 'it installed a checkpoint from a peer');
+    // Stop everything cleanly: each server checkpoints at the same applied index.
+    await Promise.all(c.voters.map((id) => c.kill(id, 'SIGTERM')));
+    for (const id of c.voters.filter((v) => v !== follower)) {
+      const d = await run(process.execPath, [CKVCTL_JS, 'checkpoint', 'diff', c.dataDir(follower), c.dataDir(id)]);
+      t.equal(d.code, 0, `checkpoint of ${follower} identical to ${id}'s: ${d.stdout}${d.stderr}`);
+    }
+  });
+});
