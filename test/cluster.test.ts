@@ -125,6 +125,13 @@ t.test('three-node cluster', async (t) => {
       const r = await write(nc, { op: 'put', key: `stop.${i}`, value: String(i), rid: `stop-${i}` });
       t.ok(r.ok, `write ${i} while a follower is stopped`);
     }
+    const ctl = await c.waitFor('ckvctl status to see the stopped follower dead', async () => {
+      const r = await run(process.execPath, [CKVCTL_JS, 'status', '--json', '--nats', c.nats.url, '--cluster', 'c3']);
+      const rows = JSON.parse(r.stdout).servers as Array<{ id: number; liveness: string; answered: boolean }>;
+      return r.code === 0 && rows.find((x) => x.id === follower)?.liveness === 'dead' ? rows : undefined;
+    });
+    t.equal(ctl.length, 3, 'the table lists every voter');
+    t.equal(ctl.find((x) => x.id === follower)!.answered, false);
     await c.kill(follower, 'SIGCONT');
     await c.waitFor('the follower to catch up', async () => {
       const s = await statuses(c);

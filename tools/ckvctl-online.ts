@@ -1,10 +1,97 @@
-// ckvctl's online commands (cluster status, membership). PLACEHOLDER: to be
-// replaced by the real implementation; ckvctl.ts loads this module only for
-// `ckvctl status`, so the offline commands never load NATS.
+// ckvctl's online command: the cluster's status table, as the servers' ping
+// daemons see it. Loaded only for `ckvctl status`, so offline commands never load NATS.
 
-/** Run `ckvctl status ARGS`; resolves to the exit code. */
+import { parseArgs } from 'node:util';
+import { Client } from '../src/client/client.js';
+import type { NodeStatus, PeerStatus } from '../src/core/wire.js';
+
+const HELP = `usage: ckvctl status [--nats URL] [--cluster NAME] [--json] [--timeout MS]
+
+Asks every server for its status and prints one row per server known to any of
+them: id, role, epoch, liveness (alive/suspect/dead, as the coordinator's ping
+daemon sees it), last/commit/applied/checkpoint index, and lag (entries behind
+the coordinator's commit). Exit 0 if a coordinator answered, 1 if none did,
+2 on usage errors, 3 if no server answered.`;
+
+interface Row {
+  id: number;
+  role: string;
+  epoch: number;
+  liveness: string;
+  last: number;
+  commit: number;
+  applied: number;
+  checkpoint: number;
+  lag: number | null;
+  answered: boolean;
+}
+
+export function statusRows(answers: NodeStatus[]): Row[] {
+  const coord = answers.find((s) => s.role === 'coordinator');
+  // Liveness as seen by the coordinator if there is one, else by the first server that answered.
+  const viewer = coord ?? answers[0];
+  const byId = new Map<number, Row>();
+  for (const s of answers) {
+    byId.set(s.id, { id: s.id, role: s.role, epoch: s.epoch, liveness: 'alive', last: s.last, commit: s.commit, applied: s.applied, checkpoint: s.checkpoint, lag: null, answered: true });
+  }
+  for (const p of (viewer?.peers ?? []) as PeerStatus[]) {
+    const row = byId.get(p.id);
+    if (row) row.liveness = p.liveness;
+    else byId.set(p.id, { id: p.id, role: p.role, epoch: p.epoch, liveness: p.liveness, last: p.last, commit: p.commit, applied: p.applied, checkpoint: p.checkpoint, lag: null, answered: false });
+  }
+  const commit = coord?.commit;
+  const rows = [...byId.values()].sort((a, b) => a.id - b.id);
+  for (const r of rows) r.lag = commit === undefined ? null : Math.max(0, commit - r.applied);
+  return rows;
+}
+
 export async function runStatus(argv: string[]): Promise<number> {
-  void argv;
-  process.stderr.write('ckvctl status: not implemented\n');
-  return 2;
+  let values: { nats?: string; cluster?: string; json?: boolean; timeout?: string; help?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: { nats: { type: 'string' }, cluster: { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+    }));
+  } catch (err) {
+    process.stderr.write(`ckvctl status: ${(err as Error).message}\n${HELP}\n`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(`${HELP}\n`);
+    return 0;
+  }
+  const timeout = Number(values.timeout ?? 2000);
+  if (!Number.isSafeInteger(timeout) || timeout < 1) {
+    process.stderr.write('ckvctl status: --timeout must be a positive integer\n');
+    return 2;
+  }
+  let client: Client;
+  try {
+    client = await Client.connect({
+      servers: values.nats ?? process.env.CKV_NATS ?? 'nats://127.0.0.1:4222',
+      cluster: values.cluster ?? process.env.CKV_CLUSTER ?? 'ckv',
+      timeout,
+    });
+  } catch (err) {
+    process.stderr.write(`ckvctl status: cannot connect to NATS: ${(err as Error).message}\n`);
+    return 3;
+  }
+  try {
+    const answers = await client.status();
+    const rows = statusRows(answers);
+    if (values.json) process.stdout.write(`${JSON.stringify({ servers: rows, answers })}\n`);
+    else {
+      const head = ['ID', 'ROLE', 'EPOCH', 'LIVENESS', 'LAST', 'COMMIT', 'APPLIED', 'CHECKPOINT', 'LAG'];
+      const body = rows.map((r) => [String(r.id), r.role + (r.answered ? '' : ' (no answer)'), String(r.epoch), r.liveness, String(r.last), String(r.commit), String(r.applied), String(r.checkpoint), r.lag === null ? '-' : String(r.lag)]);
+      const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+      for (const line of [head, ...body]) process.stdout.write(`${line.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+    }
+    return rows.some((r) => r.role === 'coordinator' && r.answered) ? 0 : 1;
+  } catch (err) {
+    process.stderr.write(`ckvctl status: ${(err as Error).message}\n`);
+    return 3;
+  } finally {
+    await client.close();
+  }
 }
