@@ -216,9 +216,14 @@ export class Server {
       do {
         this.again = false;
         const r = this.node.ready();
+        // The coordinator's appends may leave before its own fsync: it counts itself toward a
+        // majority only once persisted() says so, so followers' fsyncs overlap with ours.
+        // Everything else (acks, promises) waits for the fsync.
+        const early = r.send.filter((m) => m.t === 'append' && m.from === this.id && this.node.role === 'coordinator');
+        for (const m of early) this.t.sendPeer(m);
         await this.persist(r);
         this.node.persisted(r.persistMark);
-        for (const m of r.send) this.t.sendPeer(m);
+        for (const m of r.send) if (!early.includes(m)) this.t.sendPeer(m);
         this.carryOut(r);
         this.applyCommitted();
       } while (this.again || this.node.hasOutput());
