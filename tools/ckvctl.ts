@@ -42,6 +42,7 @@ Offline (a server's data directory; only 'log repair' changes anything):
                               (exit 0 identical, 1 different)
 Online:
   status [...]                cluster status (see 'ckvctl status --help')
+  member add|remove ID [...]  change the voter set by one server (see 'ckvctl member --help')
 
 Options:
   --data DIR   the data directory (default: $CKV_DATA)
@@ -366,10 +367,10 @@ async function checkpointDiff(o: Opts, dir1: string, dir2: string): Promise<numb
 // ---------------------------------------------------------------------------
 
 async function main(argv: string[]): Promise<number> {
-  if (argv[0] === 'status') {
+  if (argv[0] === 'status' || argv[0] === 'member') {
     // ---- online commands: implemented in ckvctl-online.ts (loaded only when used) ----
     const online = await import('./ckvctl-online.js');
-    return online.runStatus(argv.slice(1));
+    return argv[0] === 'status' ? online.runStatus(argv.slice(1)) : online.runMember(argv.slice(1));
   }
   const { values, positionals } = parseArgs({
     args: argv,

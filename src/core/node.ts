@@ -25,8 +25,15 @@ export const CLAIM_WAIT_TICKS = 10;
 export const CONFIRM_WAIT_TICKS = 10;
 /** A server bullies a live lower-id coordinator only after this long up and caught up. */
 export const TAKEOVER_UPTIME_TICKS = 2 * DEAD_AFTER_TICKS;
+/**
+ * How long a server whose claim failed because its peers compacted the entries it lacks
+ * stands back from elections (unless a coordinator brings it up to date first).
+ */
+export const STAND_BACK_TICKS = 10 * DEAD_AFTER_TICKS;
 /** Minimum ticks between two resends to one follower, and two nacks from one follower. */
 export const RESEND_GAP_TICKS = 2;
+/** Fewest voters automatic removal leaves (an operator may go lower). */
+export const AUTO_REMOVE_VOTERS_MIN = 3;
 
 export interface NodeInit {
   id: number;
@@ -40,6 +47,8 @@ export interface NodeInit {
   /** Highest index known committed (at least the checkpoint's). */
   commit: number;
   commitTs: number;
+  /** Remove a voter automatically once dead this long, in ticks (0: never). */
+  removeDeadAfterTicks?: number;
 }
 
 export interface PeerInfo {
@@ -52,7 +61,8 @@ export type Notice =
   | { type: 'coordinator'; id: number; epoch: number }
   | { type: 'stepdown'; epoch: number; reason: string }
   | { type: 'up' | 'down'; id: number }
-  | { type: 'election'; epoch: number; phase: string };
+  | { type: 'election'; epoch: number; phase: string }
+  | { type: 'config'; voters: number[] };
 
 /** What the driver must carry out, in this order: persist, send, apply. */
 export interface Ready {
@@ -107,7 +117,11 @@ function assert(cond: unknown, msg: string): asserts cond {
 
 export class Node {
   readonly id: number;
+  /** The voters: those of the newest configuration entry in the log (committed or not). */
   voters: number[];
+  /** The voters as of the entry just below the in-memory log. */
+  private baseVoters: number[];
+  private removeDeadAfterTicks: number;
   role: Role = 'follower';
   coordinator: number | null = null;
   /** Epoch of the coordinator we follow (or lead). */
@@ -147,9 +161,12 @@ export class Node {
   private coordHeard = -100;
   /**
    * A claim failed because the most up-to-date log no longer holds the entries we lack
-   * (compacted into a checkpoint): we cannot lead, or bid to, until our commit reaches this.
+   * (compacted into a checkpoint): we stand back from elections until our commit reaches
+   * cannotLeadBelow, or until cannotLeadUntil (so that a cluster where that log's holder
+   * died is not left without a candidate).
    */
   private cannotLeadBelow = 0;
+  private cannotLeadUntil = 0;
   private nackAt = -100;
   private lastAppendTick = -100;
   // Strong reads, and token checks the coordinator may answer `ahead` only once it has
@@ -179,7 +196,9 @@ export class Node {
   constructor(init: NodeInit) {
     assert(init.voters.includes(init.id) || init.voters.length > 0, 'voters must not be empty');
     this.id = init.id;
-    this.voters = [...init.voters].sort((a, b) => a - b);
+    this.baseVoters = [...init.voters].sort((a, b) => a - b);
+    this.voters = this.baseVoters;
+    this.removeDeadAfterTicks = init.removeDeadAfterTicks ?? 0;
     this.promised = init.promised;
     this.epochSeen = init.promised;
     this.offset = init.base.index;
@@ -189,6 +208,7 @@ export class Node {
     for (let i = 0; i < this.entries.length; i++) {
       assert(this.entries[i]!.index === this.offset + 1 + i, 'log must be contiguous');
     }
+    this.setVoters(this.votersAt(this.lastIndex()));
     this.persistedLast = this.lastIndex();
     this.commit = Math.min(init.commit, this.lastIndex());
     this.commitTs = init.commitTs;
@@ -291,7 +311,25 @@ export class Node {
       this.entries.push(e);
       this.out.append.push(e);
       if (e.ts > this.clock) this.clock = e.ts;
+      if (e.kind === 'config') this.setVoters(e.voters);
     }
+  }
+
+  /** Voters as of entry `index` (the newest configuration entry at or below it). */
+  private votersAt(index: number): number[] {
+    for (let i = Math.min(index, this.lastIndex()); i > this.offset; i--) {
+      const e = this.entry(i)!;
+      if (e.kind === 'config') return e.voters;
+    }
+    return this.baseVoters;
+  }
+
+  private setVoters(voters: number[]): void {
+    const next = [...voters].sort((a, b) => a - b);
+    if (next.join(',') === this.voters.join(',')) return;
+    this.voters = next;
+    for (const v of next) if (v !== this.id && !this.peers.has(v)) this.peers.set(v, { id: v, lastHeard: this.now });
+    this.out.notices.push({ type: 'config', voters: next });
   }
 
   private truncateLocal(from: number): void {
@@ -305,6 +343,8 @@ export class Node {
     this.out.append = this.out.append.filter((e) => e.index < from);
     this.out.truncateFrom = this.out.truncateFrom === null ? from : Math.min(this.out.truncateFrom, from);
     if (this.broadcastUpTo >= from) this.broadcastUpTo = from - 1;
+    // A configuration entry may have gone with the suffix.
+    this.setVoters(this.votersAt(this.lastIndex()));
   }
 
   // ---- inputs ----
@@ -346,7 +386,8 @@ export class Node {
   private sendPing(): void {
     this.send(BROADCAST, {
       t: 'ping',
-      role: this.role,
+      // A follower outside the voter set is a learner: it replicates but neither elects nor votes.
+      role: this.role === 'follower' && !this.isVoter(this.id) ? 'learner' : this.role,
       coordinator: this.coordinator,
       last: this.lastIndex(),
       lastEpoch: this.lastEpoch(),
@@ -368,6 +409,7 @@ export class Node {
       this.stepDown('lost contact with a majority of voters');
       return;
     }
+    if (this.now % PING_INTERVAL_TICKS === 0) this.manageMembers();
     if (this.now % PING_INTERVAL_TICKS === 0 && this.broadcastUpTo >= this.lastIndex()) {
       // Heartbeat append: tells followers the commit index and lets them find gaps.
       this.send(BROADCAST, {
@@ -420,7 +462,7 @@ export class Node {
 
   /** See cannotLeadBelow. */
   private canLead(): boolean {
-    return this.commit >= this.cannotLeadBelow;
+    return this.commit >= this.cannotLeadBelow || this.now >= this.cannotLeadUntil;
   }
 
   /** Caught up enough to bully a live lower-id coordinator. */
@@ -474,6 +516,57 @@ export class Node {
     };
     this.appendLocal([e]);
     return { index: e.index, epoch: e.epoch, ts: e.ts };
+  }
+
+  /**
+   * Propose a new voter set differing from the current one by exactly one server.
+   * One change at a time: refused while an earlier change is not committed, or before our
+   * own epoch's no-op is (until then the current configuration may not be final).
+   */
+  proposeConfig(voters: number[]): { index: number; epoch: number; ts: number } | string {
+    if (this.role !== 'coordinator') return 'not the coordinator';
+    if (this.commit < this.epochStart) return 'the coordinator is not settled yet; retry';
+    if (this.configPending()) return 'a configuration change is in progress; retry';
+    const next = [...new Set(voters)].sort((a, b) => a - b);
+    const added = next.filter((v) => !this.voters.includes(v));
+    const removed = this.voters.filter((v) => !next.includes(v));
+    if (added.length + removed.length !== 1) return 'a configuration change adds or removes exactly one voter';
+    if (removed[0] === this.id) return 'the coordinator cannot remove itself; stop it first';
+    if (next.length === 0) return 'the voter set cannot be empty';
+    const e: Entry = { index: this.lastIndex() + 1, epoch: this.epoch, ts: ++this.clock, kind: 'config', voters: next };
+    this.appendLocal([e]);
+    return { index: e.index, epoch: e.epoch, ts: e.ts };
+  }
+
+  /** A configuration entry above the commit index. */
+  private configPending(): boolean {
+    for (let i = this.lastIndex(); i > this.commit; i--) if (this.entry(i)!.kind === 'config') return true;
+    return false;
+  }
+
+  /**
+   * Membership on the coordinator: a caught-up learner becomes a voter; a voter dead for
+   * removeDeadAfterTicks is removed if the live voters still form a majority of the old set.
+   */
+  private manageMembers(): void {
+    if (this.commit < this.epochStart || this.configPending()) return;
+    for (const p of this.peers.values()) {
+      if (this.voters.includes(p.id) || this.liveness(p.id) !== 'alive' || p.ping?.role !== 'learner') continue;
+      if ((this.match.get(p.id) ?? 0) >= this.commit) {
+        this.proposeConfig([...this.voters, p.id]);
+        return;
+      }
+    }
+    if (this.removeDeadAfterTicks <= 0 || this.voters.length <= AUTO_REMOVE_VOTERS_MIN) return;
+    const alive = this.voters.filter((v) => this.liveness(v) !== 'dead');
+    for (const v of this.voters) {
+      const p = this.peers.get(v);
+      if (v === this.id || !p || this.now - p.lastHeard < this.removeDeadAfterTicks) continue;
+      if (alive.length >= this.majority()) {
+        this.proposeConfig(this.voters.filter((x) => x !== v));
+        return;
+      }
+    }
   }
 
   /** A strong read: answered in a later Ready (reads or readsFailed) with the index to wait for. */
@@ -550,6 +643,7 @@ export class Node {
     const upTo = Math.min(index, this.commit, this.applied);
     if (upTo <= this.offset) return;
     const e = this.entry(upTo)!;
+    this.baseVoters = this.votersAt(upTo);
     this.entries = this.entries.slice(upTo - this.offset);
     this.offset = upTo;
     this.offsetEpoch = e.epoch;
@@ -563,7 +657,7 @@ export class Node {
    * whole log goes. Returns true when the log after `base` was kept (the driver then leaves
    * its log alone), false when it must discard its log entirely.
    */
-  restore(base: { index: number; epoch: number; ts: number }): boolean {
+  restore(base: { index: number; epoch: number; ts: number }, voters?: number[]): boolean {
     assert(base.index >= this.commit, 'restore must not go back');
     const keep = base.index <= this.lastIndex() && this.epochAt(base.index) === base.epoch;
     if (keep) {
@@ -589,6 +683,8 @@ export class Node {
     if (base.ts > this.knownCommitTs) this.knownCommitTs = base.ts;
     this.applied = base.index;
     if (base.ts > this.clock) this.clock = base.ts;
+    if (voters !== undefined && voters.length > 0) this.baseVoters = [...voters].sort((a, b) => a - b);
+    this.setVoters(this.votersAt(this.lastIndex()));
     return keep;
   }
 
@@ -664,8 +760,10 @@ export class Node {
         // A gap (lost append): ask for what we lack.
         if (m.last > this.matched && this.now - this.lastAppendTick > RESEND_GAP_TICKS) this.sendNack();
       }
-    } else if (this.role === 'coordinator' && m.epoch === this.epoch && this.isVoter(m.from)) {
-      // A lost ack is recovered from the follower's heartbeat.
+    } else if (this.role === 'coordinator' && m.epoch === this.epoch && (m.role === 'follower' || m.role === 'learner') && m.coordinator === this.id) {
+      // A lost ack is recovered from the follower's heartbeat. Only a follower of ours: a
+      // candidate's ping carries its claimed epoch, which may equal ours (it had not heard
+      // of us), with `matched` measured against another coordinator's log.
       if (m.matched > (this.match.get(m.from) ?? 0) && m.matched <= this.lastIndex()) {
         this.match.set(m.from, m.matched);
         this.advanceCommit();
@@ -898,7 +996,8 @@ export class Node {
     if (m.compacted) {
       // Claiming again would fail the same way and depose whoever leads meanwhile: stand back
       // (no claim, no `alive` to lower ids) until a coordinator brings us up to date.
-      this.cannotLeadBelow = Math.max(this.cannotLeadBelow, ph.targetCommit);
+      this.cannotLeadBelow = ph.targetCommit;
+      this.cannotLeadUntil = this.now + STAND_BACK_TICKS;
       this.abandonClaim(`server ${ph.target} no longer has the entries from ${ph.start}`);
       return;
     }

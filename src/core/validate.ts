@@ -191,6 +191,14 @@ export function validateRequest(raw: unknown): Request {
     case 'status':
       checkFields(o, []);
       return { op: 'status' };
+    case 'config': {
+      checkFields(o, ['add', 'remove']);
+      const add = o.add === undefined ? undefined : checkNat(o.add, 'add');
+      const remove = o.remove === undefined ? undefined : checkNat(o.remove, 'remove');
+      if ((add === undefined) === (remove === undefined)) bad('config takes exactly one of "add" or "remove" (a server id)');
+      if ((add ?? remove)! < 1) bad('server ids are positive integers');
+      return { op: 'config', ...(add !== undefined ? { add } : { remove: remove! }), ...common };
+    }
     default:
       bad(`unknown op ${JSON.stringify(o.op)}`);
   }

@@ -36,7 +36,10 @@ export type WriteRequest = Common &
 
 export type AdminRequest = { op: 'status' };
 
-export type Request = ReadRequest | WriteRequest | AdminRequest;
+/** Membership: add or remove one voter (on the write subject; the coordinator logs it). */
+export type ConfigRequest = Common & { op: 'config'; add?: number; remove?: number };
+
+export type Request = ReadRequest | WriteRequest | AdminRequest | ConfigRequest;
 
 export interface KeyValue {
   key: string;

@@ -63,7 +63,7 @@ function recoverCheckpointDirs(data: string): void {
 }
 
 const USAGE = `usage: ckv-server --id N [--data DIR] [--nats URL] [--cluster NAME] [--voters 1,2,3]
-                  [--checkpoint-cron EXPR] [--retain-entries N] [--log-level LEVEL]
+                  [--checkpoint-cron EXPR] [--retain-entries N] [--remove-dead-after MS] [--log-level LEVEL]
 
   --id N                 this server's id, a positive integer (env CKV_ID)
   --data DIR             data directory (env CKV_DATA; default checkpoints/node-<id>)
@@ -71,6 +71,7 @@ const USAGE = `usage: ckv-server --id N [--data DIR] [--nats URL] [--cluster NAM
   --cluster NAME         cluster name (env CKV_CLUSTER; default ckv)
   --voters 1,2,3         the first set of voters (env CKV_VOTERS; default: just this id)
   --checkpoint-cron EXPR checkpoint schedule, cron with seconds (env CKV_CHECKPOINT_CRON; default "${CHECKPOINT_CRON_DEFAULT}")
+  --remove-dead-after MS remove a voter dead this long, if the rest are a majority (env CKV_REMOVE_DEAD_AFTER; default 0: never)
   --retain-entries N     log entries kept below a checkpoint for lagging followers (env CKV_RETAIN_ENTRIES; default ${LOG_RETAIN_ENTRIES})
   --log-level LEVEL      pino level (env CKV_LOG_LEVEL; default info)
 `;
@@ -93,6 +94,7 @@ async function main(): Promise<void> {
         'checkpoint-cron': { type: 'string' },
         'log-level': { type: 'string' },
         'retain-entries': { type: 'string' },
+        'remove-dead-after': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -121,6 +123,8 @@ async function main(): Promise<void> {
   const retainArg = values['retain-entries'] ?? env.CKV_RETAIN_ENTRIES;
   const retain = retainArg === undefined ? undefined : Number(retainArg);
   if (retain !== undefined && (!Number.isSafeInteger(retain) || retain < 0)) usage('--retain-entries must be a non-negative integer');
+  const removeDeadAfterMs = Number(values['remove-dead-after'] ?? env.CKV_REMOVE_DEAD_AFTER ?? 0);
+  if (!Number.isSafeInteger(removeDeadAfterMs) || removeDeadAfterMs < 0) usage('--remove-dead-after must be a non-negative number of ms');
 
   const logger = pino({ level, base: { node: id } }, pino.destination(2));
   mkdirSync(data, { recursive: true });
@@ -131,7 +135,7 @@ async function main(): Promise<void> {
   const stateFile = new FileStateFile(join(data, 'state'));
   const nc = await connect({ servers: natsUrl, name: `ckv-server-${cluster}-${id}`, maxReconnectAttempts: -1 });
   const transport = new NatsTransport(nc, cluster, id, (err) => logger.child({ component: 'transport' }).warn({ err }, 'bad peer message'));
-  const server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data), ...(retain !== undefined ? { retainEntries: retain } : {}) });
+  const server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data), removeDeadAfterMs, ...(retain !== undefined ? { retainEntries: retain } : {}) });
 
   let job: CronJob;
   try {

@@ -44,6 +44,8 @@ export interface ServerOptions {
   checkpointBytes?: number;
   /** Entries kept below a checkpoint for lagging followers. */
   retainEntries?: number;
+  /** Remove a voter dead this long, in ms, if the rest still form a majority (0: never). */
+  removeDeadAfterMs?: number;
   /** Checkpoint transfer: swap in a checkpoint received from a peer (absent: this server cannot receive one). */
   installer?: CheckpointInstaller;
 }
@@ -168,6 +170,7 @@ export class Server {
       base,
       commit: meta.index,
       commitTs: meta.ts,
+      removeDeadAfterTicks: Math.ceil((o.removeDeadAfterMs ?? 0) / TICK_MS),
     });
     this.node.checkpointIndex = meta.index;
     this.eventsFloor = this.state.applied;
@@ -299,7 +302,8 @@ export class Server {
         this.pendingByIndex.delete(e.index);
         if (p.rid !== undefined) this.pendingByRid.delete(p.rid);
         clearTimeout(p.timer);
-        if (p.epoch === e.epoch && res.result) this.replyWrite(p.responders, e.index, e.ts, res.result);
+        if (p.epoch === e.epoch && e.kind === 'config') this.replyWrite(p.responders, e.index, e.ts, { ok: true });
+        else if (p.epoch === e.epoch && res.result) this.replyWrite(p.responders, e.index, e.ts, res.result);
         else for (const r of p.responders) this.replyError(r, ErrorCode.UNAVAILABLE, 'the coordinator changed; retry with the same rid');
       }
     }
@@ -380,6 +384,11 @@ export class Server {
     }
     if (this.closing) throw new RequestError(ErrorCode.UNAVAILABLE, 'server is shutting down');
     if (kind === 'admin') throw new RequestError(ErrorCode.BAD_REQUEST, `op ${req.op} does not belong on the admin subject`);
+    if (req.op === 'config') {
+      if (kind !== 'write') throw new RequestError(ErrorCode.BAD_REQUEST, `config goes to the coordinator on ${this.s.write}`);
+      this.onConfig(req, respond);
+      return;
+    }
     if (isWrite(req)) {
       if (kind !== 'write') throw new RequestError(ErrorCode.BAD_REQUEST, `op ${req.op} is a write: send it on ${this.s.write}`);
       this.onWrite(req, respond);
@@ -525,6 +534,30 @@ export class Server {
     this.schedule();
   }
 
+  private onConfig(req: Extract<Request, { op: 'config' }>, respond: Respond): void {
+    if (this.node.role !== 'coordinator') throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
+    const voters = req.add !== undefined ? [...this.node.voters, req.add] : this.node.voters.filter((v) => v !== req.remove);
+    const placed = this.node.proposeConfig(voters);
+    if (typeof placed === 'string') {
+      const retry = placed.includes('retry');
+      throw new RequestError(retry ? ErrorCode.UNAVAILABLE : ErrorCode.BAD_REQUEST, placed);
+    }
+    const timeoutMs = requestTimeoutMs(req);
+    const p: PendingWrite = {
+      index: placed.index,
+      epoch: placed.epoch,
+      rid: undefined,
+      responders: [respond],
+      timer: setTimeout(() => {
+        if (this.pendingByIndex.get(placed.index) !== p) return;
+        this.pendingByIndex.delete(placed.index);
+        this.replyError(respond, ErrorCode.TIMEOUT, 'configuration change not committed in time; check status');
+      }, timeoutMs),
+    };
+    this.pendingByIndex.set(placed.index, p);
+    this.schedule();
+  }
+
   private replyWrite(responders: Respond[], index: number, ts: number, result: WriteResult): void {
     const reply: Reply = result.ok
       ? { ok: true, ts, index }
@@ -624,11 +657,14 @@ export class Server {
     // Let the loop finish what it is doing, then swap while it holds still.
     while (this.pumping || this.checkpointing) await new Promise((r) => setTimeout(r, 5));
     this.ckpt = await installer.swap(this.ckpt, incoming);
-    // The log restarts after the checkpoint (a stale log is also dropped on restart, should we crash here).
-    if (this.log.last > 0) this.log.truncateFrom(1);
-    await this.log.sync();
     this.state = new KvState(this.ckpt);
-    this.node.restore({ index: meta.index, epoch: meta.epoch, ts: meta.ts });
+    const kept = this.node.restore({ index: meta.index, epoch: meta.epoch, ts: meta.ts }, meta.voters);
+    if (!kept && this.log.last > 0) {
+      // Our log does not hold the checkpoint's last entry: it restarts after the checkpoint
+      // (a stale log is also dropped on restart, should we crash before this sync).
+      this.log.truncateFrom(1);
+      await this.log.sync();
+    }
     this.node.checkpointIndex = meta.index;
     this.events = [];
     this.eventsFloor = meta.index;

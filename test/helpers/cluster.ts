@@ -148,6 +148,7 @@ export interface StatusRow {
   commit: number;
   last: number;
   checkpoint: number;
+  voters: number[];
 }
 
 /** `ckv status --json` prints {servers: [...], ts}: the servers that answered. */

@@ -1,0 +1,144 @@
+// The reference model: the committed log as the simulation has observed it,
+// applied to a plain map by an implementation independent of KvState. It is
+// the oracle for every replica's state and every reply.
+
+import type { ChangeEvent, Entry, WriteOp, WriteResult } from '../../src/core/wire.js';
+import type { Rec } from '../../src/storage/ports.js';
+
+export interface ModelRid {
+  index: number;
+  ts: number;
+  result: WriteResult;
+}
+
+interface KeyHistory {
+  index: number[];
+  rec: Array<Rec | null>;
+}
+
+export class Model {
+  /** The committed log: log[i - 1] is entry i. */
+  readonly log: Entry[] = [];
+  private cur = new Map<string, Rec>();
+  private hist = new Map<string, KeyHistory>();
+  readonly rids = new Map<string, ModelRid>();
+  /** Per index: the result a write entry had (the first application's, for a duplicate). */
+  readonly results: Array<{ result?: WriteResult; duplicate: boolean; events: ChangeEvent[] }> = [];
+  /** Index of the last entry that produced change events. */
+  private eventPrev = 0;
+
+  get last(): number {
+    return this.log.length;
+  }
+
+  entry(index: number): Entry | undefined {
+    return this.log[index - 1];
+  }
+
+  tsAt(index: number): number {
+    return index === 0 ? 0 : this.log[index - 1]!.ts;
+  }
+
+  keys(): string[] {
+    return [...this.hist.keys()];
+  }
+
+  /** Append the next committed entry and apply it. */
+  push(e: Entry): void {
+    if (e.index !== this.log.length + 1) throw new Error(`model: entry ${e.index} after ${this.log.length}`);
+    this.log.push(e);
+    if (e.kind !== 'write') {
+      this.results.push({ duplicate: false, events: [] });
+      return;
+    }
+    if (e.rid !== undefined) {
+      const seen = this.rids.get(e.rid);
+      if (seen) {
+        this.results.push({ result: seen.result, duplicate: true, events: [] });
+        return;
+      }
+    }
+    const { result, changes } = this.evaluate(e);
+    if (e.rid !== undefined) this.rids.set(e.rid, { index: e.index, ts: e.ts, result });
+    const events: ChangeEvent[] = [];
+    for (const [key, rec] of changes) {
+      events.push(rec === null ? { index: e.index, ts: e.ts, op: 'del', key, prev: this.eventPrev } : { index: e.index, ts: e.ts, op: 'put', key, value: rec.value, prev: this.eventPrev });
+    }
+    if (events.length > 0) this.eventPrev = e.index;
+    this.results.push({ result, duplicate: false, events });
+  }
+
+  private evaluate(e: Extract<Entry, { kind: 'write' }>): { result: WriteResult; changes: Map<string, Rec | null> } {
+    const changes = new Map<string, Rec | null>();
+    const value = (k: string): string | null => {
+      if (changes.has(k)) return changes.get(k)?.value ?? null;
+      return this.cur.get(k)?.value ?? null;
+    };
+    for (let i = 0; i < e.ops.length; i++) {
+      const op: WriteOp = e.ops[i]!;
+      let next: string | null;
+      if (op.op === 'put') next = op.value;
+      else if (op.op === 'del') next = null;
+      else {
+        const now = value(op.key);
+        if (now !== op.expect) return { result: { ok: false, code: 'CAS_MISMATCH', failed: i, current: now }, changes: new Map() };
+        next = op.value;
+      }
+      if (next === null) {
+        if (value(op.key) !== null) changes.set(op.key, null);
+      } else {
+        changes.set(op.key, { value: next, rev: e.index, ts: e.ts });
+      }
+    }
+    for (const [k, rec] of changes) {
+      if (rec === null) this.cur.delete(k);
+      else this.cur.set(k, rec);
+      let h = this.hist.get(k);
+      if (!h) this.hist.set(k, (h = { index: [], rec: [] }));
+      h.index.push(e.index);
+      h.rec.push(rec);
+    }
+    return { result: { ok: true }, changes };
+  }
+
+  /** The record of `key` in the state after applying entries 1..index. */
+  valueAt(key: string, index: number): Rec | null {
+    const h = this.hist.get(key);
+    if (!h) return null;
+    // Last change at or below index.
+    let lo = 0;
+    let hi = h.index.length - 1;
+    let found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (h.index[mid]! <= index) {
+        found = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found < 0 ? null : h.rec[found]!;
+  }
+}
+
+export function sameEntry(a: Entry, b: Entry): boolean {
+  if (a === b) return true;
+  return a.index === b.index && a.epoch === b.epoch && a.ts === b.ts && JSON.stringify(a) === JSON.stringify(b);
+}
+
+export function sameRec(a: Rec | null | undefined, b: Rec | null | undefined): boolean {
+  if (!a || !b) return !a && !b;
+  return a.value === b.value && a.rev === b.rev && a.ts === b.ts;
+}
+
+export function sameResult(a: WriteResult | undefined, b: WriteResult | undefined): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+export function showEntry(e: Entry | undefined): string {
+  if (!e) return '-';
+  const head = `#${e.index}/e${e.epoch}/ts${e.ts}`;
+  if (e.kind === 'noop') return `${head} noop`;
+  if (e.kind === 'config') return `${head} config ${e.voters.join(',')}`;
+  const ops = e.ops.map((o) => (o.op === 'put' ? `put ${o.key}=${o.value}` : o.op === 'del' ? `del ${o.key}` : `cas ${o.key} ${o.expect}->${o.value}`));
+  return `${head} ${e.rid ?? ''} [${ops.join('; ')}]`;
+}
