@@ -223,3 +223,18 @@ t.test('checkpoints: replay onto a checkpoint equals live apply; the same log gi
   t.ok(a.maxOverlay <= 40, 'the overlay is bounded by the writes since the last checkpoint');
   t.ok(readFileSync(join(a.path, 'data.mdb')).equals(readFileSync(join(c.path, 'data.mdb'))), 'the same log and schedule give a byte-identical LMDB file');
 });
+
+t.test('peer messages: malformed ones are refused before they reach the core', async (t) => {
+  const { peerMessageProblem } = await import('../src/transport/peer-validate.js');
+  const head = { from: 2, to: 0, epoch: 1, clock: 5 };
+  t.equal(peerMessageProblem({ ...head, t: 'ack', match: 3 }), null);
+  t.equal(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: [{ index: 1, epoch: 1, ts: 1, kind: 'noop' }] }), null);
+  t.match(peerMessageProblem(null), /not an object/);
+  t.match(peerMessageProblem({ ...head, t: 'boom' }), /unknown type/);
+  t.match(peerMessageProblem({ ...head, t: 'ack', match: -1 }), /match/);
+  t.match(peerMessageProblem({ ...head, from: 0, t: 'alive' }), /server id/);
+  t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: 'x' }), /not an array/);
+  t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: [{ index: 2, epoch: 1, ts: 1, kind: 'noop' }] }), /contiguous/);
+  t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: [{ index: 1, epoch: 1, ts: 1, kind: 'evil' }] }), /entry 0/);
+  t.match(peerMessageProblem({ ...head, t: 'ping', role: 'king', coordinator: null, last: 0, lastEpoch: 0, commit: 0, commitTs: 0, matched: 0, applied: 0, checkpoint: 0, voters: [1], uptimeTicks: 0 }), /role/);
+});

@@ -135,6 +135,14 @@ t.test('single node end to end', async (t) => {
     const after = await req(nc, R, { op: 'list', prefix: '', limit: 1000 });
     t.same(after.items, before.items, 'no bad request changed anything');
     t.equal(after.index, before.index, 'nor appended to the log');
+    // Garbage on the peer subjects is dropped; the server goes on.
+    const junk = ['{', '[]', '{"t":"append","from":9,"to":0,"epoch":99,"clock":1,"entries":"x"}', '{"t":"ack","from":2,"to":1,"epoch":1,"clock":1,"match":1e9}', 'null'];
+    for (const subject of ['ckv.one.ping', 'ckv.one.repl.all', 'ckv.one.repl.1', 'ckv.one.elect.all', 'ckv.one.sync.1', 'ckv.one.snap.1']) {
+      for (const j of junk) nc.publish(subject, j);
+    }
+    await nc.flush();
+    const alive = await req(nc, W, { op: 'put', key: 'still.here', value: 'yes', rid: 'still-here' });
+    t.equal(alive.ok, true, 'the server survives garbage on its peer subjects');
     const cli = await c.ckv(['--no-session', 'put', 'bad key', 'x']);
     t.equal(cli.code, 2, 'the CLI refuses an invalid key as a usage error');
   });

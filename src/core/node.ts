@@ -109,7 +109,7 @@ type Phase =
   | { p: 'electing'; until: number }
   | { p: 'waiting'; until: number }
   | { p: 'claiming'; epoch: number; until: number; promises: Map<number, { last: number; lastEpoch: number; commit: number }> }
-  | { p: 'fetching'; epoch: number; until: number; start: number; target: number; targetLast: number; targetCommit: number };
+  | { p: 'fetching'; epoch: number; until: number; start: number; target: number; targetLast: number; targetCommit: number; promisers: number[] };
 
 function assert(cond: unknown, msg: string): asserts cond {
   if (!cond) throw new Error(`invariant: ${msg}`);
@@ -845,8 +845,8 @@ export class Node {
 
   private onAck(m: Extract<Msg, { t: 'ack' }>): void {
     if (this.role !== 'coordinator' || m.epoch !== this.epoch) return;
-    if (m.match > (this.match.get(m.from) ?? 0)) {
-      assert(m.match <= this.lastIndex(), `ack beyond our log from ${m.from}`);
+    // An ack beyond our log cannot come from a follower of ours in this epoch: ignore it.
+    if (m.match > (this.match.get(m.from) ?? 0) && m.match <= this.lastIndex()) {
       this.match.set(m.from, m.match);
       this.advanceCommit();
     }
@@ -978,7 +978,7 @@ export class Node {
       return;
     }
     const start = this.commit + 1;
-    this.phase = { p: 'fetching', epoch: ph.epoch, until: this.now + CLAIM_WAIT_TICKS, start, target: best, targetLast: b.last, targetCommit: b.commit };
+    this.phase = { p: 'fetching', epoch: ph.epoch, until: this.now + CLAIM_WAIT_TICKS, start, target: best, targetLast: b.last, targetCommit: b.commit, promisers: [...ph.promises.keys()] };
     this.send(best, { t: 'fetch', start });
   }
 
@@ -1020,6 +1020,16 @@ export class Node {
     }
     // Our own entries beyond the best log's end are from older epochs and never committed.
     if (this.lastIndex() > ph.targetLast) this.truncateLocal(ph.targetLast + 1);
+    // The best log may hold newer configurations than the one we counted promises in (we were
+    // behind; perhaps even removed). Lead only with promises from a majority of the voters of
+    // the log we now hold: that configuration is then the newest committed one (or the one
+    // pending after it), whose majorities meet every majority that committed an entry, so
+    // the best log holds them all. Otherwise claim again, with this configuration.
+    const promised = ph.promisers.filter((v) => this.isVoter(v)).length;
+    if (!this.isVoter(this.id) || promised < this.majority()) {
+      this.abandonClaim(`the configuration changed to [${this.voters.join(',')}]: promises from [${ph.promisers.join(',')}] are not a majority of it`);
+      return;
+    }
     this.becomeCoordinator(ph.epoch);
   }
 

@@ -591,8 +591,13 @@ export class Server {
     } catch {
       return;
     }
+    // Anyone can publish here: drop what is not a well-formed offer or page request.
+    if (typeof m !== 'object' || m === null || Array.isArray(m)) return;
+    if (m.after !== undefined && m.after !== null && typeof m.after !== 'string') return;
+    if (m.t === 'offer' && (typeof m.from !== 'number' || !Number.isSafeInteger(m.from) || m.from < 1 || m.from === this.id)) return;
     if (m.t === 'offer' && typeof m.from === 'number') {
-      if (!this.installing && this.installer && this.node.role !== 'coordinator') {
+      // Only our coordinator's offer counts (it is the one that found us behind its log).
+      if (!this.installing && this.installer && this.node.role !== 'coordinator' && this.node.coordinator === m.from) {
         this.installing = this.receiveCheckpoint(m.from).finally(() => {
           this.installing = null;
           this.schedule();

@@ -3,6 +3,7 @@
 
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Msg } from '../core/messages.js';
+import { peerMessageProblem } from './peer-validate.js';
 import { subjects } from './subjects.js';
 
 export type Respond = (reply: Uint8Array | string) => void;
@@ -49,8 +50,10 @@ export class NatsTransport implements ServerTransport {
             if (err) return;
             let m: Msg;
             try {
-              m = JSON.parse(decoder.decode(msg.data)) as Msg;
-              if (typeof m !== 'object' || m === null || typeof m.from !== 'number' || typeof m.t !== 'string') throw new Error('not a peer message');
+              const raw: unknown = JSON.parse(decoder.decode(msg.data));
+              const problem = peerMessageProblem(raw);
+              if (problem !== null) throw new Error(`not a peer message: ${problem}`);
+              m = raw as Msg;
             } catch (e) {
               this.onBadPeerMessage(e);
               return;

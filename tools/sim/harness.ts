@@ -98,7 +98,7 @@ function fail(msg: string): never {
 
 type TraceItem = { t: number; n: number; x: string | (() => string) };
 
-type FaultKind = 'partition' | 'oneway' | 'isolate' | 'heal' | 'crash' | 'crashAll' | 'pause' | 'loss' | 'dup' | 'slow';
+type FaultKind = 'partition' | 'oneway' | 'isolate' | 'heal' | 'crash' | 'crashAll' | 'pause' | 'loss' | 'dup' | 'slow' | 'join' | 'remove';
 
 function pickWeighted<K extends string>(r: Rng, w: Record<K, number>): K {
   const keys = Object.keys(w) as K[];
@@ -129,6 +129,10 @@ interface Params {
   faultWeights: Record<FaultKind, number>;
   /** Spread of the nodes' tick rates (clock drift), as a fraction. */
   drift: number;
+  /** Membership changes: servers join (as learners, promoted when caught up) and are removed. */
+  membership: boolean;
+  /** Automatic removal of a voter dead this long (0: never). */
+  removeDeadAfterTicks: number;
   retain: number;
   ckptEveryMs: [number, number];
 }
@@ -142,7 +146,12 @@ class Sim implements Host {
   readonly o: Required<Omit<SimOptions, 'out'>> & { out: (line: string) => void };
   private q = new EventQueue();
   private t = 0;
-  private readonly ids: number[];
+  /** Every server started so far (joiners are added); retired ones never come back. */
+  private ids: number[];
+  private readonly initialVoters: number[];
+  private retired = new Set<number>();
+  /** Servers to decommission once a committed configuration no longer has them. */
+  private toRetire = new Set<number>();
   private servers = new Map<number, SimServer | null>();
   private disks = new Map<number, SimDisk>();
   private pausedUntil = new Map<number, number>();
@@ -164,7 +173,7 @@ class Sim implements Host {
   private clientRng: Rng;
   readonly p: Params;
   // Checking.
-  private model = new Model();
+  private model: Model;
   private leaderOf = new Map<number, number>();
   private seenCommit = new Map<number, number>();
   private sessions: Session[] = [];
@@ -233,8 +242,10 @@ class Sim implements Host {
       crashAfterCheckpoint: pr.pick([0, 0.01, 0.05]),
       slowDisk: pr.chance(0.25),
       drift: pr.pick([0.02, 0.05, 0.3]),
+      membership: false,
+      removeDeadAfterTicks: 0,
       faultWeights: pr.chance(0.3)
-        ? { partition: 14, oneway: 10, isolate: 6, heal: 16, crash: 16, crashAll: 3, pause: 8, loss: 10, dup: 7, slow: 10 }
+        ? { partition: 14, oneway: 10, isolate: 6, heal: 16, crash: 16, crashAll: 3, pause: 8, loss: 10, dup: 7, slow: 10, join: 0, remove: 0 }
         : {
             partition: pr.pick([0, 5, 15, 30]),
             oneway: pr.pick([0, 5, 15, 30]),
@@ -246,6 +257,8 @@ class Sim implements Host {
             loss: pr.pick([0, 5, 10]),
             dup: pr.pick([0, 5, 10]),
             slow: pr.pick([0, 5, 10]),
+            join: 0,
+            remove: 0,
           },
       retain: pr.chance(0.5) ? 1_000_000_000 : pr.range(0, 40),
       ckptEveryMs: pr.pick([
@@ -253,8 +266,17 @@ class Sim implements Host {
         [300, 3000],
       ] as Array<[number, number]>),
     };
+    // Drawn last, so that seeds without membership changes keep the runs they had.
+    if (pr.chance(0.3)) {
+      this.p.membership = true;
+      this.p.removeDeadAfterTicks = pr.pick([0, 30, 80]);
+      this.p.faultWeights.join = pr.pick([3, 8]);
+      this.p.faultWeights.remove = pr.pick([2, 6]);
+    }
     this.mainKeys = Array.from({ length: this.p.mainKeys }, (_, i) => `k.${i}`);
     this.ids = Array.from({ length: o.nodes }, (_, i) => i + 1);
+    this.initialVoters = [...this.ids];
+    this.model = new Model(this.initialVoters);
     this.healAt = this.o.chaosMs;
     this.stopAt = this.o.chaosMs + Math.floor(this.o.quietMs * 0.5);
     this.endAt = this.o.chaosMs + this.o.quietMs;
@@ -272,6 +294,9 @@ class Sim implements Host {
     return this.p.retain;
   }
   readonly requestTimeout = 1000;
+  get removeDeadAfterTicks(): number {
+    return this.p.removeDeadAfterTicks;
+  }
 
   at(server: SimServer, time: number, fn: () => void): void {
     const run = (): void => {
@@ -311,7 +336,7 @@ class Sim implements Host {
 
   send(m: Msg): void {
     deepFreeze(m);
-    const targets = m.to === BROADCAST ? this.ids.filter((i) => i !== m.from) : [m.to];
+    const targets = m.to === BROADCAST ? this.ids.filter((i) => i !== m.from && !this.retired.has(i)) : [m.to];
     for (const to of targets) {
       if (this.isBlocked(m.from, to) || this.netRng.chance(this.loss)) continue;
       const copies = this.netRng.chance(this.dup) ? 2 : 1;
@@ -434,9 +459,19 @@ class Sim implements Host {
       this.trace(s.id, () => `committed ${showEntry(e)}`);
       if (e.ts >= BOGUS_TS) fail(`node ${s.id}: ${showEntry(e)} committed with a ts from a bogus token: a token beyond every write moved a clock`);
       if (e.kind === 'write' && e.ops.some((op) => op.op === 'put' && op.value.startsWith('bogus.'))) fail(`node ${s.id}: ${showEntry(e)}, a write carrying a bogus token, was committed`);
-      // Committed means fsync'd on a majority, from the moment anyone counts it committed.
-      const have = this.durableCopies(i);
-      if (have < this.majority) fail(`node ${s.id}: entry ${showEntry(e)} counted committed while durable on only ${have} of ${this.ids.length} servers`);
+      // Committed means fsync'd on a majority (of the coordinator's voters), from the moment anyone counts it committed.
+      const holders = this.durableHolders(i);
+      const voters = n.role === 'coordinator' ? n.voters : this.model.votersAt(i);
+      const need = n.role === 'coordinator' ? Math.floor(voters.length / 2) + 1 : Math.ceil(voters.length / 2);
+      const have = holders.filter((id) => voters.includes(id));
+      if (have.length < need) fail(`node ${s.id}: entry ${showEntry(e)} counted committed while durable only on [${have.join(',')}] of the voters [${voters.join(',')}]`);
+      if (e.kind === 'config') {
+        for (const id of this.toRetire) {
+          if (e.voters.includes(id)) continue;
+          this.toRetire.delete(id);
+          this.q.push(this.t, () => this.retire(id));
+        }
+      }
     }
     seen = n.commit;
     this.seenCommit.set(s.id, seen);
@@ -450,13 +485,18 @@ class Sim implements Host {
       fail(`node ${s.id}: applying ${showEntry(e)} gave ${JSON.stringify(res.result)}${res.duplicate ? ' (duplicate)' : ''}, the model ${JSON.stringify(want.result)}${want.duplicate ? ' (duplicate)' : ''}`);
     }
     // Change events (what observers see), in order, with the gap-detecting prev index.
-    const canon = (evs: readonly object[]): string => JSON.stringify(evs.map((x) => Object.fromEntries(Object.entries(x).sort(([a], [b]) => byteOrder(a, b)))));
-    if (canon(res.events) !== canon(want.events)) fail(`node ${s.id}: applying ${showEntry(e)} produced events ${canon(res.events)}, the model ${canon(want.events)}`);
+    const same =
+      res.events.length === want.events.length &&
+      res.events.every((x, i) => {
+        const y = want.events[i]!;
+        return x.index === y.index && x.ts === y.ts && x.op === y.op && x.key === y.key && x.value === y.value && x.prev === y.prev;
+      });
+    if (!same) fail(`node ${s.id}: applying ${showEntry(e)} produced events ${JSON.stringify(res.events)}, the model ${JSON.stringify(want.events)}`);
   }
 
   onCheckpoint(s: SimServer): void {
     this.trace(s.id, () => `checkpoint at ${s.node.checkpointIndex}, log from ${s.node.firstIndex()}`);
-    this.checkState(s, 'after a checkpoint');
+    this.checkState(s, 'after a checkpoint', false);
     this.checkLogUnderCheckpoint(s.id, 'after a checkpoint');
     if (!this.healed && this.faultRng.chance(this.p.crashAfterCheckpoint)) {
       // Crash as soon as the checkpoint is durable, while the log may still have writes in flight.
@@ -508,10 +548,14 @@ class Sim implements Host {
   }
 
   /** A server's state machine holds exactly the model's state at its applied index. */
-  private checkState(s: SimServer, when: string): void {
+  private checkState(s: SimServer, when: string, allRids = true): void {
     const at = s.state.applied;
     if (at > this.model.last) fail(`node ${s.id}: state at ${at} ${when}, beyond the committed log (${this.model.last})`);
     if (s.state.appliedTs !== this.model.tsAt(at)) fail(`node ${s.id}: state ts ${s.state.appliedTs} at ${at} ${when}, the log says ${this.model.tsAt(at)}`);
+    const voters = this.model.votersAt(at);
+    if (s.state.voters.length > 0 && [...s.state.voters].sort((x, y) => x - y).join() !== voters.join()) {
+      fail(`node ${s.id}: state voters [${s.state.voters.join(',')}] at ${at} ${when}, the log says [${voters.join(',')}]`);
+    }
     const keys = new Set([...this.model.keys(), ...this.mainKeys, ...this.noiseKeys]);
     const want: string[] = [];
     for (const k of keys) {
@@ -533,8 +577,13 @@ class Sim implements Host {
       start = page[page.length - 1]!.key;
     }
     if (paged.join() !== want.join()) fail(`node ${s.id}: paged list shows [${paged.join()}] at ${at} ${when}, the model [${want.join()}]`);
-    for (const [rid, r] of this.model.rids) {
-      if (r.index > at) continue;
+    // The exactly-once table: all of it, or (after a checkpoint) the newest requests.
+    const rids = this.model.ridOrder;
+    let hi = rids.length;
+    while (hi > 0 && this.model.rids.get(rids[hi - 1]!)!.index > at) hi--;
+    for (let k = allRids ? 0 : Math.max(0, hi - 20); k < hi; k++) {
+      const rid = rids[k]!;
+      const r = this.model.rids.get(rid)!;
       const got = s.state.ridResult(rid);
       if (!got || got.index !== r.index || !sameResult(got.result, r.result)) {
         fail(`node ${s.id}: rid ${rid} is ${JSON.stringify(got)} at ${at} ${when}, the model ${JSON.stringify(r)}`);
@@ -542,30 +591,33 @@ class Sim implements Host {
     }
   }
 
-  private get majority(): number {
-    return Math.floor(this.ids.length / 2) + 1;
-  }
-
   /** Servers holding committed entry i durably: in the log on disk, or under the checkpoint. */
-  private durableCopies(i: number): number {
+  private durableHolders(i: number): number[] {
     const c = this.model.entry(i)!;
-    let have = 0;
+    const have: number[] = [];
     for (const id of this.ids) {
+      if (this.retired.has(id)) continue;
       const d = this.disks.get(id)!;
-      if (d.ckpt.meta().index >= i) have++;
+      if (d.ckpt.meta().index >= i) have.push(id);
       else {
         const e = d.log.durable.at(i);
-        if (e && sameEntry(e, c)) have++;
+        if (e && sameEntry(e, c)) have.push(id);
       }
     }
     return have;
   }
 
-  /** Every committed entry is durable on a majority. */
+  /**
+   * Every committed entry is durable on servers that meet every majority of the latest
+   * committed configuration (with one change at a time, this holds even while a newer
+   * configuration is pending; with a fixed set of voters it is "on a majority").
+   */
   private checkDurable(when: string): void {
+    const voters = this.model.votersAt(this.model.last);
+    const need = Math.ceil(voters.length / 2);
     for (let i = 1; i <= this.model.last; i++) {
-      const have = this.durableCopies(i);
-      if (have < this.majority) fail(`committed entry ${showEntry(this.model.entry(i))} is durable on only ${have} of ${this.ids.length} servers ${when}`);
+      const have = this.durableHolders(i).filter((id) => voters.includes(id));
+      if (have.length < need) fail(`committed entry ${showEntry(this.model.entry(i))} is durable only on [${have.join(',')}], which misses a majority of the voters [${voters.join(',')}] ${when}`);
     }
   }
 
@@ -605,7 +657,7 @@ class Sim implements Host {
 
   private start(id: number): void {
     this.seenCommit.set(id, 0);
-    const s = new SimServer(id, this.ids, this.disks.get(id)!, this);
+    const s = new SimServer(id, this.initialVoters, this.disks.get(id)!, this);
     this.servers.set(id, s);
     this.trace(id, () => `started: ${s.describe()}`);
     this.checkState(s, 'after a restart');
@@ -638,7 +690,7 @@ class Sim implements Host {
     if (!this.healed) {
       const back = this.t + this.faultRng.range(...this.p.downMs);
       this.q.push(back, () => {
-        if (this.servers.get(id) === null) this.start(id);
+        if (this.servers.get(id) === null && !this.retired.has(id)) this.start(id);
       });
     }
   }
@@ -702,6 +754,10 @@ class Sim implements Host {
     } else if (kind === 'dup') {
       this.dup = r.chance(0.3) ? 0 : r.real(0, this.p.dupMax);
       this.trace(0, `duplication ${(this.dup * 100).toFixed(1)}%`);
+    } else if (kind === 'join') {
+      this.join();
+    } else if (kind === 'remove') {
+      this.removeVoter(r);
     } else if (kind === 'slow') {
       this.slow = r.chance(0.3) ? 0 : r.real(0, this.p.slowMax);
       this.trace(0, `slow messages ${(this.slow * 100).toFixed(0)}%`);
@@ -722,7 +778,38 @@ class Sim implements Host {
     this.slow = 0;
     this.pausedUntil.clear();
     this.trace(0, 'HEAL everything; quiet from now on');
-    for (const id of this.ids) if (!this.servers.get(id)) this.start(id);
+    for (const id of this.ids) if (!this.servers.get(id) && !this.retired.has(id)) this.start(id);
+  }
+
+  /** Decommission a server (removed from the voters by a committed configuration): it never comes back. */
+  private retire(id: number): void {
+    if (this.retired.has(id)) return;
+    this.crash(id, 'decommissioned');
+    this.retired.add(id);
+    this.trace(id, 'RETIRED');
+  }
+
+  /** A new server joins: it starts as a learner, and the coordinator promotes it once caught up. */
+  private join(): void {
+    if (this.ids.length >= this.o.nodes + 2) return;
+    const id = Math.max(...this.ids) + 1;
+    this.ids.push(id);
+    this.disks.set(id, new SimDisk());
+    this.drift.set(id, this.timeRng.real(1 - this.p.drift, 1 + this.p.drift));
+    this.trace(id, `JOIN: server ${id} starts`);
+    this.start(id);
+  }
+
+  /** The operator removes a voter (at the coordinator); maybe decommissions it once removed. */
+  private removeVoter(r: Rng): void {
+    const c = this.ids.map((i) => this.servers.get(i)).find((s) => s && s.node.role === 'coordinator');
+    if (!c) return;
+    const candidates = c.node.voters.filter((v) => v !== c.id);
+    if (candidates.length < 2) return;
+    const v = r.pick(candidates);
+    const res = c.proposeConfig(c.node.voters.filter((x) => x !== v));
+    this.trace(c.id, `REMOVE voter ${v}: ${typeof res === 'string' ? `refused: ${res}` : `config entry ${res.index}`}`);
+    if (typeof res !== 'string' && r.chance(0.5)) this.toRetire.add(v);
   }
 
   // ---- clients ----
@@ -848,7 +935,8 @@ class Sim implements Host {
     // Convergence.
     const last = this.model.last;
     let coord: number | null = null;
-    for (const id of this.ids) {
+    const live = this.ids.filter((id) => !this.retired.has(id));
+    for (const id of live) {
       const s = this.servers.get(id);
       if (!s) fail(`server ${id} is down at the end`);
       const n = s.node;
@@ -862,13 +950,13 @@ class Sim implements Host {
       this.checkState(s, 'at the end');
     }
     if (coord === null) fail(`no coordinator at the end; servers: ${this.describeServers()}`);
-    for (const id of this.ids) {
+    for (const id of live) {
       const n = this.servers.get(id)!.node;
       if (n.coordinator !== coord) fail(`server ${id} follows ${n.coordinator}, not the coordinator ${coord}; servers: ${this.describeServers()}`);
     }
     this.checkDurable('at the end');
     for (const rid of this.acked) if (!this.model.rids.has(rid)) fail(`acknowledged write ${rid} is not in the committed log`);
-    for (const id of this.ids) {
+    for (const id of live) {
       const n = this.servers.get(id)!.node;
       if (n.clock >= BOGUS_TS || n.knownCommitTs >= BOGUS_TS) fail(`server ${id}: clock ${n.clock}, knownCommitTs ${n.knownCommitTs}: a bogus token moved a clock`);
     }
@@ -880,7 +968,7 @@ class Sim implements Host {
   }
 
   private describeServers(): string {
-    return this.ids.map((id) => `${id}: ${this.servers.get(id)?.describe() ?? 'down'}`).join(' | ');
+    return this.ids.map((id) => `${id}: ${this.retired.has(id) ? 'retired' : this.servers.get(id)?.describe() ?? 'down'}`).join(' | ');
   }
 }
 

@@ -22,10 +22,21 @@ export class Model {
   private cur = new Map<string, Rec>();
   private hist = new Map<string, KeyHistory>();
   readonly rids = new Map<string, ModelRid>();
+  /** Request ids in the order of their first application. */
+  readonly ridOrder: string[] = [];
   /** Per index: the result a write entry had (the first application's, for a duplicate). */
   readonly results: Array<{ result?: WriteResult; duplicate: boolean; events: ChangeEvent[] }> = [];
   /** Index of the last entry that produced change events. */
   private eventPrev = 0;
+  /** Configuration entries: (index, voters), in log order. */
+  private configs: Array<{ index: number; voters: number[] }> = [];
+  constructor(private readonly initialVoters: number[]) {}
+
+  /** The voters as of entry `index` (the newest configuration entry at or below it). */
+  votersAt(index: number): number[] {
+    for (let k = this.configs.length - 1; k >= 0; k--) if (this.configs[k]!.index <= index) return this.configs[k]!.voters;
+    return this.initialVoters;
+  }
 
   get last(): number {
     return this.log.length;
@@ -47,6 +58,7 @@ export class Model {
   push(e: Entry): void {
     if (e.index !== this.log.length + 1) throw new Error(`model: entry ${e.index} after ${this.log.length}`);
     this.log.push(e);
+    if (e.kind === 'config') this.configs.push({ index: e.index, voters: [...e.voters].sort((a, b) => a - b) });
     if (e.kind !== 'write') {
       this.results.push({ duplicate: false, events: [] });
       return;
@@ -59,7 +71,10 @@ export class Model {
       }
     }
     const { result, changes } = this.evaluate(e);
-    if (e.rid !== undefined) this.rids.set(e.rid, { index: e.index, ts: e.ts, result });
+    if (e.rid !== undefined) {
+      this.rids.set(e.rid, { index: e.index, ts: e.ts, result });
+      this.ridOrder.push(e.rid);
+    }
     const events: ChangeEvent[] = [];
     for (const [key, rec] of changes) {
       events.push(rec === null ? { index: e.index, ts: e.ts, op: 'del', key, prev: this.eventPrev } : { index: e.index, ts: e.ts, op: 'put', key, value: rec.value, prev: this.eventPrev });

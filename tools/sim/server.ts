@@ -61,6 +61,7 @@ export interface Host {
   readonly driver: 'as-is' | 'fixed';
   readonly retainEntries: number;
   readonly requestTimeout: number;
+  readonly removeDeadAfterTicks: number;
 }
 
 interface PendingWrite {
@@ -116,6 +117,7 @@ export class SimServer {
       base,
       commit: meta.index,
       commitTs: meta.ts,
+      removeDeadAfterTicks: host.removeDeadAfterTicks,
     });
     this.node.checkpointIndex = meta.index;
     this.applyCommitted(this.node.commit);
@@ -265,6 +267,13 @@ export class SimServer {
     for (const p of this.pendingByIndex.values()) for (const r of p.responders) this.replyError(r, code);
     this.pendingByIndex.clear();
     this.pendingByRid.clear();
+  }
+
+  /** The operator's membership change (as Server's admin add/remove). */
+  proposeConfig(voters: number[]): ReturnType<Node['proposeConfig']> {
+    const res = this.node.proposeConfig(voters);
+    if (typeof res !== 'string') this.schedule();
+    return res;
   }
 
   // ---- clients (as Server.dispatch) ----

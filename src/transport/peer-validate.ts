@@ -1,0 +1,63 @@
+// Shape checks for peer messages arriving over NATS. Anyone on the NATS server
+// can publish on the peer subjects: a message the core was not built for is
+// dropped here, so that a malformed one never reaches an assertion in the core.
+
+import type { Msg } from '../core/messages.js';
+import { entryProblem } from '../storage/entry-codec.js';
+
+const nat = (x: unknown): boolean => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+const ROLES = new Set(['follower', 'candidate', 'coordinator', 'learner']);
+
+/** Numeric fields each message type carries (beyond the header). */
+const NUMS: Record<string, string[]> = {
+  ping: ['last', 'lastEpoch', 'commit', 'commitTs', 'matched', 'applied', 'checkpoint', 'uptimeTicks'],
+  append: ['prevIndex', 'prevEpoch', 'commit', 'commitTs'],
+  ack: ['match'],
+  nack: ['last', 'commit'],
+  election: [],
+  alive: [],
+  claim: [],
+  promise: ['last', 'lastEpoch', 'commit'],
+  fetch: ['start'],
+  fetched: ['start', 'last'],
+  confirm: ['seq'],
+  confirmed: ['seq'],
+  tsq: ['seq'],
+  tsr: ['seq', 'commitTs'],
+};
+
+/** Why `x` is not a well-formed peer message, or null when it is. */
+export function peerMessageProblem(x: unknown): string | null {
+  if (typeof x !== 'object' || x === null || Array.isArray(x)) return 'not an object';
+  const m = x as Record<string, unknown>;
+  if (typeof m.t !== 'string' || !(m.t in NUMS)) return `unknown type ${JSON.stringify(m.t)}`;
+  for (const f of ['from', 'to', 'epoch', 'clock', ...NUMS[m.t]!]) if (!nat(m[f])) return `${m.t}: ${f} is not a non-negative integer`;
+  if ((m.from as number) < 1) return 'from must be a server id';
+  switch (m.t) {
+    case 'ping':
+      if (!ROLES.has(m.role as string)) return 'ping: bad role';
+      if (m.coordinator !== null && !nat(m.coordinator)) return 'ping: bad coordinator';
+      if (!Array.isArray(m.voters) || !m.voters.every((v) => nat(v) && v > 0)) return 'ping: bad voters';
+      return null;
+    case 'promise':
+      return typeof m.ok === 'boolean' ? null : 'promise: ok is not a boolean';
+    case 'append':
+    case 'fetched': {
+      if (m.t === 'fetched' && typeof m.compacted !== 'boolean') return 'fetched: compacted is not a boolean';
+      if (!Array.isArray(m.entries)) return `${m.t}: entries is not an array`;
+      const first = m.t === 'append' ? (m.prevIndex as number) + 1 : (m.start as number);
+      for (let i = 0; i < m.entries.length; i++) {
+        const p = entryProblem(m.entries[i]);
+        if (p !== null) return `${m.t}: entry ${i}: ${p}`;
+        if ((m.entries[i] as { index: number }).index !== first + i) return `${m.t}: entries are not contiguous`;
+      }
+      return null;
+    }
+    default:
+      return null;
+  }
+}
+
+export function asPeerMessage(x: unknown): Msg | null {
+  return peerMessageProblem(x) === null ? (x as Msg) : null;
+}
