@@ -18,6 +18,8 @@ fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: installing npm dependencies" >&2
-  npm ci --no-audit --no-fund --loglevel=error
+  # `npm ci` refuses this lock file on npm 11 (optional per-platform packages of
+  # msgpackr-extract are not all listed); `npm install` honours the lock's versions.
+  npm install --no-audit --no-fund --loglevel=error
 fi
 npm run --silent build

@@ -68,6 +68,7 @@ export interface SimStats {
   bogus: number;
   bogusRejected: number;
   messages: number;
+  configs: number;
 }
 
 export interface SimResult {
@@ -150,8 +151,8 @@ class Sim implements Host {
   private ids: number[];
   private readonly initialVoters: number[];
   private retired = new Set<number>();
-  /** Servers to decommission once a committed configuration no longer has them. */
-  private toRetire = new Set<number>();
+  /** Servers stopped for good, whose removal from the voters the operator keeps proposing until committed. */
+  private toRemove = new Set<number>();
   private servers = new Map<number, SimServer | null>();
   private disks = new Map<number, SimDisk>();
   private pausedUntil = new Map<number, number>();
@@ -197,6 +198,7 @@ class Sim implements Host {
     bogus: 0,
     bogusRejected: 0,
     messages: 0,
+    configs: 0,
   };
   private ring: TraceItem[] = [];
   private ringAt = 0;
@@ -460,17 +462,14 @@ class Sim implements Host {
       if (e.ts >= BOGUS_TS) fail(`node ${s.id}: ${showEntry(e)} committed with a ts from a bogus token: a token beyond every write moved a clock`);
       if (e.kind === 'write' && e.ops.some((op) => op.op === 'put' && op.value.startsWith('bogus.'))) fail(`node ${s.id}: ${showEntry(e)}, a write carrying a bogus token, was committed`);
       // Committed means fsync'd on a majority (of the coordinator's voters), from the moment anyone counts it committed.
-      const holders = this.durableHolders(i);
+      const holders = this.durableHolders(i, true);
       const voters = n.role === 'coordinator' ? n.voters : this.model.votersAt(i);
       const need = n.role === 'coordinator' ? Math.floor(voters.length / 2) + 1 : Math.ceil(voters.length / 2);
       const have = holders.filter((id) => voters.includes(id));
       if (have.length < need) fail(`node ${s.id}: entry ${showEntry(e)} counted committed while durable only on [${have.join(',')}] of the voters [${voters.join(',')}]`);
       if (e.kind === 'config') {
-        for (const id of this.toRetire) {
-          if (e.voters.includes(id)) continue;
-          this.toRetire.delete(id);
-          this.q.push(this.t, () => this.retire(id));
-        }
+        this.stats.configs++;
+        for (const id of this.toRemove) if (!e.voters.includes(id)) this.toRemove.delete(id);
       }
     }
     seen = n.commit;
@@ -592,11 +591,11 @@ class Sim implements Host {
   }
 
   /** Servers holding committed entry i durably: in the log on disk, or under the checkpoint. */
-  private durableHolders(i: number): number[] {
+  private durableHolders(i: number, withRetired = false): number[] {
     const c = this.model.entry(i)!;
     const have: number[] = [];
     for (const id of this.ids) {
-      if (this.retired.has(id)) continue;
+      if (this.retired.has(id) && !withRetired) continue;
       const d = this.disks.get(id)!;
       if (d.ckpt.meta().index >= i) have.push(id);
       else {
@@ -609,15 +608,19 @@ class Sim implements Host {
 
   /**
    * Every committed entry is durable on servers that meet every majority of the latest
-   * committed configuration (with one change at a time, this holds even while a newer
-   * configuration is pending; with a fixed set of voters it is "on a majority").
+   * committed configuration that can still form (retired servers never come back). With one
+   * change at a time this holds even while a newer configuration is pending; with a fixed
+   * set of voters and none retired it is "on a majority".
    */
   private checkDurable(when: string): void {
     const voters = this.model.votersAt(this.model.last);
-    const need = Math.ceil(voters.length / 2);
+    const majority = Math.floor(voters.length / 2) + 1;
+    const available = voters.filter((v) => !this.retired.has(v)).length;
     for (let i = 1; i <= this.model.last; i++) {
       const have = this.durableHolders(i).filter((id) => voters.includes(id));
-      if (have.length < need) fail(`committed entry ${showEntry(this.model.entry(i))} is durable only on [${have.join(',')}], which misses a majority of the voters [${voters.join(',')}] ${when}`);
+      if (available - have.length >= majority) {
+        fail(`committed entry ${showEntry(this.model.entry(i))} is durable only on [${have.join(',')}]: a majority of the voters [${voters.join(',')}] without it can form ${when}`);
+      }
     }
   }
 
@@ -800,16 +803,27 @@ class Sim implements Host {
     this.start(id);
   }
 
-  /** The operator removes a voter (at the coordinator); maybe decommissions it once removed. */
+  /**
+   * The operator removes a voter, at the coordinator. Either the server keeps running (it
+   * becomes a learner, and the coordinator adds it back once caught up), or it is
+   * decommissioned: stopped for good first, then removed (proposed again until committed;
+   * one per run, so that the voters that remain can always form a majority).
+   */
   private removeVoter(r: Rng): void {
     const c = this.ids.map((i) => this.servers.get(i)).find((s) => s && s.node.role === 'coordinator');
     if (!c) return;
-    const candidates = c.node.voters.filter((v) => v !== c.id);
-    if (candidates.length < 2) return;
-    const v = r.pick(candidates);
+    let v = [...this.toRemove].find((x) => c.node.voters.includes(x));
+    if (v === undefined) {
+      const candidates = c.node.voters.filter((x) => x !== c.id);
+      if (candidates.length < 2) return;
+      v = r.pick(candidates);
+      if (this.retired.size === 0 && c.node.voters.length >= 3 && r.chance(0.5)) {
+        this.retire(v);
+        this.toRemove.add(v);
+      }
+    }
     const res = c.proposeConfig(c.node.voters.filter((x) => x !== v));
-    this.trace(c.id, `REMOVE voter ${v}: ${typeof res === 'string' ? `refused: ${res}` : `config entry ${res.index}`}`);
-    if (typeof res !== 'string' && r.chance(0.5)) this.toRetire.add(v);
+    this.trace(c.id, `REMOVE voter ${v}${this.retired.has(v) ? ' (decommissioned)' : ''}: ${typeof res === 'string' ? `refused: ${res}` : `config entry ${res.index}`}`);
   }
 
   // ---- clients ----
