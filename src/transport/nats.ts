@@ -23,6 +23,8 @@ export interface ServerTransport {
 }
 
 const decoder = new TextDecoder();
+/** Time allowed to flush on close, in ms. */
+export const CLOSE_DRAIN_MS_MAX = 2_000;
 
 export class NatsTransport implements ServerTransport {
   private nc: NatsConnection;
@@ -39,7 +41,13 @@ export class NatsTransport implements ServerTransport {
   }
 
   sendPeer(m: Msg): void {
-    this.nc.publish(this.s.peer(m), JSON.stringify(m));
+    // A message NATS refuses (too large, connection closed) is lost like any other: the
+    // protocol recovers from loss. It must never take the server down.
+    try {
+      this.nc.publish(this.s.peer(m), JSON.stringify(m));
+    } catch (err) {
+      this.onBadPeerMessage(err);
+    }
   }
 
   onPeer(handler: (m: Msg) => void): void {
@@ -58,7 +66,12 @@ export class NatsTransport implements ServerTransport {
               this.onBadPeerMessage(e);
               return;
             }
-            handler(m);
+            try {
+              handler(m);
+            } catch (err) {
+              // An exception escaping a NATS callback would stop the connection's reader.
+              this.onBadPeerMessage(err);
+            }
           },
         }),
       );
@@ -74,9 +87,17 @@ export class NatsTransport implements ServerTransport {
       ...(queue ? { queue } : {}),
       callback: (err, msg) => {
         if (err || !msg.reply) return;
-        handler(msg.data, (reply) => {
-          msg.respond(reply);
-        });
+        try {
+          handler(msg.data, (reply) => {
+            try {
+              msg.respond(reply);
+            } catch (e) {
+              this.onBadPeerMessage(e);
+            }
+          });
+        } catch (e) {
+          this.onBadPeerMessage(e);
+        }
       },
     });
     this.subs.push(sub);
@@ -90,7 +111,20 @@ export class NatsTransport implements ServerTransport {
     const sub = this.nc.subscribe(subject, {
       callback: (err, msg) => {
         if (err) return;
-        handler(msg.data, msg.reply ? (r) => void msg.respond(r) : null);
+        const respond = msg.reply
+          ? (r: Uint8Array | string) => {
+              try {
+                msg.respond(r);
+              } catch (e) {
+                this.onBadPeerMessage(e);
+              }
+            }
+          : null;
+        try {
+          handler(msg.data, respond);
+        } catch (e) {
+          this.onBadPeerMessage(e);
+        }
       },
     });
     this.subs.push(sub);
@@ -109,6 +143,8 @@ export class NatsTransport implements ServerTransport {
   async close(): Promise<void> {
     for (const s of this.subs) s.unsubscribe();
     this.subs = [];
-    await this.nc.drain();
+    // Drain flushes what we published; bounded, and never an error on the way out.
+    const timer = new Promise<void>((r) => setTimeout(r, CLOSE_DRAIN_MS_MAX).unref());
+    await Promise.race([this.nc.drain().catch(() => this.nc.close().catch(() => undefined)), timer]);
   }
 }

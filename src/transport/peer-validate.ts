@@ -5,7 +5,10 @@
 import type { Msg } from '../core/messages.js';
 import { entryProblem } from '../storage/entry-codec.js';
 
-const nat = (x: unknown): boolean => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+/** Largest number a peer message may carry: far beyond any real index, epoch or clock, and
+ * far enough below 2^53 that incrementing it stays exact. */
+export const PEER_NUMBER_MAX = 2 ** 50;
+const nat = (x: unknown): boolean => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 && x <= PEER_NUMBER_MAX;
 const ROLES = new Set(['follower', 'candidate', 'coordinator', 'learner']);
 
 /** Numeric fields each message type carries (beyond the header). */
@@ -49,7 +52,10 @@ export function peerMessageProblem(x: unknown): string | null {
       for (let i = 0; i < m.entries.length; i++) {
         const p = entryProblem(m.entries[i]);
         if (p !== null) return `${m.t}: entry ${i}: ${p}`;
-        if ((m.entries[i] as { index: number }).index !== first + i) return `${m.t}: entries are not contiguous`;
+        const e = m.entries[i] as { index: number; ts: number; epoch: number };
+        if (e.index !== first + i) return `${m.t}: entries are not contiguous`;
+        if (!nat(e.ts) || !nat(e.epoch)) return `${m.t}: entry ${i}: ts or epoch out of range`;
+        if (i > 0 && e.ts <= (m.entries[i - 1] as { ts: number }).ts) return `${m.t}: entry timestamps do not increase`;
       }
       return null;
     }
