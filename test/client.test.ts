@@ -4,7 +4,7 @@
 
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { connect, type NatsConnection, type Msg } from '@nats-io/transport-node';
@@ -499,6 +499,7 @@ t.test('watch', async (t) => {
 
 t.test('cli', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'ckv-cli-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
   const session = join(dir, 'session.json');
   // No NATS on this port: usage errors must be found before connecting.
   const deadEnv = { CKV_NATS: 'nats://127.0.0.1:1', CKV_SESSION: session, CKV_AFTER: undefined, CKV_CLUSTER: undefined };

@@ -418,6 +418,7 @@ export class Client {
     this.checkOpen();
     check(req); // the server's own rules: fail here, before any network
     const deadline = Date.now() + this.timeout;
+    let prior: CkvError | null = null;
     for (let attempt = 0; ; attempt++) {
       this.checkOpen();
       const remaining = deadline - Date.now();
@@ -433,7 +434,10 @@ export class Client {
         err = replyError(reply);
       } catch (e) {
         err = transportError(e, subject, attemptMs);
+        // A last attempt cut short by the budget says little: report what the full ones found.
+        if (err.code === ErrorCode.TIMEOUT && attemptMs < ATTEMPT_MS_MIN && prior) err = prior;
       }
+      prior = err;
       if (!RETRYABLE.has(err.code) || !(await this.backoff(attempt, deadline))) throw err;
     }
   }
