@@ -3,7 +3,7 @@
 // writes, SIGSTOP/SIGCONT of a follower, and catch-up by checkpoint transfer.
 
 import t from 'tap';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -39,14 +39,20 @@ async function statuses(c: Cluster): Promise<StatusRow[]> {
 t.test('three-node cluster', async (t) => {
   const c = new Cluster(3, { cluster: 'c3', extraArgs: ['--checkpoint-cron', '* * * * * *', '--retain-entries', '20', '--remove-dead-after', '1500'] });
   await c.start();
-  t.teardown(() => c.stop());
+  t.teardown(async () => {
+    // On a failure, keep the servers' logs for the post-mortem.
+    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
+    await c.stop();
+  });
   const first = await c.waitForCoordinator();
   t.ok(first >= 1 && first <= 3);
   const nc = await connect({ servers: c.nats.url });
   t.teardown(() => nc.close());
 
   await t.test('read-your-writes across one-shot invocations, whichever server answers', async (t) => {
-    const session = join(mkdtempSync(join(tmpdir(), 'ckv-sess-')), 's.json');
+    const sessionDir = mkdtempSync(join(tmpdir(), 'ckv-sess-'));
+    t.teardown(() => rmSync(sessionDir, { recursive: true, force: true }));
+    const session = join(sessionDir, 's.json');
     for (let i = 0; i < 12; i++) {
       const w = await c.ckv(['--session', session, 'put', `ryw.${i}`, `v${i}`]);
       t.equal(w.code, 0, w.stderr);
@@ -158,19 +164,30 @@ t.test('three-node cluster', async (t) => {
     t.ok(members.some((m) => m.type === 'config' && m.voters.join(',') === '1,2,3,4'), 'the change is an event on members');
     const w = await write(nc, { op: 'put', key: 'after.join', value: 'x', rid: 'after-join' });
     t.ok(w.ok, 'writes go on with four voters');
-    // The bully order may have made 4 the coordinator: remove some other voter.
-    const lead = (await votersOf())!;
+    // Bully order: the highest id takes over once it has caught up, and every server agrees.
+    const lead = await c.waitFor('server 4 to take over as coordinator', async () => {
+      const s = await statuses(c);
+      const leads = s.filter((x) => x.role === 'coordinator');
+      return s.length === 4 && leads.length === 1 && leads[0]!.id === 4 ? (leads[0] as StatusRow & { voters: number[] }) : undefined;
+    });
     const victim = lead.voters.find((v) => v !== lead.id)!;
     const removed = await run(process.execPath, [CKVCTL_JS, 'member', 'remove', String(victim), '--nats', c.nats.url, '--cluster', 'c3']);
     t.equal(removed.code, 0, removed.stderr);
-    // (It is still running, so it may be added back at once: look at the members events.)
     await c.waitFor('the removal on members', async () =>
       members.some((m) => m.type === 'config' && m.voters.join(',') === [1, 2, 3, 4].filter((v) => v !== victim).join(',')) ? true : undefined,
     );
     const bad = await run(process.execPath, [CKVCTL_JS, 'member', 'remove', String(lead.id), '--nats', c.nats.url, '--cluster', 'c3']);
     t.equal(bad.code, 1, 'removing the coordinator is refused');
-    // Still running, the removed server is a learner and is added back; dead, it is removed automatically.
-    await c.waitFor('the removed server to be added back', async () => ((await votersOf())?.voters.length === 4 ? true : undefined));
+    // Still running, the removed server goes on as a learner; it is not added back on its own.
+    await c.waitFor('the removed server to run as a learner', async () => {
+      const s = (await statuses(c)).find((x) => x.id === victim);
+      return s && s.role === 'learner' ? true : undefined;
+    });
+    t.equal((await votersOf())?.voters.length, 3, 'a removed server is not added back automatically');
+    const readd = await run(process.execPath, [CKVCTL_JS, 'member', 'add', String(victim), '--nats', c.nats.url, '--cluster', 'c3', '--timeout', '20000']);
+    t.equal(readd.code, 0, readd.stderr);
+    await c.waitFor('the re-added server to be a voter', async () => ((await votersOf())?.voters.length === 4 ? true : undefined));
+    // Dead, a voter is removed automatically.
     await c.kill(victim, 'SIGKILL');
     await c.waitFor('the dead voter to be removed', async () => {
       const v = (await votersOf())?.voters;
@@ -178,8 +195,11 @@ t.test('three-node cluster', async (t) => {
     });
     const after = await write(nc, { op: 'put', key: 'after.remove', value: 'x', rid: 'after-remove' });
     t.ok(after.ok, 'writes go on after the removal');
+    // Removed automatically (not by an operator), it is added back once it returns and catches up.
     c.startNode(victim);
     await c.waitFor('the restarted server to rejoin', async () => ((await votersOf())?.voters.length === 4 ? true : undefined));
+    const again = await run(process.execPath, [CKVCTL_JS, 'member', 'add', String(victim), '--nats', c.nats.url, '--cluster', 'c3']);
+    t.equal(again.code, 0, `adding a voter twice is not an error: ${again.stderr}`);
   });
 
   await t.test('a follower behind the retained log receives the checkpoint', async (t) => {

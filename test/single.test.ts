@@ -3,7 +3,7 @@
 // SIGKILL durability, and bad input that must change nothing.
 
 import t from 'tap';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -26,7 +26,9 @@ t.test('single node end to end', async (t) => {
   t.teardown(() => nc.close());
   const W = 'ckv.one.write';
   const R = 'ckv.one.read';
-  const session = join(mkdtempSync(join(tmpdir(), 'ckv-sess-')), 'session.json');
+  const sessionDir = mkdtempSync(join(tmpdir(), 'ckv-sess-'));
+  t.teardown(() => rmSync(sessionDir, { recursive: true, force: true }));
+  const session = join(sessionDir, 'session.json');
   const ckv = (args: string[], input?: string) => c.ckv(['--session', session, ...args], input === undefined ? {} : { input });
 
   await t.test('every operation through the ckv binary', async (t) => {
@@ -132,6 +134,8 @@ t.test('single node end to end', async (t) => {
     }
     const r = await req(nc, R, { op: 'get', key: 'a', after: 1e12 });
     t.equal(r.error?.code, 'TOKEN_AHEAD', 'future token on a read');
+    const strong = await req(nc, W, { op: 'get', key: 'a', after: 1e12, consistency: 'strong' });
+    t.equal(strong.error?.code, 'TOKEN_AHEAD', 'future token on a strong read');
     const after = await req(nc, R, { op: 'list', prefix: '', limit: 1000 });
     t.same(after.items, before.items, 'no bad request changed anything');
     t.equal(after.index, before.index, 'nor appended to the log');
@@ -145,6 +149,30 @@ t.test('single node end to end', async (t) => {
     t.equal(alive.ok, true, 'the server survives garbage on its peer subjects');
     const cli = await c.ckv(['--no-session', 'put', 'bad key', 'x']);
     t.equal(cli.code, 2, 'the CLI refuses an invalid key as a usage error');
+  });
+
+  await t.test('replies stay within the NATS payload limit', async (t) => {
+    const big = 'v'.repeat(250 * 1024);
+    const keys = ['huge.1', 'huge.2', 'huge.3', 'huge.4', 'huge.5'];
+    for (const key of keys) t.equal((await req(nc, W, { op: 'put', key, value: big, rid: `huge-${key}` })).ok, true);
+    const m = await req(nc, R, { op: 'mget', keys });
+    t.equal(m.error?.code, 'TOO_LARGE', 'an mget whose reply would pass 1 MiB is refused');
+    t.equal((await req(nc, R, { op: 'mget', keys: keys.slice(0, 2) })).values.length, 2, 'a smaller one is answered');
+    // A list page of large values stops early; following `next` yields every key once.
+    const seen: string[] = [];
+    let start: string | undefined;
+    let pages = 0;
+    do {
+      const page = await req(nc, R, { op: 'list', prefix: 'huge.', limit: 100, ...(start ? { start } : {}) });
+      t.equal(page.ok, true, `page ${pages} is answered`);
+      seen.push(...page.items.map((i: any) => i.key));
+      start = page.next ?? undefined;
+      pages++;
+    } while (start !== undefined && pages < 10);
+    t.same(seen, keys, 'paging returns every key once');
+    t.ok(pages > 1, `the large values took ${pages} pages`);
+    const ev = await req(nc, R, { op: 'replay', from: 1 });
+    t.equal(ev.ok, true, 'replay of large events is answered within the limit');
   });
 
   await t.test('watch sees events and replays from an index', async (t) => {

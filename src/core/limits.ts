@@ -23,6 +23,13 @@ export const REQUEST_TIMEOUT_MS_DEFAULT = 5_000;
 export const REQUEST_TIMEOUT_MS_MAX = 60_000;
 /** Request ids remembered for exactly-once retries (oldest forgotten first, in log order). */
 export const RIDS_RETAINED_MAX = 100_000;
+/** Largest reply a server sends, in bytes: NATS's default max_payload less room for headers. */
+export const REPLY_BYTES_MAX = 1024 * 1024 - 4 * 1024;
+/** A list page stops early once its values reach this many bytes (the next page has the rest). */
+export const LIST_PAGE_BYTES_MAX = 512 * 1024;
+/** A replay page stops at the next entry once its events reach this many bytes: with one
+ * whole entry (≤ ENTRY_BYTES_MAX) on top it still fits in REPLY_BYTES_MAX. */
+export const REPLAY_PAGE_BYTES_MAX = 192 * 1024;
 /** Most events returned by one replay request. */
 export const REPLAY_EVENTS_MAX = 1000;
 

@@ -34,6 +34,8 @@ export const STAND_BACK_TICKS = 10 * DEAD_AFTER_TICKS;
 export const RESEND_GAP_TICKS = 2;
 /** Fewest voters automatic removal leaves (an operator may go lower). */
 export const AUTO_REMOVE_VOTERS_MIN = 3;
+/** Most servers in the ping table (voters and learners). */
+export const PEERS_MAX = 64;
 
 export interface NodeInit {
   id: number;
@@ -121,6 +123,9 @@ export class Node {
   voters: number[];
   /** The voters as of the entry just below the in-memory log. */
   private baseVoters: number[];
+  /** Servers an operator removed while we led: not re-added automatically (one removed
+   * automatically, because it was dead, is added back once it returns and catches up). */
+  private removed = new Set<number>();
   private removeDeadAfterTicks: number;
   role: Role = 'follower';
   coordinator: number | null = null;
@@ -327,6 +332,7 @@ export class Node {
   private setVoters(voters: number[]): void {
     const next = [...voters].sort((a, b) => a - b);
     if (next.join(',') === this.voters.join(',')) return;
+    for (const v of next) this.removed.delete(v);
     this.voters = next;
     for (const v of next) if (v !== this.id && !this.peers.has(v)) this.peers.set(v, { id: v, lastHeard: this.now });
     this.out.notices.push({ type: 'config', voters: next });
@@ -522,8 +528,9 @@ export class Node {
    * Propose a new voter set differing from the current one by exactly one server.
    * One change at a time: refused while an earlier change is not committed, or before our
    * own epoch's no-op is (until then the current configuration may not be final).
+   * `by`: an operator's removal sticks (the server is not added back automatically).
    */
-  proposeConfig(voters: number[]): { index: number; epoch: number; ts: number } | string {
+  proposeConfig(voters: number[], by: 'operator' | 'auto' = 'operator'): { index: number; epoch: number; ts: number } | string {
     if (this.role !== 'coordinator') return 'not the coordinator';
     if (this.commit < this.epochStart) return 'the coordinator is not settled yet; retry';
     if (this.configPending()) return 'a configuration change is in progress; retry';
@@ -532,14 +539,26 @@ export class Node {
     const removed = this.voters.filter((v) => !next.includes(v));
     if (added.length + removed.length !== 1) return 'a configuration change adds or removes exactly one voter';
     if (removed[0] === this.id) return 'the coordinator cannot remove itself; stop it first';
+    // A voter that cannot vote yet would only make the majority harder to reach.
+    if (added.length === 1 && !this.caughtUpLearner(added[0]!)) return `server ${added[0]} is not a live, caught-up learner yet; retry`;
     if (next.length === 0) return 'the voter set cannot be empty';
     const e: Entry = { index: this.lastIndex() + 1, epoch: this.epoch, ts: ++this.clock, kind: 'config', voters: next };
     this.appendLocal([e]);
+    if (removed.length === 1 && by === 'operator') this.removed.add(removed[0]!);
     return { index: e.index, epoch: e.epoch, ts: e.ts };
   }
 
+  private caughtUpLearner(id: number): boolean {
+    return this.peers.has(id) && this.liveness(id) === 'alive' && (this.match.get(id) ?? 0) >= this.commit;
+  }
+
+  /** An operator wants this server kept out of the voters (it already is): not added back automatically. */
+  keepOut(id: number): void {
+    if (!this.voters.includes(id)) this.removed.add(id);
+  }
+
   /** A configuration entry above the commit index. */
-  private configPending(): boolean {
+  configPending(): boolean {
     for (let i = this.lastIndex(); i > this.commit; i--) if (this.entry(i)!.kind === 'config') return true;
     return false;
   }
@@ -551,9 +570,9 @@ export class Node {
   private manageMembers(): void {
     if (this.commit < this.epochStart || this.configPending()) return;
     for (const p of this.peers.values()) {
-      if (this.voters.includes(p.id) || this.liveness(p.id) !== 'alive' || p.ping?.role !== 'learner') continue;
-      if ((this.match.get(p.id) ?? 0) >= this.commit) {
-        this.proposeConfig([...this.voters, p.id]);
+      if (this.voters.includes(p.id) || this.removed.has(p.id) || p.ping?.role !== 'learner') continue;
+      if (this.caughtUpLearner(p.id)) {
+        this.proposeConfig([...this.voters, p.id], 'auto');
         return;
       }
     }
@@ -563,7 +582,7 @@ export class Node {
       const p = this.peers.get(v);
       if (v === this.id || !p || this.now - p.lastHeard < this.removeDeadAfterTicks) continue;
       if (alive.length >= this.majority()) {
-        this.proposeConfig(this.voters.filter((x) => x !== v));
+        this.proposeConfig(this.voters.filter((x) => x !== v), 'auto');
         return;
       }
     }
@@ -697,7 +716,8 @@ export class Node {
     if (peer) {
       peer.lastHeard = this.now;
       if (this.peerDead.delete(m.from) && peer.ping) this.out.notices.push({ type: 'up', id: m.from });
-    } else {
+    } else if (m.t === 'ping' && this.peers.size < PEERS_MAX) {
+      // A server outside the voter set (a learner) becomes known by its heartbeat; the table is bounded.
       this.peers.set(m.from, { id: m.from, lastHeard: this.now });
     }
     switch (m.t) {
@@ -728,7 +748,8 @@ export class Node {
         }
         return;
       case 'confirmed':
-        if (this.role === 'coordinator' && m.epoch === this.epoch && this.readRound?.seq === m.seq) {
+        // Only voters count toward the majority that confirms we still lead.
+        if (this.role === 'coordinator' && m.epoch === this.epoch && this.readRound?.seq === m.seq && this.isVoter(m.from)) {
           this.readRound.acks.add(m.from);
           if (this.readRound.acks.size >= this.majority()) this.finishReadRound();
         }
@@ -746,7 +767,8 @@ export class Node {
   }
 
   private onPing(m: Extract<Msg, { t: 'ping' }>): void {
-    const peer = this.peers.get(m.from)!;
+    const peer = this.peers.get(m.from);
+    if (!peer) return;
     peer.ping = m;
     if (m.role === 'coordinator') {
       if (m.epoch > this.epoch && m.epoch >= this.promised) {
@@ -1098,13 +1120,14 @@ export class Node {
 }
 
 /** Rough encoded size of an entry, for bounding replication messages. */
+const entrySizes = new WeakMap<Entry, number>();
+
+/** Encoded size of an entry in bytes (JSON, as it travels), for bounding replication messages. */
 export function entrySize(e: Entry): number {
-  if (e.kind !== 'write') return 64;
-  let n = 64;
-  for (const op of e.ops) {
-    n += op.key.length + 32;
-    if (op.op === 'put') n += op.value.length * 2;
-    else if (op.op === 'cas') n += (op.value?.length ?? 0) * 2 + (op.expect?.length ?? 0) * 2;
+  let n = entrySizes.get(e);
+  if (n === undefined) {
+    n = Buffer.byteLength(JSON.stringify(e));
+    entrySizes.set(e, n);
   }
   return n;
 }

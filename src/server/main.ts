@@ -155,8 +155,15 @@ async function main(): Promise<void> {
     logger.flush();
     process.exitCode = 0;
   };
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  process.on('SIGINT', () => void stop('SIGINT'));
+  const stopOn = (signal: string) =>
+    stop(signal).catch((err: Error) => {
+      // A failed final checkpoint loses nothing (the log has it all) but must not look clean.
+      logger.error({ err }, 'error while stopping');
+      logger.flush();
+      process.exit(1);
+    });
+  process.on('SIGTERM', () => void stopOn('SIGTERM'));
+  process.on('SIGINT', () => void stopOn('SIGINT'));
   server.start((err) => {
     logger.fatal({ err }, 'server stopped on a fatal error');
     logger.flush();

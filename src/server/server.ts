@@ -9,8 +9,11 @@ import { ErrorCode, RequestError, type ErrorCode as Code } from '../core/errors.
 import {
   CHECKPOINT_LOG_BYTES_TRIGGER,
   ENTRY_BYTES_MAX,
+  LIST_PAGE_BYTES_MAX,
   LOG_RETAIN_ENTRIES,
   REPLAY_EVENTS_MAX,
+  REPLAY_PAGE_BYTES_MAX,
+  REPLY_BYTES_MAX,
   TICK_MS,
 } from '../core/limits.js';
 import type { Msg } from '../core/messages.js';
@@ -63,6 +66,11 @@ export interface CheckpointInstaller {
 export const SNAPSHOT_PAGE_ITEMS_MAX = 2_000;
 /** A coordinator serving a transfer holds its checkpoint still this long after each page. */
 export const SNAPSHOT_HOLD_MS = 10_000;
+/** Longest a checkpoint is held still for transfers before it moves on (a transfer caught
+ * by the move starts over). */
+export const SNAPSHOT_HOLD_TOTAL_MS_MAX = 60_000;
+/** Bytes of keys and values in one page of a checkpoint transfer (a single larger value goes alone). */
+export const SNAPSHOT_PAGE_BYTES_MAX = 512 * 1024;
 /** Time one page request may take. */
 export const SNAPSHOT_PAGE_TIMEOUT_MS = 5_000;
 
@@ -119,11 +127,17 @@ export class Server {
   private checkpointBytes: number;
   private retainEntries: number;
   private closing = false;
+  /** Set once shutdown has drained: peer messages are no longer taken in. */
+  private peersStopped = false;
   private installer: CheckpointInstaller | undefined;
-  /** Set while a checkpoint received from a peer is being installed: the loop holds still. */
-  private installing: Promise<void> | null = null;
+  /** A checkpoint being pulled from a peer: the loop goes on meanwhile. */
+  private downloading: Promise<void> | null = null;
+  /** Set while a received checkpoint is swapped in: the loop, ticks and peers hold still. */
+  private swapping = false;
   /** Until when checkpoints wait, because a follower is reading ours. */
   private holdCheckpointUntil = 0;
+  /** When the current hold began: holds are capped so checkpoints are never put off for long. */
+  private holdStartedAt = 0;
   private lastOffer = new Map<number, number>();
   private fatal: ((err: Error) => void) | null = null;
 
@@ -186,7 +200,14 @@ export class Server {
     this.stopAdmin = this.t.serve(this.s.admin, undefined, (d, r) => this.onRequest('admin', d, r));
     this.t.subscribe(this.s.snapshot(this.id), (d, respond) => this.onSnapshotSubject(d, respond));
     this.ticker = setInterval(() => {
-      this.node.tick();
+      // While a received checkpoint is swapped in, the core holds still (no elections meanwhile).
+      if (this.swapping) return;
+      try {
+        this.node.tick();
+      } catch (err) {
+        this.die(err as Error);
+        return;
+      }
       this.schedule();
     }, TICK_MS);
     this.node.tick();
@@ -209,7 +230,7 @@ export class Server {
   }
 
   private async pump(): Promise<void> {
-    if (this.installing) return;
+    if (this.swapping) return;
     if (this.pumping) {
       this.again = true;
       return;
@@ -229,7 +250,7 @@ export class Server {
         for (const m of r.send) if (!early.includes(m)) this.t.sendPeer(m);
         this.carryOut(r);
         this.applyCommitted();
-      } while (this.again || this.node.hasOutput());
+      } while ((this.again || this.node.hasOutput()) && !this.swapping);
     } finally {
       this.pumping = false;
     }
@@ -258,12 +279,14 @@ export class Server {
       if (!w) continue;
       this.strong.delete(id);
       clearTimeout(w.timer);
+      this.node.cancelToken(id);
       this.replyError(w.respond, ErrorCode.UNAVAILABLE, 'could not confirm leadership with a majority');
     }
     for (const { id, ahead } of r.tokens) {
-      const w = this.waiters.get(id);
+      const w = this.waiters.get(id) ?? this.strong.get(id);
       if (!w || !ahead) continue;
       this.waiters.delete(id);
+      this.strong.delete(id);
       clearTimeout(w.timer);
       this.replyError(w.respond, ErrorCode.TOKEN_AHEAD, `no write with timestamp ${w.after} exists in the cluster`);
     }
@@ -344,7 +367,7 @@ export class Server {
   // ---- peers ----
 
   private onPeer(m: Msg): void {
-    if (this.closing || this.installing) return;
+    if (this.peersStopped || this.swapping) return;
     try {
       this.node.receive(m);
     } catch (err) {
@@ -400,19 +423,11 @@ export class Server {
     const after = req.after ?? 0;
     if (strong) {
       const id = this.nextWaiter++;
-      const w: Waiter = { id, after, req, respond, timer: this.timeoutTimer(id, timeoutMs) };
-      if (after > this.node.commitTs && this.node.role === 'coordinator' && this.node.commit >= 0) {
-        // The coordinator knows every committed write: a token beyond them is from the future.
-        if (after > this.node.knownCommitTs) {
-          clearTimeout(w.timer);
-          throw new RequestError(ErrorCode.TOKEN_AHEAD, `no write with timestamp ${after} exists in the cluster`);
-        }
-      }
-      if (!this.node.readIndex(id)) {
-        clearTimeout(w.timer);
-        throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
-      }
-      this.strong.set(id, w);
+      if (!this.node.readIndex(id)) throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
+      this.strong.set(id, { id, after, req, respond, timer: this.timeoutTimer(id, timeoutMs) });
+      // A token beyond our commit may be from the future, or we may have been deposed: the
+      // core answers once a majority confirms we still lead (Ready.tokens).
+      if (after > this.node.commitTs) this.node.checkToken(id, after);
       this.schedule();
       return;
     }
@@ -465,9 +480,18 @@ export class Server {
         if (first) items.push({ key: req.start!, value: first.value, rev: first.rev });
         const from = req.start !== undefined && req.start < req.prefix ? undefined : req.start;
         items.push(...this.state.range(req.prefix, from, limit + 1 - items.length));
-        const more = items.length > limit;
-        const next = more ? items[limit]!.key : null;
-        if (more) items.length = limit;
+        let next = items.length > limit ? items[limit]!.key : null;
+        if (items.length > limit) items.length = limit;
+        // A page of large values stops early (it always holds at least one item).
+        let bytes = 0;
+        for (let i = 0; i < items.length; i++) {
+          bytes += items[i]!.key.length + Buffer.byteLength(items[i]!.value) + 32;
+          if (bytes > LIST_PAGE_BYTES_MAX && i > 0) {
+            next = items[i]!.key;
+            items.length = i;
+            break;
+          }
+        }
         this.reply(respond, { ok: true, ts, index, items, next });
         return;
       }
@@ -479,10 +503,14 @@ export class Server {
         }
         const limit = req.limit ?? REPLAY_EVENTS_MAX;
         const events: ChangeEvent[] = [];
+        let bytes = 0;
         for (const ev of this.events) {
           if (ev.index < from) continue;
-          if (events.length >= limit && ev.index !== events[events.length - 1]!.index) break;
+          // Whole entries only: a page ends between indexes, at the count or byte bound.
+          const full = events.length >= limit || bytes > REPLAY_PAGE_BYTES_MAX;
+          if (full && ev.index !== events[events.length - 1]!.index) break;
           events.push(ev);
+          bytes += ev.key.length + (ev.value === undefined ? 0 : Buffer.byteLength(ev.value)) + 64;
         }
         this.reply(respond, { ok: true, ts, index, events });
         return;
@@ -501,7 +529,8 @@ export class Server {
     if (rid !== undefined) {
       const seen = this.state.ridResult(rid);
       if (seen) {
-        this.replyWrite([respond], seen.index, Math.max(seen.ts, this.state.appliedTs), seen.result);
+        // The reply's ts never goes below what the client has seen, nor below our state.
+        this.replyWrite([respond], seen.index, Math.max(seen.ts, this.state.appliedTs, req.after ?? 0), seen.result);
         return;
       }
       const inflight = this.pendingByRid.get(rid);
@@ -536,6 +565,14 @@ export class Server {
 
   private onConfig(req: Extract<Request, { op: 'config' }>, respond: Respond): void {
     if (this.node.role !== 'coordinator') throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
+    // Idempotent: a change already made (and committed) answers ok, so scripts can retry.
+    const target = (req.add ?? req.remove)!;
+    if (this.node.voters.includes(target) === (req.add !== undefined)) {
+      if (this.node.configPending()) throw new RequestError(ErrorCode.UNAVAILABLE, 'a configuration change is in progress; retry');
+      if (req.remove !== undefined) this.node.keepOut(target);
+      this.reply(respond, { ok: true, ts: this.node.commitTs, index: this.node.commit });
+      return;
+    }
     const voters = req.add !== undefined ? [...this.node.voters, req.add] : this.node.voters.filter((v) => v !== req.remove);
     const placed = this.node.proposeConfig(voters);
     if (typeof placed === 'string') {
@@ -567,7 +604,14 @@ export class Server {
   }
 
   private reply(respond: Respond, reply: Reply): void {
-    respond(JSON.stringify(reply));
+    const data = JSON.stringify(reply);
+    // Length in UTF-16 units bounds the UTF-8 bytes from below; measure only when it may matter.
+    if (data.length * 3 > REPLY_BYTES_MAX && Buffer.byteLength(data) > REPLY_BYTES_MAX) {
+      const error = { code: ErrorCode.TOO_LARGE, message: `the reply would be more than REPLY_BYTES_MAX (${REPLY_BYTES_MAX}) bytes: ask for fewer keys` };
+      respond(JSON.stringify({ ok: false, ts: reply.ts, error }));
+      return;
+    }
+    respond(data);
   }
 
   private replyError(respond: Respond, code: Code, message: string): void {
@@ -597,29 +641,34 @@ export class Server {
     if (m.t === 'offer' && (typeof m.from !== 'number' || !Number.isSafeInteger(m.from) || m.from < 1 || m.from === this.id)) return;
     if (m.t === 'offer' && typeof m.from === 'number') {
       // Only our coordinator's offer counts (it is the one that found us behind its log).
-      if (!this.installing && this.installer && this.node.role !== 'coordinator' && this.node.coordinator === m.from) {
-        this.installing = this.receiveCheckpoint(m.from).finally(() => {
-          this.installing = null;
-          this.schedule();
-        });
-        this.installing.catch((err: Error) => this.logger.warn({ err }, 'checkpoint transfer failed; will retry when offered again'));
+      if (!this.downloading && !this.closing && this.installer && this.node.role !== 'coordinator' && this.node.coordinator === m.from) {
+        this.downloading = this.receiveCheckpoint(m.from)
+          .catch((err: Error) => this.logger.warn({ err }, 'checkpoint transfer failed; will retry when offered again'))
+          .finally(() => {
+            this.downloading = null;
+            this.schedule();
+          });
       }
       return;
     }
     if (m.t === 'page' && respond) {
       // Serve one page of our checkpoint; hold it still meanwhile.
-      this.holdCheckpointUntil = Date.now() + SNAPSHOT_HOLD_MS;
+      const now = Date.now();
+      if (now >= this.holdCheckpointUntil) this.holdStartedAt = now;
+      this.holdCheckpointUntil = Math.min(now + SNAPSHOT_HOLD_MS, this.holdStartedAt + SNAPSHOT_HOLD_TOTAL_MS_MAX);
       const after = typeof m.after === 'string' ? m.after : undefined;
       const meta = this.ckpt.meta();
       if (m.phase === 'rids') {
         const all = this.ckpt.rids();
         const startAt = after === undefined ? 0 : Number(after);
-        const items = all.slice(startAt, startAt + SNAPSHOT_PAGE_ITEMS_MAX);
+        if (!Number.isSafeInteger(startAt) || startAt < 0) return;
+        const items = boundPage(all.slice(startAt, startAt + SNAPSHOT_PAGE_ITEMS_MAX));
         const next = startAt + items.length < all.length ? String(startAt + items.length) : null;
         respond(JSON.stringify({ meta, items, next }));
       } else {
-        const items = this.ckpt.range('', after, SNAPSHOT_PAGE_ITEMS_MAX);
-        const next = items.length === SNAPSHOT_PAGE_ITEMS_MAX ? items[items.length - 1]![0] : null;
+        const got = this.ckpt.range('', after, SNAPSHOT_PAGE_ITEMS_MAX);
+        const items = boundPage(got);
+        const next = items.length < got.length || got.length === SNAPSHOT_PAGE_ITEMS_MAX ? items[items.length - 1]![0] : null;
         respond(JSON.stringify({ meta, items, next }));
       }
     }
@@ -632,13 +681,19 @@ export class Server {
     const log = this.logger.child({ component: 'transfer' });
     log.info({ from }, 'receiving a checkpoint');
     let meta: ReturnType<CheckpointStore['meta']> | undefined;
+    let done = false;
     try {
       for (const phase of ['kv', 'rids'] as const) {
         let after: string | null | undefined;
         do {
+          if (this.closing) throw new Error('shutting down');
           const raw = await this.t.request(this.s.snapshot(from), JSON.stringify({ t: 'page', phase, after: after ?? null }), SNAPSHOT_PAGE_TIMEOUT_MS);
           const page = JSON.parse(new TextDecoder().decode(raw)) as { meta: typeof meta; items: Array<[string, any]>; next: string | null };
-          if (meta === undefined) meta = page.meta!;
+          if (meta === undefined) {
+            meta = page.meta!;
+            // Caught up meanwhile by ordinary replication: nothing to install.
+            if (meta.index <= this.node.commit) break;
+          }
           if (page.meta!.index !== meta.index) throw new Error('the checkpoint changed during the transfer');
           await incoming.write({
             kv: phase === 'kv' ? page.items : [],
@@ -649,31 +704,47 @@ export class Server {
           });
           after = page.next;
         } while (after !== null);
+        if (meta !== undefined && meta.index <= this.node.commit) break;
+      }
+      // Let the loop finish what it is doing, then swap while it holds still.
+      this.swapping = true;
+      while (this.pumping || this.checkpointing) await new Promise((r) => setTimeout(r, 5));
+      if (!meta || meta.index <= this.node.commit || this.closing) {
+        log.info({ index: meta?.index, commit: this.node.commit }, 'transfer not needed any more');
+      } else {
+        done = true;
       }
     } catch (err) {
+      this.swapping = false;
       await installer.abort(incoming);
       throw err;
     }
-    if (!meta || meta.index <= this.node.commit) {
+    if (!done) {
+      this.swapping = false;
       await installer.abort(incoming);
-      log.info({ index: meta?.index, applied: this.state.applied }, 'transfer not needed any more');
       return;
     }
-    // Let the loop finish what it is doing, then swap while it holds still.
-    while (this.pumping || this.checkpointing) await new Promise((r) => setTimeout(r, 5));
-    this.ckpt = await installer.swap(this.ckpt, incoming);
-    this.state = new KvState(this.ckpt);
-    const kept = this.node.restore({ index: meta.index, epoch: meta.epoch, ts: meta.ts }, meta.voters);
-    if (!kept && this.log.last > 0) {
-      // Our log does not hold the checkpoint's last entry: it restarts after the checkpoint
-      // (a stale log is also dropped on restart, should we crash before this sync).
-      this.log.truncateFrom(1);
-      await this.log.sync();
+    try {
+      this.ckpt = await installer.swap(this.ckpt, incoming);
+      this.state = new KvState(this.ckpt);
+      const kept = this.node.restore({ index: meta!.index, epoch: meta!.epoch, ts: meta!.ts }, meta!.voters);
+      if (!kept && this.log.last > 0) {
+        // Our log does not hold the checkpoint's last entry: it restarts after the checkpoint
+        // (a stale log is also dropped on restart, should we crash before this sync).
+        this.log.truncateFrom(1);
+        await this.log.sync();
+      }
+    } catch (err) {
+      // Half swapped, the state on disk and in memory may disagree: stop, and restart from disk.
+      this.die(err as Error);
+      return;
+    } finally {
+      this.swapping = false;
     }
-    this.node.checkpointIndex = meta.index;
+    this.node.checkpointIndex = meta!.index;
     this.events = [];
-    this.eventsFloor = meta.index;
-    log.info({ index: meta.index, digest: this.ckpt.digest() }, 'checkpoint installed');
+    this.eventsFloor = meta!.index;
+    log.info({ index: meta!.index, digest: this.ckpt.digest() }, 'checkpoint installed');
   }
 
   // ---- status ----
@@ -705,7 +776,8 @@ export class Server {
       id: this.id,
       cluster: this.cluster,
       epoch: n.epoch,
-      role: n.role,
+      // A follower outside the voter set is a learner (it replicates but does not vote).
+      role: n.role === 'follower' && !n.voters.includes(this.id) ? 'learner' : n.role,
       coordinator: n.coordinator,
       clock: n.clock,
       last: n.lastIndex(),
@@ -724,7 +796,7 @@ export class Server {
   /** Write what was applied since the last checkpoint into it; never blocks requests. */
   checkpoint(): Promise<void> {
     if (this.checkpointing) return this.checkpointing;
-    if (this.installing) return this.installing;
+    if (this.swapping) return Promise.resolve();
     if (this.state.applied === this.node.checkpointIndex) return Promise.resolve();
     // A follower is reading our checkpoint page by page: keep it still (the cron comes back).
     if (Date.now() < this.holdCheckpointUntil && !this.closing) return Promise.resolve();
@@ -761,10 +833,13 @@ export class Server {
     this.stopRead?.();
     this.syncWriteSubscription();
     const deadline = Date.now() + SHUTDOWN_DRAIN_MS_MAX;
+    // Peers go on meanwhile: their acks commit what is in flight.
     while ((this.pendingByIndex.size > 0 || this.pumping) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, TICK_MS));
     }
+    this.peersStopped = true;
     if (this.ticker) clearInterval(this.ticker);
+    await this.downloading;
     this.failPending(ErrorCode.UNAVAILABLE, 'server is shutting down; retry with the same rid');
     for (const w of [...this.waiters.values(), ...this.strong.values()]) {
       clearTimeout(w.timer);
@@ -779,6 +854,16 @@ export class Server {
     await this.log.close();
     await this.ckpt.close();
   }
+}
+
+/** The longest prefix of a page's items within SNAPSHOT_PAGE_BYTES_MAX (at least one item). */
+function boundPage<T>(items: Array<[string, T]>): Array<[string, T]> {
+  let bytes = 0;
+  for (let i = 0; i < items.length; i++) {
+    bytes += Buffer.byteLength(JSON.stringify(items[i]));
+    if (bytes > SNAPSHOT_PAGE_BYTES_MAX && i > 0) return items.slice(0, i);
+  }
+  return items;
 }
 
 function stripWrite(req: WriteOp & { rid?: string; after?: number; timeout?: number }): WriteOp {

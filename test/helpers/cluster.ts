@@ -2,7 +2,7 @@
 // (from the compiled dist/), and one-shot `ckv` invocations.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -128,6 +128,13 @@ export class Cluster {
       },
       timeoutMs,
     );
+  }
+
+  /** Write every server's log to a directory that outlives the cluster; returns its path. */
+  saveLogs(): string {
+    const dir = mkdtempSync(join(tmpdir(), 'ckv-it-logs-'));
+    for (const [id, text] of this.logs) writeFileSync(join(dir, `server-${id}.log`), text);
+    return dir;
   }
 
   async stop(): Promise<void> {

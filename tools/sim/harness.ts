@@ -758,7 +758,7 @@ class Sim implements Host {
       this.dup = r.chance(0.3) ? 0 : r.real(0, this.p.dupMax);
       this.trace(0, `duplication ${(this.dup * 100).toFixed(1)}%`);
     } else if (kind === 'join') {
-      this.join();
+      if (!this.addLearner(r)) this.join();
     } else if (kind === 'remove') {
       this.removeVoter(r);
     } else if (kind === 'slow') {
@@ -804,8 +804,23 @@ class Sim implements Host {
   }
 
   /**
+   * The operator adds back a running server that was removed (a learner now); the
+   * coordinator refuses until it is caught up. False if there is none to add.
+   */
+  private addLearner(r: Rng): boolean {
+    const c = this.ids.map((i) => this.servers.get(i)).find((s) => s && s.node.role === 'coordinator');
+    if (!c) return false;
+    const learners = this.ids.filter((i) => this.servers.get(i) && !this.retired.has(i) && !c.node.voters.includes(i));
+    if (learners.length === 0 || !r.chance(0.7)) return false;
+    const v = r.pick(learners);
+    const res = c.proposeConfig([...c.node.voters, v]);
+    this.trace(c.id, `ADD learner ${v}: ${typeof res === 'string' ? `refused: ${res}` : `config entry ${res.index}`}`);
+    return true;
+  }
+
+  /**
    * The operator removes a voter, at the coordinator. Either the server keeps running (it
-   * becomes a learner, and the coordinator adds it back once caught up), or it is
+   * becomes a learner, not added back until the operator adds it), or it is
    * decommissioned: stopped for good first, then removed (proposed again until committed;
    * one per run, so that the voters that remain can always form a majority).
    */
