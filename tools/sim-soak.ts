@@ -10,8 +10,7 @@
 // part of the run: keep --nodes). --verbose prints every event as it happens.
 // --chaos MS shortens or lengthens the faulty phase (a run is the same up to
 // the end of the shorter one, which helps to cut a failing seed down).
-// --driver as-is runs the driver exactly as src/server/server.ts does, known
-// bugs included (see tools/sim/server.ts). Exit status 1 if any seed failed.
+// Exit status 1 if any seed failed.
 
 import { runSeed, type SimOptions, type SimResult } from './sim/harness.js';
 
@@ -23,7 +22,6 @@ interface Args {
   verbose: boolean;
   chaosMs: number | undefined;
   quietMs: number | undefined;
-  driver: 'as-is' | 'fixed' | undefined;
   strictTokens: boolean;
   trace: number;
   stopAfter: number;
@@ -35,14 +33,13 @@ function usage(msg?: string): never {
     'usage: sim-soak --seeds N [--start N] [--nodes 3|5] [--stop-after K]\n' +
       '       sim-soak --seed N [--nodes 3|5] [--verbose] [--trace LINES]\n' +
       'options: --chaos MS --quiet MS (simulated durations);\n' +
-      '  --driver fixed|as-is (as-is mirrors src/server/server.ts exactly, bugs included);\n' +
       '  --lenient-tokens (count, do not fail on, TOKEN_AHEAD for tokens the cluster issued)',
   );
   process.exit(2);
 }
 
 function parse(argv: string[]): Args {
-  const a: Args = { seeds: 100, start: 1, seed: null, nodes: null, verbose: false, chaosMs: undefined, quietMs: undefined, driver: undefined, strictTokens: true, trace: 300, stopAfter: 10 };
+  const a: Args = { seeds: 100, start: 1, seed: null, nodes: null, verbose: false, chaosMs: undefined, quietMs: undefined, strictTokens: true, trace: 300, stopAfter: 10 };
   const num = (i: number): number => {
     const v = Number(argv[i]);
     if (argv[i] === undefined || !Number.isInteger(v) || v < 0) usage(`${argv[i - 1]} needs a non-negative integer`);
@@ -73,12 +70,6 @@ function parse(argv: string[]): Args {
       case '--quiet':
         a.quietMs = num(++i);
         break;
-      case '--driver': {
-        const v = argv[++i];
-        if (v !== 'as-is' && v !== 'fixed') usage('--driver is as-is or fixed');
-        a.driver = v;
-        break;
-      }
       case '--lenient-tokens':
         a.strictTokens = false;
         break;
@@ -112,7 +103,6 @@ function options(a: Args, seed: number): SimOptions {
     traceSize: a.trace,
     ...(a.chaosMs !== undefined ? { chaosMs: a.chaosMs } : {}),
     ...(a.quietMs !== undefined ? { quietMs: a.quietMs } : {}),
-    ...(a.driver !== undefined ? { driver: a.driver } : {}),
   };
 }
 

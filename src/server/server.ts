@@ -116,6 +116,8 @@ export class Server {
   private waiters = new Map<number, Waiter>();
   /** Strong reads waiting for confirmation. */
   private strong = new Map<number, Waiter>();
+  /** Writes held until the core has checked their token (it is beyond what we know). */
+  private tokenWrites = new Map<number, { req: Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>; respond: Respond; timer: NodeJS.Timeout }>();
   private nextWaiter = 1;
   private events: ChangeEvent[] = [];
   /** Replay is complete only for entries above this index (older events are not kept). */
@@ -249,7 +251,9 @@ export class Server {
         this.node.persisted(r.persistMark);
         for (const m of r.send) if (!early.includes(m)) this.t.sendPeer(m);
         this.carryOut(r);
-        this.applyCommitted();
+        // Up to the commit of this Ready, not the core's latest: entries committed since may
+        // not be durable here yet.
+        this.applyCommitted(r.commit);
       } while ((this.again || this.node.hasOutput()) && !this.swapping);
     } finally {
       this.pumping = false;
@@ -283,6 +287,14 @@ export class Server {
       this.replyError(w.respond, ErrorCode.UNAVAILABLE, 'could not confirm leadership with a majority');
     }
     for (const { id, ahead } of r.tokens) {
+      const tw = this.tokenWrites.get(id);
+      if (tw) {
+        this.tokenWrites.delete(id);
+        clearTimeout(tw.timer);
+        if (ahead) this.replyError(tw.respond, ErrorCode.TOKEN_AHEAD, `no write with timestamp ${tw.req.after} exists in the cluster`);
+        else this.onRequestSafely(() => this.onWrite(tw.req, tw.respond, true), tw.respond);
+        continue;
+      }
       const w = this.waiters.get(id) ?? this.strong.get(id);
       if (!w || !ahead) continue;
       this.waiters.delete(id);
@@ -309,8 +321,7 @@ export class Server {
     this.t.publish(this.s.members, JSON.stringify({ ...n, by: this.id }));
   }
 
-  private applyCommitted(): void {
-    const target = this.node.commit;
+  private applyCommitted(target = this.node.commit): void {
     const lead = this.node.role === 'coordinator';
     while (this.state.applied < target) {
       const e = this.node.entry(this.state.applied + 1);
@@ -389,8 +400,13 @@ export class Server {
       this.replyError(respond, e.code, e.message);
       return;
     }
+    this.onRequestSafely(() => this.dispatch(kind, req, respond), respond);
+  }
+
+  /** Run a request handler outside the subscription callback: its errors become replies. */
+  private onRequestSafely(fn: () => void, respond: Respond): void {
     try {
-      this.dispatch(kind, req, respond);
+      fn();
     } catch (err) {
       if (err instanceof RequestError) this.replyError(respond, err.code, err.message);
       else {
@@ -520,10 +536,21 @@ export class Server {
     }
   }
 
-  private onWrite(req: Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>, respond: Respond): void {
+  private onWrite(req: Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>, respond: Respond, tokenChecked = false): void {
     if (this.node.role !== 'coordinator') throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
-    if (req.after !== undefined && req.after > this.node.knownCommitTs && req.after > this.node.clock) {
-      throw new RequestError(ErrorCode.TOKEN_AHEAD, `no write with timestamp ${req.after} exists in the cluster`);
+    if (!tokenChecked && req.after !== undefined && req.after > this.node.knownCommitTs && req.after > this.node.clock) {
+      // Beyond every timestamp we issued: from the future, or we were deposed without
+      // knowing. The core tells which once a majority answers (Ready.tokens).
+      const id = this.nextWaiter++;
+      const timer = setTimeout(() => {
+        if (!this.tokenWrites.delete(id)) return;
+        this.node.cancelToken(id);
+        this.replyError(respond, ErrorCode.TIMEOUT, `could not check timestamp ${req.after} in time`);
+      }, requestTimeoutMs(req));
+      this.tokenWrites.set(id, { req, respond, timer });
+      this.node.checkToken(id, req.after);
+      this.schedule();
+      return;
     }
     const rid = req.rid;
     if (rid !== undefined) {
@@ -841,10 +868,11 @@ export class Server {
     if (this.ticker) clearInterval(this.ticker);
     await this.downloading;
     this.failPending(ErrorCode.UNAVAILABLE, 'server is shutting down; retry with the same rid');
-    for (const w of [...this.waiters.values(), ...this.strong.values()]) {
+    for (const w of [...this.waiters.values(), ...this.strong.values(), ...this.tokenWrites.values()]) {
       clearTimeout(w.timer);
       this.replyError(w.respond, ErrorCode.UNAVAILABLE, 'server is shutting down');
     }
+    this.tokenWrites.clear();
     this.waiters.clear();
     this.strong.clear();
     while (this.pumping) await new Promise((r) => setTimeout(r, 5));

@@ -37,8 +37,6 @@ export interface SimOptions {
   /** Simulated time with faults, then healed and quiet (ms). */
   chaosMs?: number;
   quietMs?: number;
-  /** 'fixed' (default): the driver as the Ready contract asks; 'as-is': exactly src/server/server.ts (see server.ts here). */
-  driver?: 'as-is' | 'fixed';
   /** Lines of trace kept for a failure report. */
   traceSize?: number;
   /** Print every trace line as it happens. */
@@ -209,7 +207,6 @@ class Sim implements Host {
     this.o = {
       chaosMs: 20_000,
       quietMs: 8_000,
-      driver: 'fixed',
       traceSize: 300,
       verbose: false,
       strictTokens: true,
@@ -288,9 +285,6 @@ class Sim implements Host {
 
   get now(): number {
     return this.t;
-  }
-  get driver(): 'as-is' | 'fixed' {
-    return this.o.driver;
   }
   get retainEntries(): number {
     return this.p.retain;

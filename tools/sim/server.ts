@@ -24,7 +24,7 @@ export type ClientReply =
 
 export type Respond = (r: ClientReply) => void;
 
-/** A checkpoint sent to a lagging follower (SIM: the real transfer is not written yet). */
+/** A checkpoint sent to a lagging follower (SIM: it arrives whole; the real one is pulled in pages over NATS). */
 export interface SnapshotMsg {
   from: number;
   to: number;
@@ -51,14 +51,6 @@ export interface Host {
   onCheckpoint(server: SimServer): void;
   onNotice(server: SimServer, n: Notice): void;
   trace(node: number, what: string): void;
-  /**
-   * 'as-is' mirrors src/server/server.ts exactly: it applies up to node.commit (entries
-   * possibly not yet durable locally) and answers TOKEN_AHEAD from local knowledge on the
-   * strong-read and write paths. 'fixed' does what the Ready contract and the token rules
-   * ask: it applies up to the carried-out Ready's commit, and asks the core (checkToken)
-   * before calling any token ahead.
-   */
-  readonly driver: 'as-is' | 'fixed';
   readonly retainEntries: number;
   readonly requestTimeout: number;
   readonly removeDeadAfterTicks: number;
@@ -93,7 +85,7 @@ export class SimServer {
   private pendingByRid = new Map<string, PendingWrite>();
   private waiters = new Map<number, Waiter>();
   private strong = new Map<number, Waiter>();
-  /** SIM fixed: writes waiting for the core to check their token. */
+  /** Writes waiting for the core to check their token. */
   private tokenWrites = new Map<number, { req: Extract<ClientRequest, { kind: 'write' }>; respond: Respond }>();
   private nextWaiter = 1;
   private checkpointing = false;
@@ -125,7 +117,7 @@ export class SimServer {
 
   // ---- inputs ----
 
-  /** SIM: a checkpoint install is in progress (the loop holds still, as Server.installing). */
+  /** SIM: a checkpoint install is in progress (the loop holds still, as Server does while it swaps one in). */
   private installing = false;
 
   tick(): void {
@@ -191,7 +183,7 @@ export class SimServer {
     this.node.persisted(r.persistMark);
     for (const m of r.send) if (!early.includes(m)) this.host.send(m);
     this.carryOut(r);
-    this.applyCommitted(this.host.driver === 'fixed' ? r.commit : this.node.commit);
+    this.applyCommitted(r.commit);
     this.pumping = false;
     if (this.again || this.node.hasOutput()) this.pump();
   }
@@ -215,13 +207,13 @@ export class SimServer {
     for (const { id, ahead } of r.tokens) {
       const tw = this.tokenWrites.get(id);
       if (tw) {
-        // SIM fixed: a write held for its token.
+        // A write held for its token.
         this.tokenWrites.delete(id);
         if (ahead) this.replyError(tw.respond, 'TOKEN_AHEAD');
         else this.onWrite(tw.req, tw.respond, true);
         continue;
       }
-      const w = this.waiters.get(id) ?? (this.host.driver === 'fixed' ? this.strong.get(id) : undefined);
+      const w = this.waiters.get(id) ?? this.strong.get(id);
       if (!w || !ahead) continue;
       this.waiters.delete(id);
       this.strong.delete(id);
@@ -288,19 +280,13 @@ export class SimServer {
     if (req.strong) {
       const id = this.nextWaiter++;
       const w: Waiter = { id, after, req, respond };
-      if (this.host.driver === 'as-is' && after > this.node.commitTs && this.node.role === 'coordinator' && after > this.node.knownCommitTs) {
-        // server.ts: `this.node.commit >= 0` always holds, so a new coordinator whose no-op is
-        // not committed yet (low commitTs and knownCommitTs) rejects tokens the cluster issued.
-        this.replyError(respond, 'TOKEN_AHEAD');
-        return;
-      }
       if (!this.node.readIndex(id)) {
         this.replyError(respond, 'UNAVAILABLE');
         return;
       }
       this.strong.set(id, w);
       this.timeout(id);
-      if (this.host.driver === 'fixed' && after > this.node.knownCommitTs) this.node.checkToken(id, after);
+      if (after > this.node.commitTs) this.node.checkToken(id, after);
       this.schedule();
       return;
     }
@@ -337,8 +323,7 @@ export class SimServer {
     if (this.node.role !== 'coordinator') return this.replyError(respond, 'UNAVAILABLE');
     if (req.after > this.node.knownCommitTs && req.after > this.node.clock && !tokenChecked) {
       // server.ts answers TOKEN_AHEAD here, wrongly at a coordinator deposed without knowing it.
-      if (this.host.driver === 'as-is') return this.replyError(respond, 'TOKEN_AHEAD');
-      // SIM fixed: hold the write until the core has checked the token.
+      // Hold the write until the core has checked the token.
       const id = this.nextWaiter++;
       this.tokenWrites.set(id, { req, respond });
       this.node.checkToken(id, req.after);
