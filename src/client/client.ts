@@ -177,8 +177,9 @@ export const NATS_URL_DEFAULT = 'nats://127.0.0.1:4222';
 /** Same rule as the server's cluster names (src/transport/subjects.ts). */
 const CLUSTER_NAME = /^[-_a-zA-Z0-9]{1,64}$/;
 
-/** An attempt gets half the remaining budget, but at least this (or all that is left). */
-const ATTEMPT_MS_MIN = 1000;
+/** Longest single attempt. A request sent to a server that dies gets no reply at all: this
+ * bounds how long a client waits on it before retrying elsewhere (failover takes ~0.5 s). */
+const ATTEMPT_MS_MAX = 800;
 /** The server's hold time is the attempt's minus this share, so its TIMEOUT reply beats ours. */
 const SERVER_TIMEOUT_MARGIN_MS_MAX = 100;
 /** Backoff between attempts: doubles from MIN up to MAX, with jitter. */
@@ -422,7 +423,7 @@ export class Client {
     for (let attempt = 0; ; attempt++) {
       this.checkOpen();
       const remaining = deadline - Date.now();
-      const attemptMs = remaining <= ATTEMPT_MS_MIN ? Math.max(1, remaining) : Math.max(ATTEMPT_MS_MIN, Math.ceil(remaining / 2));
+      const attemptMs = Math.max(1, Math.min(remaining, ATTEMPT_MS_MAX));
       const serverMs = Math.min(REQUEST_TIMEOUT_MS_MAX, Math.max(1, attemptMs - Math.min(SERVER_TIMEOUT_MARGIN_MS_MAX, Math.floor(attemptMs / 10))));
       const token = Math.max(this.ts, after ?? 0);
       const body = { ...req, ...(token > 0 ? { after: token } : {}), timeout: serverMs };
@@ -435,7 +436,7 @@ export class Client {
       } catch (e) {
         err = transportError(e, subject, attemptMs);
         // A last attempt cut short by the budget says little: report what the full ones found.
-        if (err.code === ErrorCode.TIMEOUT && attemptMs < ATTEMPT_MS_MIN && prior) err = prior;
+        if (err.code === ErrorCode.TIMEOUT && attemptMs < ATTEMPT_MS_MAX && prior) err = prior;
       }
       prior = err;
       if (!RETRYABLE.has(err.code) || !(await this.backoff(attempt, deadline))) throw err;

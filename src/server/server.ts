@@ -422,6 +422,8 @@ export class Server {
       return;
     }
     if (this.closing) throw new RequestError(ErrorCode.UNAVAILABLE, 'server is shutting down');
+    // The old checkpoint is closed during the swap: nothing may read it.
+    if (this.swapping) throw new RequestError(ErrorCode.UNAVAILABLE, 'installing a checkpoint; retry');
     if (kind === 'admin') throw new RequestError(ErrorCode.BAD_REQUEST, `op ${req.op} does not belong on the admin subject`);
     if (req.op === 'config') {
       if (kind !== 'write') throw new RequestError(ErrorCode.BAD_REQUEST, `config goes to the coordinator on ${this.s.write}`);
