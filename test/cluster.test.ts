@@ -188,6 +188,9 @@ t.test('three-node cluster', async (t) => {
     });
     t.equal(ctl.length, 3, 'the table lists every voter');
     t.equal(ctl.find((x) => x.id === follower)!.answered, false);
+    const table = await c.ckv(['status', '--no-session']);
+    t.match(table.stdout, /^ID\s+ROLE\s+EPOCH\s+LIVENESS\s+LAST\s+COMMIT\s+APPLIED\s+CHECKPOINT\s+LAG/, 'ckv status shows the table');
+    t.match(table.stdout, new RegExp(`\\n${follower}\\s+follower \\(no answer\\)\\s+\\d+\\s+dead`), 'with the stopped follower dead');
     await c.kill(follower, 'SIGCONT');
     await c.waitFor('the follower to catch up', async () => {
       const s = await statuses(c);

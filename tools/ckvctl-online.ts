@@ -3,7 +3,7 @@
 
 import { parseArgs } from 'node:util';
 import { Client } from '../src/client/client.js';
-import type { NodeStatus, PeerStatus } from '../src/core/wire.js';
+import { formatStatusTable, statusRows } from '../src/client/status-table.js';
 
 const HELP = `usage: ckvctl status [--nats URL] [--cluster NAME] [--json] [--timeout MS]
 
@@ -12,38 +12,6 @@ them: id, role, epoch, liveness (alive/suspect/dead, as the coordinator's ping
 daemon sees it), last/commit/applied/checkpoint index, and lag (entries behind
 the coordinator's commit). Exit 0 if a coordinator answered, 1 if none did,
 2 on usage errors, 3 if no server answered.`;
-
-interface Row {
-  id: number;
-  role: string;
-  epoch: number;
-  liveness: string;
-  last: number;
-  commit: number;
-  applied: number;
-  checkpoint: number;
-  lag: number | null;
-  answered: boolean;
-}
-
-export function statusRows(answers: NodeStatus[]): Row[] {
-  const coord = answers.find((s) => s.role === 'coordinator');
-  // Liveness as seen by the coordinator if there is one, else by the first server that answered.
-  const viewer = coord ?? answers[0];
-  const byId = new Map<number, Row>();
-  for (const s of answers) {
-    byId.set(s.id, { id: s.id, role: s.role, epoch: s.epoch, liveness: 'alive', last: s.last, commit: s.commit, applied: s.applied, checkpoint: s.checkpoint, lag: null, answered: true });
-  }
-  for (const p of (viewer?.peers ?? []) as PeerStatus[]) {
-    const row = byId.get(p.id);
-    if (row) row.liveness = p.liveness;
-    else byId.set(p.id, { id: p.id, role: p.role, epoch: p.epoch, liveness: p.liveness, last: p.last, commit: p.commit, applied: p.applied, checkpoint: p.checkpoint, lag: null, answered: false });
-  }
-  const commit = coord?.commit;
-  const rows = [...byId.values()].sort((a, b) => a.id - b.id);
-  for (const r of rows) r.lag = commit === undefined ? null : Math.max(0, commit - r.applied);
-  return rows;
-}
 
 export async function runStatus(argv: string[]): Promise<number> {
   let values: { nats?: string; cluster?: string; json?: boolean; timeout?: string; help?: boolean };
@@ -81,12 +49,7 @@ export async function runStatus(argv: string[]): Promise<number> {
     const answers = await client.status();
     const rows = statusRows(answers);
     if (values.json) process.stdout.write(`${JSON.stringify({ servers: rows, answers })}\n`);
-    else {
-      const head = ['ID', 'ROLE', 'EPOCH', 'LIVENESS', 'LAST', 'COMMIT', 'APPLIED', 'CHECKPOINT', 'LAG'];
-      const body = rows.map((r) => [String(r.id), r.role + (r.answered ? '' : ' (no answer)'), String(r.epoch), r.liveness, String(r.last), String(r.commit), String(r.applied), String(r.checkpoint), r.lag === null ? '-' : String(r.lag)]);
-      const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
-      for (const line of [head, ...body]) process.stdout.write(`${line.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
-    }
+    else process.stdout.write(formatStatusTable(rows));
     return rows.some((r) => r.role === 'coordinator' && r.answered) ? 0 : 1;
   } catch (err) {
     process.stderr.write(`ckvctl status: ${(err as Error).message}\n`);

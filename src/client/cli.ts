@@ -7,9 +7,10 @@ import { parseArgs } from 'node:util';
 import { ErrorCode } from '../core/errors.js';
 import { KEY_BYTES_MAX, LIST_LIMIT_MAX, REQUEST_BYTES_MAX, VALUE_BYTES_MAX } from '../core/limits.js';
 import { validateRequest } from '../core/validate.js';
-import type { ChangeEvent, KeyValue, NodeStatus, Request, WriteOp } from '../core/wire.js';
+import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client, CLUSTER_DEFAULT, NATS_URL_DEFAULT } from './client.js';
 import { defaultSessionPath, readToken, saveToken } from './session.js';
+import { formatStatusTable, statusRows } from './status-table.js';
 
 /** Exit statuses (documented in --help). */
 const EXIT_OK = 0;
@@ -447,7 +448,7 @@ async function prepare(s: Settings): Promise<Action> {
       return async (c) => {
         const servers = await c.status();
         if (s.json) json({ servers, ts: c.token });
-        else out(statusTable(servers));
+        else out(formatStatusTable(statusRows(servers)));
         return EXIT_OK;
       };
     }
@@ -482,26 +483,6 @@ async function watch(s: Settings, c: Client, target: string, from: number | unde
 
 function eventLine(e: ChangeEvent): string {
   return e.op === 'put' ? `${e.index}\t${e.ts}\tput\t${e.key}\t${escapeValue(e.value ?? '')}\n` : `${e.index}\t${e.ts}\tdel\t${e.key}\n`;
-}
-
-function statusTable(servers: NodeStatus[]): string {
-  const header = ['ID', 'ROLE', 'EPOCH', 'COORD', 'CLOCK', 'LAST', 'COMMIT', 'APPLIED', 'CHECKPOINT', 'VOTERS', 'UPTIME', 'VERSION'];
-  const rows = servers.map((n) => [
-    `${n.id}${n.role === 'coordinator' ? '*' : ''}`,
-    n.role,
-    String(n.epoch),
-    n.coordinator === null ? '-' : String(n.coordinator),
-    String(n.clock),
-    String(n.last),
-    String(n.commit),
-    String(n.applied),
-    String(n.checkpoint),
-    (n.voters ?? []).join(','),
-    `${Math.round((n.uptimeMs ?? 0) / 1000)}s`,
-    n.version ?? '',
-  ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  return [header, ...rows].map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd() + '\n').join('');
 }
 
 function exitFor(err: CkvError): number {
