@@ -238,3 +238,19 @@ t.test('peer messages: malformed ones are refused before they reach the core', a
   t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: [{ index: 1, epoch: 1, ts: 1, kind: 'evil' }] }), /entry 0/);
   t.match(peerMessageProblem({ ...head, t: 'ping', role: 'king', coordinator: null, last: 0, lastEpoch: 0, commit: 0, commitTs: 0, matched: 0, applied: 0, checkpoint: 0, voters: [1], uptimeTicks: 0 }), /role/);
 });
+
+t.test('ping table: bounded at PEERS_MAX; a dead learner makes room for a new one', async (t) => {
+  const { PEERS_MAX } = await import('../src/core/node.js');
+  const { DEAD_AFTER_TICKS } = await import('../src/core/limits.js');
+  const n = new Node({ id: 1, voters: [1], promised: 0, entries: [], base: { index: 0, epoch: 0, ts: 0 }, commit: 0, commitTs: 0 });
+  const ping = (from: number) =>
+    n.receive({ t: 'ping', from, to: 0, epoch: 0, clock: 0, role: 'learner', coordinator: 1, last: 0, lastEpoch: 0, commit: 0, commitTs: 0, matched: 0, applied: 0, checkpoint: 0, voters: [1], uptimeTicks: 0 } as any);
+  for (let id = 100; id < 100 + 2 * PEERS_MAX; id++) ping(id);
+  t.equal(n.peerTable().length, PEERS_MAX, 'strangers beyond the bound are not taken in');
+  ping(9999);
+  t.notOk(n.peerTable().some((p) => p.id === 9999), 'no room while every learner is alive');
+  for (let i = 0; i <= DEAD_AFTER_TICKS + 1; i++) n.tick();
+  ping(9999);
+  t.ok(n.peerTable().some((p) => p.id === 9999), 'a dead learner is forgotten to make room');
+  t.equal(n.peerTable().length, PEERS_MAX);
+});

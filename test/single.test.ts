@@ -173,6 +173,20 @@ t.test('single node end to end', async (t) => {
     t.ok(pages > 1, `the large values took ${pages} pages`);
     const ev = await req(nc, R, { op: 'replay', from: 1 });
     t.equal(ev.ok, true, 'replay of large events is answered within the limit');
+    // Values that JSON escaping doubles: pages are measured as encoded.
+    const quotes = '"'.repeat(170 * 1024);
+    let firstIndex = 0;
+    for (const key of ['esc.1', 'esc.2', 'esc.3']) {
+      const w = await req(nc, W, { op: 'put', key, value: quotes, rid: `esc-${key}` });
+      t.equal(w.ok, true, `put ${key}`);
+      firstIndex ||= w.index;
+    }
+    const escPage = await req(nc, R, { op: 'list', prefix: 'esc.', limit: 100 });
+    t.equal(escPage.ok, true, 'a list page of escaped values fits');
+    t.ok(escPage.items.length < 3 && escPage.next !== null, 'and stops early');
+    const escReplay = await req(nc, R, { op: 'replay', from: firstIndex });
+    t.equal(escReplay.ok, true, 'so does a replay page');
+    t.ok(escReplay.events.length >= 1 && escReplay.events.length < 3, 'which stops early too');
   });
 
   await t.test('watch sees events and replays from an index', async (t) => {

@@ -435,8 +435,9 @@ export class Client {
         err = replyError(reply);
       } catch (e) {
         err = transportError(e, subject, attemptMs);
-        // A last attempt cut short by the budget says little: report what the full ones found.
-        if (err.code === ErrorCode.TIMEOUT && attemptMs < ATTEMPT_MS_MAX && prior) err = prior;
+        // A read's last attempt cut short by the budget says little: report what the full ones
+        // found. (A write's TIMEOUT stays: it may have been applied.)
+        if (err.code === ErrorCode.TIMEOUT && attemptMs < ATTEMPT_MS_MAX && prior && !('rid' in req)) err = prior;
       }
       prior = err;
       if (!RETRYABLE.has(err.code) || !(await this.backoff(attempt, deadline))) throw err;

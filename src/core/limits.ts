@@ -29,7 +29,7 @@ export const REPLY_BYTES_MAX = 1024 * 1024 - 4 * 1024;
 export const LIST_PAGE_BYTES_MAX = 512 * 1024;
 /** A replay page stops at the next entry once its events reach this many bytes: with one
  * whole entry (≤ ENTRY_BYTES_MAX) on top it still fits in REPLY_BYTES_MAX. */
-export const REPLAY_PAGE_BYTES_MAX = 192 * 1024;
+export const REPLAY_PAGE_BYTES_MAX = 128 * 1024;
 /** Most events returned by one replay request. */
 export const REPLAY_EVENTS_MAX = 1000;
 
@@ -52,3 +52,11 @@ export const DEAD_AFTER_TICKS = 8;
 /** Entries in one replication message, at most, and bytes. */
 export const REPL_ENTRIES_MAX = 512;
 export const REPL_BYTES_MAX = 768 * 1024;
+
+// The limits must fit each other; checked when the module loads, so a bad edit fails at once.
+// A replay page is REPLAY_PAGE_BYTES_MAX plus one whole entry (its events carry a little more
+// than its ops: 64 KiB of room for 128 events' fields); a list page is at most
+// LIST_PAGE_BYTES_MAX, or one item, itself bounded by ENTRY_BYTES_MAX.
+if (REPLAY_PAGE_BYTES_MAX + ENTRY_BYTES_MAX + 64 * 1024 > REPLY_BYTES_MAX || LIST_PAGE_BYTES_MAX > REPLY_BYTES_MAX || ENTRY_BYTES_MAX + 64 * 1024 > REPLY_BYTES_MAX) {
+  throw new Error('limits.ts: page and entry limits do not fit in REPLY_BYTES_MAX');
+}

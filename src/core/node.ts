@@ -548,6 +548,21 @@ export class Node {
     return { index: e.index, epoch: e.epoch, ts: e.ts };
   }
 
+  /** Make room in a full ping table: forget the longest-silent dead non-voter, if any. */
+  private forgetDeadLearner(): boolean {
+    let oldest: PeerInfo | undefined;
+    for (const p of this.peers.values()) {
+      if (this.isVoter(p.id) || this.liveness(p.id) !== 'dead') continue;
+      if (!oldest || p.lastHeard < oldest.lastHeard) oldest = p;
+    }
+    if (!oldest) return false;
+    this.peers.delete(oldest.id);
+    this.peerDead.delete(oldest.id);
+    this.match.delete(oldest.id);
+    this.resentAt.delete(oldest.id);
+    return true;
+  }
+
   private caughtUpLearner(id: number): boolean {
     return this.peers.has(id) && this.liveness(id) === 'alive' && (this.match.get(id) ?? 0) >= this.commit;
   }
@@ -716,7 +731,7 @@ export class Node {
     if (peer) {
       peer.lastHeard = this.now;
       if (this.peerDead.delete(m.from) && peer.ping) this.out.notices.push({ type: 'up', id: m.from });
-    } else if (m.t === 'ping' && this.peers.size < PEERS_MAX) {
+    } else if (m.t === 'ping' && (this.peers.size < PEERS_MAX || this.forgetDeadLearner())) {
       // A server outside the voter set (a learner) becomes known by its heartbeat; the table is bounded.
       this.peers.set(m.from, { id: m.from, lastHeard: this.now });
     }

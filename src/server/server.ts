@@ -79,7 +79,9 @@ interface PendingWrite {
   epoch: number;
   rid: string | undefined;
   responders: Respond[];
-  timer: NodeJS.Timeout;
+  /** Armed while someone waits; on expiry they get TIMEOUT but the write stays pending (a
+   * retry with its rid waits for it instead of proposing it again). */
+  timer: NodeJS.Timeout | null;
 }
 
 interface Waiter {
@@ -117,7 +119,7 @@ export class Server {
   /** Strong reads waiting for confirmation. */
   private strong = new Map<number, Waiter>();
   /** Writes held until the core has checked their token (it is beyond what we know). */
-  private tokenWrites = new Map<number, { req: Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>; respond: Respond; timer: NodeJS.Timeout }>();
+  private tokenWrites = new Map<number, { req: Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>; respond: Respond; timer: NodeJS.Timeout; deadline: number }>();
   private nextWaiter = 1;
   private events: ChangeEvent[] = [];
   /** Replay is complete only for entries above this index (older events are not kept). */
@@ -292,7 +294,8 @@ export class Server {
         this.tokenWrites.delete(id);
         clearTimeout(tw.timer);
         if (ahead) this.replyError(tw.respond, ErrorCode.TOKEN_AHEAD, `no write with timestamp ${tw.req.after} exists in the cluster`);
-        else this.onRequestSafely(() => this.onWrite(tw.req, tw.respond, true), tw.respond);
+        else if (this.closing) this.replyError(tw.respond, ErrorCode.UNAVAILABLE, 'server is shutting down; retry with the same rid');
+        else this.onRequestSafely(() => this.onWrite(tw.req, tw.respond, tw.deadline), tw.respond);
         continue;
       }
       const w = this.waiters.get(id) ?? this.strong.get(id);
@@ -335,7 +338,7 @@ export class Server {
       if (p) {
         this.pendingByIndex.delete(e.index);
         if (p.rid !== undefined) this.pendingByRid.delete(p.rid);
-        clearTimeout(p.timer);
+        if (p.timer) clearTimeout(p.timer);
         if (p.epoch === e.epoch && e.kind === 'config') this.replyWrite(p.responders, e.index, e.ts, { ok: true });
         else if (p.epoch === e.epoch && res.result) this.replyWrite(p.responders, e.index, e.ts, res.result);
         else for (const r of p.responders) this.replyError(r, ErrorCode.UNAVAILABLE, 'the coordinator changed; retry with the same rid');
@@ -368,7 +371,7 @@ export class Server {
 
   private failPending(code: Code, message: string): void {
     for (const p of this.pendingByIndex.values()) {
-      clearTimeout(p.timer);
+      if (p.timer) clearTimeout(p.timer);
       for (const r of p.responders) this.replyError(r, code, message);
     }
     this.pendingByIndex.clear();
@@ -500,10 +503,11 @@ export class Server {
         items.push(...this.state.range(req.prefix, from, limit + 1 - items.length));
         let next = items.length > limit ? items[limit]!.key : null;
         if (items.length > limit) items.length = limit;
-        // A page of large values stops early (it always holds at least one item).
+        // A page of large values stops early (it always holds at least one item). Bytes as
+        // encoded: JSON escaping can make a value's reply several times its UTF-8 size.
         let bytes = 0;
         for (let i = 0; i < items.length; i++) {
-          bytes += items[i]!.key.length + Buffer.byteLength(items[i]!.value) + 32;
+          bytes += Buffer.byteLength(JSON.stringify(items[i]));
           if (bytes > LIST_PAGE_BYTES_MAX && i > 0) {
             next = items[i]!.key;
             items.length = i;
@@ -528,7 +532,7 @@ export class Server {
           const full = events.length >= limit || bytes > REPLAY_PAGE_BYTES_MAX;
           if (full && ev.index !== events[events.length - 1]!.index) break;
           events.push(ev);
-          bytes += ev.key.length + (ev.value === undefined ? 0 : Buffer.byteLength(ev.value)) + 64;
+          bytes += Buffer.byteLength(JSON.stringify(ev));
         }
         this.reply(respond, { ok: true, ts, index, events });
         return;
@@ -538,9 +542,11 @@ export class Server {
     }
   }
 
-  private onWrite(req: Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>, respond: Respond, tokenChecked = false): void {
+  /** `deadline`: set when the write comes back from a token check (its time runs on). */
+  private onWrite(req: Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>, respond: Respond, deadline?: number): void {
     if (this.node.role !== 'coordinator') throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
-    if (!tokenChecked && req.after !== undefined && req.after > this.node.knownCommitTs && req.after > this.node.clock) {
+    const timeoutMs = deadline === undefined ? requestTimeoutMs(req) : Math.max(1, deadline - Date.now());
+    if (deadline === undefined && req.after !== undefined && req.after > this.node.knownCommitTs && req.after > this.node.clock) {
       // Beyond every timestamp we issued: from the future, or we were deposed without
       // knowing. The core tells which once a majority answers (Ready.tokens).
       const id = this.nextWaiter++;
@@ -548,8 +554,8 @@ export class Server {
         if (!this.tokenWrites.delete(id)) return;
         this.node.cancelToken(id);
         this.replyError(respond, ErrorCode.TIMEOUT, `could not check timestamp ${req.after} in time`);
-      }, requestTimeoutMs(req));
-      this.tokenWrites.set(id, { req, respond, timer });
+      }, timeoutMs);
+      this.tokenWrites.set(id, { req, respond, timer, deadline: Date.now() + timeoutMs });
       this.node.checkToken(id, req.after);
       this.schedule();
       return;
@@ -565,6 +571,7 @@ export class Server {
       const inflight = this.pendingByRid.get(rid);
       if (inflight) {
         inflight.responders.push(respond);
+        if (!inflight.timer) this.armPending(inflight, timeoutMs);
         return;
       }
     }
@@ -574,22 +581,20 @@ export class Server {
     if (size > ENTRY_BYTES_MAX) throw new RequestError(ErrorCode.TOO_LARGE, `write is ${size} bytes encoded, more than ENTRY_BYTES_MAX (${ENTRY_BYTES_MAX})`);
     const placed = this.node.propose(ops, rid);
     if (!placed) throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
-    const timeoutMs = requestTimeoutMs(req);
-    const p: PendingWrite = {
-      index: placed.index,
-      epoch: placed.epoch,
-      rid,
-      responders: [respond],
-      timer: setTimeout(() => {
-        if (this.pendingByIndex.get(placed.index) !== p) return;
-        this.pendingByIndex.delete(placed.index);
-        if (rid !== undefined) this.pendingByRid.delete(rid);
-        for (const r of p.responders) this.replyError(r, ErrorCode.TIMEOUT, 'not committed in time; the write may still apply: retry with the same rid');
-      }, timeoutMs),
-    };
+    const p: PendingWrite = { index: placed.index, epoch: placed.epoch, rid, responders: [respond], timer: null };
+    this.armPending(p, timeoutMs);
     this.pendingByIndex.set(placed.index, p);
     if (rid !== undefined) this.pendingByRid.set(rid, p);
     this.schedule();
+  }
+
+  private armPending(p: PendingWrite, ms: number): void {
+    p.timer = setTimeout(() => {
+      p.timer = null;
+      const waiting = p.responders;
+      p.responders = [];
+      for (const r of waiting) this.replyError(r, ErrorCode.TIMEOUT, 'not committed in time; the write may still apply: retry with the same rid');
+    }, ms);
   }
 
   private onConfig(req: Extract<Request, { op: 'config' }>, respond: Respond): void {
@@ -608,18 +613,8 @@ export class Server {
       const retry = placed.includes('retry');
       throw new RequestError(retry ? ErrorCode.UNAVAILABLE : ErrorCode.BAD_REQUEST, placed);
     }
-    const timeoutMs = requestTimeoutMs(req);
-    const p: PendingWrite = {
-      index: placed.index,
-      epoch: placed.epoch,
-      rid: undefined,
-      responders: [respond],
-      timer: setTimeout(() => {
-        if (this.pendingByIndex.get(placed.index) !== p) return;
-        this.pendingByIndex.delete(placed.index);
-        this.replyError(respond, ErrorCode.TIMEOUT, 'configuration change not committed in time; check status');
-      }, timeoutMs),
-    };
+    const p: PendingWrite = { index: placed.index, epoch: placed.epoch, rid: undefined, responders: [respond], timer: null };
+    this.armPending(p, requestTimeoutMs(req));
     this.pendingByIndex.set(placed.index, p);
     this.schedule();
   }
@@ -680,10 +675,12 @@ export class Server {
       }
       return;
     }
-    if (m.t === 'page' && respond) {
+    // Mid-swap our checkpoint store is closed: the requester retries.
+    if (m.t === 'page' && respond && !this.swapping) {
       // Serve one page of our checkpoint; hold it still meanwhile.
+      // (The hold starts again only after a checkpoint has run, or after a quiet spell.)
       const now = Date.now();
-      if (now >= this.holdCheckpointUntil) this.holdStartedAt = now;
+      if (this.holdStartedAt === 0 || now >= this.holdCheckpointUntil + SNAPSHOT_HOLD_MS) this.holdStartedAt = now;
       this.holdCheckpointUntil = Math.min(now + SNAPSHOT_HOLD_MS, this.holdStartedAt + SNAPSHOT_HOLD_TOTAL_MS_MAX);
       const after = typeof m.after === 'string' ? m.after : undefined;
       const meta = this.ckpt.meta();
@@ -833,6 +830,7 @@ export class Server {
     this.checkpointing = (async () => {
       try {
         await this.ckpt.write(delta);
+        this.holdStartedAt = 0;
         this.state.release(delta);
         this.node.checkpointIndex = delta.meta.index;
         const keepFrom = delta.meta.index - this.retainEntries;
