@@ -338,12 +338,13 @@ export class SimServer {
     const rid = req.rid;
     const seen = this.state.ridResult(rid);
     if (seen) {
-      this.replyWrite([respond], seen.index, Math.max(seen.ts, this.state.appliedTs), seen.result);
+      this.replyWrite([respond], seen.index, Math.max(seen.ts, this.state.appliedTs, req.after), seen.result);
       return;
     }
     const inflight = this.pendingByRid.get(rid);
     if (inflight) {
       inflight.responders.push(respond);
+      this.awaitPending(inflight, respond);
       return;
     }
     const placed = this.node.propose(req.ops, rid);
@@ -351,13 +352,19 @@ export class SimServer {
     const p: PendingWrite = { index: placed.index, epoch: placed.epoch, rid, responders: [respond] };
     this.pendingByIndex.set(placed.index, p);
     this.pendingByRid.set(rid, p);
-    this.host.at(this, this.host.now + this.host.requestTimeout, () => {
-      if (this.pendingByIndex.get(placed.index) !== p) return;
-      this.pendingByIndex.delete(placed.index);
-      this.pendingByRid.delete(rid);
-      for (const r of p.responders) this.replyError(r, 'TIMEOUT');
-    });
+    this.awaitPending(p, respond);
     this.schedule();
+  }
+
+  /** As Server.armPending: a waiter that times out gets TIMEOUT; the write stays pending. */
+  private awaitPending(p: PendingWrite, respond: Respond): void {
+    this.host.at(this, this.host.now + this.host.requestTimeout, () => {
+      if (this.pendingByIndex.get(p.index) !== p) return;
+      const i = p.responders.indexOf(respond);
+      if (i < 0) return;
+      p.responders.splice(i, 1);
+      this.replyError(respond, 'TIMEOUT');
+    });
   }
 
   private replyWrite(responders: Respond[], index: number, ts: number, result: WriteResult): void {
