@@ -254,3 +254,45 @@ t.test('ping table: bounded at PEERS_MAX; a dead learner makes room for a new on
   t.ok(n.peerTable().some((p) => p.id === 9999), 'a dead learner is forgotten to make room');
   t.equal(n.peerTable().length, PEERS_MAX);
 });
+
+t.test('config entries: keepOut round-trips and is checked', async (t) => {
+  const { encodeEntryJson, entryProblem } = await import('../src/storage/entry-codec.js');
+  const e: Entry = { index: 7, epoch: 2, ts: 9, kind: 'config', voters: [1, 3], keepOut: [2, 5] };
+  t.equal(encodeEntryJson(e), '{"index":7,"epoch":2,"ts":9,"kind":"config","voters":[1,3],"keepOut":[2,5]}');
+  t.same(JSON.parse(encodeEntryJson(e)), e);
+  t.equal(encodeEntryJson({ index: 7, epoch: 2, ts: 9, kind: 'config', voters: [1, 3] }), '{"index":7,"epoch":2,"ts":9,"kind":"config","voters":[1,3]}', 'absent keepOut: the old bytes');
+  t.match(entryProblem({ ...e, keepOut: [5, 2] }), /sorted/);
+  t.match(entryProblem({ ...e, keepOut: [1] }), /is a voter/);
+  t.match(entryProblem({ ...e, keepOut: [] }), /keepOut/);
+  t.match(entryProblem({ ...e, keepOut: [0] }), /positive/);
+});
+
+t.test('membership: an operator removal is in the log, so a new coordinator keeps it', async (t) => {
+  // A coordinator restarted from a log whose configuration keeps 2 out: 2, alive and caught
+  // up as a learner, is not added back; an operator add lifts it.
+  const entries: Entry[] = [
+    { index: 1, epoch: 1, ts: 1, kind: 'noop' },
+    { index: 2, epoch: 1, ts: 2, kind: 'config', voters: [1], keepOut: [2] },
+  ];
+  const n = new Node({ id: 1, voters: [1, 2], promised: 1, entries, base: { index: 0, epoch: 0, ts: 0 }, commit: 2, commitTs: 2 });
+  t.same(n.voters, [1]);
+  t.same(n.keepOut, [2]);
+  n.tick();
+  drive(n);
+  t.equal(n.role, 'coordinator');
+  const ping = () =>
+    n.receive({ t: 'ping', from: 2, to: 0, epoch: n.epoch, clock: 0, role: 'learner', coordinator: 1, last: n.lastIndex(), lastEpoch: n.epoch, commit: n.commit, commitTs: 0, matched: n.lastIndex(), applied: n.commit, checkpoint: 0, voters: [1], uptimeTicks: 0 } as any);
+  ping();
+  n.receive({ t: 'ack', from: 2, to: 1, epoch: n.epoch, clock: 0, match: n.lastIndex() } as any);
+  for (let i = 0; i < 5; i++) {
+    ping();
+    n.tick();
+    drive(n);
+  }
+  t.same(n.voters, [1], 'not added back automatically');
+  const add = n.proposeConfig([1, 2]);
+  t.type(add, 'object', `an operator adds it: ${JSON.stringify(add)}`);
+  drive(n);
+  t.same(n.voters, [1, 2]);
+  t.same(n.keepOut, [], 'and the add lifts the keep-out');
+});

@@ -119,7 +119,7 @@ function entryLine(e: Entry): string[] {
     case 'noop':
       break;
     case 'config':
-      detail = `voters=${e.voters.join(',')}`;
+      detail = `voters=${e.voters.join(',')}${e.keepOut ? ` keepOut=${e.keepOut.join(',')}` : ''}`;
       break;
     case 'write': {
       const ops = e.ops.map((op) => {
@@ -231,6 +231,7 @@ function metaRows(m: CheckpointMeta): string[][] {
     ['epoch', String(m.epoch)],
     ['ts', String(m.ts)],
     ['voters', m.voters.join(',')],
+    ['keepOut', (m.keepOut ?? []).join(',') || '-'],
     ['eventPrev', String(m.eventPrev)],
   ];
 }
@@ -306,6 +307,7 @@ function sameMeta(a: CheckpointMeta, b: CheckpointMeta): Array<keyof CheckpointM
   const fields: Array<keyof CheckpointMeta> = [];
   for (const f of ['format', 'index', 'epoch', 'ts', 'eventPrev'] as const) if (a[f] !== b[f]) fields.push(f);
   if (a.voters.join(',') !== b.voters.join(',')) fields.push('voters');
+  if ((a.keepOut ?? []).join(',') !== (b.keepOut ?? []).join(',')) fields.push('keepOut');
   return fields;
 }
 

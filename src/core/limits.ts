@@ -11,6 +11,8 @@ export const BATCH_OPS_MAX = 128;
 export const ENTRY_BYTES_MAX = 768 * 1024;
 /** Most keys in one mget. */
 export const MGET_KEYS_MAX = 1024;
+/** Most servers a configuration keeps out of the voters (operator removals remembered). */
+export const KEEP_OUT_MAX = 64;
 /** Default and largest page of a list. */
 export const LIST_LIMIT_DEFAULT = 100;
 export const LIST_LIMIT_MAX = 1000;

@@ -8,6 +8,7 @@
 
 import {
   DEAD_AFTER_TICKS,
+  KEEP_OUT_MAX,
   PING_INTERVAL_TICKS,
   REPL_BYTES_MAX,
   REPL_ENTRIES_MAX,
@@ -51,6 +52,8 @@ export interface NodeInit {
   commitTs: number;
   /** Remove a voter automatically once dead this long, in ticks (0: never). */
   removeDeadAfterTicks?: number;
+  /** Servers kept out of the voters as of `base` (from the checkpoint), see Node.keepOut. */
+  keepOut?: number[];
 }
 
 export interface PeerInfo {
@@ -64,7 +67,7 @@ export type Notice =
   | { type: 'stepdown'; epoch: number; reason: string }
   | { type: 'up' | 'down'; id: number }
   | { type: 'election'; epoch: number; phase: string }
-  | { type: 'config'; voters: number[] };
+  | { type: 'config'; voters: number[]; keepOut?: number[] };
 
 /** What the driver must carry out, in this order: persist, send, apply. */
 export interface Ready {
@@ -123,9 +126,13 @@ export class Node {
   voters: number[];
   /** The voters as of the entry just below the in-memory log. */
   private baseVoters: number[];
-  /** Servers an operator removed while we led: not re-added automatically (one removed
-   * automatically, because it was dead, is added back once it returns and catches up). */
-  private removed = new Set<number>();
+  /**
+   * Servers an operator removed: never added back automatically (one removed automatically,
+   * because it was dead, is added back once it returns and catches up). Part of the
+   * configuration, in the log, so every coordinator knows it.
+   */
+  keepOut: number[] = [];
+  private baseKeepOut: number[];
   private removeDeadAfterTicks: number;
   role: Role = 'follower';
   coordinator: number | null = null;
@@ -202,7 +209,9 @@ export class Node {
     assert(init.voters.includes(init.id) || init.voters.length > 0, 'voters must not be empty');
     this.id = init.id;
     this.baseVoters = [...init.voters].sort((a, b) => a - b);
+    this.baseKeepOut = [...(init.keepOut ?? [])].sort((a, b) => a - b);
     this.voters = this.baseVoters;
+    this.keepOut = this.baseKeepOut;
     this.removeDeadAfterTicks = init.removeDeadAfterTicks ?? 0;
     this.promised = init.promised;
     this.epochSeen = init.promised;
@@ -213,7 +222,7 @@ export class Node {
     for (let i = 0; i < this.entries.length; i++) {
       assert(this.entries[i]!.index === this.offset + 1 + i, 'log must be contiguous');
     }
-    this.setVoters(this.votersAt(this.lastIndex()));
+    this.setConfig(this.configAt(this.lastIndex()));
     this.persistedLast = this.lastIndex();
     this.commit = Math.min(init.commit, this.lastIndex());
     this.commitTs = init.commitTs;
@@ -316,26 +325,31 @@ export class Node {
       this.entries.push(e);
       this.out.append.push(e);
       if (e.ts > this.clock) this.clock = e.ts;
-      if (e.kind === 'config') this.setVoters(e.voters);
+      if (e.kind === 'config') this.setConfig({ voters: e.voters, keepOut: e.keepOut ?? [] });
     }
   }
 
   /** Voters as of entry `index` (the newest configuration entry at or below it). */
   private votersAt(index: number): number[] {
-    for (let i = Math.min(index, this.lastIndex()); i > this.offset; i--) {
-      const e = this.entry(i)!;
-      if (e.kind === 'config') return e.voters;
-    }
-    return this.baseVoters;
+    return this.configAt(index).voters;
   }
 
-  private setVoters(voters: number[]): void {
-    const next = [...voters].sort((a, b) => a - b);
-    if (next.join(',') === this.voters.join(',')) return;
-    for (const v of next) this.removed.delete(v);
+  private configAt(index: number): { voters: number[]; keepOut: number[] } {
+    for (let i = Math.min(index, this.lastIndex()); i > this.offset; i--) {
+      const e = this.entry(i)!;
+      if (e.kind === 'config') return { voters: e.voters, keepOut: e.keepOut ?? [] };
+    }
+    return { voters: this.baseVoters, keepOut: this.baseKeepOut };
+  }
+
+  private setConfig(c: { voters: number[]; keepOut: number[] }): void {
+    const next = [...c.voters].sort((a, b) => a - b);
+    const keepOut = [...c.keepOut].sort((a, b) => a - b);
+    if (next.join(',') === this.voters.join(',') && keepOut.join(',') === this.keepOut.join(',')) return;
     this.voters = next;
+    this.keepOut = keepOut;
     for (const v of next) if (v !== this.id && !this.peers.has(v)) this.peers.set(v, { id: v, lastHeard: this.now });
-    this.out.notices.push({ type: 'config', voters: next });
+    this.out.notices.push({ type: 'config', voters: next, ...(keepOut.length > 0 ? { keepOut } : {}) });
   }
 
   private truncateLocal(from: number): void {
@@ -350,7 +364,7 @@ export class Node {
     this.out.truncateFrom = this.out.truncateFrom === null ? from : Math.min(this.out.truncateFrom, from);
     if (this.broadcastUpTo >= from) this.broadcastUpTo = from - 1;
     // A configuration entry may have gone with the suffix.
-    this.setVoters(this.votersAt(this.lastIndex()));
+    this.setConfig(this.configAt(this.lastIndex()));
   }
 
   // ---- inputs ----
@@ -542,9 +556,17 @@ export class Node {
     // A voter that cannot vote yet would only make the majority harder to reach.
     if (added.length === 1 && !this.caughtUpLearner(added[0]!)) return `server ${added[0]} is not a live, caught-up learner yet; retry`;
     if (next.length === 0) return 'the voter set cannot be empty';
-    const e: Entry = { index: this.lastIndex() + 1, epoch: this.epoch, ts: ++this.clock, kind: 'config', voters: next };
+    // An operator's removal is remembered in the configuration; an addition lifts it.
+    const keepOut = this.keepOut.filter((v) => !added.includes(v));
+    if (removed.length === 1 && by === 'operator' && !keepOut.includes(removed[0]!)) keepOut.push(removed[0]!);
+    return this.appendConfig(next, keepOut);
+  }
+
+  private appendConfig(voters: number[], keepOut: number[]): { index: number; epoch: number; ts: number } {
+    // Bounded: past KEEP_OUT_MAX the lowest ids (the oldest servers, as a rule) are forgotten.
+    const sorted = [...keepOut].sort((a, b) => a - b).slice(-KEEP_OUT_MAX);
+    const e: Entry = { index: this.lastIndex() + 1, epoch: this.epoch, ts: ++this.clock, kind: 'config', voters, ...(sorted.length > 0 ? { keepOut: sorted } : {}) };
     this.appendLocal([e]);
-    if (removed.length === 1 && by === 'operator') this.removed.add(removed[0]!);
     return { index: e.index, epoch: e.epoch, ts: e.ts };
   }
 
@@ -567,9 +589,17 @@ export class Node {
     return this.peers.has(id) && this.liveness(id) === 'alive' && (this.match.get(id) ?? 0) >= this.commit;
   }
 
-  /** An operator wants this server kept out of the voters (it already is): not added back automatically. */
-  keepOut(id: number): void {
-    if (!this.voters.includes(id)) this.removed.add(id);
+  /**
+   * An operator removes a server that is not a voter (any more): keep it out for good. A
+   * configuration entry (same voters) when that is news; null when nothing is to change.
+   */
+  proposeKeepOut(id: number): { index: number; epoch: number; ts: number } | string | null {
+    if (this.role !== 'coordinator') return 'not the coordinator';
+    if (this.voters.includes(id)) return `server ${id} is a voter`;
+    if (this.keepOut.includes(id)) return null;
+    if (this.commit < this.epochStart) return 'the coordinator is not settled yet; retry';
+    if (this.configPending()) return 'a configuration change is in progress; retry';
+    return this.appendConfig(this.voters, [...this.keepOut, id]);
   }
 
   /** A configuration entry above the commit index. */
@@ -585,7 +615,7 @@ export class Node {
   private manageMembers(): void {
     if (this.commit < this.epochStart || this.configPending()) return;
     for (const p of this.peers.values()) {
-      if (this.voters.includes(p.id) || this.removed.has(p.id) || p.ping?.role !== 'learner') continue;
+      if (this.voters.includes(p.id) || this.keepOut.includes(p.id) || p.ping?.role !== 'learner') continue;
       if (this.caughtUpLearner(p.id)) {
         this.proposeConfig([...this.voters, p.id], 'auto');
         return;
@@ -677,7 +707,9 @@ export class Node {
     const upTo = Math.min(index, this.commit, this.applied);
     if (upTo <= this.offset) return;
     const e = this.entry(upTo)!;
-    this.baseVoters = this.votersAt(upTo);
+    const c = this.configAt(upTo);
+    this.baseVoters = c.voters;
+    this.baseKeepOut = c.keepOut;
     this.entries = this.entries.slice(upTo - this.offset);
     this.offset = upTo;
     this.offsetEpoch = e.epoch;
@@ -691,7 +723,7 @@ export class Node {
    * whole log goes. Returns true when the log after `base` was kept (the driver then leaves
    * its log alone), false when it must discard its log entirely.
    */
-  restore(base: { index: number; epoch: number; ts: number }, voters?: number[]): boolean {
+  restore(base: { index: number; epoch: number; ts: number }, voters?: number[], keepOut?: number[]): boolean {
     assert(base.index >= this.commit, 'restore must not go back');
     const keep = base.index <= this.lastIndex() && this.epochAt(base.index) === base.epoch;
     if (keep) {
@@ -718,7 +750,8 @@ export class Node {
     this.applied = base.index;
     if (base.ts > this.clock) this.clock = base.ts;
     if (voters !== undefined && voters.length > 0) this.baseVoters = [...voters].sort((a, b) => a - b);
-    this.setVoters(this.votersAt(this.lastIndex()));
+    if (keepOut !== undefined) this.baseKeepOut = [...keepOut].sort((a, b) => a - b);
+    this.setConfig(this.configAt(this.lastIndex()));
     return keep;
   }
 

@@ -31,6 +31,7 @@ export class KvState {
   appliedTs: number;
   appliedEpoch: number;
   voters: number[];
+  keepOut: number[];
   eventPrev: number;
   private ridsMax: number;
 
@@ -42,6 +43,7 @@ export class KvState {
     this.appliedTs = m.ts;
     this.appliedEpoch = m.epoch;
     this.voters = [...m.voters];
+    this.keepOut = [...(m.keepOut ?? [])];
     this.eventPrev = m.eventPrev;
     for (const [rid, rec] of base.rids()) this.rids.set(rid, rec);
   }
@@ -112,6 +114,7 @@ export class KvState {
     if (e.kind === 'noop') return { events: [], duplicate: false };
     if (e.kind === 'config') {
       this.voters = [...e.voters];
+      this.keepOut = [...(e.keepOut ?? [])];
       return { events: [], duplicate: false };
     }
     if (e.rid !== undefined) {
@@ -201,6 +204,7 @@ export class KvState {
         epoch: this.appliedEpoch,
         ts: this.appliedTs,
         voters: [...this.voters],
+        ...(this.keepOut.length > 0 ? { keepOut: [...this.keepOut] } : {}),
         eventPrev: this.eventPrev,
       },
     };

@@ -72,7 +72,7 @@ export interface ReplyBody {
 export type Entry =
   | { index: number; epoch: number; ts: number; kind: 'noop' }
   | { index: number; epoch: number; ts: number; kind: 'write'; rid?: string; ops: WriteOp[] }
-  | { index: number; epoch: number; ts: number; kind: 'config'; voters: number[] };
+  | { index: number; epoch: number; ts: number; kind: 'config'; voters: number[]; keepOut?: number[] };
 
 /** The result of applying one write entry (deterministic: same log, same results). */
 export type WriteResult =

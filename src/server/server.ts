@@ -189,6 +189,7 @@ export class Server {
       commit: meta.index,
       commitTs: meta.ts,
       removeDeadAfterTicks: Math.ceil((o.removeDeadAfterMs ?? 0) / TICK_MS),
+      keepOut: meta.keepOut ?? [],
     });
     this.node.checkpointIndex = meta.index;
     this.eventsFloor = this.state.applied;
@@ -601,14 +602,19 @@ export class Server {
     if (this.node.role !== 'coordinator') throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
     // Idempotent: a change already made (and committed) answers ok, so scripts can retry.
     const target = (req.add ?? req.remove)!;
+    let placed: ReturnType<Node['proposeConfig']> | null;
     if (this.node.voters.includes(target) === (req.add !== undefined)) {
       if (this.node.configPending()) throw new RequestError(ErrorCode.UNAVAILABLE, 'a configuration change is in progress; retry');
-      if (req.remove !== undefined) this.node.keepOut(target);
-      this.reply(respond, { ok: true, ts: this.node.commitTs, index: this.node.commit });
-      return;
+      // Removing a non-voter still records that it stays out (a configuration entry).
+      placed = req.remove !== undefined ? this.node.proposeKeepOut(target) : null;
+      if (placed === null) {
+        this.reply(respond, { ok: true, ts: this.node.commitTs, index: this.node.commit });
+        return;
+      }
+    } else {
+      const voters = req.add !== undefined ? [...this.node.voters, req.add] : this.node.voters.filter((v) => v !== req.remove);
+      placed = this.node.proposeConfig(voters);
     }
-    const voters = req.add !== undefined ? [...this.node.voters, req.add] : this.node.voters.filter((v) => v !== req.remove);
-    const placed = this.node.proposeConfig(voters);
     if (typeof placed === 'string') {
       const retry = placed.includes('retry');
       throw new RequestError(retry ? ErrorCode.UNAVAILABLE : ErrorCode.BAD_REQUEST, placed);
@@ -753,7 +759,7 @@ export class Server {
     try {
       this.ckpt = await installer.swap(this.ckpt, incoming);
       this.state = new KvState(this.ckpt);
-      const kept = this.node.restore({ index: meta!.index, epoch: meta!.epoch, ts: meta!.ts }, meta!.voters);
+      const kept = this.node.restore({ index: meta!.index, epoch: meta!.epoch, ts: meta!.ts }, meta!.voters, meta!.keepOut ?? []);
       if (!kept && this.log.last > 0) {
         // Our log does not hold the checkpoint's last entry: it restarts after the checkpoint
         // (a stale log is also dropped on restart, should we crash before this sync).

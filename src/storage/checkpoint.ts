@@ -53,7 +53,7 @@ function extraField(o: Record<string, unknown>, allowed: readonly string[]): str
 
 export function metaProblem(x: unknown): string | null {
   if (!isObject(x)) return 'meta is not an object';
-  const extra = extraField(x, ['format', 'index', 'epoch', 'ts', 'voters', 'eventPrev']);
+  const extra = extraField(x, ['format', 'index', 'epoch', 'ts', 'voters', 'keepOut', 'eventPrev']);
   if (extra !== null) return `meta has unknown field "${extra}"`;
   if (x.format !== CHECKPOINT_FORMAT) return `meta.format is ${JSON.stringify(x.format)}, expected ${CHECKPOINT_FORMAT}`;
   for (const f of ['index', 'epoch', 'ts', 'eventPrev'] as const) {
@@ -62,6 +62,10 @@ export function metaProblem(x: unknown): string | null {
   if ((x.eventPrev as number) > (x.index as number)) return `meta.eventPrev ${String(x.eventPrev)} is beyond meta.index ${String(x.index)}`;
   if (!Array.isArray(x.voters)) return 'meta.voters is not an array';
   for (const v of x.voters) if (!isNat(v) || v < 1) return 'meta.voters holds something other than positive integers';
+  if (x.keepOut !== undefined) {
+    if (!Array.isArray(x.keepOut)) return 'meta.keepOut is not an array';
+    for (const v of x.keepOut) if (!isNat(v) || v < 1) return 'meta.keepOut holds something other than positive integers';
+  }
   return null;
 }
 
@@ -147,7 +151,9 @@ function ridJson(r: RidRecord): string {
 }
 
 function metaJson(m: CheckpointMeta): string {
-  return `{"format":${m.format},"index":${m.index},"epoch":${m.epoch},"ts":${m.ts},"voters":[${m.voters.join(',')}],"eventPrev":${m.eventPrev}}`;
+  // keepOut only when set, so checkpoints without operator removals keep their bytes.
+  const keepOut = m.keepOut !== undefined && m.keepOut.length > 0 ? `,"keepOut":[${m.keepOut.join(',')}]` : '';
+  return `{"format":${m.format},"index":${m.index},"epoch":${m.epoch},"ts":${m.ts},"voters":[${m.voters.join(',')}]${keepOut},"eventPrev":${m.eventPrev}}`;
 }
 
 // lmdb-js's getBinaryFast buffers report the whole shared buffer as byteLength:

@@ -4,7 +4,7 @@
 // anything that is not exactly an Entry; encoding checks the same rules, so we
 // never write what we could not read back.
 
-import { BATCH_OPS_MAX, ENTRY_BYTES_MAX, KEY_BYTES_MAX, RID_BYTES_MAX } from '../core/limits.js';
+import { BATCH_OPS_MAX, ENTRY_BYTES_MAX, KEEP_OUT_MAX, KEY_BYTES_MAX, RID_BYTES_MAX } from '../core/limits.js';
 import type { Entry, WriteOp } from '../core/wire.js';
 
 /** Thrown when bytes are not a valid encoded entry. */
@@ -18,7 +18,7 @@ export class EntryDecodeError extends Error {
 const ENTRY_FIELDS: Record<Entry['kind'], readonly string[]> = {
   noop: ['index', 'epoch', 'ts', 'kind'],
   write: ['index', 'epoch', 'ts', 'kind', 'rid', 'ops'],
-  config: ['index', 'epoch', 'ts', 'kind', 'voters'],
+  config: ['index', 'epoch', 'ts', 'kind', 'voters', 'keepOut'],
 };
 
 const OP_FIELDS: Record<WriteOp['op'], readonly string[]> = {
@@ -95,6 +95,16 @@ export function entryProblem(x: unknown): string | null {
       if (!isNat(v) || v < 1) return `voters[${i}] is not a positive integer`;
       if (voters.indexOf(v) !== i) return `voters[${i}] (${v}) is repeated`;
     }
+    if (x.keepOut !== undefined) {
+      const keepOut = x.keepOut;
+      if (!Array.isArray(keepOut) || keepOut.length === 0 || keepOut.length > KEEP_OUT_MAX) return `keepOut is not an array of 1..${KEEP_OUT_MAX} ids`;
+      for (let i = 0; i < keepOut.length; i++) {
+        const v: unknown = keepOut[i];
+        if (!isNat(v) || v < 1) return `keepOut[${i}] is not a positive integer`;
+        if (i > 0 && v <= (keepOut[i - 1] as number)) return 'keepOut is not sorted and distinct';
+        if (voters.includes(v)) return `keepOut[${i}] (${v}) is a voter`;
+      }
+    }
   }
   return null;
 }
@@ -123,7 +133,7 @@ export function encodeEntryJson(e: Entry): string {
     case 'noop':
       return head + '}';
     case 'config':
-      return `${head},"voters":[${e.voters.join(',')}]}`;
+      return `${head},"voters":[${e.voters.join(',')}]${e.keepOut !== undefined ? `,"keepOut":[${e.keepOut.join(',')}]` : ''}}`;
     case 'write': {
       const rid = e.rid === undefined ? '' : `,"rid":${JSON.stringify(e.rid)}`;
       let ops = '';

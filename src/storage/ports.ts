@@ -27,6 +27,8 @@ export interface CheckpointMeta {
   epoch: number;
   ts: number;
   voters: number[];
+  /** Servers kept out of the voters (operator removals), when any. */
+  keepOut?: number[];
   /** Index of the last entry (<= index) that produced change events; 0 if none. */
   eventPrev: number;
 }

@@ -151,6 +151,8 @@ class Sim implements Host {
   private retired = new Set<number>();
   /** Servers stopped for good, whose removal from the voters the operator keeps proposing until committed. */
   private toRemove = new Set<number>();
+  /** Servers an operator asked to add (back): only these may leave a keepOut list. */
+  private operatorAdds = new Set<number>();
   private servers = new Map<number, SimServer | null>();
   private disks = new Map<number, SimDisk>();
   private pausedUntil = new Map<number, number>();
@@ -464,6 +466,13 @@ class Sim implements Host {
       if (e.kind === 'config') {
         this.stats.configs++;
         for (const id of this.toRemove) if (!e.voters.includes(id)) this.toRemove.delete(id);
+        // An operator's removal sticks, across coordinators: only an operator adds it back.
+        const before = this.model.configAt(i - 1);
+        for (const v of e.voters) {
+          if (!before.voters.includes(v) && before.keepOut.includes(v) && !this.operatorAdds.has(v)) {
+            fail(`node ${s.id}: ${showEntry(e)} adds server ${v}, which an operator removed, without an operator asking`);
+          }
+        }
       }
     }
     seen = n.commit;
@@ -807,6 +816,7 @@ class Sim implements Host {
     const learners = this.ids.filter((i) => this.servers.get(i) && !this.retired.has(i) && !c.node.voters.includes(i));
     if (learners.length === 0 || !r.chance(0.7)) return false;
     const v = r.pick(learners);
+    this.operatorAdds.add(v);
     const res = c.proposeConfig([...c.node.voters, v]);
     this.trace(c.id, `ADD learner ${v}: ${typeof res === 'string' ? `refused: ${res}` : `config entry ${res.index}`}`);
     return true;

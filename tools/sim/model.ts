@@ -29,13 +29,17 @@ export class Model {
   /** Index of the last entry that produced change events. */
   private eventPrev = 0;
   /** Configuration entries: (index, voters), in log order. */
-  private configs: Array<{ index: number; voters: number[] }> = [];
+  private configs: Array<{ index: number; voters: number[]; keepOut: number[] }> = [];
   constructor(private readonly initialVoters: number[]) {}
 
   /** The voters as of entry `index` (the newest configuration entry at or below it). */
   votersAt(index: number): number[] {
-    for (let k = this.configs.length - 1; k >= 0; k--) if (this.configs[k]!.index <= index) return this.configs[k]!.voters;
-    return this.initialVoters;
+    return this.configAt(index).voters;
+  }
+
+  configAt(index: number): { voters: number[]; keepOut: number[] } {
+    for (let k = this.configs.length - 1; k >= 0; k--) if (this.configs[k]!.index <= index) return this.configs[k]!;
+    return { voters: this.initialVoters, keepOut: [] };
   }
 
   get last(): number {
@@ -58,7 +62,7 @@ export class Model {
   push(e: Entry): void {
     if (e.index !== this.log.length + 1) throw new Error(`model: entry ${e.index} after ${this.log.length}`);
     this.log.push(e);
-    if (e.kind === 'config') this.configs.push({ index: e.index, voters: [...e.voters].sort((a, b) => a - b) });
+    if (e.kind === 'config') this.configs.push({ index: e.index, voters: [...e.voters].sort((a, b) => a - b), keepOut: e.keepOut ?? [] });
     if (e.kind !== 'write') {
       this.results.push({ duplicate: false, events: [] });
       return;

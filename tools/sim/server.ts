@@ -110,6 +110,7 @@ export class SimServer {
       commit: meta.index,
       commitTs: meta.ts,
       removeDeadAfterTicks: host.removeDeadAfterTicks,
+      keepOut: meta.keepOut ?? [],
     });
     this.node.checkpointIndex = meta.index;
     this.applyCommitted(this.node.commit);
@@ -411,7 +412,7 @@ export class SimServer {
     if (meta.index <= this.node.commit || this.checkpointing || this.pumping || this.installing || this.node.role === 'coordinator') return false;
     this.disk.ckpt = s.ckpt;
     this.state = new KvState(this.disk.ckpt);
-    const kept = this.node.restore({ index: meta.index, epoch: meta.epoch, ts: meta.ts }, meta.voters);
+    const kept = this.node.restore({ index: meta.index, epoch: meta.epoch, ts: meta.ts }, meta.voters, meta.keepOut ?? []);
     this.node.checkpointIndex = meta.index;
     this.node.applied = this.state.applied;
     this.host.onCheckpoint(this);
