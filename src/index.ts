@@ -13,6 +13,8 @@ export {
   type ReadOptions,
   type ListOptions,
   type ListPage,
+  type History,
+  type HistoryOptions,
   type WriteAck,
   type Watch,
   type WatchOptions,
@@ -29,6 +31,8 @@ export {
   LIST_LIMIT_DEFAULT,
   LIST_LIMIT_MAX,
   REPLAY_EVENTS_MAX,
+  HISTORY_LIMIT_DEFAULT,
+  HISTORY_LIMIT_MAX,
   REQUEST_TIMEOUT_MS_DEFAULT,
   REQUEST_TIMEOUT_MS_MAX,
 } from './core/limits.js';

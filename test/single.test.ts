@@ -70,6 +70,23 @@ t.test('single node end to end', async (t) => {
     t.equal(r.code, 0);
     r = await ckv(['get', 'app.b2']);
     t.equal(r.code, 1, 'deleted key is not found');
+    // app.color: put blue, cas → green; app.b2: put in a batch, then deleted.
+    r = await ckv(['history', 'app.color', '--json']);
+    t.equal(r.code, 0, r.stderr);
+    const h = JSON.parse(r.stdout);
+    t.same(h.events.map((e: any) => [e.op, e.value]), [['put', 'blue'], ['put', 'green']], 'history: every change, oldest first');
+    t.ok(h.since <= h.events[0].index, 'complete from an index at or before the first change');
+    r = await ckv(['history', 'app.b2']);
+    t.match(r.stdout, /^\d+\t\d+\tput\tapp\.b2\t2\n\d+\t\d+\tdel\tapp\.b2\n$/, 'history prints one line per change');
+    t.match(r.stderr, /complete from log index \d+/);
+    r = await ckv(['history', 'app.color', '--limit', '1', '--json']);
+    const h1 = JSON.parse(r.stdout);
+    t.same(h1.events.map((e: any) => e.value), ['green'], '--limit keeps the newest');
+    t.ok(h1.since > h.events[0].index && h1.since <= h1.events[0].index, 'and says the history is complete only after the change it left out');
+    r = await ckv(['history', 'app.none', '--json']);
+    t.same(JSON.parse(r.stdout).events, [], 'a key never written has no history');
+    r = await ckv(['history', 'app.color', '--limit', '0']);
+    t.equal(r.code, 2, 'a bad limit is a usage error');
     r = await ckv(['status', '--json']);
     t.equal(r.code, 0);
     const st = JSON.parse(r.stdout);
@@ -124,6 +141,7 @@ t.test('single node end to end', async (t) => {
       ['token from the future', 'TOKEN_AHEAD', { op: 'put', key: 'a', value: 'x', after: 1e12 }],
       ['read on write subject with bad field', 'BAD_REQUEST', { op: 'get', key: 'a', bogus: true }],
       ['empty batch', 'BAD_REQUEST', { op: 'batch', ops: [] }],
+      ['history with a bad limit', 'BAD_REQUEST', { op: 'history', key: 'a', limit: 5000 }],
       ['write on the read subject', 'BAD_REQUEST', null],
     ];
     for (const [name, code, body] of cases) {

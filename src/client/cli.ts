@@ -5,7 +5,7 @@
 
 import { parseArgs } from 'node:util';
 import { ErrorCode } from '../core/errors.js';
-import { KEY_BYTES_MAX, LIST_LIMIT_MAX, REQUEST_BYTES_MAX, VALUE_BYTES_MAX } from '../core/limits.js';
+import { HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, KEY_BYTES_MAX, LIST_LIMIT_MAX, REQUEST_BYTES_MAX, VALUE_BYTES_MAX } from '../core/limits.js';
 import { validateRequest } from '../core/validate.js';
 import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client, CLUSTER_DEFAULT, NATS_URL_DEFAULT } from './client.js';
@@ -120,6 +120,17 @@ for "-") is a JSON array of ops:
 match, nothing is applied and the exit status is 1.
 Prints nothing; --json: {"index","ts"}.`,
     flags: [],
+  },
+  history: {
+    usage: 'history KEY [--limit N]',
+    help: `Print KEY's recent changes, oldest first, one line per change (as watch does):
+  INDEX<TAB>TS<TAB>put<TAB>KEY<TAB>VALUE
+  INDEX<TAB>TS<TAB>del<TAB>KEY
+Servers keep recent change events in memory (at least the last 10,000 since
+they started); stderr says from which log index the history is complete.
+  --limit N    the newest N changes, 1..${HISTORY_LIMIT_MAX} (default ${HISTORY_LIMIT_DEFAULT})
+--json: {"events":[...],"since","index","ts"}.`,
+    flags: ['limit'],
   },
   watch: {
     usage: 'watch [TARGET] [--from INDEX]',
@@ -435,6 +446,21 @@ async function prepare(s: Settings): Promise<Action> {
       if (!Array.isArray(ops)) usage('batch must be a JSON array of ops');
       check({ op: 'batch', ops });
       return async (c) => printAck(s, await c.batch(ops));
+    }
+    case 'history': {
+      arity(s, 1, 1);
+      const key = s.args[0]!;
+      const limit = typeof s.flags.limit === 'string' ? parseNat(s.flags.limit, '--limit') : undefined;
+      check({ op: 'history', key, ...(limit !== undefined ? { limit } : {}) });
+      return async (c) => {
+        const h = await c.history(key, limit !== undefined ? { limit } : {});
+        if (s.json) json({ ...h, ts: c.token });
+        else {
+          out(h.events.map(eventLine).join(''));
+          warn(`complete from log index ${h.since} (read at ${h.index})`);
+        }
+        return EXIT_OK;
+      };
     }
     case 'watch': {
       arity(s, 0, 1);

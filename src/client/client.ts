@@ -150,6 +150,20 @@ export interface ListOptions extends ReadOptions {
   limit?: number;
 }
 
+export interface HistoryOptions {
+  /** Most changes to return (the newest), 1..HISTORY_LIMIT_MAX, default HISTORY_LIMIT_DEFAULT. */
+  limit?: number;
+}
+
+export interface History {
+  /** The key's changes, oldest first. */
+  events: ChangeEvent[];
+  /** Every change to the key at a log index >= since is in `events` (older ones are not kept). */
+  since: number;
+  /** The log index the answer was read at. */
+  index: number;
+}
+
 export interface ListPage {
   items: KeyValue[];
   /** Pass as `start` for the next page; null when this was the last. */
@@ -315,6 +329,12 @@ export class Client {
       opts,
     );
     return { items: r.items ?? [], next: r.next ?? null };
+  }
+
+  /** The key's recent changes, as far back as the answering server still keeps events. */
+  async history(key: string, opts: HistoryOptions = {}): Promise<History> {
+    const r = await this.read({ op: 'history', key, ...(opts.limit !== undefined ? { limit: opts.limit } : {}) }, {});
+    return { events: r.events ?? [], since: r.since ?? 1, index: r.index };
   }
 
   put(key: string, value: string): Promise<WriteAck> {

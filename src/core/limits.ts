@@ -32,6 +32,9 @@ export const LIST_PAGE_BYTES_MAX = 512 * 1024;
 /** A replay page stops at the next entry once its events reach this many bytes: with one
  * whole entry (≤ ENTRY_BYTES_MAX) on top it still fits in REPLY_BYTES_MAX. */
 export const REPLAY_PAGE_BYTES_MAX = 128 * 1024;
+/** Default and largest number of changes one history request returns. */
+export const HISTORY_LIMIT_DEFAULT = 64;
+export const HISTORY_LIMIT_MAX = 1000;
 /** Most events returned by one replay request. */
 export const REPLAY_EVENTS_MAX = 1000;
 

@@ -4,6 +4,8 @@
 import { ErrorCode, RequestError } from './errors.js';
 import {
   BATCH_OPS_MAX,
+  HISTORY_LIMIT_DEFAULT,
+  HISTORY_LIMIT_MAX,
   KEY_BYTES_MAX,
   LIST_LIMIT_DEFAULT,
   LIST_LIMIT_MAX,
@@ -172,6 +174,12 @@ export function validateRequest(raw: unknown): Request {
       const limit = o.limit === undefined ? REPLAY_EVENTS_MAX : checkNat(o.limit, 'limit');
       if (limit < 1 || limit > REPLAY_EVENTS_MAX) bad(`limit must be 1..${REPLAY_EVENTS_MAX}`);
       return { op: 'replay', from, limit, ...common };
+    }
+    case 'history': {
+      checkFields(o, ['key', 'limit']);
+      const limit = o.limit === undefined ? HISTORY_LIMIT_DEFAULT : checkNat(o.limit, 'limit');
+      if (limit < 1 || limit > HISTORY_LIMIT_MAX) bad(`limit must be 1..${HISTORY_LIMIT_MAX}`);
+      return { op: 'history', key: checkKey(o.key), limit, ...common };
     }
     case 'put':
     case 'del':

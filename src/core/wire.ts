@@ -26,6 +26,8 @@ export type ReadRequest = Common &
     | { op: 'list'; prefix: string; start?: string; limit?: number; consistency?: Consistency }
     /** Change events from a log index, for observers that saw a gap. */
     | { op: 'replay'; from: number; limit?: number }
+    /** A key's recent changes (those this server still keeps), oldest first. */
+    | { op: 'history'; key: string; limit?: number }
   );
 
 export type WriteRequest = Common &
@@ -62,8 +64,9 @@ export interface ReplyBody {
   /** list */
   items?: KeyValue[];
   next?: string | null;
-  /** replay */
+  /** replay; history (the key's changes at indexes >= since, up to index) */
   events?: ChangeEvent[];
+  since?: number;
   /** status */
   status?: NodeStatus;
 }

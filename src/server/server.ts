@@ -538,6 +538,27 @@ export class Server {
         this.reply(respond, { ok: true, ts, index, events });
         return;
       }
+      case 'history': {
+        // Newest first while within the limits, then given oldest first. `since`: every change
+        // to the key at an index >= since is here (older ones are not kept, or did not fit).
+        const limit = req.limit!;
+        const picked: ChangeEvent[] = [];
+        let bytes = 0;
+        let since = this.eventsFloor + 1;
+        for (let i = this.events.length - 1; i >= 0; i--) {
+          const ev = this.events[i]!;
+          if (ev.key !== req.key) continue;
+          const size = Buffer.byteLength(JSON.stringify(ev));
+          if (picked.length >= limit || (picked.length > 0 && bytes + size > LIST_PAGE_BYTES_MAX)) {
+            since = ev.index + 1;
+            break;
+          }
+          picked.push(ev);
+          bytes += size;
+        }
+        this.reply(respond, { ok: true, ts, index, events: picked.reverse(), since });
+        return;
+      }
       default:
         throw new RequestError(ErrorCode.BAD_REQUEST, `op ${req.op} is not a read`);
     }
