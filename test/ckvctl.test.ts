@@ -358,6 +358,15 @@ t.test('usage errors exit 2', async (t) => {
     t.match(r.stderr, /^ckvctl: .+\nrun 'ckvctl --help' for usage/, 'says what is wrong');
     t.equal(r.stdout, '');
   }
+  // The online commands check their flags before connecting (port 1: nothing listens).
+  for (const args of [
+    ['member', 'add', '4', '--timeout', 'abc'],
+    ['member', 'add', 'x'],
+    ['status', '--timeout', '0'],
+  ]) {
+    const r = await ckvctl([...args, '--nats', 'nats://127.0.0.1:1']);
+    t.equal(r.code, 2, `ckvctl ${args.join(' ')}`);
+  }
   const help = await ckvctl(['--help']);
   t.equal(help.code, 0);
   t.match(help.stdout, /^usage: ckvctl/);

@@ -1,8 +1,9 @@
-// ckvctl's online command: the cluster's status table, as the servers' ping
-// daemons see it. Loaded only for `ckvctl status`, so offline commands never load NATS.
+// ckvctl's online commands: the cluster's status table, as the servers' ping
+// daemons see it, and membership changes. Loaded only for `ckvctl status` and
+// `ckvctl member`, so offline commands never load NATS.
 
 import { parseArgs } from 'node:util';
-import { Client } from '../src/client/client.js';
+import { Client, type CkvError } from '../src/client/client.js';
 import { formatStatusTable, statusRows } from '../src/client/status-table.js';
 
 const HELP = `usage: ckvctl status [--nats URL] [--cluster NAME] [--json] [--timeout MS]
@@ -13,42 +14,60 @@ daemon sees it), last/commit/applied/checkpoint index, and lag (entries behind
 the coordinator's commit). Exit 0 if a coordinator answered, 1 if none did,
 2 on usage errors, 3 if no server answered.`;
 
-export async function runStatus(argv: string[]): Promise<number> {
-  let values: { nats?: string; cluster?: string; json?: boolean; timeout?: string; help?: boolean };
+interface OnlineArgs {
+  values: { nats?: string; cluster?: string; json?: boolean; timeout?: string; help?: boolean };
+  positionals: string[];
+  timeout: number;
+}
+
+/** The flags both online commands take; an exit code instead when there is nothing to run. */
+function parseOnline(argv: string[], cmd: string, help: string, defaultTimeoutMs: number, json: boolean): OnlineArgs | number {
+  let parsed: Pick<OnlineArgs, 'values' | 'positionals'>;
   try {
-    ({ values } = parseArgs({
+    parsed = parseArgs({
       args: argv,
-      options: { nats: { type: 'string' }, cluster: { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: !json,
+      options: { nats: { type: 'string' }, cluster: { type: 'string' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' }, ...(json ? { json: { type: 'boolean' as const } } : {}) },
       strict: true,
-    }));
+    }) as Pick<OnlineArgs, 'values' | 'positionals'>;
   } catch (err) {
-    process.stderr.write(`ckvctl status: ${(err as Error).message}\n${HELP}\n`);
+    process.stderr.write(`ckvctl ${cmd}: ${(err as Error).message}\n${help}\n`);
     return 2;
   }
-  if (values.help) {
-    process.stdout.write(`${HELP}\n`);
+  if (parsed.values.help) {
+    process.stdout.write(`${help}\n`);
     return 0;
   }
-  const timeout = Number(values.timeout ?? 2000);
+  const timeout = Number(parsed.values.timeout ?? defaultTimeoutMs);
   if (!Number.isSafeInteger(timeout) || timeout < 1) {
-    process.stderr.write('ckvctl status: --timeout must be a positive integer\n');
+    process.stderr.write(`ckvctl ${cmd}: --timeout must be a positive integer\n`);
     return 2;
   }
-  let client: Client;
+  return { ...parsed, timeout };
+}
+
+async function connectOnline(cmd: string, a: OnlineArgs): Promise<Client | number> {
   try {
-    client = await Client.connect({
-      servers: values.nats ?? process.env.CKV_NATS ?? 'nats://127.0.0.1:4222',
-      cluster: values.cluster ?? process.env.CKV_CLUSTER ?? 'ckv',
-      timeout,
+    return await Client.connect({
+      servers: a.values.nats ?? process.env.CKV_NATS ?? 'nats://127.0.0.1:4222',
+      cluster: a.values.cluster ?? process.env.CKV_CLUSTER ?? 'ckv',
+      timeout: a.timeout,
     });
   } catch (err) {
-    process.stderr.write(`ckvctl status: cannot connect to NATS: ${(err as Error).message}\n`);
+    process.stderr.write(`ckvctl ${cmd}: cannot connect to NATS: ${(err as Error).message}\n`);
     return 3;
   }
+}
+
+export async function runStatus(argv: string[]): Promise<number> {
+  const a = parseOnline(argv, 'status', HELP, 2000, true);
+  if (typeof a === 'number') return a;
+  const client = await connectOnline('status', a);
+  if (typeof client === 'number') return client;
   try {
     const answers = await client.status();
     const rows = statusRows(answers);
-    if (values.json) process.stdout.write(`${JSON.stringify({ servers: rows, answers })}\n`);
+    if (a.values.json) process.stdout.write(`${JSON.stringify({ servers: rows, answers })}\n`);
     else process.stdout.write(formatStatusTable(rows));
     return rows.some((r) => r.role === 'coordinator' && r.answered) ? 0 : 1;
   } catch (err) {
@@ -69,64 +88,30 @@ is refused: stop it first. Exit 0 once the change is committed, 1 if refused,
 
 /** Run `ckvctl member add|remove ID`; resolves to the exit code. */
 export async function runMember(argv: string[]): Promise<number> {
-  let values: { nats?: string; cluster?: string; timeout?: string; help?: boolean };
-  let positionals: string[];
-  try {
-    ({ values, positionals } = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: { nats: { type: 'string' }, cluster: { type: 'string' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
-      strict: true,
-    }));
-  } catch (err) {
-    process.stderr.write(`ckvctl member: ${(err as Error).message}\n${MEMBER_HELP}\n`);
-    return 2;
-  }
-  if (values.help) {
-    process.stdout.write(`${MEMBER_HELP}\n`);
-    return 0;
-  }
-  const [verb, idText] = positionals;
+  const a = parseOnline(argv, 'member', MEMBER_HELP, 10_000, false);
+  if (typeof a === 'number') return a;
+  const [verb, idText] = a.positionals;
   const id = Number(idText);
-  if ((verb !== 'add' && verb !== 'remove') || !Number.isSafeInteger(id) || id < 1 || positionals.length !== 2) {
+  if ((verb !== 'add' && verb !== 'remove') || !Number.isSafeInteger(id) || id < 1 || a.positionals.length !== 2) {
     process.stderr.write(`${MEMBER_HELP}\n`);
     return 2;
   }
-  const timeout = Number(values.timeout ?? 10_000);
-  const cluster = values.cluster ?? process.env.CKV_CLUSTER ?? 'ckv';
-  const { connect } = await import('@nats-io/transport-node');
-  let nc;
+  const client = await connectOnline('member', a);
+  if (typeof client === 'number') return client;
   try {
-    nc = await connect({ servers: values.nats ?? process.env.CKV_NATS ?? 'nats://127.0.0.1:4222' });
+    // The client retries while there is no coordinator, or it is busy, until the timeout.
+    const ack = await client.member(verb === 'add' ? { add: id } : { remove: id });
+    process.stdout.write(`${verb === 'add' ? 'added' : 'removed'} voter ${id} (log index ${ack.index})\n`);
+    return 0;
   } catch (err) {
-    process.stderr.write(`ckvctl member: cannot connect to NATS: ${(err as Error).message}\n`);
-    return 3;
-  }
-  const deadline = Date.now() + timeout;
-  try {
-    const body = JSON.stringify({ op: 'config', [verb]: id, timeout: Math.min(timeout, 5000) });
-    for (;;) {
-      try {
-        const r = await nc.request(`ckv.${cluster}.write`, body, { timeout: Math.min(timeout, 6000) });
-        const reply = JSON.parse(new TextDecoder().decode(r.data)) as { ok: boolean; index?: number; error?: { code: string; message: string } };
-        if (reply.ok) {
-          process.stdout.write(`${verb === 'add' ? 'added' : 'removed'} voter ${id} (log index ${reply.index})\n`);
-          return 0;
-        }
-        if (reply.error!.code !== 'UNAVAILABLE' && reply.error!.code !== 'TIMEOUT') {
-          process.stderr.write(`ckvctl member: ${reply.error!.code}: ${reply.error!.message}\n`);
-          return 1;
-        }
-      } catch {
-        // no coordinator right now: retry until the deadline
-      }
-      if (Date.now() > deadline) {
-        process.stderr.write('ckvctl member: no coordinator took the change in time\n');
-        return 3;
-      }
-      await new Promise((r) => setTimeout(r, 100));
+    const e = err as CkvError;
+    if (e.code === 'UNAVAILABLE' || e.code === 'TIMEOUT') {
+      process.stderr.write(`ckvctl member: no coordinator took the change in time (${e.message})\n`);
+      return 3;
     }
+    process.stderr.write(`ckvctl member: ${e.code}: ${e.message}\n`);
+    return 1;
   } finally {
-    await nc.close();
+    await client.close();
   }
 }

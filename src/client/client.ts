@@ -337,6 +337,15 @@ export class Client {
     return { events: r.events ?? [], since: r.since ?? 1, index: r.index };
   }
 
+  /**
+   * Membership, for operators: add or remove one voter (a configuration entry, through the
+   * coordinator, retried while it is busy or the server is still catching up). Idempotent.
+   */
+  async member(change: { add: number } | { remove: number }): Promise<WriteAck> {
+    const r = await this.call(this.subject.write, { op: 'config', ...change });
+    return { index: r.index, ts: r.ts };
+  }
+
   put(key: string, value: string): Promise<WriteAck> {
     return this.write({ op: 'put', key, value });
   }
