@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Entry } from '../src/core/wire.js';
 import { LmdbCheckpoint } from '../src/storage/checkpoint.js';
-import type { CheckpointDelta, Rec } from '../src/storage/ports.js';
+import type { CheckpointDelta, Rec } from '../src/core/records.js';
 import { SEGMENT_HEADER_BYTES, SegmentLog, scanLog } from '../src/storage/segment-log.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

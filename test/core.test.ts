@@ -2,13 +2,13 @@
 // path (election, proposals, commit, clock and token rules), driven by hand.
 
 import t from 'tap';
-import { ErrorCode, RequestError } from '../src/core/errors.js';
+import { ErrorCode, CkvError } from '../src/core/errors.js';
 import { KEY_BYTES_MAX, VALUE_BYTES_MAX, BATCH_OPS_MAX } from '../src/core/limits.js';
 import { Node, type Ready } from '../src/core/node.js';
 import { KvState } from '../src/core/state.js';
 import { parseRequest, keyProblem } from '../src/core/validate.js';
 import type { Entry } from '../src/core/wire.js';
-import type { CheckpointMeta, CheckpointReader, Rec, RidRecord } from '../src/storage/ports.js';
+import type { CheckpointMeta, CheckpointReader, Rec, RidRecord } from '../src/core/records.js';
 
 /** A tiny CheckpointReader over a sorted array, enough for the state machine tests. */
 class ArrayCheckpoint implements CheckpointReader {
@@ -34,7 +34,7 @@ function code(fn: () => unknown): string | undefined {
   try {
     fn();
   } catch (e) {
-    return e instanceof RequestError ? e.code : `not a RequestError: ${String(e)}`;
+    return e instanceof CkvError ? e.code : `not a CkvError: ${String(e)}`;
   }
   return undefined;
 }
@@ -240,7 +240,7 @@ t.test('peer messages: malformed ones are refused before they reach the core', a
 });
 
 t.test('ping table: bounded at PEERS_MAX; a dead learner makes room for a new one', async (t) => {
-  const { PEERS_MAX } = await import('../src/core/node.js');
+  const { PEERS_MAX } = await import('../src/core/limits.js');
   const { DEAD_AFTER_TICKS } = await import('../src/core/limits.js');
   const n = new Node({ id: 1, voters: [1], promised: 0, entries: [], base: { index: 0, epoch: 0, ts: 0 }, commit: 0, commitTs: 0 });
   const ping = (from: number) =>
@@ -256,7 +256,8 @@ t.test('ping table: bounded at PEERS_MAX; a dead learner makes room for a new on
 });
 
 t.test('config entries: keepOut round-trips and is checked', async (t) => {
-  const { encodeEntryJson, entryProblem } = await import('../src/storage/entry-codec.js');
+  const { encodeEntryJson } = await import('../src/storage/entry-codec.js');
+  const { entryProblem } = await import('../src/core/entry-shape.js');
   const e: Entry = { index: 7, epoch: 2, ts: 9, kind: 'config', voters: [1, 3], keepOut: [2, 5] };
   t.equal(encodeEntryJson(e), '{"index":7,"epoch":2,"ts":9,"kind":"config","voters":[1,3],"keepOut":[2,5]}');
   t.same(JSON.parse(encodeEntryJson(e)), e);

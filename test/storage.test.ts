@@ -18,9 +18,11 @@ import {
   verifyCheckpoint,
 } from '../src/storage/checkpoint.js';
 import { crc32c } from '../src/storage/crc32c.js';
-import { EntryDecodeError, decodeEntry, encodeEntry, encodeEntryJson, entryProblem } from '../src/storage/entry-codec.js';
+import { EntryDecodeError, decodeEntry, encodeEntry, encodeEntryJson } from '../src/storage/entry-codec.js';
+import { entryProblem } from '../src/core/entry-shape.js';
 import { MemLog } from '../src/storage/mem-log.js';
-import type { CheckpointDelta, CheckpointMeta, CheckpointStore, LogStore, Rec, RidRecord } from '../src/storage/ports.js';
+import type { CheckpointStore, LogStore } from '../src/storage/ports.js';
+import type { CheckpointDelta, CheckpointMeta, Rec, RidRecord } from '../src/core/records.js';
 import {
   LogCorruptError,
   RECORD_HEADER_BYTES,

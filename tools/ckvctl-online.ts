@@ -4,6 +4,7 @@
 
 import { parseArgs } from 'node:util';
 import { Client, type CkvError } from '../src/client/client.js';
+import { CLUSTER_DEFAULT, NATS_URL_DEFAULT } from '../src/core/limits.js';
 import { formatStatusTable, statusRows } from '../src/client/status-table.js';
 
 const HELP = `usage: ckvctl status [--nats URL] [--cluster NAME] [--json] [--timeout MS]
@@ -49,8 +50,8 @@ function parseOnline(argv: string[], cmd: string, help: string, defaultTimeoutMs
 async function connectOnline(cmd: string, a: OnlineArgs): Promise<Client | number> {
   try {
     return await Client.connect({
-      servers: a.values.nats ?? process.env.CKV_NATS ?? 'nats://127.0.0.1:4222',
-      cluster: a.values.cluster ?? process.env.CKV_CLUSTER ?? 'ckv',
+      servers: a.values.nats ?? process.env.CKV_NATS ?? NATS_URL_DEFAULT,
+      cluster: a.values.cluster ?? process.env.CKV_CLUSTER ?? CLUSTER_DEFAULT,
       timeout: a.timeout,
     });
   } catch (err) {

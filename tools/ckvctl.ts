@@ -12,7 +12,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Entry } from '../src/core/wire.js';
 import { CHECKPOINT_DIR_NAME, LmdbCheckpoint, compareKeys, verifyCheckpoint } from '../src/storage/checkpoint.js';
-import type { CheckpointMeta, Rec } from '../src/storage/ports.js';
+import type { CheckpointMeta, Rec } from '../src/core/records.js';
 import {
   LOG_DIR_NAME,
   LogCorruptError,

@@ -8,6 +8,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { CLUSTER_DEFAULT } from '../src/core/limits.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SERVER = join(ROOT, 'dist', 'src', 'server', 'main.js');
@@ -19,7 +20,7 @@ const { values } = parseArgs({
   options: {
     nodes: { type: 'string', default: '3' },
     port: { type: 'string', default: '4222' },
-    cluster: { type: 'string', default: 'ckv' },
+    cluster: { type: 'string', default: CLUSTER_DEFAULT },
     data: { type: 'string', default: join(ROOT, 'checkpoints') },
   },
 });

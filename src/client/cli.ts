@@ -5,10 +5,22 @@
 
 import { parseArgs } from 'node:util';
 import { ErrorCode } from '../core/errors.js';
-import { HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, KEY_BYTES_MAX, LIST_LIMIT_MAX, REQUEST_BYTES_MAX, VALUE_BYTES_MAX } from '../core/limits.js';
+import {
+  CLUSTER_DEFAULT,
+  CLUSTER_NAME_PATTERN,
+  CLUSTER_NAME_RULE,
+  HISTORY_LIMIT_DEFAULT,
+  HISTORY_LIMIT_MAX,
+  KEY_BYTES_MAX,
+  LIST_LIMIT_MAX,
+  NATS_URL_DEFAULT,
+  REQUEST_BYTES_MAX,
+  REQUEST_TIMEOUT_MS_DEFAULT,
+  VALUE_BYTES_MAX,
+} from '../core/limits.js';
 import { validateRequest } from '../core/validate.js';
 import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
-import { CasMismatchError, CkvError, Client, CLUSTER_DEFAULT, NATS_URL_DEFAULT } from './client.js';
+import { CasMismatchError, CkvError, Client } from './client.js';
 import { defaultSessionPath, readToken, saveToken } from './session.js';
 import { formatStatusTable, statusRows } from './status-table.js';
 
@@ -19,12 +31,10 @@ const EXIT_USAGE = 2; // also a request the server rejects as malformed or too l
 const EXIT_UNAVAILABLE = 3; // no server could answer in time
 const EXIT_ERROR = 4; // any other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)
 
-const TIMEOUT_MS_DEFAULT = 5000;
-
 const FLAGS_HELP = `Flags (before or after the command):
   --nats URL[,URL]   NATS server(s) (env CKV_NATS, default ${NATS_URL_DEFAULT})
   --cluster NAME     cluster name (env CKV_CLUSTER, default ${CLUSTER_DEFAULT})
-  --timeout MS       budget for the whole command, retries included (default ${TIMEOUT_MS_DEFAULT})
+  --timeout MS       budget for the whole command, retries included (default ${REQUEST_TIMEOUT_MS_DEFAULT})
   --json             print JSON (one object; watch: one object per line)
   --strong           linearizable read via the coordinator (get, mget, list)
   --session FILE     token file (env CKV_SESSION, default
@@ -310,8 +320,8 @@ function parse(argv: string[], env: NodeJS.ProcessEnv): Settings | { help: strin
     .filter((s) => s);
   if (servers.length === 0) usage('--nats needs a URL');
   const cluster = typeof flags.cluster === 'string' ? flags.cluster : env.CKV_CLUSTER || CLUSTER_DEFAULT;
-  if (!/^[-_a-zA-Z0-9]{1,64}$/.test(cluster)) usage('cluster name must be 1..64 characters of [-_a-zA-Z0-9]');
-  const timeout = typeof flags.timeout === 'string' ? parseNat(flags.timeout, '--timeout') : TIMEOUT_MS_DEFAULT;
+  if (!CLUSTER_NAME_PATTERN.test(cluster)) usage(CLUSTER_NAME_RULE);
+  const timeout = typeof flags.timeout === 'string' ? parseNat(flags.timeout, '--timeout') : REQUEST_TIMEOUT_MS_DEFAULT;
   if (timeout <= 0) usage('--timeout must be at least 1 ms');
 
   let after = 0;

@@ -4,9 +4,15 @@
 // loads the NATS library only when it really connects.
 
 import type { NatsConnection } from '@nats-io/transport-node';
-import { ErrorCode, ERROR_CODES, type WireError } from '../core/errors.js';
+import { CkvError, ErrorCode, ERROR_CODES, type WireError } from '../core/errors.js';
+
+export { CkvError };
 import {
+  CLUSTER_DEFAULT,
+  CLUSTER_NAME_PATTERN,
+  CLUSTER_NAME_RULE,
   LIST_LIMIT_DEFAULT,
+  NATS_URL_DEFAULT,
   REPLAY_EVENTS_MAX,
   REQUEST_TIMEOUT_MS_DEFAULT,
   REQUEST_TIMEOUT_MS_MAX,
@@ -16,16 +22,6 @@ import type { ChangeEvent, Consistency, KeyValue, NodeStatus, Reply, ReplyBody, 
 
 // ---------------------------------------------------------------------------
 // Errors
-
-/** Every failure the client reports. Switch on `code`: it is stable (core/errors.ts). */
-export class CkvError extends Error {
-  readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.code = code;
-    this.name = 'CkvError';
-  }
-}
 
 /** A cas (alone or inside a batch) found another value: nothing was written. */
 export class CasMismatchError extends CkvError {
@@ -186,10 +182,8 @@ export interface Watch extends AsyncIterableIterator<ChangeEvent> {
   stop(): void;
 }
 
-export const CLUSTER_DEFAULT = 'ckv';
-export const NATS_URL_DEFAULT = 'nats://127.0.0.1:4222';
+export { CLUSTER_DEFAULT, NATS_URL_DEFAULT };
 /** Same rule as the server's cluster names (src/transport/subjects.ts). */
-const CLUSTER_NAME = /^[-_a-zA-Z0-9]{1,64}$/;
 
 /** Longest single attempt. A request sent to a server that dies gets no reply at all: this
  * bounds how long a client waits on it before retrying elsewhere (failover takes ~0.5 s). */
@@ -274,7 +268,7 @@ export class Client {
   /** A client over a transport the caller owns: close() leaves the transport open. */
   constructor(transport: Transport, opts: ClientOptions = {}) {
     const cluster = opts.cluster ?? CLUSTER_DEFAULT;
-    if (!CLUSTER_NAME.test(cluster)) throw new CkvError(ErrorCode.BAD_REQUEST, 'cluster name must be 1..64 characters of [-_a-zA-Z0-9]');
+    if (!CLUSTER_NAME_PATTERN.test(cluster)) throw new CkvError(ErrorCode.BAD_REQUEST, CLUSTER_NAME_RULE);
     const timeout = opts.timeout ?? REQUEST_TIMEOUT_MS_DEFAULT;
     if (!Number.isFinite(timeout) || timeout <= 0) throw new CkvError(ErrorCode.BAD_REQUEST, 'timeout must be a positive number of ms');
     const after = opts.after ?? 0;

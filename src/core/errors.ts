@@ -20,12 +20,15 @@ export interface WireError {
   message: string;
 }
 
-/** An error a request handler returns to the client (never a server crash). */
-export class RequestError extends Error {
+/**
+ * Every failure ckv reports, in the server (as a reply's error) and in the client
+ * library alike. Switch on `code`: it is stable and part of the wire protocol.
+ */
+export class CkvError extends Error {
   readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string) {
-    super(message);
+  constructor(code: ErrorCode, message: string, options?: ErrorOptions) {
+    super(message, options);
     this.code = code;
-    this.name = 'RequestError';
+    this.name = 'CkvError';
   }
 }

@@ -58,6 +58,36 @@ export const DEAD_AFTER_TICKS = 8;
 export const REPL_ENTRIES_MAX = 512;
 export const REPL_BYTES_MAX = 768 * 1024;
 
+/** Ticks to wait for an `alive` after ELECTION, then for an announcement after `alive`. */
+export const ALIVE_WAIT_TICKS = 3;
+export const ANNOUNCE_WAIT_TICKS = 12;
+/** Ticks a claim waits for promises (and fetches) before it starts over. */
+export const CLAIM_WAIT_TICKS = 10;
+/** Ticks a strong-read confirmation round may take. */
+export const CONFIRM_WAIT_TICKS = 10;
+/** A server bullies a live lower-id coordinator only after this long up and caught up. */
+export const TAKEOVER_UPTIME_TICKS = 2 * DEAD_AFTER_TICKS;
+/**
+ * How long a server whose claim failed because its peers compacted the entries it lacks
+ * stands back from elections (unless a coordinator brings it up to date first).
+ */
+export const STAND_BACK_TICKS = 10 * DEAD_AFTER_TICKS;
+/** Minimum ticks between two resends to one follower, and two nacks from one follower. */
+export const RESEND_GAP_TICKS = 2;
+/** Fewest voters automatic removal leaves (an operator may go lower). */
+export const AUTO_REMOVE_VOTERS_MIN = 3;
+/** Most servers in the ping table (voters and learners). */
+export const PEERS_MAX = 64;
+
+// Defaults every program shares.
+
+/** Cluster name when none is given, and what a name may be (it is a NATS subject token). */
+export const CLUSTER_DEFAULT = 'ckv';
+export const CLUSTER_NAME_PATTERN = /^[-_a-zA-Z0-9]{1,64}$/;
+export const CLUSTER_NAME_RULE = 'cluster name must be 1..64 characters of [-_a-zA-Z0-9]';
+/** NATS server when none is given. */
+export const NATS_URL_DEFAULT = 'nats://127.0.0.1:4222';
+
 // The limits must fit each other; checked when the module loads, so a bad edit fails at once.
 // A replay page is REPLAY_PAGE_BYTES_MAX plus one whole entry (its events carry a little more
 // than its ops: 64 KiB of room for 128 events' fields); a list page is at most

@@ -7,36 +7,24 @@
 // clock, no randomness: time enters only as ticks.
 
 import {
+  ALIVE_WAIT_TICKS,
+  ANNOUNCE_WAIT_TICKS,
+  AUTO_REMOVE_VOTERS_MIN,
+  CLAIM_WAIT_TICKS,
+  CONFIRM_WAIT_TICKS,
   DEAD_AFTER_TICKS,
   KEEP_OUT_MAX,
+  PEERS_MAX,
   PING_INTERVAL_TICKS,
   REPL_BYTES_MAX,
   REPL_ENTRIES_MAX,
+  RESEND_GAP_TICKS,
+  STAND_BACK_TICKS,
   SUSPECT_AFTER_TICKS,
+  TAKEOVER_UPTIME_TICKS,
 } from './limits.js';
 import { BROADCAST, type Body, type Msg } from './messages.js';
 import type { Entry, Liveness, Role, WriteOp } from './wire.js';
-
-/** Ticks to wait for an `alive` after ELECTION, then for an announcement after `alive`. */
-export const ALIVE_WAIT_TICKS = 3;
-export const ANNOUNCE_WAIT_TICKS = 12;
-/** Ticks a claim waits for promises (and fetches) before it starts over. */
-export const CLAIM_WAIT_TICKS = 10;
-/** Ticks a strong-read confirmation round may take. */
-export const CONFIRM_WAIT_TICKS = 10;
-/** A server bullies a live lower-id coordinator only after this long up and caught up. */
-export const TAKEOVER_UPTIME_TICKS = 2 * DEAD_AFTER_TICKS;
-/**
- * How long a server whose claim failed because its peers compacted the entries it lacks
- * stands back from elections (unless a coordinator brings it up to date first).
- */
-export const STAND_BACK_TICKS = 10 * DEAD_AFTER_TICKS;
-/** Minimum ticks between two resends to one follower, and two nacks from one follower. */
-export const RESEND_GAP_TICKS = 2;
-/** Fewest voters automatic removal leaves (an operator may go lower). */
-export const AUTO_REMOVE_VOTERS_MIN = 3;
-/** Most servers in the ping table (voters and learners). */
-export const PEERS_MAX = 64;
 
 export interface NodeInit {
   id: number;

@@ -4,9 +4,7 @@
 
 import { RIDS_RETAINED_MAX } from './limits.js';
 import type { ChangeEvent, Entry, KeyValue, WriteOp, WriteResult } from './wire.js';
-import type { CheckpointDelta, CheckpointReader, Rec, RidRecord } from '../storage/ports.js';
-
-export const CHECKPOINT_FORMAT = 1;
+import { CHECKPOINT_FORMAT, type CheckpointDelta, type CheckpointReader, type Rec, type RidRecord } from './records.js';
 
 /** A value or a tombstone in the overlay (tombstones hide what the checkpoint holds). */
 type Slot = { rec: Rec } | { rec: null; rev: number };

@@ -1,7 +1,7 @@
 // Validation at the edge: turns untrusted JSON into typed requests, or a
-// RequestError with a stable code. Nothing past this point re-checks shapes.
+// CkvError with a stable code. Nothing past this point re-checks shapes.
 
-import { ErrorCode, RequestError } from './errors.js';
+import { ErrorCode, CkvError } from './errors.js';
 import {
   BATCH_OPS_MAX,
   HISTORY_LIMIT_DEFAULT,
@@ -24,7 +24,7 @@ const PREFIX_CHARS = /^[-/_=.a-zA-Z0-9]*$/;
 const RID_CHARS = /^[-_.:a-zA-Z0-9]+$/;
 
 function bad(message: string): never {
-  throw new RequestError(ErrorCode.BAD_REQUEST, message);
+  throw new CkvError(ErrorCode.BAD_REQUEST, message);
 }
 
 /** Why a key is invalid, or null if it is valid. Keys are NATS subject tokens joined by dots. */
@@ -42,7 +42,7 @@ export function keyProblem(key: unknown): string | null {
 function checkKey(key: unknown, what = 'key'): string {
   const p = keyProblem(key);
   if (p !== null) {
-    if (typeof key === 'string' && key.length > KEY_BYTES_MAX) throw new RequestError(ErrorCode.TOO_LARGE, p);
+    if (typeof key === 'string' && key.length > KEY_BYTES_MAX) throw new CkvError(ErrorCode.TOO_LARGE, p);
     bad(what === 'key' ? p : `${what}: ${p}`);
   }
   return key as string;
@@ -51,7 +51,7 @@ function checkKey(key: unknown, what = 'key'): string {
 function checkPrefix(prefix: unknown): string {
   if (prefix === undefined) return '';
   if (typeof prefix !== 'string') bad('prefix must be a string');
-  if (prefix.length > KEY_BYTES_MAX) throw new RequestError(ErrorCode.TOO_LARGE, 'prefix is longer than KEY_BYTES_MAX');
+  if (prefix.length > KEY_BYTES_MAX) throw new CkvError(ErrorCode.TOO_LARGE, 'prefix is longer than KEY_BYTES_MAX');
   if (!PREFIX_CHARS.test(prefix)) bad('prefix may contain only letters, digits and - / _ = .');
   if (prefix.startsWith('.') || prefix.includes('..')) bad('prefix must not start with a dot nor contain two dots in a row');
   return prefix;
@@ -61,7 +61,7 @@ function checkValue(value: unknown, what = 'value'): string {
   if (typeof value !== 'string') bad(`${what} must be a string`);
   // Cheap bound first: UTF-8 takes at most 3 bytes per UTF-16 unit.
   if (value.length * 3 > VALUE_BYTES_MAX && Buffer.byteLength(value, 'utf8') > VALUE_BYTES_MAX) {
-    throw new RequestError(ErrorCode.TOO_LARGE, `${what} is larger than VALUE_BYTES_MAX (${VALUE_BYTES_MAX} bytes)`);
+    throw new CkvError(ErrorCode.TOO_LARGE, `${what} is larger than VALUE_BYTES_MAX (${VALUE_BYTES_MAX} bytes)`);
   }
   return value;
 }
@@ -114,10 +114,10 @@ function checkWriteOp(raw: unknown, where: string): WriteOp {
   }
 }
 
-/** Parse and validate a request payload. Throws RequestError (BAD_REQUEST, TOO_LARGE). */
+/** Parse and validate a request payload. Throws CkvError (BAD_REQUEST, TOO_LARGE). */
 export function parseRequest(data: Uint8Array | string): Request {
   const size = typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
-  if (size > REQUEST_BYTES_MAX) throw new RequestError(ErrorCode.TOO_LARGE, `request is larger than ${REQUEST_BYTES_MAX} bytes`);
+  if (size > REQUEST_BYTES_MAX) throw new CkvError(ErrorCode.TOO_LARGE, `request is larger than ${REQUEST_BYTES_MAX} bytes`);
   let raw: unknown;
   try {
     raw = JSON.parse(typeof data === 'string' ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8'));
@@ -154,7 +154,7 @@ export function validateRequest(raw: unknown): Request {
     case 'mget': {
       checkFields(o, ['keys', 'consistency']);
       if (!Array.isArray(o.keys) || o.keys.length === 0) bad('mget needs "keys", a non-empty array');
-      if (o.keys.length > MGET_KEYS_MAX) throw new RequestError(ErrorCode.TOO_LARGE, `mget takes at most MGET_KEYS_MAX (${MGET_KEYS_MAX}) keys`);
+      if (o.keys.length > MGET_KEYS_MAX) throw new CkvError(ErrorCode.TOO_LARGE, `mget takes at most MGET_KEYS_MAX (${MGET_KEYS_MAX}) keys`);
       const keys = o.keys.map((k) => checkKey(k));
       const consistency = checkConsistency(o.consistency);
       return { op: 'mget', keys, ...(consistency ? { consistency } : {}), ...common };
@@ -188,7 +188,7 @@ export function validateRequest(raw: unknown): Request {
     case 'batch': {
       checkFields(o, ['ops', 'rid']);
       if (!Array.isArray(o.ops) || o.ops.length === 0) bad('batch needs "ops", a non-empty array');
-      if (o.ops.length > BATCH_OPS_MAX) throw new RequestError(ErrorCode.TOO_LARGE, `batch takes at most BATCH_OPS_MAX (${BATCH_OPS_MAX}) ops`);
+      if (o.ops.length > BATCH_OPS_MAX) throw new CkvError(ErrorCode.TOO_LARGE, `batch takes at most BATCH_OPS_MAX (${BATCH_OPS_MAX}) ops`);
       const ops = o.ops.map((op, i) => {
         const w = checkWriteOp(op, `ops[${i}]`);
         if ((op as Record<string, unknown>).rid !== undefined) bad(`ops[${i}]: rid belongs on the batch, not on its ops`);

@@ -8,12 +8,11 @@ import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { CronJob } from 'cron';
 import pino from 'pino';
-import { CHECKPOINT_CRON_DEFAULT, LOG_RETAIN_ENTRIES } from '../core/limits.js';
+import { CHECKPOINT_CRON_DEFAULT, CLUSTER_DEFAULT, CLUSTER_NAME_PATTERN, CLUSTER_NAME_RULE, LOG_RETAIN_ENTRIES, NATS_URL_DEFAULT } from '../core/limits.js';
 import { LmdbCheckpoint } from '../storage/checkpoint.js';
 import { SegmentLog } from '../storage/segment-log.js';
 import { FileStateFile } from '../storage/state-file.js';
 import { NatsTransport } from '../transport/nats.js';
-import { CLUSTER_NAME } from '../transport/subjects.js';
 import { Server, type CheckpointInstaller } from './server.js';
 import type { CheckpointStore } from '../storage/ports.js';
 
@@ -67,8 +66,8 @@ const USAGE = `usage: ckv-server --id N [--data DIR] [--nats URL] [--cluster NAM
 
   --id N                 this server's id, a positive integer (env CKV_ID)
   --data DIR             data directory (env CKV_DATA; default checkpoints/node-<id>)
-  --nats URL             NATS server (env CKV_NATS; default nats://127.0.0.1:4222)
-  --cluster NAME         cluster name (env CKV_CLUSTER; default ckv)
+  --nats URL             NATS server (env CKV_NATS; default ${NATS_URL_DEFAULT})
+  --cluster NAME         cluster name (env CKV_CLUSTER; default ${CLUSTER_DEFAULT})
   --voters 1,2,3         the first set of voters (env CKV_VOTERS; default: just this id)
   --checkpoint-cron EXPR checkpoint schedule, cron with seconds (env CKV_CHECKPOINT_CRON; default "${CHECKPOINT_CRON_DEFAULT}")
   --remove-dead-after MS remove a voter dead this long, if the rest are a majority (env CKV_REMOVE_DEAD_AFTER; default 0: never)
@@ -109,9 +108,9 @@ async function main(): Promise<void> {
   const env = process.env;
   const id = Number(values.id ?? env.CKV_ID);
   if (!Number.isSafeInteger(id) || id < 1) usage('--id must be a positive integer');
-  const cluster = String(values.cluster ?? env.CKV_CLUSTER ?? 'ckv');
-  if (!CLUSTER_NAME.test(cluster)) usage('--cluster must be 1..64 characters of [-_a-zA-Z0-9]');
-  const natsUrl = String(values.nats ?? env.CKV_NATS ?? 'nats://127.0.0.1:4222');
+  const cluster = String(values.cluster ?? env.CKV_CLUSTER ?? CLUSTER_DEFAULT);
+  if (!CLUSTER_NAME_PATTERN.test(cluster)) usage(`--cluster: ${CLUSTER_NAME_RULE}`);
+  const natsUrl = String(values.nats ?? env.CKV_NATS ?? NATS_URL_DEFAULT);
   const data = String(values.data ?? env.CKV_DATA ?? join('checkpoints', `node-${id}`));
   const votersArg = values.voters ?? env.CKV_VOTERS;
   const voters = votersArg === undefined ? [id] : String(votersArg).split(',').map((v) => Number(v.trim()));

@@ -5,7 +5,7 @@
 // the next one. It also runs checkpoints and serves the client subjects.
 
 import type { Logger } from 'pino';
-import { ErrorCode, RequestError, type ErrorCode as Code } from '../core/errors.js';
+import { ErrorCode, CkvError, type ErrorCode as Code } from '../core/errors.js';
 import {
   CHECKPOINT_LOG_BYTES_TRIGGER,
   ENTRY_BYTES_MAX,
@@ -400,7 +400,7 @@ export class Server {
     try {
       req = parseRequest(data);
     } catch (err) {
-      const e = err instanceof RequestError ? err : new RequestError(ErrorCode.BAD_REQUEST, String(err));
+      const e = err instanceof CkvError ? err : new CkvError(ErrorCode.BAD_REQUEST, String(err));
       this.replyError(respond, e.code, e.message);
       return;
     }
@@ -412,7 +412,7 @@ export class Server {
     try {
       fn();
     } catch (err) {
-      if (err instanceof RequestError) this.replyError(respond, err.code, err.message);
+      if (err instanceof CkvError) this.replyError(respond, err.code, err.message);
       else {
         this.logger.error({ err }, 'request failed');
         this.replyError(respond, ErrorCode.INTERNAL, 'internal error');
@@ -425,27 +425,27 @@ export class Server {
       this.reply(respond, { ok: true, ts: this.state.appliedTs, index: this.state.applied, status: this.status() });
       return;
     }
-    if (this.closing) throw new RequestError(ErrorCode.UNAVAILABLE, 'server is shutting down');
+    if (this.closing) throw new CkvError(ErrorCode.UNAVAILABLE, 'server is shutting down');
     // The old checkpoint is closed during the swap: nothing may read it.
-    if (this.swapping) throw new RequestError(ErrorCode.UNAVAILABLE, 'installing a checkpoint; retry');
-    if (kind === 'admin') throw new RequestError(ErrorCode.BAD_REQUEST, `op ${req.op} does not belong on the admin subject`);
+    if (this.swapping) throw new CkvError(ErrorCode.UNAVAILABLE, 'installing a checkpoint; retry');
+    if (kind === 'admin') throw new CkvError(ErrorCode.BAD_REQUEST, `op ${req.op} does not belong on the admin subject`);
     if (req.op === 'config') {
-      if (kind !== 'write') throw new RequestError(ErrorCode.BAD_REQUEST, `config goes to the coordinator on ${this.s.write}`);
+      if (kind !== 'write') throw new CkvError(ErrorCode.BAD_REQUEST, `config goes to the coordinator on ${this.s.write}`);
       this.onConfig(req, respond);
       return;
     }
     if (isWrite(req)) {
-      if (kind !== 'write') throw new RequestError(ErrorCode.BAD_REQUEST, `op ${req.op} is a write: send it on ${this.s.write}`);
+      if (kind !== 'write') throw new CkvError(ErrorCode.BAD_REQUEST, `op ${req.op} is a write: send it on ${this.s.write}`);
       this.onWrite(req, respond);
       return;
     }
     const strong = 'consistency' in req && req.consistency === 'strong';
-    if (strong && kind !== 'write') throw new RequestError(ErrorCode.BAD_REQUEST, `strong reads go to the coordinator on ${this.s.write}`);
+    if (strong && kind !== 'write') throw new CkvError(ErrorCode.BAD_REQUEST, `strong reads go to the coordinator on ${this.s.write}`);
     const timeoutMs = requestTimeoutMs(req);
     const after = req.after ?? 0;
     if (strong) {
       const id = this.nextWaiter++;
-      if (!this.node.readIndex(id)) throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
+      if (!this.node.readIndex(id)) throw new CkvError(ErrorCode.UNAVAILABLE, 'not the coordinator');
       this.strong.set(id, { id, after, req, respond, timer: this.timeoutTimer(id, timeoutMs) });
       // A token beyond our commit may be from the future, or we may have been deposed: the
       // core answers once a majority confirms we still lead (Ready.tokens).
@@ -560,13 +560,13 @@ export class Server {
         return;
       }
       default:
-        throw new RequestError(ErrorCode.BAD_REQUEST, `op ${req.op} is not a read`);
+        throw new CkvError(ErrorCode.BAD_REQUEST, `op ${req.op} is not a read`);
     }
   }
 
   /** `deadline`: set when the write comes back from a token check (its time runs on). */
   private onWrite(req: Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>, respond: Respond, deadline?: number): void {
-    if (this.node.role !== 'coordinator') throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
+    if (this.node.role !== 'coordinator') throw new CkvError(ErrorCode.UNAVAILABLE, 'not the coordinator');
     const timeoutMs = deadline === undefined ? requestTimeoutMs(req) : Math.max(1, deadline - Date.now());
     if (deadline === undefined && req.after !== undefined && req.after > this.node.knownCommitTs && req.after > this.node.clock) {
       // Beyond every timestamp we issued: from the future, or we were deposed without
@@ -600,9 +600,9 @@ export class Server {
     const ops: WriteOp[] = req.op === 'batch' ? req.ops : [stripWrite(req)];
     // The entry adds its index, epoch, ts and rid around the ops: keep room for them.
     const size = Buffer.byteLength(JSON.stringify(ops)) + ENTRY_ENVELOPE_BYTES_MAX;
-    if (size > ENTRY_BYTES_MAX) throw new RequestError(ErrorCode.TOO_LARGE, `write is ${size} bytes encoded, more than ENTRY_BYTES_MAX (${ENTRY_BYTES_MAX})`);
+    if (size > ENTRY_BYTES_MAX) throw new CkvError(ErrorCode.TOO_LARGE, `write is ${size} bytes encoded, more than ENTRY_BYTES_MAX (${ENTRY_BYTES_MAX})`);
     const placed = this.node.propose(ops, rid);
-    if (!placed) throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
+    if (!placed) throw new CkvError(ErrorCode.UNAVAILABLE, 'not the coordinator');
     const p: PendingWrite = { index: placed.index, epoch: placed.epoch, rid, responders: [respond], timer: null };
     this.armPending(p, timeoutMs);
     this.pendingByIndex.set(placed.index, p);
@@ -620,12 +620,12 @@ export class Server {
   }
 
   private onConfig(req: Extract<Request, { op: 'config' }>, respond: Respond): void {
-    if (this.node.role !== 'coordinator') throw new RequestError(ErrorCode.UNAVAILABLE, 'not the coordinator');
+    if (this.node.role !== 'coordinator') throw new CkvError(ErrorCode.UNAVAILABLE, 'not the coordinator');
     // Idempotent: a change already made (and committed) answers ok, so scripts can retry.
     const target = (req.add ?? req.remove)!;
     let placed: ReturnType<Node['proposeConfig']> | null;
     if (this.node.voters.includes(target) === (req.add !== undefined)) {
-      if (this.node.configPending()) throw new RequestError(ErrorCode.UNAVAILABLE, 'a configuration change is in progress; retry');
+      if (this.node.configPending()) throw new CkvError(ErrorCode.UNAVAILABLE, 'a configuration change is in progress; retry');
       // Removing a non-voter still records that it stays out (a configuration entry).
       placed = req.remove !== undefined ? this.node.proposeKeepOut(target) : null;
       if (placed === null) {
@@ -638,7 +638,7 @@ export class Server {
     }
     if (typeof placed === 'string') {
       const retry = placed.includes('retry');
-      throw new RequestError(retry ? ErrorCode.UNAVAILABLE : ErrorCode.BAD_REQUEST, placed);
+      throw new CkvError(retry ? ErrorCode.UNAVAILABLE : ErrorCode.BAD_REQUEST, placed);
     }
     const p: PendingWrite = { index: placed.index, epoch: placed.epoch, rid: undefined, responders: [respond], timer: null };
     this.armPending(p, requestTimeoutMs(req));

@@ -22,10 +22,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { KEY_BYTES_MAX, RID_BYTES_MAX } from '../core/limits.js';
-import type { CheckpointDelta, CheckpointMeta, CheckpointStore, Rec, RidRecord } from './ports.js';
+import type { CheckpointStore } from './ports.js';
+import { CHECKPOINT_FORMAT, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord } from '../core/records.js';
 
 /** Format version of the checkpoint layout (CheckpointMeta.format). */
-export const CHECKPOINT_FORMAT = 1;
 export const CHECKPOINT_DIR_NAME = 'checkpoint';
 const META_KEY = Buffer.from('meta', 'utf8');
 const DB_NAMES = ['kv', 'rids', 'meta'] as const;

@@ -3,7 +3,7 @@
 // dropped here, so that a malformed one never reaches an assertion in the core.
 
 import type { Msg } from '../core/messages.js';
-import { entryProblem } from '../storage/entry-codec.js';
+import { entryProblem } from '../core/entry-shape.js';
 
 /** Largest number a peer message may carry: far beyond any real index, epoch or clock, and
  * far enough below 2^53 that incrementing it stays exact. */

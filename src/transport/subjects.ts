@@ -40,5 +40,3 @@ export function subjects(cluster: string) {
     snapshot: (id: number) => `${p}.snap.${id}`,
   };
 }
-
-export const CLUSTER_NAME = /^[-_a-zA-Z0-9]{1,64}$/;

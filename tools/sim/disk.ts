@@ -5,7 +5,7 @@
 // atomic transaction, durable when the write completes.
 
 import type { Entry } from '../../src/core/wire.js';
-import type { CheckpointDelta, CheckpointMeta, CheckpointReader, Rec, RidRecord } from '../../src/storage/ports.js';
+import type { CheckpointDelta, CheckpointMeta, CheckpointReader, Rec, RidRecord } from '../../src/core/records.js';
 import type { Rng } from './prng.js';
 
 type LogOp = { t: 'trunc'; from: number } | { t: 'app'; entries: Entry[] };

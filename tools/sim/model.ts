@@ -3,7 +3,7 @@
 // the oracle for every replica's state and every reply.
 
 import type { ChangeEvent, Entry, WriteOp, WriteResult } from '../../src/core/wire.js';
-import type { Rec } from '../../src/storage/ports.js';
+import type { Rec } from '../../src/core/records.js';
 
 export interface ModelRid {
   index: number;

@@ -9,7 +9,7 @@ import { Node, type Notice, type Ready } from '../../src/core/node.js';
 import { KvState, type Applied } from '../../src/core/state.js';
 import type { Msg } from '../../src/core/messages.js';
 import type { Entry, WriteOp, WriteResult } from '../../src/core/wire.js';
-import type { Rec } from '../../src/storage/ports.js';
+import type { Rec } from '../../src/core/records.js';
 import { SimCheckpoint, type SimDisk } from './disk.js';
 
 export type ClientRequest =
