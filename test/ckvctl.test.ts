@@ -11,7 +11,9 @@ import { fileURLToPath } from 'node:url';
 import type { Entry } from '../src/core/wire.js';
 import { LmdbCheckpoint } from '../src/storage/checkpoint.js';
 import type { CheckpointDelta, Rec } from '../src/core/records.js';
-import { SEGMENT_HEADER_BYTES, SegmentLog, scanLog } from '../src/storage/segment-log.js';
+import { scanLog } from '../src/storage/log-inspect.js';
+import { SEGMENT_HEADER_BYTES } from '../src/storage/segment-format.js';
+import { SegmentLog } from '../src/storage/segment-log.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const CKVCTL = path.join(ROOT, 'dist', 'tools', 'ckvctl.js');

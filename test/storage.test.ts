@@ -23,17 +23,9 @@ import { entryProblem } from '../src/core/entry-shape.js';
 import { MemLog } from '../src/storage/mem-log.js';
 import type { CheckpointStore, LogStore } from '../src/storage/ports.js';
 import type { CheckpointDelta, CheckpointMeta, Rec, RidRecord } from '../src/core/records.js';
-import {
-  LogCorruptError,
-  RECORD_HEADER_BYTES,
-  SEGMENT_HEADER_BYTES,
-  SegmentLog,
-  readLog,
-  repairLog,
-  scanLog,
-  segmentFileName,
-  verifyLog,
-} from '../src/storage/segment-log.js';
+import { readLog, repairLog, scanLog, verifyLog } from '../src/storage/log-inspect.js';
+import { LogCorruptError, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, segmentFileName } from '../src/storage/segment-format.js';
+import { SegmentLog } from '../src/storage/segment-log.js';
 import { FileStateFile, MemStateFile } from '../src/storage/state-file.js';
 
 /** The parts of a tap test the helpers use. */

@@ -13,14 +13,8 @@ import { parseArgs } from 'node:util';
 import type { Entry } from '../src/core/wire.js';
 import { CHECKPOINT_DIR_NAME, LmdbCheckpoint, compareKeys, verifyCheckpoint } from '../src/storage/checkpoint.js';
 import type { CheckpointMeta, Rec } from '../src/core/records.js';
-import {
-  LOG_DIR_NAME,
-  LogCorruptError,
-  readLog,
-  repairLog,
-  scanLog,
-  verifyLog,
-} from '../src/storage/segment-log.js';
+import { readLog, repairLog, scanLog, verifyLog } from '../src/storage/log-inspect.js';
+import { LOG_DIR_NAME, LogCorruptError } from '../src/storage/segment-format.js';
 
 const EXIT_OK = 0;
 const EXIT_PROBLEM = 1;

@@ -12,7 +12,7 @@ import { ENTRY_BYTES_MAX } from '../core/limits.js';
 import type { Entry } from '../core/wire.js';
 import { encodeEntryJson } from './entry-codec.js';
 import type { LogOpenResult, LogStore } from './ports.js';
-import { RECORD_HEADER_BYTES } from './segment-log.js';
+import { RECORD_HEADER_BYTES } from './segment-format.js';
 
 export class MemLog implements LogStore {
   private entries: Entry[] = [];

@@ -1,16 +1,6 @@
-// The log on disk: <data>/log/ holds segment files named by the index of their
-// first entry, zero-padded to 20 digits so that name order is index order.
-//
-// Segment layout (all integers little-endian):
-//   header  (SEGMENT_HEADER_BYTES = 24)
-//     [8]  magic "CKVLOG\0\x01"
-//     [u32] format version (SEGMENT_FORMAT_VERSION)
-//     [u64] index of the first entry
-//     [u32] crc32c of the 20 bytes above
-//   records, back to back
-//     [u32] length of the entry bytes (1..ENTRY_BYTES_MAX)
-//     [u32] crc32c of the entry bytes
-//     [length] the entry (entry-codec.ts: canonical UTF-8 JSON)
+// The live log the server writes: segment files in <data>/log
+// (segment-format.ts has the layout), opened with a torn tail cut, appended
+// to, group-committed, truncated, rotated and trimmed.
 //
 // Writes go to the OS synchronously (one pwrite per append and segment) and
 // are durable once sync() resolves (fdatasync). Truncation is rare (a
@@ -21,193 +11,22 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ENTRY_BYTES_MAX, SEGMENT_BYTES_MAX } from '../core/limits.js';
 import type { Entry } from '../core/wire.js';
-import { crc32c } from './crc32c.js';
-import { decodeEntry, encodeEntryJson } from './entry-codec.js';
+import { encodeEntryJson } from './entry-codec.js';
 import type { LogOpenResult, LogStore } from './ports.js';
-
-export const SEGMENT_MAGIC = Buffer.from('CKVLOG\0\x01', 'latin1');
-export const SEGMENT_FORMAT_VERSION = 1;
-export const SEGMENT_HEADER_BYTES = 24;
-export const RECORD_HEADER_BYTES = 8;
-/** Digits in a segment file name (enough for any safe integer). */
-const SEGMENT_NAME_DIGITS = 20;
-const SEGMENT_NAME = /^(\d{20})\.seg$/;
-export const LOG_DIR_NAME = 'log';
-
-/** A bad record or header anywhere but the torn tail: the server must not start. */
-export class LogCorruptError extends Error {
-  readonly file: string;
-  readonly offset: number;
-  readonly reason: string;
-  constructor(file: string, offset: number, reason: string) {
-    super(`log segment ${file} is corrupt at byte ${offset}: ${reason} (ckvctl log repair cuts the log there)`);
-    this.name = 'LogCorruptError';
-    this.file = file;
-    this.offset = offset;
-    this.reason = reason;
-  }
-}
-
-export function segmentFileName(first: number): string {
-  return String(first).padStart(SEGMENT_NAME_DIGITS, '0') + '.seg';
-}
-
-/** `<data>/log`: where the server keeps its log. */
-export function logDirOf(dataDir: string): string {
-  return path.join(dataDir, LOG_DIR_NAME);
-}
-
-function encodeHeader(first: number): Buffer {
-  assertIndex(first, 'segment first index');
-  const h = Buffer.alloc(SEGMENT_HEADER_BYTES);
-  SEGMENT_MAGIC.copy(h, 0);
-  h.writeUInt32LE(SEGMENT_FORMAT_VERSION, 8);
-  h.writeBigUInt64LE(BigInt(first), 12);
-  h.writeUInt32LE(crc32c(h, 0, 0, 20), 20);
-  return h;
-}
-
-function assertIndex(n: number, what: string): void {
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`${what} must be a positive safe integer, got ${n}`);
-}
-
-// ---------------------------------------------------------------------------
-// Parsing: shared by open(), the offline scanner, verify and repair.
-
-interface BadSpot {
-  offset: number;
-  reason: string;
-  /** What a crash in the middle of a write can leave: a cut or garbage reaching the end of the file. */
-  tornLike: boolean;
-}
-
-interface ParsedSegment {
-  /** From the header, or from the name when the header is bad. */
-  first: number;
-  /** The header is unusable (then there are no records). */
-  headerBad: BadSpot | null;
-  /** End offset of each good record, in order. */
-  ends: number[];
-  entries: Entry[] | null;
-  /** The first bad record, if any: everything from its offset on is unusable. */
-  bad: BadSpot | null;
-  fileBytes: number;
-}
-
-function allZero(buf: Uint8Array, from: number): boolean {
-  for (let i = from; i < buf.length; i++) if (buf[i] !== 0) return false;
-  return true;
-}
-
-function parseSegment(buf: Buffer, nameFirst: number, collect: boolean): ParsedSegment {
-  const out: ParsedSegment = { first: nameFirst, headerBad: null, ends: [], entries: collect ? [] : null, bad: null, fileBytes: buf.length };
-  if (buf.length < SEGMENT_HEADER_BYTES) {
-    out.headerBad = { offset: 0, reason: `partial header (${buf.length} of ${SEGMENT_HEADER_BYTES} bytes)`, tornLike: true };
-    return out;
-  }
-  const zeroFile = allZero(buf, 0);
-  if (!buf.subarray(0, 8).equals(SEGMENT_MAGIC)) {
-    out.headerBad = { offset: 0, reason: 'bad magic (not a ckv log segment)', tornLike: zeroFile };
-    return out;
-  }
-  if (buf.readUInt32LE(20) !== crc32c(buf, 0, 0, 20)) {
-    out.headerBad = { offset: 0, reason: 'bad header checksum', tornLike: false };
-    return out;
-  }
-  const version = buf.readUInt32LE(8);
-  if (version !== SEGMENT_FORMAT_VERSION) {
-    out.headerBad = { offset: 0, reason: `unsupported segment format version ${version}`, tornLike: false };
-    return out;
-  }
-  const first = Number(buf.readBigUInt64LE(12));
-  if (first !== nameFirst) {
-    out.headerBad = { offset: 0, reason: `header says first index ${first} but the file name says ${nameFirst}`, tornLike: false };
-    return out;
-  }
-  let offset = SEGMENT_HEADER_BYTES;
-  const size = buf.length;
-  while (offset < size) {
-    if (size - offset < RECORD_HEADER_BYTES) {
-      out.bad = { offset, reason: `partial record header (${size - offset} bytes)`, tornLike: true };
-      break;
-    }
-    const len = buf.readUInt32LE(offset);
-    const end = offset + RECORD_HEADER_BYTES + len;
-    if (len === 0 || len > ENTRY_BYTES_MAX) {
-      out.bad = { offset, reason: `bad record length ${len}`, tornLike: end > size || allZero(buf, offset) };
-      break;
-    }
-    if (end > size) {
-      out.bad = { offset, reason: `record of ${len} bytes runs past the end of the file`, tornLike: true };
-      break;
-    }
-    const crc = buf.readUInt32LE(offset + 4);
-    if (crc !== crc32c(buf, 0, offset + RECORD_HEADER_BYTES, end)) {
-      // A bad checksum is a torn write only if nothing follows the record.
-      out.bad = { offset, reason: 'record checksum mismatch', tornLike: end === size };
-      break;
-    }
-    const expected = first + out.ends.length;
-    let entry: Entry;
-    try {
-      entry = decodeEntry(buf, offset + RECORD_HEADER_BYTES, end);
-    } catch (err) {
-      out.bad = { offset, reason: `record does not decode: ${(err as Error).message}`, tornLike: false };
-      break;
-    }
-    if (entry.index !== expected) {
-      out.bad = { offset, reason: `record holds entry ${entry.index}, expected ${expected}`, tornLike: false };
-      break;
-    }
-    out.ends.push(end);
-    if (out.entries !== null) out.entries.push(entry);
-    offset = end;
-  }
-  return out;
-}
-
-interface SegmentFile {
-  name: string;
-  first: number;
-}
-
-function listSegmentFiles(logDir: string): { segments: SegmentFile[]; others: string[] } {
-  let names: string[];
-  try {
-    names = fs.readdirSync(logDir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { segments: [], others: [] };
-    throw err;
-  }
-  const segments: SegmentFile[] = [];
-  const others: string[] = [];
-  for (const name of names) {
-    const m = SEGMENT_NAME.exec(name);
-    if (m === null) {
-      others.push(name);
-      continue;
-    }
-    const first = Number(m[1]);
-    if (!Number.isSafeInteger(first) || first < 1) {
-      others.push(name);
-      continue;
-    }
-    segments.push({ name, first });
-  }
-  // Zero-padded names: string order is index order.
-  segments.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  others.sort();
-  return { segments, others };
-}
-
-function fsyncDirSync(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
+import {
+  LogCorruptError,
+  RECORD_HEADER_BYTES,
+  SEGMENT_HEADER_BYTES,
+  assertIndex,
+  encodeHeader,
+  fsyncDirSync,
+  listSegmentFiles,
+  notFollowingOn,
+  parseSegment,
+  segmentFileName,
+  truncateFileSync,
+  writeRecord,
+} from './segment-format.js';
 
 function fdatasyncP(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
@@ -226,9 +45,6 @@ function writeAll(fd: number, buf: Buffer, off: number, len: number, pos: number
     pos += n;
   }
 }
-
-// ---------------------------------------------------------------------------
-// The live log.
 
 interface Segment {
   first: number;
@@ -336,23 +152,13 @@ export class SegmentLog implements LogStore {
         }
         const prev = log.segments[log.segments.length - 1];
         if (prev !== undefined && parsed.first !== prev.first + prev.ends.length) {
-          throw new LogCorruptError(
-            file,
-            0,
-            `first index ${parsed.first} does not follow on from the previous segment's last index ${prev.first + prev.ends.length - 1}`,
-          );
+          throw new LogCorruptError(file, 0, notFollowingOn(parsed.first, prev.first + prev.ends.length - 1));
         }
         let size = parsed.fileBytes;
         if (parsed.bad !== null) {
           if (!(isLast && parsed.bad.tornLike)) throw new LogCorruptError(file, parsed.bad.offset, parsed.bad.reason);
           size = parsed.bad.offset;
-          const fd = fs.openSync(file, 'r+');
-          try {
-            fs.ftruncateSync(fd, size);
-            fs.fdatasyncSync(fd);
-          } finally {
-            fs.closeSync(fd);
-          }
+          truncateFileSync(file, size);
           warn(
             `log: cut torn tail of ${file} at byte ${size} (${parsed.fileBytes - size} bytes dropped): ${parsed.bad.reason}`,
           );
@@ -452,13 +258,7 @@ export class SegmentLog implements LogStore {
     }
     const buf = Buffer.allocUnsafe(total);
     let off = 0;
-    for (let i = 0; i < n; i++) {
-      const len = lens[i]!;
-      buf.writeUInt32LE(len, off);
-      buf.write(texts[i]!, off + RECORD_HEADER_BYTES, len, 'utf8');
-      buf.writeUInt32LE(crc32c(buf, 0, off + RECORD_HEADER_BYTES, off + RECORD_HEADER_BYTES + len), off + 4);
-      off += RECORD_HEADER_BYTES + len;
-    }
+    for (let i = 0; i < n; i++) off = writeRecord(buf, off, texts[i]!, lens[i]!);
     try {
       if (this.lastIdx === 0) this.rebase(start);
       // Write runs of records, one pwrite per segment, rotating at record boundaries.
@@ -700,172 +500,4 @@ export class SegmentLog implements LogStore {
     }
     fs.closeSync(this.dirFd);
   }
-}
-
-// ---------------------------------------------------------------------------
-// Offline inspection for ckvctl: read-only, except repairLog.
-
-export interface SegmentInfo {
-  file: string;
-  firstIndex: number;
-  /** firstIndex - 1 when the segment holds no entries. */
-  lastIndex: number;
-  /** Good records (up to the first problem). */
-  count: number;
-  /** Size of the file. */
-  bytes: number;
-  /** The first problem in this segment, if any. */
-  problem: string | null;
-}
-
-export interface LogProblem {
-  file: string;
-  offset: number;
-  reason: string;
-  /** A torn tail: opening the log would cut it with a warning. */
-  torn: boolean;
-}
-
-interface ScannedSegment {
-  file: string;
-  parsed: ParsedSegment;
-  problem: LogProblem | null;
-}
-
-/** Segments one at a time, oldest first (only one segment's entries in memory when collecting). */
-function* scanSegmentsIter(dir: string, collect: boolean): Generator<ScannedSegment> {
-  const { segments: files } = listSegmentFiles(dir);
-  let prev: ScannedSegment | undefined;
-  for (let i = 0; i < files.length; i++) {
-    const f = files[i]!;
-    const file = path.join(dir, f.name);
-    const isLast = i === files.length - 1;
-    const parsed = parseSegment(fs.readFileSync(file), f.first, collect);
-    let problem: LogProblem | null = null;
-    const bad = parsed.headerBad ?? parsed.bad;
-    if (bad !== null) {
-      problem = { file, offset: bad.offset, reason: bad.reason, torn: isLast && bad.tornLike };
-    }
-    // Continuity is checkable only when the previous segment was read to its end.
-    if (problem === null || problem.offset > 0) {
-      if (prev !== undefined && prev.problem === null && parsed.first !== prev.parsed.first + prev.parsed.ends.length) {
-        const prevLast = prev.parsed.first + prev.parsed.ends.length - 1;
-        problem = {
-          file,
-          offset: 0,
-          reason: `first index ${parsed.first} does not follow on from the previous segment's last index ${prevLast}`,
-          torn: false,
-        };
-      }
-    }
-    prev = { file, parsed, problem };
-    yield prev;
-  }
-}
-
-function scanSegments(dir: string): ScannedSegment[] {
-  return [...scanSegmentsIter(dir, false)];
-}
-
-/** The segments of the log in directory `dir`, oldest first. Reads only. */
-export function scanLog(dir: string): SegmentInfo[] {
-  return scanSegments(dir).map(({ file, parsed, problem }) => ({
-    file,
-    firstIndex: parsed.first,
-    lastIndex: parsed.first + parsed.ends.length - 1,
-    count: parsed.ends.length,
-    bytes: parsed.fileBytes,
-    problem: problem === null ? null : `${problem.reason} at byte ${problem.offset}${problem.torn ? ' (torn tail)' : ''}`,
-  }));
-}
-
-/**
- * Every problem in the log, without changing anything: the first bad spot of
- * each segment (what follows a bad record cannot be trusted) and segments that
- * do not follow on from the previous one. Files that are not segments are
- * ignored here, as open() ignores them (with a warning).
- */
-export function verifyLog(dir: string): LogProblem[] {
-  const segments = scanSegments(dir);
-  const problems: LogProblem[] = [];
-  for (const s of segments) if (s.problem !== null) problems.push(s.problem);
-  return problems;
-}
-
-/**
- * The entries of the log in index order, from `from` to `to` inclusive.
- * Throws LogCorruptError (after yielding every entry before it) at the first problem.
- */
-export function* readLog(dir: string, from = 1, to = Number.MAX_SAFE_INTEGER): Generator<Entry> {
-  for (const s of scanSegmentsIter(dir, true)) {
-    const entries = s.parsed.entries!;
-    const last = s.parsed.first + entries.length - 1;
-    if (s.problem === null || s.problem.offset > 0) {
-      if (last >= from && s.parsed.first <= to) {
-        for (const e of entries) if (e.index >= from && e.index <= to) yield e;
-      }
-    }
-    if (s.problem !== null) throw new LogCorruptError(s.problem.file, s.problem.offset, s.problem.reason);
-    if (last >= to) return;
-  }
-}
-
-export interface LogRepair {
-  /** Where the log was cut. */
-  file: string;
-  offset: number;
-  reason: string;
-  /** Readable entries that were after the cut (a bad record itself is not counted). */
-  entriesDropped: number;
-  bytesDropped: number;
-  /** Later segment files that were deleted (and `file` itself when cut at byte 0). */
-  segmentsDeleted: string[];
-}
-
-/**
- * Cut the log at its first problem: truncate that segment there (delete it if
- * the problem is its header) and delete every later segment. Returns what was
- * cut, or null when the log has no problem. The server then fetches the rest
- * from its peers.
- */
-export function repairLog(dir: string): LogRepair | null {
-  const segments = scanSegments(dir);
-  const k = segments.findIndex((s) => s.problem !== null);
-  if (k < 0) return null;
-  const cut = segments[k]!;
-  const problem = cut.problem!;
-  const result: LogRepair = {
-    file: problem.file,
-    offset: problem.offset,
-    reason: problem.reason,
-    entriesDropped: 0,
-    bytesDropped: 0,
-    segmentsDeleted: [],
-  };
-  // Newest first, so that a crash midway leaves a prefix of the log.
-  for (let i = segments.length - 1; i > k; i--) {
-    const s = segments[i]!;
-    result.entriesDropped += s.parsed.ends.length;
-    result.bytesDropped += s.parsed.fileBytes;
-    fs.unlinkSync(s.file);
-    result.segmentsDeleted.unshift(s.file);
-  }
-  if (problem.offset === 0) {
-    // A bad header or a segment that does not follow on: the whole file goes.
-    result.entriesDropped += cut.parsed.ends.length;
-    result.bytesDropped += cut.parsed.fileBytes;
-    fs.unlinkSync(cut.file);
-    result.segmentsDeleted.unshift(cut.file);
-  } else {
-    result.bytesDropped += cut.parsed.fileBytes - problem.offset;
-    const fd = fs.openSync(cut.file, 'r+');
-    try {
-      fs.ftruncateSync(fd, problem.offset);
-      fs.fdatasyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
-  fsyncDirSync(dir);
-  return result;
 }
