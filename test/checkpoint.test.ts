@@ -1,0 +1,351 @@
+// The checkpoint: one CheckpointStore behaviour suite run against LMDB and the
+// in-memory twin, then what only one of them does (LMDB persistence, read-only
+// opening and offline verification; MemCheckpoint clones), a randomised check
+// that the two agree, and the key order.
+
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  LmdbCheckpoint,
+  MemCheckpoint,
+  compareKeys,
+  digestOf,
+  emptyMeta,
+  verifyCheckpoint,
+} from '../src/storage/checkpoint.js';
+import type { CheckpointStore } from '../src/storage/ports.js';
+import type { CheckpointDelta, CheckpointMeta, Rec, RidRecord } from '../src/core/records.js';
+import { type TT, tmpDir } from './helpers/tmp-dir.js';
+
+// ---------------------------------------------------------------------------
+// Checkpoint behaviour, shared by LmdbCheckpoint and MemCheckpoint.
+
+function meta(index: number, extra: Partial<CheckpointMeta> = {}): CheckpointMeta {
+  return { format: 1, index, epoch: 1, ts: index * 2, voters: [1, 2, 3], eventPrev: index, ...extra };
+}
+
+function rec(value: string, rev: number): Rec {
+  return { value, rev, ts: rev * 2 };
+}
+
+function delta(index: number, kv: Array<[string, Rec | null]>, ridsSet: Array<[string, RidRecord]> = [], ridsDel: string[] = []): CheckpointDelta {
+  return { kv, ridsSet, ridsDel, meta: meta(index) };
+}
+
+interface CheckpointHarness {
+  name: string;
+  make(tt: TT): Promise<CheckpointStore & { counts(): { keys: number; rids: number } }>;
+}
+
+function checkpointSuite(h: CheckpointHarness): void {
+  t.test(`${h.name}: CheckpointStore behaviour`, async (t) => {
+    t.test('empty', async (t) => {
+      const cp = await h.make(t);
+      t.same(cp.meta(), { format: 1, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 });
+      t.same(cp.meta(), emptyMeta());
+      t.equal(cp.get('a'), undefined);
+      t.equal(cp.get(''), undefined);
+      t.same(cp.range('', undefined, 10), []);
+      t.same(cp.rids(), []);
+      t.same([...cp.entries()], []);
+      t.equal(cp.digest(), digestOf(0, []));
+      t.same(cp.counts(), { keys: 0, rids: 0 });
+    });
+
+    t.test('write, get, range, rids, meta', async (t) => {
+      const cp = await h.make(t);
+      const keys = ['b', 'a', 'a.b', 'a/', 'a-', 'B', 'z', 'a.c', 'a.b.c', 'user.1', 'user.10', 'user.2', '_x', '=y'];
+      await cp.write(
+        delta(
+          20,
+          keys.map((k, i) => [k, rec(`v-${k}`, i + 1)]),
+          [
+            ['rid-b', { index: 4, ts: 8, result: { ok: true } }],
+            ['rid-a', { index: 5, ts: 10, result: { ok: false, code: 'CAS_MISMATCH', failed: 0, current: null } }],
+            ['rid-c', { index: 2, ts: 4, result: { ok: false, code: 'CAS_MISMATCH', failed: 1, current: 'cur' } }],
+          ],
+        ),
+      );
+      t.same(cp.meta(), meta(20));
+      t.same(cp.get('a.b'), rec('v-a.b', 3));
+      t.equal(cp.get('nope'), undefined);
+      const sorted = [...keys].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
+      t.same(
+        [...cp.entries()].map(([k]) => k),
+        sorted,
+        'entries in byte order',
+      );
+      t.same(
+        cp.range('', undefined, 100).map(([k]) => k),
+        sorted,
+      );
+      t.same(
+        cp.range('a', undefined, 100).map(([k]) => k),
+        ['a', 'a-', 'a.b', 'a.b.c', 'a.c', 'a/'],
+      );
+      t.same(
+        cp.range('a.', undefined, 100).map(([k]) => k),
+        ['a.b', 'a.b.c', 'a.c'],
+      );
+      t.same(
+        cp.range('a.', 'a.b', 100).map(([k]) => k),
+        ['a.b.c', 'a.c'],
+        'strictly after start',
+      );
+      t.same(
+        cp.range('a', 'a.', 2).map(([k]) => k),
+        ['a.b', 'a.b.c'],
+        'start between keys, limited',
+      );
+      t.same(
+        cp.range('user.', 'a', 100).map(([k]) => k),
+        ['user.1', 'user.10', 'user.2'],
+        'a start before the prefix is ignored',
+      );
+      t.same(cp.range('user.', 'user.9', 100), [], 'a start after every prefixed key');
+      t.same(cp.range('user.', undefined, 0), []);
+      t.same(cp.range('q', undefined, 10), []);
+      t.same(cp.range('a.b', undefined, 10)[0], ['a.b', rec('v-a.b', 3)]);
+      t.same(
+        cp.rids().map(([r]) => r),
+        ['rid-c', 'rid-b', 'rid-a'],
+        'rids in index order',
+      );
+      t.same(cp.rids()[0], ['rid-c', { index: 2, ts: 4, result: { ok: false, code: 'CAS_MISMATCH', failed: 1, current: 'cur' } }]);
+      t.same(cp.counts(), { keys: keys.length, rids: 3 });
+
+      // Update, delete, forget rids.
+      await cp.write(delta(29, [['a', rec('new', 29)], ['b', null], ['never-there', null]], [['rid-d', { index: 29, ts: 58, result: { ok: true } }]], ['rid-b', 'rid-zz']));
+      t.same(cp.get('a'), rec('new', 29));
+      t.equal(cp.get('b'), undefined);
+      t.same(
+        cp.rids().map(([r]) => r),
+        ['rid-c', 'rid-a', 'rid-d'],
+      );
+      t.same(cp.meta(), meta(29));
+      t.same(cp.counts(), { keys: keys.length - 1, rids: 3 });
+      // An empty delta just moves meta.
+      await cp.write(delta(29, []));
+      await cp.write(delta(30, []));
+      t.equal(cp.meta().index, 30);
+    });
+
+    t.test('bad deltas are refused and change nothing', async (t) => {
+      const cp = await h.make(t);
+      await cp.write(delta(5, [['a', rec('x', 5)]]));
+      const digest = cp.digest();
+      const bad: Array<[string, CheckpointDelta, RegExp]> = [
+        ['backwards', delta(4, [['b', rec('y', 4)]]), /goes back/],
+        ['key twice', delta(6, [['b', rec('y', 6)], ['b', null]]), /twice/],
+        ['empty key', delta(6, [['', rec('y', 6)]]), /key is not a non-empty string/],
+        ['rev beyond index', delta(6, [['b', rec('y', 7)]]), /beyond meta.index/],
+        ['bad rec', delta(6, [['b', { value: 3, rev: 1, ts: 1 } as unknown as Rec]]), /value is not a string/],
+        ['bad meta', { ...delta(6, []), meta: { ...meta(6), format: 2 } }, /format/],
+        ['eventPrev beyond index', { ...delta(6, []), meta: { ...meta(6), eventPrev: 7 } }, /eventPrev/],
+        ['bad rid record', delta(6, [], [['r', { index: 0, ts: 1, result: { ok: true } }]]), /rid record index/],
+        ['bad rid result', delta(6, [], [['r', { index: 1, ts: 1, result: { ok: 'yes' } as unknown as RidRecord['result'] }]]), /result.ok/],
+        ['long rid', delta(6, [], [], ['r'.repeat(65)]), /longer than 64/],
+      ];
+      for (const [what, d, re] of bad) await t.rejects(cp.write(d), re, what);
+      t.equal(cp.digest(), digest);
+      t.equal(cp.meta().index, 5);
+      t.same([...cp.entries()], [['a', rec('x', 5)]]);
+    });
+
+    t.test('digest: equal state gives an equal digest', async (t) => {
+      const one = await h.make(t);
+      const two = await h.make(t);
+      await one.write(delta(3, [['a', rec('1', 1)], ['b', rec('2', 2)], ['c', rec('3', 3)]]));
+      await one.write(delta(6, [['a', null], ['b', rec('22', 5)], ['d', rec('4', 6)]]));
+      await two.write(delta(3, [['x', rec('9', 1)], ['c', rec('3', 3)]]));
+      await two.write(delta(4, [['x', null], ['d', rec('old', 4)]]));
+      await two.write(delta(6, [['d', rec('4', 6)], ['b', rec('22', 5)]], [['rid', { index: 6, ts: 12, result: { ok: true } }]]));
+      t.equal(one.digest(), two.digest(), 'rids and the order of writes do not matter');
+      t.match(one.digest(), /^[0-9a-f]{64}$/);
+      await two.write(delta(7, []));
+      t.not(one.digest(), two.digest(), 'meta.index matters');
+      await one.write(delta(7, [['b', rec('22', 7)]]));
+      t.not(one.digest(), two.digest(), 'rev matters');
+    });
+  });
+}
+
+checkpointSuite({
+  name: 'LmdbCheckpoint',
+  async make(tt) {
+    const cp = await LmdbCheckpoint.open(path.join(tmpDir(tt), 'checkpoint'));
+    tt.teardown(() => cp.close());
+    return cp;
+  },
+});
+checkpointSuite({
+  name: 'MemCheckpoint',
+  async make() {
+    return new MemCheckpoint();
+  },
+});
+
+t.test('LmdbCheckpoint: persistence, read-only, reads during a write', async (t) => {
+  const data = tmpDir(t);
+  const dir = path.join(data, 'checkpoint');
+  const cp = await LmdbCheckpoint.open(dir);
+  await cp.write(delta(2, [['a', rec('1', 1)], ['b', rec('2', 2)]], [['r1', { index: 2, ts: 4, result: { ok: true } }]]));
+  const digest = cp.digest();
+
+  // Reads while a big write is in flight see the old state or the new one, never a mix.
+  const N = 3000;
+  const big = delta(
+    3,
+    Array.from({ length: N }, (_, i): [string, Rec] => [`big.${String(i).padStart(5, '0')}`, rec(`v${i}`, 3)]),
+  );
+  big.kv.push(['a', null]);
+  let done = false;
+  const writing = cp.write(big).then(() => {
+    done = true;
+  });
+  t.equal(cp.meta().index, 2, 'not visible before the write completes');
+  t.same(cp.get('a'), rec('1', 1));
+  let samples = 0;
+  let mixed = 0;
+  while (!done) {
+    const index = cp.meta().index;
+    const n = cp.range('big.', undefined, N + 1).length;
+    const a = cp.get('a');
+    const old = index === 2 && n === 0 && a !== undefined;
+    const now = index === 3 && n === N && a === undefined;
+    if (!old && !now) mixed++;
+    samples++;
+    await new Promise((r) => setImmediate(r));
+  }
+  await writing;
+  t.equal(mixed, 0, `no mixed state in ${samples} samples`);
+  t.ok(samples > 0);
+  t.equal(cp.meta().index, 3);
+  t.equal(cp.counts().keys, N + 1);
+  const digest3 = cp.digest();
+  t.not(digest3, digest);
+  await cp.close();
+  await cp.close();
+  t.throws(() => cp.get('b'), /closed/);
+
+  // Reopen: everything is there.
+  const again = await LmdbCheckpoint.open(dir);
+  t.equal(again.meta().index, 3);
+  t.same(again.get('b'), rec('2', 2));
+  t.same(again.rids(), [['r1', { index: 2, ts: 4, result: { ok: true } }]]);
+  t.equal(again.digest(), digest3);
+
+  // Read-only, next to the writer.
+  const ro = await LmdbCheckpoint.open(dir, { readOnly: true });
+  t.equal(ro.digest(), digest3);
+  await t.rejects(ro.write(delta(4, [])), /read-only/);
+  await ro.close();
+  await again.close();
+  await t.rejects(LmdbCheckpoint.open(path.join(data, 'none'), { readOnly: true }), /no checkpoint/);
+  t.notOk(fs.existsSync(path.join(data, 'none')), 'read-only creates nothing');
+
+  const report = await verifyCheckpoint(dir);
+  t.same(report.problems, []);
+  t.equal(report.digest, digest3);
+  t.equal(report.keys, N + 1);
+  t.equal(report.rids, 1);
+  t.equal(report.meta?.index, 3);
+  const missing = await verifyCheckpoint(path.join(data, 'none'));
+  t.match(missing.problems[0], /cannot open/);
+});
+
+t.test('verifyCheckpoint reports bad records', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  const cp = await LmdbCheckpoint.open(dir);
+  await cp.write(delta(4, [['a', rec('1', 1)], ['b', rec('2', 2)]], [['r', { index: 4, ts: 8, result: { ok: true } }]]));
+  await cp.close();
+  // Write garbage with lmdb directly, as a damaged or foreign checkpoint would hold.
+  const { open } = await import('lmdb');
+  const root = open({ path: dir, maxDbs: 4, keyEncoding: 'binary', encoding: 'binary' });
+  const kv = root.openDB({ name: 'kv', keyEncoding: 'binary', encoding: 'binary' });
+  const rids = root.openDB({ name: 'rids', keyEncoding: 'binary', encoding: 'binary' });
+  await kv.put(Buffer.from('c'), Buffer.from('not json'));
+  await kv.put(Buffer.from('d'), Buffer.from('{"value":"x","rev":9,"ts":1}'));
+  await rids.put(Buffer.from('r2'), Buffer.from('{"index":1}'));
+  await root.close();
+  const r = await verifyCheckpoint(dir);
+  t.equal(r.problems.length, 3);
+  t.match(r.problems.join('\n'), /record of key "c" is not JSON/);
+  t.match(r.problems.join('\n'), /rev 9 is beyond meta.index 4/);
+  t.match(r.problems.join('\n'), /rid "r2"/);
+  const again = await LmdbCheckpoint.open(dir, { readOnly: true });
+  t.throws(() => again.get('c'), /not JSON/, 'reads refuse a bad record too');
+  await again.close();
+});
+
+t.test('MemCheckpoint: clone is an independent copy; records are immutable', async (t) => {
+  const cp = new MemCheckpoint();
+  await cp.write(delta(2, [['a', rec('1', 1)]], [['r', { index: 2, ts: 4, result: { ok: true } }]]));
+  const copy = cp.clone();
+  await cp.write(delta(3, [['a', null], ['b', rec('2', 3)]]));
+  t.same([...copy.entries()], [['a', rec('1', 1)]]);
+  t.equal(copy.meta().index, 2);
+  t.same(copy.rids().length, 1);
+  t.not(copy.digest(), cp.digest());
+  const got = cp.get('b')!;
+  t.throws(() => {
+    (got as { value: string }).value = 'changed';
+  }, TypeError);
+  const m = cp.meta();
+  m.voters.push(99);
+  t.same(cp.meta().voters, [1, 2, 3], 'meta() returns a copy');
+  t.equal(cp.writes, 2);
+  await cp.close();
+});
+
+t.test('MemCheckpoint and LmdbCheckpoint agree on random deltas', async (t) => {
+  let seed = 12345;
+  const rnd = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const alphabet = ['a', 'b', 'B', '.', '-', '/', '_', '=', '0', 'z'];
+  const key = (): string => {
+    let k = alphabet[rnd(alphabet.length)]!;
+    for (let n = rnd(4); n > 0; n--) k += alphabet[rnd(alphabet.length)];
+    return k;
+  };
+  const lmdb = await LmdbCheckpoint.open(path.join(tmpDir(t), 'checkpoint'));
+  t.teardown(() => lmdb.close());
+  const mem = new MemCheckpoint();
+  let index = 0;
+  for (let round = 0; round < 25; round++) {
+    index += 1 + rnd(5);
+    const kv = new Map<string, Rec | null>();
+    for (let n = rnd(40); n > 0; n--) kv.set(key(), rnd(4) === 0 ? null : rec(`v${rnd(1000)}`, index));
+    const rid = `rid${rnd(30)}`;
+    const d: CheckpointDelta = {
+      kv: [...kv.entries()],
+      ridsSet: [[rid, { index, ts: index * 2, result: { ok: true } }]],
+      ridsDel: rnd(2) === 0 ? [`rid${rnd(30)}`].filter((r) => r !== rid) : [],
+      meta: meta(index),
+    };
+    await Promise.all([lmdb.write(d), mem.write(d)]);
+    t.equal(lmdb.digest(), mem.digest(), `digest after round ${round}`);
+  }
+  t.same([...lmdb.entries()], [...mem.entries()]);
+  t.same(lmdb.rids(), mem.rids());
+  t.same(lmdb.meta(), mem.meta());
+  t.same(lmdb.counts(), mem.counts());
+  for (let n = 0; n < 50; n++) {
+    const p = key().slice(0, rnd(3));
+    const s = rnd(2) === 0 ? undefined : key();
+    const limit = 1 + rnd(20);
+    t.same(lmdb.range(p, s, limit), mem.range(p, s, limit), `range(${JSON.stringify(p)}, ${JSON.stringify(s)}, ${limit})`);
+    const k = key();
+    t.same(lmdb.get(k), mem.get(k));
+  }
+});
+
+t.test('compareKeys is UTF-8 byte order', async (t) => {
+  const words = ['a', 'B', 'ab', '', 'é', 'z', '\uffff', '\u{10000}', '\ue000', '\u00ff', 'a\u{1f600}', 'a\uffff'];
+  const bytes = [...words].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
+  t.same([...words].sort(compareKeys), bytes);
+  t.equal(compareKeys('same', 'same'), 0);
+});
