@@ -47,6 +47,16 @@ function segFiles(logDir: string): string[] {
     .sort();
 }
 
+/** A new log directory holding entries 1..n, synced and closed. */
+async function writtenLog(tt: TT, n: number, segmentBytesMax?: number): Promise<string> {
+  const dir = path.join(tmpDir(tt), 'log');
+  const { log } = await SegmentLog.open(dir, { segmentBytesMax });
+  log.append(range(1, n));
+  await log.sync();
+  await log.close();
+  return dir;
+}
+
 // ---------------------------------------------------------------------------
 
 t.test('crc32c', async (t) => {
@@ -307,21 +317,13 @@ t.test('SegmentLog: files and layout', async (t) => {
 });
 
 t.test('SegmentLog: torn tails are cut with a warning', async (t) => {
-  async function setup(tt: TT, n = 5, segmentBytesMax?: number): Promise<string> {
-    const dir = path.join(tmpDir(tt), 'log');
-    const { log } = await SegmentLog.open(dir, { segmentBytesMax });
-    log.append(range(1, n));
-    await log.sync();
-    await log.close();
-    return dir;
-  }
   function lastFile(dir: string): string {
     const f = segFiles(dir);
     return path.join(dir, f[f.length - 1]!);
   }
 
   t.test('cut in the middle of the last record', async (t) => {
-    const dir = await setup(t);
+    const dir = await writtenLog(t, 5);
     const file = lastFile(dir);
     const buf = fs.readFileSync(file);
     const last = recordOffsets(buf)[4]!;
@@ -345,7 +347,7 @@ t.test('SegmentLog: torn tails are cut with a warning', async (t) => {
   });
 
   t.test('cut inside a record header', async (t) => {
-    const dir = await setup(t);
+    const dir = await writtenLog(t, 5);
     const file = lastFile(dir);
     const last = recordOffsets(fs.readFileSync(file))[4]!;
     fs.truncateSync(file, last + 3);
@@ -356,7 +358,7 @@ t.test('SegmentLog: torn tails are cut with a warning', async (t) => {
   });
 
   t.test('garbage appended', async (t) => {
-    const dir = await setup(t);
+    const dir = await writtenLog(t, 5);
     const file = lastFile(dir);
     const size = fs.statSync(file).size;
     fs.appendFileSync(file, 'garbage that is not a record');
@@ -369,7 +371,7 @@ t.test('SegmentLog: torn tails are cut with a warning', async (t) => {
   });
 
   t.test('zeros appended (a preallocated tail)', async (t) => {
-    const dir = await setup(t);
+    const dir = await writtenLog(t, 5);
     const file = lastFile(dir);
     fs.appendFileSync(file, Buffer.alloc(100));
     const { log, entries, warnings } = await SegmentLog.open(dir);
@@ -379,7 +381,7 @@ t.test('SegmentLog: torn tails are cut with a warning', async (t) => {
   });
 
   t.test('bad checksum in the last record', async (t) => {
-    const dir = await setup(t);
+    const dir = await writtenLog(t, 5);
     const file = lastFile(dir);
     const buf = fs.readFileSync(file);
     buf[buf.length - 3] ^= 0x40;
@@ -391,7 +393,7 @@ t.test('SegmentLog: torn tails are cut with a warning', async (t) => {
   });
 
   t.test('a new segment with a partial header is removed', async (t) => {
-    const dir = await setup(t, 10, 400);
+    const dir = await writtenLog(t, 10, 400);
     const files = segFiles(dir);
     t.ok(files.length >= 2);
     const lastName = files[files.length - 1]!;
@@ -413,7 +415,7 @@ t.test('SegmentLog: torn tails are cut with a warning', async (t) => {
   });
 
   t.test('unexpected files are ignored with a warning', async (t) => {
-    const dir = await setup(t);
+    const dir = await writtenLog(t, 5);
     fs.writeFileSync(path.join(dir, 'notes.txt'), 'hi');
     const { log, entries, warnings } = await SegmentLog.open(dir);
     t.same(entries, range(1, 5));
@@ -423,17 +425,8 @@ t.test('SegmentLog: torn tails are cut with a warning', async (t) => {
 });
 
 t.test('SegmentLog: corruption before the tail is refused', async (t) => {
-  async function setup(tt: TT, segmentBytesMax?: number): Promise<string> {
-    const dir = path.join(tmpDir(tt), 'log');
-    const { log } = await SegmentLog.open(dir, { segmentBytesMax });
-    log.append(range(1, 12));
-    await log.sync();
-    await log.close();
-    return dir;
-  }
-
   t.test('a flipped byte in an early record', async (t) => {
-    const dir = await setup(t);
+    const dir = await writtenLog(t, 12);
     const file = path.join(dir, segmentFileName(1));
     const buf = fs.readFileSync(file);
     const off = recordOffsets(buf)[2]!;
@@ -455,7 +448,7 @@ t.test('SegmentLog: corruption before the tail is refused', async (t) => {
   });
 
   t.test('a bad length before the end', async (t) => {
-    const dir = await setup(t);
+    const dir = await writtenLog(t, 12);
     const file = path.join(dir, segmentFileName(1));
     const buf = fs.readFileSync(file);
     const off = recordOffsets(buf)[5]!;
@@ -465,7 +458,7 @@ t.test('SegmentLog: corruption before the tail is refused', async (t) => {
   });
 
   t.test('a bad record at the end of a segment that is not the last', async (t) => {
-    const dir = await setup(t, 300);
+    const dir = await writtenLog(t, 12, 300);
     const files = segFiles(dir);
     t.ok(files.length >= 3);
     const file = path.join(dir, files[0]!);
@@ -476,7 +469,7 @@ t.test('SegmentLog: corruption before the tail is refused', async (t) => {
   });
 
   t.test('a missing segment in the middle', async (t) => {
-    const dir = await setup(t, 300);
+    const dir = await writtenLog(t, 12, 300);
     const files = segFiles(dir);
     fs.unlinkSync(path.join(dir, files[1]!));
     await t.rejects(SegmentLog.open(dir, { segmentBytesMax: 300 }), {
@@ -488,7 +481,7 @@ t.test('SegmentLog: corruption before the tail is refused', async (t) => {
   });
 
   t.test('a bad header', async (t) => {
-    const dir = await setup(t, 300);
+    const dir = await writtenLog(t, 12, 300);
     const file = path.join(dir, segFiles(dir)[0]!);
     const buf = fs.readFileSync(file);
     buf[14] ^= 1;
@@ -497,17 +490,13 @@ t.test('SegmentLog: corruption before the tail is refused', async (t) => {
   });
 
   t.test('a file name that does not match its header', async (t) => {
-    const dir = await setup(t);
+    const dir = await writtenLog(t, 12);
     fs.renameSync(path.join(dir, segmentFileName(1)), path.join(dir, segmentFileName(2)));
     await t.rejects(SegmentLog.open(dir), { name: 'LogCorruptError', message: /file name says 2/ });
   });
 
   t.test('a record holding the wrong entry', async (t) => {
-    const dir = path.join(tmpDir(t), 'log');
-    const { log } = await SegmentLog.open(dir);
-    log.append(range(1, 3));
-    await log.sync();
-    await log.close();
+    const dir = await writtenLog(t, 3);
     const file = path.join(dir, segmentFileName(1));
     const buf = fs.readFileSync(file);
     const [o1, o2] = recordOffsets(buf) as [number, number];
@@ -520,11 +509,7 @@ t.test('SegmentLog: corruption before the tail is refused', async (t) => {
   });
 
   t.test('a record that checks out but does not decode', async (t) => {
-    const dir = path.join(tmpDir(t), 'log');
-    const { log } = await SegmentLog.open(dir);
-    log.append(range(1, 2));
-    await log.sync();
-    await log.close();
+    const dir = await writtenLog(t, 2);
     const file = path.join(dir, segmentFileName(1));
     const buf = fs.readFileSync(file);
     const off = recordOffsets(buf)[0]!;
