@@ -88,7 +88,7 @@ export function scanLog(dir: string): SegmentInfo[] {
  * Every problem in the log, without changing anything: the first bad spot of
  * each segment (what follows a bad record cannot be trusted) and segments that
  * do not follow on from the previous one. Files that are not segments are
- * ignored here, as open() ignores them (with a warning).
+ * ignored here, as SegmentLog.open() ignores them (with a warning).
  */
 export function verifyLog(dir: string): LogProblem[] {
   const segments = scanSegments(dir);
