@@ -13,6 +13,7 @@
 // Exit status 1 if any seed failed.
 
 import { runSeed, type SimOptions, type SimResult } from './sim/harness.js';
+import { FAULT_KINDS, FAULTS_OFF_BY_DEFAULT, type FaultKind } from './sim/params.js';
 
 interface Args {
   seeds: number;
@@ -25,6 +26,8 @@ interface Args {
   strictTokens: boolean;
   trace: number;
   stopAfter: number;
+  enable: FaultKind[];
+  set: string[];
 }
 
 function usage(msg?: string): never {
@@ -33,13 +36,15 @@ function usage(msg?: string): never {
     'usage: sim-soak --seeds N [--start N] [--nodes 3|5] [--stop-after K]\n' +
       '       sim-soak --seed N [--nodes 3|5] [--verbose] [--trace LINES]\n' +
       'options: --chaos MS --quiet MS (simulated durations);\n' +
-      '  --lenient-tokens (count, do not fail on, TOKEN_AHEAD for tokens the cluster issued)',
+      '  --lenient-tokens (count, do not fail on, TOKEN_AHEAD for tokens the cluster issued);\n' +
+      `  --enable FAULT[,FAULT] (faults off by default: ${FAULTS_OFF_BY_DEFAULT.join(', ')});\n` +
+      '  --set KNOB=VALUE (force a parameter, e.g. replEntriesMax=3 or faultWeights.crashAll=20; repeatable)',
   );
   process.exit(2);
 }
 
 function parse(argv: string[]): Args {
-  const a: Args = { seeds: 100, start: 1, seed: null, nodes: null, verbose: false, chaosMs: undefined, quietMs: undefined, strictTokens: true, trace: 300, stopAfter: 10 };
+  const a: Args = { seeds: 100, start: 1, seed: null, nodes: null, verbose: false, chaosMs: undefined, quietMs: undefined, strictTokens: true, trace: 300, stopAfter: 10, enable: [], set: [] };
   const num = (i: number): number => {
     const v = Number(argv[i]);
     if (argv[i] === undefined || !Number.isInteger(v) || v < 0) usage(`${argv[i - 1]} needs a non-negative integer`);
@@ -79,6 +84,16 @@ function parse(argv: string[]): Args {
       case '--stop-after':
         a.stopAfter = num(++i);
         break;
+      case '--enable':
+        for (const f of (argv[++i] ?? '').split(',')) {
+          if (!FAULT_KINDS.includes(f as FaultKind)) usage(`--enable: unknown fault ${JSON.stringify(f)} (one of ${FAULT_KINDS.join(', ')})`);
+          a.enable.push(f as FaultKind);
+        }
+        break;
+      case '--set':
+        if (argv[i + 1] === undefined) usage('--set needs KNOB=VALUE');
+        a.set.push(argv[++i]!);
+        break;
       case '--help':
       case '-h':
         usage();
@@ -101,6 +116,8 @@ function options(a: Args, seed: number): SimOptions {
     verbose: a.verbose,
     strictTokens: a.strictTokens,
     traceSize: a.trace,
+    enable: a.enable,
+    set: a.set,
     ...(a.chaosMs !== undefined ? { chaosMs: a.chaosMs } : {}),
     ...(a.quietMs !== undefined ? { quietMs: a.quietMs } : {}),
   };
@@ -132,7 +149,7 @@ function main(): void {
   }
   const t0 = performance.now();
   const failed: SimResult[] = [];
-  const total = { events: 0, committed: 0, acked: 0, crashes: 0, snapshots: 0, configs: 0, bogusRejected: 0, spuriousTokenAhead: 0, historyOps: 0 };
+  const total = { events: 0, committed: 0, acked: 0, crashes: 0, snapshots: 0, configs: 0, pages: 0, resent: 0, bogusRejected: 0, spuriousTokenAhead: 0, historyOps: 0 };
   let done = 0;
   for (let seed = a.start; seed < a.start + a.seeds; seed++) {
     const r = runSeed({ ...options(a, seed), traceSize: failed.length < 1 ? a.trace : 0 });

@@ -47,6 +47,25 @@ export const LOG_RETAIN_ENTRIES = 10_000;
 /** Default checkpoint schedule (cron with seconds). */
 export const CHECKPOINT_CRON_DEFAULT = '*/10 * * * * *';
 
+/** Change events a server keeps in memory for replay and history requests. */
+export const EVENTS_RETAINED_MAX = 10_000;
+/** Time allowed on shutdown for in-flight work before the final checkpoint. */
+export const SHUTDOWN_DRAIN_MS_MAX = 5_000;
+/** Room an entry's fields take around its ops, in bytes (rid <= 64, numbers, field names). */
+export const ENTRY_ENVELOPE_BYTES_MAX = 512;
+/** Pages of a checkpoint transfer, in keys (or request ids), and in bytes of keys and values
+ * (a single larger value goes alone). */
+export const SNAPSHOT_PAGE_ITEMS_MAX = 2_000;
+export const SNAPSHOT_PAGE_BYTES_MAX = 512 * 1024;
+/** Time one page request may take; also the least time between two offers to one follower. */
+export const SNAPSHOT_PAGE_TIMEOUT_MS = 5_000;
+/** Answers to one page request that may be missing or refused before a transfer is given up. */
+export const SNAPSHOT_PAGE_TRIES_MAX = 3;
+/** A server serving a transfer holds its checkpoint still this long after each page, and at
+ * most this long in all (a transfer caught by the move starts over). */
+export const SNAPSHOT_HOLD_MS = 10_000;
+export const SNAPSHOT_HOLD_TOTAL_MS_MAX = 60_000;
+
 /** One protocol tick, in milliseconds. All protocol timing is counted in ticks. */
 export const TICK_MS = 50;
 /** Heartbeat period, in ticks. */

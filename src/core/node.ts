@@ -42,7 +42,16 @@ export interface NodeInit {
   removeDeadAfterTicks?: number;
   /** Servers kept out of the voters as of `base` (from the checkpoint), see Node.keepOut. */
   keepOut?: number[];
+  /** Index the checkpoint holds (the state starts there): at least base.index. */
+  checkpoint?: number;
+  /** Entries kept in memory below the checkpoint for lagging followers (default: all). */
+  retainEntries?: number;
+  /** Entries in one replication message, at most (default REPL_ENTRIES_MAX). */
+  replEntriesMax?: number;
 }
+
+/** A proposal placed in the log, or why it was not. Errors are data: the code is the reply's. */
+export type Proposal = { ok: true; index: number; epoch: number; ts: number } | { ok: false; code: 'UNAVAILABLE' | 'BAD_REQUEST'; message: string };
 
 export interface PeerInfo {
   id: number;
@@ -57,15 +66,27 @@ export type Notice =
   | { type: 'election'; epoch: number; phase: string }
   | { type: 'config'; voters: number[]; keepOut?: number[] };
 
-/** What the driver must carry out, in this order: persist, send, apply. */
+/**
+ * What the driver must carry out, in this order: send `sendNow`; persist (truncate, append,
+ * promise) and wait until durable; send `send`; apply `committed`; then call advance().
+ */
 export interface Ready {
   /** Truncate the log from this index (inclusive) before appending. */
   truncateFrom: number | null;
   append: Entry[];
-  /** Persist this promise (epoch) before sending anything. */
+  /** Persist this promise (epoch) before sending anything in `send`. */
   promise: number | null;
+  /**
+   * May leave before the persist is durable: the coordinator's appends (it counts itself
+   * toward a majority only once advance() says its log is durable, so followers' fsyncs
+   * overlap with its own).
+   */
+  sendNow: Msg[];
+  /** Leave only once everything persisted by this Ready is durable (acks, promises, votes). */
   send: Msg[];
-  /** Apply committed entries up to here. */
+  /** Committed entries to apply, in log order: all are durable here once the persist is. */
+  committed: Entry[];
+  /** Commit index as of this Ready (the last of `committed`, or where applying stands). */
   commit: number;
   /** Strong reads confirmed: answer each once applied >= index. */
   reads: Array<{ id: number; index: number }>;
@@ -77,17 +98,19 @@ export interface Ready {
   /** Leadership was lost: fail pending proposals (their outcome is unknown). */
   lostLeadership: boolean;
   notices: Notice[];
-  /** Pass back to persisted() once everything in this Ready is durable. */
+  /** Pass back to advance() once everything in this Ready is durable and applied. */
   persistMark: { last: number; gen: number };
 }
 
-function emptyReady(): Omit<Ready, 'persistMark'> {
+type Pending = Omit<Ready, 'persistMark' | 'committed' | 'commit'>;
+
+function emptyReady(): Pending {
   return {
     truncateFrom: null,
     append: [],
     promise: null,
+    sendNow: [],
     send: [],
-    commit: 0,
     reads: [],
     readsFailed: [],
     tokens: [],
@@ -103,6 +126,10 @@ type Phase =
   | { p: 'waiting'; until: number }
   | { p: 'claiming'; epoch: number; until: number; promises: Map<number, { last: number; lastEpoch: number; commit: number }> }
   | { p: 'fetching'; epoch: number; until: number; start: number; target: number; targetLast: number; targetCommit: number; promisers: number[] };
+
+const NOT_COORDINATOR: Proposal = { ok: false, code: 'UNAVAILABLE', message: 'not the coordinator' };
+const retry = (message: string): Proposal => ({ ok: false, code: 'UNAVAILABLE', message });
+const refuse = (message: string): Proposal => ({ ok: false, code: 'BAD_REQUEST', message });
 
 function assert(cond: unknown, msg: string): asserts cond {
   if (!cond) throw new Error(`invariant: ${msg}`);
@@ -156,6 +183,8 @@ export class Node {
   private epochStart = 0;
   private commitToSend = false;
   private resentAt = new Map<number, number>();
+  /** Followers being caught up by unicast: the last index sent to each (the next slice goes once it is acked). */
+  private catchUp = new Map<number, number>();
   // Follower state.
   /** Last tick we heard our coordinator acting as coordinator of our epoch (an append, or a coordinator's ping). */
   private coordHeard = -100;
@@ -188,10 +217,14 @@ export class Node {
   private tsqSeq = 0;
   private tokenQueue: Array<{ id: number; after: number; seq: number }> = [];
   private tsqSentSeq = 0;
-  /** Reported by the driver, for heartbeats. */
-  applied: number;
-  checkpointIndex: number;
-  private out: Omit<Ready, 'persistMark'> = emptyReady();
+  /** Highest index handed to the driver to apply (in a Ready's `committed`). */
+  private handedOut: number;
+  /** Highest index the driver has applied (advance()), and checkpointed (checkpointed()). */
+  private appliedIndex: number;
+  private checkpointAt: number;
+  private retainEntries: number;
+  private replEntriesMax: number;
+  private out: Pending = emptyReady();
 
   constructor(init: NodeInit) {
     assert(init.voters.includes(init.id) || init.voters.length > 0, 'voters must not be empty');
@@ -218,8 +251,11 @@ export class Node {
     this.clock = Math.max(this.lastTs(), init.commitTs);
     this.epochSeen = Math.max(this.epochSeen, this.lastEpoch());
     this.matched = this.commit;
-    this.applied = init.commit;
-    this.checkpointIndex = init.base.index;
+    this.checkpointAt = Math.max(init.checkpoint ?? init.base.index, init.base.index);
+    this.appliedIndex = this.checkpointAt;
+    this.handedOut = this.checkpointAt;
+    this.retainEntries = init.retainEntries ?? Number.MAX_SAFE_INTEGER;
+    this.replEntriesMax = init.replEntriesMax ?? REPL_ENTRIES_MAX;
     for (const v of this.voters) if (v !== this.id) this.peers.set(v, { id: v, lastHeard: 0 });
   }
 
@@ -271,6 +307,14 @@ export class Node {
   get ticks(): number {
     return this.now;
   }
+  /** Highest index the driver reported applied. */
+  get applied(): number {
+    return this.appliedIndex;
+  }
+  /** Index of the newest durable checkpoint. */
+  get checkpointIndex(): number {
+    return this.checkpointAt;
+  }
 
   // ---- output ----
 
@@ -283,20 +327,44 @@ export class Node {
       }
     }
     this.commitToSend = false;
-    const r: Ready = { ...this.out, commit: this.commit, persistMark: { last: this.lastIndex(), gen: this.gen } };
+    const committed = this.commit > this.handedOut ? this.slice(this.handedOut + 1, this.commit, Number.MAX_SAFE_INTEGER) : [];
+    this.handedOut = this.commit;
+    const r: Ready = { ...this.out, committed, commit: this.commit, persistMark: { last: this.lastIndex(), gen: this.gen } };
     this.out = emptyReady();
     return r;
   }
 
-  /** Everything in the Ready that carried this mark is durable. */
-  persisted(mark: { last: number; gen: number }): void {
-    if (mark.gen !== this.gen) return; // a truncation since: a later Ready will cover it
+  /**
+   * The Ready `r` is carried out: what it persisted is durable and its committed entries are
+   * applied. (A truncation since it was issued voids its persist mark: a later Ready covers it.)
+   */
+  advance(r: Ready): void {
+    const last = r.committed.length > 0 ? r.committed[r.committed.length - 1]!.index : 0;
+    if (last > this.appliedIndex) this.appliedIndex = last;
+    const mark = r.persistMark;
+    if (mark.gen !== this.gen) return;
     if (mark.last > this.persistedLast) this.persistedLast = Math.min(mark.last, this.lastIndex());
     if (this.role === 'coordinator') this.advanceCommit();
   }
 
+  /**
+   * A checkpoint holding the state up to `index` is durable. Entries more than retainEntries
+   * below it leave memory; returns the first index still needed (the driver may delete log
+   * segments wholly below it).
+   */
+  checkpointed(index: number): number {
+    assert(index <= this.appliedIndex && index >= this.checkpointAt, `checkpoint at ${index} outside ${this.checkpointAt}..${this.appliedIndex}`);
+    this.checkpointAt = index;
+    const keepFrom = index - this.retainEntries;
+    if (keepFrom > 0) this.compact(keepFrom);
+    return this.firstIndex();
+  }
+
   private send(to: number, body: Body): void {
-    this.out.send.push({ from: this.id, to, epoch: this.role === 'candidate' ? this.promised : this.epoch, clock: this.clock, ...body } as Msg);
+    const m = { from: this.id, to, epoch: this.role === 'candidate' ? this.promised : this.epoch, clock: this.clock, ...body } as Msg;
+    // See Ready.sendNow: a coordinator's appends need not wait for its own fsync.
+    if (m.t === 'append' && this.role === 'coordinator') this.out.sendNow.push(m);
+    else this.out.send.push(m);
   }
 
   private persistPromise(epoch: number): void {
@@ -511,9 +579,9 @@ export class Node {
     this.phase = { p: 'idle' };
   }
 
-  /** A client write at the coordinator. Returns the entry's index and epoch, or null if not coordinator. */
-  propose(ops: WriteOp[], rid?: string): { index: number; epoch: number; ts: number } | null {
-    if (this.role !== 'coordinator') return null;
+  /** A client write at the coordinator: placed in the log (committed later), or refused. */
+  propose(ops: WriteOp[], rid?: string): Proposal {
+    if (this.role !== 'coordinator') return NOT_COORDINATOR;
     const e: Entry = {
       index: this.lastIndex() + 1,
       epoch: this.epoch,
@@ -523,7 +591,23 @@ export class Node {
       ops,
     };
     this.appendLocal([e]);
-    return { index: e.index, epoch: e.epoch, ts: e.ts };
+    return { ok: true, index: e.index, epoch: e.epoch, ts: e.ts };
+  }
+
+  /**
+   * An operator's membership request: add a server to the voters, or remove one. Idempotent:
+   * null when the configuration already is so (a script may retry). Removing a server that is
+   * not a voter still records that it stays out (a configuration entry), once.
+   */
+  changeMembers(req: { add: number } | { remove: number }): Proposal | null {
+    if (this.role !== 'coordinator') return NOT_COORDINATOR;
+    const target = 'add' in req ? req.add : req.remove;
+    if (this.voters.includes(target) !== ('add' in req)) {
+      return 'add' in req ? this.proposeConfig([...this.voters, req.add]) : this.proposeConfig(this.voters.filter((v) => v !== req.remove));
+    }
+    // Already so: answered once the change that made it so is committed.
+    if (this.configPending()) return retry('a configuration change is in progress; retry');
+    return 'add' in req ? null : this.proposeKeepOut(req.remove);
   }
 
   /**
@@ -532,30 +616,30 @@ export class Node {
    * own epoch's no-op is (until then the current configuration may not be final).
    * `by`: an operator's removal sticks (the server is not added back automatically).
    */
-  proposeConfig(voters: number[], by: 'operator' | 'auto' = 'operator'): { index: number; epoch: number; ts: number } | string {
-    if (this.role !== 'coordinator') return 'not the coordinator';
-    if (this.commit < this.epochStart) return 'the coordinator is not settled yet; retry';
-    if (this.configPending()) return 'a configuration change is in progress; retry';
+  proposeConfig(voters: number[], by: 'operator' | 'auto' = 'operator'): Proposal {
+    if (this.role !== 'coordinator') return NOT_COORDINATOR;
+    if (this.commit < this.epochStart) return retry('the coordinator is not settled yet; retry');
+    if (this.configPending()) return retry('a configuration change is in progress; retry');
     const next = [...new Set(voters)].sort((a, b) => a - b);
     const added = next.filter((v) => !this.voters.includes(v));
     const removed = this.voters.filter((v) => !next.includes(v));
-    if (added.length + removed.length !== 1) return 'a configuration change adds or removes exactly one voter';
-    if (removed[0] === this.id) return 'the coordinator cannot remove itself; stop it first';
+    if (added.length + removed.length !== 1) return refuse('a configuration change adds or removes exactly one voter');
+    if (removed[0] === this.id) return refuse('the coordinator cannot remove itself; stop it first');
     // A voter that cannot vote yet would only make the majority harder to reach.
-    if (added.length === 1 && !this.caughtUpLearner(added[0]!)) return `server ${added[0]} is not a live, caught-up learner yet; retry`;
-    if (next.length === 0) return 'the voter set cannot be empty';
+    if (added.length === 1 && !this.caughtUpLearner(added[0]!)) return retry(`server ${added[0]} is not a live, caught-up learner yet; retry`);
+    if (next.length === 0) return refuse('the voter set cannot be empty');
     // An operator's removal is remembered in the configuration; an addition lifts it.
     const keepOut = this.keepOut.filter((v) => !added.includes(v));
     if (removed.length === 1 && by === 'operator' && !keepOut.includes(removed[0]!)) keepOut.push(removed[0]!);
     return this.appendConfig(next, keepOut);
   }
 
-  private appendConfig(voters: number[], keepOut: number[]): { index: number; epoch: number; ts: number } {
+  private appendConfig(voters: number[], keepOut: number[]): Proposal {
     // Bounded: past KEEP_OUT_MAX the lowest ids (the oldest servers, as a rule) are forgotten.
     const sorted = [...keepOut].sort((a, b) => a - b).slice(-KEEP_OUT_MAX);
     const e: Entry = { index: this.lastIndex() + 1, epoch: this.epoch, ts: ++this.clock, kind: 'config', voters, ...(sorted.length > 0 ? { keepOut: sorted } : {}) };
     this.appendLocal([e]);
-    return { index: e.index, epoch: e.epoch, ts: e.ts };
+    return { ok: true, index: e.index, epoch: e.epoch, ts: e.ts };
   }
 
   /** Make room in a full ping table: forget the longest-silent dead non-voter, if any. */
@@ -570,6 +654,7 @@ export class Node {
     this.peerDead.delete(oldest.id);
     this.match.delete(oldest.id);
     this.resentAt.delete(oldest.id);
+    this.catchUp.delete(oldest.id);
     return true;
   }
 
@@ -581,12 +666,11 @@ export class Node {
    * An operator removes a server that is not a voter (any more): keep it out for good. A
    * configuration entry (same voters) when that is news; null when nothing is to change.
    */
-  proposeKeepOut(id: number): { index: number; epoch: number; ts: number } | string | null {
-    if (this.role !== 'coordinator') return 'not the coordinator';
-    if (this.voters.includes(id)) return `server ${id} is a voter`;
+  private proposeKeepOut(id: number): Proposal | null {
+    if (this.voters.includes(id)) return refuse(`server ${id} is a voter`);
     if (this.keepOut.includes(id)) return null;
-    if (this.commit < this.epochStart) return 'the coordinator is not settled yet; retry';
-    if (this.configPending()) return 'a configuration change is in progress; retry';
+    if (this.commit < this.epochStart) return retry('the coordinator is not settled yet; retry');
+    if (this.configPending()) return retry('a configuration change is in progress; retry');
     return this.appendConfig(this.voters, [...this.keepOut, id]);
   }
 
@@ -691,8 +775,8 @@ export class Node {
   }
 
   /** Forget in-memory entries up to index (they are in the checkpoint and past the retention margin). */
-  compact(index: number): void {
-    const upTo = Math.min(index, this.commit, this.applied);
+  private compact(index: number): void {
+    const upTo = Math.min(index, this.commit, this.appliedIndex, this.checkpointAt);
     if (upTo <= this.offset) return;
     const e = this.entry(upTo)!;
     const c = this.configAt(upTo);
@@ -735,7 +819,9 @@ export class Node {
     this.commit = base.index;
     this.commitTs = base.ts;
     if (base.ts > this.knownCommitTs) this.knownCommitTs = base.ts;
-    this.applied = base.index;
+    this.appliedIndex = base.index;
+    this.handedOut = base.index;
+    this.checkpointAt = base.index;
     if (base.ts > this.clock) this.clock = base.ts;
     if (voters !== undefined && voters.length > 0) this.baseVoters = [...voters].sort((a, b) => a - b);
     if (keepOut !== undefined) this.baseKeepOut = [...keepOut].sort((a, b) => a - b);
@@ -907,6 +993,9 @@ export class Node {
     if (m.match > (this.match.get(m.from) ?? 0) && m.match <= this.lastIndex()) {
       this.match.set(m.from, m.match);
       this.advanceCommit();
+      // A follower being caught up acked the last slice: send the next one now.
+      const sent = this.catchUp.get(m.from);
+      if (sent !== undefined && m.match >= sent) this.sendFrom(m.from, m.match);
     }
   }
 
@@ -919,7 +1008,11 @@ export class Node {
     const at = this.resentAt.get(m.from);
     if (at !== undefined && this.now - at < RESEND_GAP_TICKS) return;
     this.resentAt.set(m.from, this.now);
-    this.sendFrom(m.from, Math.min(m.commit, this.lastIndex()));
+    // From what the follower is known to hold of our log (its acks this epoch), else from its
+    // commit: resending from its commit each time would never get a follower further behind
+    // than one message's worth of entries past its commit.
+    const held = Math.min(this.match.get(m.from) ?? 0, m.last);
+    this.sendFrom(m.from, Math.max(Math.min(m.commit, this.lastIndex()), held));
   }
 
   /** Unicast entries after `prev` to one follower (catch-up), or ask for a snapshot. */
@@ -930,13 +1023,16 @@ export class Node {
     }
     const entries = this.slice(prev + 1, this.lastIndex());
     this.send(to, { t: 'append', prevIndex: prev, prevEpoch: this.epochAt(prev)!, entries, commit: this.commit, commitTs: this.commitTs });
+    if (prev + entries.length < this.broadcastUpTo) this.catchUp.set(to, prev + entries.length);
+    else this.catchUp.delete(to);
   }
 
-  /** Entries from..to, bounded by REPL_ENTRIES_MAX and (roughly) REPL_BYTES_MAX. */
-  private slice(from: number, to: number): Entry[] {
+  /** Entries from..to, bounded by REPL_ENTRIES_MAX (or `count`) and (roughly) REPL_BYTES_MAX. */
+  private slice(from: number, to: number, count = this.replEntriesMax): Entry[] {
+    if (count === Number.MAX_SAFE_INTEGER) return this.entries.slice(from - this.offset - 1, to - this.offset);
     const out: Entry[] = [];
     let bytes = 0;
-    for (let i = from; i <= to && out.length < REPL_ENTRIES_MAX; i++) {
+    for (let i = from; i <= to && out.length < count; i++) {
       const e = this.entry(i)!;
       const size = entrySize(e);
       if (out.length > 0 && bytes + size > REPL_BYTES_MAX) break;
@@ -961,6 +1057,8 @@ export class Node {
   hasOutput(): boolean {
     const o = this.out;
     return (
+      this.commit > this.handedOut ||
+      o.sendNow.length > 0 ||
       o.send.length > 0 || o.append.length > 0 || o.truncateFrom !== null || o.promise !== null || o.reads.length > 0 ||
       o.readsFailed.length > 0 || o.tokens.length > 0 || o.needSnapshot.length > 0 || o.lostLeadership || o.notices.length > 0 ||
       this.commitToSend || (this.role === 'coordinator' && this.broadcastUpTo < this.lastIndex())
@@ -1099,6 +1197,7 @@ export class Node {
     this.phase = { p: 'idle' };
     this.match = new Map();
     this.resentAt = new Map();
+    this.catchUp = new Map();
     this.broadcastUpTo = this.lastIndex();
     const noop: Entry = { index: this.lastIndex() + 1, epoch, ts: ++this.clock, kind: 'noop' };
     this.epochStart = noop.index;

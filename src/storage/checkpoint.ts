@@ -21,11 +21,10 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
-import { KEY_BYTES_MAX, RID_BYTES_MAX } from '../core/limits.js';
+import { KEY_BYTES_MAX } from '../core/limits.js';
 import type { CheckpointStore } from './ports.js';
-import { CHECKPOINT_FORMAT, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord } from '../core/records.js';
+import { CHECKPOINT_FORMAT, deltaProblem, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord } from '../core/records.js';
 
-/** Format version of the checkpoint layout (CheckpointMeta.format). */
 export const CHECKPOINT_DIR_NAME = 'checkpoint';
 const META_KEY = Buffer.from('meta', 'utf8');
 const DB_NAMES = ['kv', 'rids', 'meta'] as const;
@@ -33,109 +32,6 @@ const DIGEST_PREFIX = 'ckv-checkpoint-digest-v1\n';
 
 export function emptyMeta(): CheckpointMeta {
   return { format: CHECKPOINT_FORMAT, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 };
-}
-
-// ---------------------------------------------------------------------------
-// Shapes, checked on every value read from disk (LMDB has no checksums of its own).
-
-function isObject(x: unknown): x is Record<string, unknown> {
-  return typeof x === 'object' && x !== null && !Array.isArray(x);
-}
-
-function isNat(x: unknown): x is number {
-  return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
-}
-
-function extraField(o: Record<string, unknown>, allowed: readonly string[]): string | null {
-  for (const k in o) if (!allowed.includes(k)) return k;
-  return null;
-}
-
-export function metaProblem(x: unknown): string | null {
-  if (!isObject(x)) return 'meta is not an object';
-  const extra = extraField(x, ['format', 'index', 'epoch', 'ts', 'voters', 'keepOut', 'eventPrev']);
-  if (extra !== null) return `meta has unknown field "${extra}"`;
-  if (x.format !== CHECKPOINT_FORMAT) return `meta.format is ${JSON.stringify(x.format)}, expected ${CHECKPOINT_FORMAT}`;
-  for (const f of ['index', 'epoch', 'ts', 'eventPrev'] as const) {
-    if (!isNat(x[f])) return `meta.${f} is not a non-negative integer`;
-  }
-  if ((x.eventPrev as number) > (x.index as number)) return `meta.eventPrev ${String(x.eventPrev)} is beyond meta.index ${String(x.index)}`;
-  if (!Array.isArray(x.voters)) return 'meta.voters is not an array';
-  for (const v of x.voters) if (!isNat(v) || v < 1) return 'meta.voters holds something other than positive integers';
-  if (x.keepOut !== undefined) {
-    if (!Array.isArray(x.keepOut)) return 'meta.keepOut is not an array';
-    for (const v of x.keepOut) if (!isNat(v) || v < 1) return 'meta.keepOut holds something other than positive integers';
-  }
-  return null;
-}
-
-export function recProblem(x: unknown): string | null {
-  if (!isObject(x)) return 'record is not an object';
-  const extra = extraField(x, ['value', 'rev', 'ts']);
-  if (extra !== null) return `record has unknown field "${extra}"`;
-  if (typeof x.value !== 'string') return 'record value is not a string';
-  if (!isNat(x.rev) || x.rev < 1) return 'record rev is not a positive integer';
-  if (!isNat(x.ts)) return 'record ts is not a non-negative integer';
-  return null;
-}
-
-export function ridRecordProblem(x: unknown): string | null {
-  if (!isObject(x)) return 'rid record is not an object';
-  const extra = extraField(x, ['index', 'ts', 'result']);
-  if (extra !== null) return `rid record has unknown field "${extra}"`;
-  if (!isNat(x.index) || x.index < 1) return 'rid record index is not a positive integer';
-  if (!isNat(x.ts)) return 'rid record ts is not a non-negative integer';
-  const r = x.result;
-  if (!isObject(r)) return 'rid record result is not an object';
-  if (r.ok === true) {
-    if (extraField(r, ['ok']) !== null) return 'rid record result has unknown fields';
-  } else if (r.ok === false) {
-    if (extraField(r, ['ok', 'code', 'failed', 'current']) !== null) return 'rid record result has unknown fields';
-    if (r.code !== 'CAS_MISMATCH') return `rid record result code is ${JSON.stringify(r.code)}`;
-    if (!isNat(r.failed)) return 'rid record result.failed is not a non-negative integer';
-    if (r.current !== null && typeof r.current !== 'string') return 'rid record result.current is not a string or null';
-  } else {
-    return 'rid record result.ok is not a boolean';
-  }
-  return null;
-}
-
-function nameProblem(s: unknown, what: string, maxBytes: number): string | null {
-  if (typeof s !== 'string' || s.length === 0) return `${what} is not a non-empty string`;
-  if (Buffer.byteLength(s, 'utf8') > maxBytes) return `${what} is longer than ${maxBytes} bytes`;
-  return null;
-}
-
-/** Why `delta` cannot be applied on top of a checkpoint at `current`, or null. */
-export function deltaProblem(delta: CheckpointDelta, current: CheckpointMeta): string | null {
-  const mp = metaProblem(delta.meta);
-  if (mp !== null) return mp;
-  if (delta.meta.index < current.index) {
-    return `delta goes back from index ${current.index} to ${delta.meta.index}`;
-  }
-  const seen = new Set<string>();
-  for (const [key, rec] of delta.kv) {
-    const np = nameProblem(key, 'key', KEY_BYTES_MAX);
-    if (np !== null) return np;
-    if (seen.has(key)) return `key ${JSON.stringify(key)} appears twice in one delta`;
-    seen.add(key);
-    if (rec !== null) {
-      const rp = recProblem(rec);
-      if (rp !== null) return `key ${JSON.stringify(key)}: ${rp}`;
-      if (rec.rev > delta.meta.index) return `key ${JSON.stringify(key)}: rev ${rec.rev} is beyond meta.index ${delta.meta.index}`;
-    }
-  }
-  for (const [rid, rec] of delta.ridsSet) {
-    const np = nameProblem(rid, 'rid', RID_BYTES_MAX);
-    if (np !== null) return np;
-    const rp = ridRecordProblem(rec);
-    if (rp !== null) return `rid ${JSON.stringify(rid)}: ${rp}`;
-  }
-  for (const rid of delta.ridsDel) {
-    const np = nameProblem(rid, 'rid', RID_BYTES_MAX);
-    if (np !== null) return np;
-  }
-  return null;
 }
 
 // Canonical JSON with a fixed field order.

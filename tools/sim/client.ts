@@ -1,21 +1,29 @@
-// Simulated client sessions: each is sequential (one request at a time, like
-// a chain of one-shot processes sharing a session token), sends reads to any
-// server with its token as `after`, writes to whichever server holds the
-// coordinator's write subscription, retries a write with the same rid until
-// it gets a final answer, and writes only unique values. Every answer is
-// checked against the model at once; the histories go to the causal checker.
+// Simulated client sessions, speaking the wire protocol: each sends the same
+// Request objects a NATS client sends (JSON, through the server's validation)
+// and gets the same Reply objects back. A session is sequential (one request at
+// a time, like a chain of one-shot processes sharing a session token), sends
+// reads to any server with its token as `after`, writes and strong reads to
+// whichever server serves the write subject, retries a write with the same rid
+// until it gets a final answer, now and then resends an acknowledged write's rid
+// (a retry whose first reply was lost), and writes only unique values. Every
+// answer is checked at once (invariants.ts); the histories go to the causal checker.
 
-import type { WriteOp, WriteResult } from '../../src/core/wire.js';
+import type { Reply, Request, WriteOp, WriteResult } from '../../src/core/wire.js';
 import type { HOp, History } from './checker.js';
-import type { ClientReply, ClientRequest } from './server.js';
 import type { Rng } from './prng.js';
 
 export type SessionOp =
   | { t: 'put'; key: string; value: string }
   | { t: 'batch'; puts: Array<[string, string]> }
+  /** One key: get; more: mget. */
   | { t: 'get'; keys: string[]; strong: boolean }
   | { t: 'cas'; key: string; expect: string | null; value: string | null }
   | { t: 'del'; key: string }
+  | { t: 'list'; prefix: string; start?: string; limit: number; strong: boolean }
+  | { t: 'history'; key: string; limit: number }
+  | { t: 'replay'; from: number; limit: number }
+  /** The same request id again, after its write was acknowledged: the first result comes back. */
+  | { t: 'retry'; rid: string; ops: WriteOp[] }
   /** A request carrying a token no write of this cluster has (from the future, or another cluster). */
   | { t: 'bogus'; write: boolean; key: string; after: number };
 
@@ -25,17 +33,19 @@ export const BOGUS_TS = 1_000_000_000;
 export interface ClientHost {
   readonly now: number;
   readonly rng: Rng;
-  /** Send a request to some server (writes and strong reads to a coordinator); false if no server would take it. */
-  send(s: Session, op: SessionOp, req: ClientRequest, attempt: number, toCoordinator: boolean): boolean;
-  /** Call s.wake() at time t. */
+  /** Send a request to some server (writes and strong reads on the write subject); false if no server would take it. */
+  send(s: Session, op: SessionOp, req: Request, attempt: number): boolean;
+  /** Call s.tick() at time t. */
   wakeAt(s: Session, t: number): void;
   /** Check a reply against the model (throws on a violation). */
-  checkReply(s: Session, op: SessionOp, req: ClientRequest, reply: ClientReply, ackedIndexAtSend: number): void;
+  checkReply(s: Session, op: SessionOp, req: Request, reply: Reply, by: number, ackedIndexAtSend: number): void;
   onAck(s: Session, rid: string, index: number): void;
   trace(what: string): void;
   readonly clientTimeout: number;
   /** Largest log index of any write acknowledged so far (for the strong-read check). */
   readonly ackedMax: number;
+  /** Highest committed index known (replay requests start around it). */
+  readonly committedLast: number;
   readonly mainKeys: string[];
   readonly noiseKeys: string[];
   readonly issuing: boolean;
@@ -43,7 +53,7 @@ export interface ClientHost {
 
 interface InFlight {
   op: SessionOp;
-  req: ClientRequest;
+  req: Request;
   rid?: string;
   attempt: number;
   tries: number;
@@ -61,6 +71,25 @@ export interface SessionStats {
   tokenAhead: number;
   bogus: number;
   bogusRejected: number;
+  pages: number;
+  resent: number;
+}
+
+/** A reply that ends a request (anything else is retried or, for reads, given up on). */
+export function isFinal(op: SessionOp, reply: Reply): boolean {
+  if (reply.ok) return true;
+  const code = reply.error.code;
+  if (code === 'CAS_MISMATCH') return op.t === 'cas' || op.t === 'retry';
+  if (code === 'NOT_FOUND') return op.t === 'get';
+  if (code === 'COMPACTED') return op.t === 'replay';
+  return false;
+}
+
+/** The WriteResult a write reply stands for, in the state machine's own field order. */
+export function resultOf(reply: Reply): WriteResult | undefined {
+  if (reply.ok) return { ok: true };
+  if (reply.error.code !== 'CAS_MISMATCH') return undefined;
+  return { ok: false, code: 'CAS_MISMATCH', failed: reply.failed!, current: reply.current ?? null };
 }
 
 export class Session {
@@ -78,7 +107,9 @@ export class Session {
   readonly edgesIn: Array<[fromSession: number, fromOp: number, toOp: number]> = [];
   /** Last value seen per noise key, for cas. */
   private seen = new Map<string, string | null>();
-  readonly stats: SessionStats = { writes: 0, acked: 0, reads: 0, readsDone: 0, readsGivenUp: 0, retries: 0, tokenAhead: 0, bogus: 0, bogusRejected: 0 };
+  /** Writes acknowledged to this session, for resending their rid. */
+  private ackedWrites: Array<{ rid: string; ops: WriteOp[] }> = [];
+  readonly stats: SessionStats = { writes: 0, acked: 0, reads: 0, readsDone: 0, readsGivenUp: 0, retries: 0, tokenAhead: 0, bogus: 0, bogusRejected: 0, pages: 0, resent: 0 };
   sessions: Session[] = [];
 
   constructor(id: number, host: ClientHost) {
@@ -95,7 +126,7 @@ export class Session {
   }
 
   /** Time to do the next thing. */
-  wake(): void {
+  private wake(): void {
     if (this.busy || !this.host.issuing) return;
     const rng = this.host.rng;
     const main = this.host.mainKeys;
@@ -103,22 +134,30 @@ export class Session {
     const x = rng.float();
     const uniq = (): string => `s${this.id}.${++this.seq}`;
     let op: SessionOp;
-    if (x < 0.35) op = { t: 'put', key: rng.pick(main), value: uniq() };
-    else if (x < 0.42) {
+    if (x < 0.33) op = { t: 'put', key: rng.pick(main), value: uniq() };
+    else if (x < 0.4) {
       const a = rng.pick(main);
       let b = rng.pick(main);
       if (b === a) b = main[(main.indexOf(a) + 1) % main.length]!;
       op = { t: 'batch', puts: a === b ? [[a, uniq()]] : [[a, uniq()], [b, uniq()]] };
-    } else if (x < 0.72) op = { t: 'get', keys: [rng.pick(main)], strong: false };
-    else if (x < 0.8) op = { t: 'get', keys: rng.shuffle([...main]).slice(0, 2), strong: false };
-    else if (x < 0.86) op = { t: 'get', keys: [rng.pick(main)], strong: true };
-    else if (x < 0.9) op = { t: 'get', keys: [rng.pick(noise)], strong: false };
-    else if (x < 0.95) {
+    } else if (x < 0.66) op = { t: 'get', keys: [rng.pick(main)], strong: false };
+    else if (x < 0.72) op = { t: 'get', keys: rng.shuffle([...main]).slice(0, 2), strong: false };
+    else if (x < 0.77) op = { t: 'get', keys: [rng.pick(main)], strong: true };
+    else if (x < 0.8) op = { t: 'get', keys: [rng.pick(noise)], strong: false };
+    else if (x < 0.84) {
       const key = rng.pick(noise);
       const expect = this.seen.has(key) ? this.seen.get(key)! : null;
       op = { t: 'cas', key, expect, value: rng.chance(0.2) ? null : uniq() };
-    } else if (x < 0.97) op = { t: 'del', key: rng.pick(noise) };
-    else if (x < 0.98) op = { t: 'bogus', write: rng.chance(0.4), key: rng.pick([...main, ...noise]), after: BOGUS_TS + rng.int(1000) };
+    } else if (x < 0.86) op = { t: 'del', key: rng.pick(noise) };
+    else if (x < 0.89) {
+      const start = rng.chance(0.5) ? rng.pick([...main, ...noise]) : undefined;
+      op = { t: 'list', prefix: rng.pick(['', 'k.', 'n.', 'k.1']), ...(start !== undefined ? { start } : {}), limit: rng.range(1, 4), strong: rng.chance(0.2) };
+    } else if (x < 0.91) op = { t: 'history', key: rng.pick([...main, ...noise]), limit: rng.range(1, 5) };
+    else if (x < 0.93) op = { t: 'replay', from: Math.max(0, this.host.committedLast - rng.range(0, 30)), limit: rng.range(1, 6) };
+    else if (x < 0.95 && this.ackedWrites.length > 0) {
+      const w = rng.pick(this.ackedWrites);
+      op = { t: 'retry', rid: w.rid, ops: w.ops };
+    } else if (x < 0.97) op = { t: 'bogus', write: rng.chance(0.4), key: rng.pick([...main, ...noise]), after: BOGUS_TS + rng.int(1000) };
     else {
       // Pass our token to another session (a pipe between two programs).
       const to = rng.pick(this.sessions);
@@ -137,29 +176,52 @@ export class Session {
     // Token passes received so far order everything this op records after them.
     this.carried.push(...this.incoming);
     this.incoming = [];
-    let req: ClientRequest;
+    let req: Request;
     let rid: string | undefined;
-    if (op.t === 'get') {
-      req = { kind: 'read', keys: op.keys, after: this.token, strong: op.strong };
-      this.stats.reads++;
-    } else if (op.t === 'bogus') {
-      this.stats.bogus++;
-      if (op.write) {
-        rid = `r${this.id}.${++this.seq}`;
-        req = { kind: 'write', ops: [{ op: 'put', key: op.key, value: `bogus.${rid}` }], rid, after: op.after };
-      } else req = { kind: 'read', keys: [op.key], after: op.after, strong: this.host.rng.chance(0.3) };
-    } else {
-      rid = `r${this.id}.${++this.seq}`;
-      let ops: WriteOp[];
-      if (op.t === 'put') ops = [{ op: 'put', key: op.key, value: op.value }];
-      else if (op.t === 'batch') ops = op.puts.map(([key, value]) => ({ op: 'put', key, value }));
-      else if (op.t === 'cas') ops = [{ op: 'cas', key: op.key, expect: op.expect, value: op.value }];
-      else ops = [{ op: 'del', key: op.key }];
-      req = { kind: 'write', ops, rid, after: this.token };
-      this.stats.writes++;
-      // Writes enter the history when issued: they may take effect even if never acknowledged.
-      if (op.t === 'put') this.record({ kind: 'w', key: op.key, value: op.value, label: `c${this.id}:w(${op.key},${op.value})` });
-      else if (op.t === 'batch') for (const [k, v] of op.puts) this.record({ kind: 'w', key: k, value: v, label: `c${this.id}:w(${k},${v})` });
+    const newRid = (): string => `r${this.id}.${++this.seq}`;
+    switch (op.t) {
+      case 'get':
+        req = op.keys.length === 1 ? { op: 'get', key: op.keys[0]! } : { op: 'mget', keys: op.keys };
+        if (op.strong) req = { ...req, consistency: 'strong' } as Request;
+        this.stats.reads++;
+        break;
+      case 'list':
+        req = { op: 'list', prefix: op.prefix, ...(op.start !== undefined ? { start: op.start } : {}), limit: op.limit, ...(op.strong ? { consistency: 'strong' as const } : {}) };
+        this.stats.reads++;
+        break;
+      case 'history':
+        req = { op: 'history', key: op.key, limit: op.limit };
+        this.stats.reads++;
+        break;
+      case 'replay':
+        req = { op: 'replay', from: op.from, limit: op.limit };
+        this.stats.reads++;
+        break;
+      case 'bogus':
+        this.stats.bogus++;
+        if (op.write) {
+          rid = newRid();
+          req = { op: 'put', key: op.key, value: `bogus.${rid}`, rid };
+        } else req = { op: 'get', key: op.key, ...(this.host.rng.chance(0.3) ? { consistency: 'strong' as const } : {}) };
+        break;
+      case 'retry':
+        rid = op.rid;
+        req = op.ops.length === 1 ? { ...op.ops[0]!, rid } : { op: 'batch', ops: op.ops, rid };
+        this.stats.resent++;
+        break;
+      default: {
+        rid = newRid();
+        let ops: WriteOp[];
+        if (op.t === 'put') ops = [{ op: 'put', key: op.key, value: op.value }];
+        else if (op.t === 'batch') ops = op.puts.map(([key, value]) => ({ op: 'put', key, value }));
+        else if (op.t === 'cas') ops = [{ op: 'cas', key: op.key, expect: op.expect, value: op.value }];
+        else ops = [{ op: 'del', key: op.key }];
+        req = ops.length === 1 ? { ...ops[0]!, rid } : { op: 'batch', ops, rid };
+        this.stats.writes++;
+        // Writes enter the history when issued: they may take effect even if never acknowledged.
+        if (op.t === 'put') this.record({ kind: 'w', key: op.key, value: op.value, label: `c${this.id}:w(${op.key},${op.value})` });
+        else if (op.t === 'batch') for (const [k, v] of op.puts) this.record({ kind: 'w', key: k, value: v, label: `c${this.id}:w(${k},${v})` });
+      }
     }
     this.busy = { op, req, ...(rid !== undefined ? { rid } : {}), attempt: 0, tries: 0, timeoutAt: null, retryAt: null };
     this.send();
@@ -171,11 +233,10 @@ export class Session {
     b.tries++;
     b.retryAt = null;
     // Every attempt carries the session's current token.
-    const req: ClientRequest = { ...b.req, after: b.op.t === 'bogus' ? b.op.after : this.token };
-    const toCoord = req.kind === 'write' || req.strong;
-    this.host.trace(`c${this.id} try ${b.tries} ${describeOp(b.op)} after=${req.after}${b.rid ? ` rid=${b.rid}` : ''}`);
-    if (!this.host.send(this, b.op, req, b.attempt, toCoord)) {
-      this.retryLater('no responders');
+    const req = { ...b.req, after: b.op.t === 'bogus' ? b.op.after : this.token } as Request;
+    this.host.trace(`c${this.id} try ${b.tries} ${describeOp(b.op)} after=${this.token}${b.rid ? ` rid=${b.rid}` : ''}`);
+    if (!this.host.send(this, b.op, req, b.attempt)) {
+      this.retryLater();
       return;
     }
     b.timeoutAt = this.host.now + this.host.clientTimeout;
@@ -196,7 +257,7 @@ export class Session {
     if (b.timeoutAt !== null && b.timeoutAt <= this.host.now) {
       b.timeoutAt = null;
       this.host.trace(`c${this.id} timeout on ${describeOp(b.op)}`);
-      this.again('timeout');
+      this.again();
     }
   }
 
@@ -208,9 +269,8 @@ export class Session {
     this.host.wakeAt(this, this.idleUntil);
   }
 
-  private retryLater(why: string): void {
+  private retryLater(): void {
     const b = this.busy!;
-    void why;
     this.stats.retries++;
     b.timeoutAt = null;
     b.retryAt = this.host.now + this.host.rng.range(10, 100);
@@ -218,59 +278,77 @@ export class Session {
   }
 
   /** The attempt failed without a final answer: retry (a write always, with the same rid), or give up a read. */
-  private again(why: string): void {
+  private again(): void {
     const b = this.busy!;
-    if ((b.req.kind === 'read' || b.op.t === 'bogus') && b.tries >= 6) {
-      this.stats.readsGivenUp++;
-      this.idle(this.host.rng.range(1, 50));
-      return;
+    if (b.rid === undefined || b.op.t === 'bogus') {
+      if (b.tries >= 6) {
+        this.stats.readsGivenUp++;
+        this.idle(this.host.rng.range(1, 50));
+        return;
+      }
     }
-    this.retryLater(why);
+    this.retryLater();
   }
 
-  /** A reply to one attempt of `op` (maybe a late one). */
-  onReply(op: SessionOp, req: ClientRequest, attempt: number, reply: ClientReply, ackedAtSend: number): void {
+  /** A reply to one attempt of `op` (maybe a late one) from server `by`. */
+  onReply(op: SessionOp, req: Request, attempt: number, reply: Reply, by: number, ackedAtSend: number): void {
     // Every reply is checked, even a late one for an attempt given up on.
-    this.host.checkReply(this, op, req, reply, ackedAtSend);
+    this.host.checkReply(this, op, req, reply, by, ackedAtSend);
     const b = this.busy;
     if (!b || b.op !== op || b.attempt !== attempt || b.timeoutAt === null) return;
     b.timeoutAt = null;
     this.token = Math.max(this.token, reply.ts);
-    this.host.trace(`c${this.id} got ${reply.ok ? 'ok' : reply.code} ts=${reply.ts} index=${reply.index ?? '-'} from ${reply.by}${reply.ok && reply.values ? ` ${JSON.stringify(reply.values.map((v) => v?.value ?? null))}` : ''}`);
+    this.host.trace(`c${this.id} got ${reply.ok ? 'ok' : reply.error.code} ts=${reply.ts} index=${reply.index ?? '-'} from ${by}`);
     if (op.t === 'bogus') {
       // Only TOKEN_AHEAD ends it (an ok reply fails checkReply).
-      if (!reply.ok && reply.code === 'TOKEN_AHEAD') {
+      if (!reply.ok && reply.error.code === 'TOKEN_AHEAD') {
         this.stats.bogusRejected++;
         this.idle(this.host.rng.range(1, 120));
-      } else this.again(reply.ok ? 'ok' : reply.code);
+      } else this.again();
       return;
     }
-    const final = reply.ok || reply.code === 'CAS_MISMATCH';
-    if (!final) {
-      if (reply.code === 'TOKEN_AHEAD') this.stats.tokenAhead++;
-      this.again(reply.code);
+    if (!isFinal(op, reply)) {
+      if (!reply.ok && reply.error.code === 'TOKEN_AHEAD') this.stats.tokenAhead++;
+      this.again();
       return;
     }
-    if (req.kind === 'write') {
+    if (b.rid !== undefined) {
       this.stats.acked++;
-      this.host.onAck(this, b.rid!, reply.index!);
+      this.host.onAck(this, b.rid, reply.index!);
+      if (op.t !== 'retry') this.ackedWrites.push({ rid: b.rid, ops: opsOf(b.req) });
+      if (this.ackedWrites.length > 20) this.ackedWrites.shift();
       if (op.t === 'cas') {
-        const r = reply.result as WriteResult;
+        const r = resultOf(reply)!;
         this.seen.set(op.key, r.ok ? op.value : r.current);
       } else if (op.t === 'del') this.seen.set(op.key, null);
     } else {
       this.stats.readsDone++;
-      const keys = (op as Extract<SessionOp, { t: 'get' }>).keys;
-      keys.forEach((k, i) => {
-        const v = reply.ok ? reply.values![i]! : null;
-        if (this.host.noiseKeys.includes(k)) this.seen.set(k, v?.value ?? null);
-        else {
-          this.record({ kind: 'r', key: k, value: v?.value ?? null, label: `c${this.id}:r(${k})=${v?.value ?? 'init'}@${reply.index}` });
-        }
-      });
+      if (op.t === 'list' || op.t === 'history' || op.t === 'replay') this.stats.pages++;
+      if (op.t === 'get') {
+        op.keys.forEach((k, i) => {
+          const v = valueRead(reply, i);
+          if (this.host.noiseKeys.includes(k)) this.seen.set(k, v);
+          else this.record({ kind: 'r', key: k, value: v, label: `c${this.id}:r(${k})=${v ?? 'init'}@${reply.index}` });
+        });
+      }
     }
     this.idle(this.host.rng.range(1, 120));
   }
+}
+
+/** The value a get or mget reply gives for its i-th key (null: absent). */
+export function valueRead(reply: Reply, i: number): string | null {
+  if (!reply.ok) return null;
+  if (reply.values) return reply.values[i]?.value ?? null;
+  return reply.value ?? null;
+}
+
+function opsOf(req: Request): WriteOp[] {
+  if (req.op === 'batch') return req.ops;
+  if (req.op === 'put') return [{ op: 'put', key: req.key, value: req.value }];
+  if (req.op === 'del') return [{ op: 'del', key: req.key }];
+  if (req.op === 'cas') return [{ op: 'cas', key: req.key, expect: req.expect, value: req.value }];
+  throw new Error(`not a write: ${req.op}`);
 }
 
 export function describeOp(op: SessionOp): string {
@@ -285,6 +363,14 @@ export function describeOp(op: SessionOp): string {
       return `cas ${op.key} ${op.expect}->${op.value}`;
     case 'del':
       return `del ${op.key}`;
+    case 'list':
+      return `${op.strong ? 'strong ' : ''}list ${op.prefix}* from ${op.start ?? '-'} limit ${op.limit}`;
+    case 'history':
+      return `history ${op.key} limit ${op.limit}`;
+    case 'replay':
+      return `replay from ${op.from} limit ${op.limit}`;
+    case 'retry':
+      return `resend ${op.rid}`;
     case 'bogus':
       return `${op.write ? 'put' : 'get'} ${op.key} with the bogus token ${op.after}`;
   }

@@ -2,10 +2,12 @@
 // Writes to the log and the promise are buffered until a sync completes; a
 // crash keeps what was synced and, like a real disk, maybe some prefix of what
 // was not (never anything out of order). The checkpoint is written in one
-// atomic transaction, durable when the write completes.
+// atomic transaction, durable when the write completes. A bit can flip in a
+// durable log record (found by its checksum when the log is opened, as the
+// segment log does) or in a checkpoint record (served as it reads).
 
 import type { Entry } from '../../src/core/wire.js';
-import type { CheckpointDelta, CheckpointMeta, CheckpointReader, Rec, RidRecord } from '../../src/core/records.js';
+import { CHECKPOINT_FORMAT, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../../src/core/records.js';
 import type { Rng } from './prng.js';
 
 type LogOp = { t: 'trunc'; from: number } | { t: 'app'; entries: Entry[] };
@@ -54,6 +56,8 @@ class Entries {
 export class SimLog {
   /** What survives a crash for sure. */
   durable = new Entries();
+  /** Indexes of durable records whose bytes were damaged. */
+  private damaged = new Set<number>();
   /** Issued but not yet synced. */
   private pending: LogOp[] = [];
   /** The log as the writer sees it (durable + pending). */
@@ -81,12 +85,23 @@ export class SimLog {
     const removed: Entry[] = [];
     for (const op of this.pending) {
       if (op.t === 'trunc' && this.durable.list.length > 0) {
-        for (let i = Math.max(op.from, this.durable.first); i <= this.durable.last; i++) removed.push(this.durable.at(i)!);
+        for (let i = Math.max(op.from, this.durable.first); i <= this.durable.last; i++) {
+          removed.push(this.durable.at(i)!);
+          this.damaged.delete(i);
+        }
       }
       this.durable.apply(op);
     }
     this.pending = [];
     return removed;
+  }
+
+  /** A bit flips in one durable record: false if there is none. */
+  flip(rng: Rng): number | null {
+    if (this.durable.list.length === 0) return null;
+    const index = this.durable.first + rng.int(this.durable.list.length);
+    this.damaged.add(index);
+    return index;
   }
 
   /** A crash: keep the durable log and maybe a prefix of what was pending (torn at an entry boundary). */
@@ -105,6 +120,7 @@ export class SimLog {
 
   /** Segments wholly below `index` deleted (modelled exactly, durable at once). */
   removeBelow(index: number): void {
+    for (const i of this.damaged) if (i < index) this.damaged.delete(i);
     this.durable.removeBelow(index);
     this.view.removeBelow(index);
     for (const op of this.pending) if (op.t === 'app') op.entries = op.entries.filter((e) => e.index >= index);
@@ -117,9 +133,21 @@ export class SimLog {
     this.pending = [];
   }
 
-  /** What a restart reads. */
-  open(): Entry[] {
-    return this.durable.list.slice();
+  /**
+   * What a restart reads, as the segment log reads it: a damaged last record is a torn tail,
+   * cut off with a warning; a damaged record anywhere else stops the open.
+   */
+  open(): { entries: Entry[]; warnings: string[] } {
+    const warnings: string[] = [];
+    if (this.damaged.size > 0) {
+      const first = Math.min(...this.damaged);
+      if (first !== this.durable.last) throw new Error(`log record ${first} fails its checksum (not the last record): refusing to start`);
+      this.durable.apply({ t: 'trunc', from: first });
+      this.view = this.durable.clone();
+      this.damaged.clear();
+      warnings.push(`cut a torn tail at record ${first}`);
+    }
+    return { entries: this.durable.list.slice(), warnings };
   }
 }
 
@@ -140,7 +168,7 @@ export class SimPromise {
   }
 }
 
-const EMPTY_META: CheckpointMeta = { format: 1, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 };
+const EMPTY_META: CheckpointMeta = { format: CHECKPOINT_FORMAT, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 };
 
 /** An in-memory checkpoint: the CheckpointReader the state machine reads, written by deltas. */
 export class SimCheckpoint implements CheckpointReader {
@@ -191,6 +219,17 @@ export class SimCheckpoint implements CheckpointReader {
   }
   entries(): Array<[string, Rec]> {
     return this.range('', undefined, Number.MAX_SAFE_INTEGER);
+  }
+  /** A bit flips in one stored value (LMDB keeps no checksum of its own): the key, or null if none. */
+  flip(rng: Rng): string | null {
+    if (this.kv.size === 0) return null;
+    const keys = [...this.kv.keys()].sort(byteOrder);
+    const key = keys[rng.int(keys.length)]!;
+    const rec = this.kv.get(key)!;
+    const v = rec.value;
+    const flipped = v.length === 0 ? '\u0001' : String.fromCharCode(v.charCodeAt(0) ^ 1) + v.slice(1);
+    this.kv.set(key, { ...rec, value: flipped });
+    return key;
   }
 }
 

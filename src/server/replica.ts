@@ -1,0 +1,1131 @@
+// The replica: the one driver of a ckv server, in production and in the
+// simulation alike. It owns the protocol core (Node) and the state machine
+// (KvState) and carries out the core's output in order — send what may leave
+// early, persist and wait until durable, send the rest, apply — with group
+// commit: everything that arrives while an fsync is in flight shares the next.
+// Around that it decides every client request (validation, token holds,
+// exactly-once retries, paging), runs checkpoints, pulls and installs a peer's
+// checkpoint, and shuts down.
+//
+// It is synchronous and deterministic given its inputs: it never awaits, never
+// reads the clock, never sets a timer itself. Time, timers, disk completions and
+// sends come through the ReplicaEnv it is given: src/server/server.ts gives it
+// NATS, files, LMDB and Node timers; tools/sim gives it simulated ones.
+
+import { CkvError, ErrorCode } from '../core/errors.js';
+import {
+  CHECKPOINT_LOG_BYTES_TRIGGER,
+  ENTRY_BYTES_MAX,
+  ENTRY_ENVELOPE_BYTES_MAX,
+  EVENTS_RETAINED_MAX,
+  LIST_PAGE_BYTES_MAX,
+  LOG_RETAIN_ENTRIES,
+  REPLAY_EVENTS_MAX,
+  REPLAY_PAGE_BYTES_MAX,
+  SHUTDOWN_DRAIN_MS_MAX,
+  SNAPSHOT_HOLD_MS,
+  SNAPSHOT_HOLD_TOTAL_MS_MAX,
+  SNAPSHOT_PAGE_BYTES_MAX,
+  SNAPSHOT_PAGE_ITEMS_MAX,
+  SNAPSHOT_PAGE_TIMEOUT_MS,
+  SNAPSHOT_PAGE_TRIES_MAX,
+  TICK_MS,
+} from '../core/limits.js';
+import type { Msg } from '../core/messages.js';
+import { Node, type Notice, type Proposal, type Ready } from '../core/node.js';
+import { metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../core/records.js';
+import { KvState, type Applied } from '../core/state.js';
+import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
+import type { ChangeEvent, Entry, KeyValue, NodeStatus, PeerStatus, Reply, Request, WriteOp, WriteResult } from '../core/wire.js';
+import { subjects } from '../transport/subjects.js';
+
+export const VERSION = '0.1.0';
+
+// ---------------------------------------------------------------------------
+// The environment
+
+/** Cancels a timer (no effect once it has fired). */
+export type Cancel = () => void;
+export type Respond = (reply: Reply) => void;
+export type ClientSubject = 'read' | 'write' | 'admin';
+
+/** The log on disk. Appends and truncations are buffered until a sync. */
+export interface ReplicaLog {
+  readonly last: number;
+  append(entries: Entry[]): void;
+  truncateFrom(from: number): void;
+  /** Make everything appended or truncated so far durable, then call done. Failure is fatal. */
+  sync(done: () => void): void;
+  /** Delete segments wholly below `index` (in the background). */
+  removeBelow(index: number): void;
+  /** Bytes appended after entry `index` (the checkpoint size trigger). */
+  bytesAfter(index: number): number;
+}
+
+/** The checkpoint: synchronous reads, a write that completes later. */
+export interface ReplicaCheckpoint extends CheckpointReader {
+  /** Apply a delta in one transaction; done once durable. Failure is fatal. Reads go on meanwhile. */
+  write(delta: CheckpointDelta, done: () => void): void;
+}
+
+/** A checkpoint port over a store with synchronous reads, and a write that completes later. */
+export class CheckpointPort<S extends CheckpointReader> implements ReplicaCheckpoint {
+  constructor(
+    readonly store: S,
+    private writer: (store: S, delta: CheckpointDelta, done: () => void) => void,
+  ) {}
+  meta(): CheckpointMeta {
+    return this.store.meta();
+  }
+  get(key: string): Rec | undefined {
+    return this.store.get(key);
+  }
+  range(prefix: string, start: string | undefined, limit: number): Array<[string, Rec]> {
+    return this.store.range(prefix, start, limit);
+  }
+  rids(): Array<[string, RidRecord]> {
+    return this.store.rids();
+  }
+  write(delta: CheckpointDelta, done: () => void): void {
+    this.writer(this.store, delta, done);
+  }
+}
+
+/** Pulling a peer's checkpoint and putting it in place of ours. */
+export interface CheckpointTransfer {
+  /** Ask server `from` for one page; done with its answer, or with null on a timeout or failure. */
+  requestPage(from: number, request: string, done: (reply: Uint8Array | string | null) => void): void;
+  /** A fresh, empty checkpoint to fill (null: none can be made now). */
+  begin(done: (incoming: ReplicaCheckpoint | null) => void): void;
+  /** Make `incoming` the checkpoint durably, in place of `current`; done with the one now open. Failure is fatal. */
+  swap(current: ReplicaCheckpoint, incoming: ReplicaCheckpoint, done: (installed: ReplicaCheckpoint) => void): void;
+  abort(incoming: ReplicaCheckpoint, done: () => void): void;
+}
+
+export interface ReplicaLogger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+/** What the replica did, for checkers (the simulation) and metrics. */
+export type ReplicaEvent =
+  | { t: 'ready'; ready: Ready }
+  | { t: 'applied'; entry: Entry; result: Applied }
+  | { t: 'checkpointed'; index: number }
+  | { t: 'installed'; index: number }
+  | { t: 'notice'; notice: Notice };
+
+export interface ReplicaEnv {
+  /** Milliseconds on a monotonic clock. */
+  now(): number;
+  /** Call fn after ms, unless cancelled. */
+  timer(ms: number, fn: () => void): Cancel;
+  /** Call fn once the inputs that arrived in this turn have been taken (group commit). */
+  defer(fn: () => void): void;
+  sendPeer(m: Msg): void;
+  /** Publish on server `to`'s snapshot subject (a checkpoint offer). */
+  sendSnapshot(to: number, data: string): void;
+  publishEvent(ev: ChangeEvent): void;
+  publishMembers(n: Notice & { by: number }): void;
+  /** Start or stop serving a client subject. */
+  serve(subject: ClientSubject, on: boolean): void;
+  log: ReplicaLog;
+  /** Write the promised epoch durably (the state file), then call done. Failure is fatal. */
+  writePromise(epoch: number, done: () => void): void;
+  checkpoint: ReplicaCheckpoint;
+  /** Absent: this server cannot receive a checkpoint. */
+  transfer?: CheckpointTransfer;
+  logger: ReplicaLogger;
+  observe?: (e: ReplicaEvent) => void;
+  /** The replica cannot go on (an invariant broke, a disk failed): stop the process. */
+  fatal(err: Error): void;
+}
+
+export interface ReplicaOptions {
+  id: number;
+  cluster: string;
+  /** The first voters (used when the checkpoint does not name them). */
+  voters: number[];
+  /** Every entry the log holds on disk, in order. */
+  logEntries: Entry[];
+  /** The durable promise (state file). */
+  promised: number;
+  /** Bytes of log since the last checkpoint that trigger one. */
+  checkpointBytes?: number;
+  /** Entries kept below a checkpoint for lagging followers. */
+  retainEntries?: number;
+  /** Remove a voter dead this long, in ms, if the rest still form a majority (0: never). */
+  removeDeadAfterMs?: number;
+  /** Items per checkpoint-transfer page (the simulation makes pages small). */
+  snapshotPageItems?: number;
+  /** Entries per replication message (the simulation makes them few). */
+  replEntriesMax?: number;
+}
+
+// ---------------------------------------------------------------------------
+// Restart
+
+export interface RestartPlan {
+  /** The entry just below `rest` (where the in-memory log starts). */
+  base: { index: number; epoch: number; ts: number };
+  rest: Entry[];
+  /** Truncate the log on disk from here: the checkpoint supersedes it. */
+  discard: number | null;
+}
+
+/**
+ * What a restart makes of the checkpoint and the log on disk: the log must reach back to
+ * the checkpoint; entries at or below it are kept in memory for lagging followers; a log
+ * the checkpoint supersedes (one installed from a peer just before a crash) is discarded.
+ */
+export function restartPlan(meta: CheckpointMeta, entries: Entry[]): RestartPlan {
+  if (entries.length > 0 && entries[0]!.index > meta.index + 1) {
+    throw new Error(`log starts at ${entries[0]!.index} but the checkpoint holds only up to ${meta.index}: entries are missing`);
+  }
+  const base = { index: meta.index, epoch: meta.epoch, ts: meta.ts };
+  const lastLogged = entries.length > 0 ? entries[entries.length - 1]! : undefined;
+  // Entries are contiguous: the one at the checkpoint's index is found by arithmetic.
+  const atCheckpoint = entries.length > 0 && meta.index >= entries[0]!.index ? entries[meta.index - entries[0]!.index] : undefined;
+  if (meta.index > 0 && lastLogged !== undefined && (lastLogged.index < meta.index || (atCheckpoint && atCheckpoint.epoch !== meta.epoch))) {
+    return { base, rest: [], discard: entries[0]!.index };
+  }
+  if (entries.length > 0 && entries[0]!.index <= meta.index) {
+    const b = entries[0]!;
+    return { base: { index: b.index, epoch: b.epoch, ts: b.ts }, rest: entries.slice(1), discard: null };
+  }
+  return { base, rest: entries, discard: null };
+}
+
+// ---------------------------------------------------------------------------
+// The replica
+
+type WriteRequest = Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>;
+
+interface PendingWrite {
+  index: number;
+  epoch: number;
+  rid: string | undefined;
+  responders: Respond[];
+  /** Armed while someone waits; on expiry they get TIMEOUT but the write stays pending (a
+   * retry with its rid waits for it instead of proposing it again). */
+  cancel: Cancel | null;
+}
+
+interface Waiter {
+  after: number;
+  req: Request;
+  respond: Respond;
+  cancel: Cancel;
+  /** Strong reads: the index to reach, once a majority confirmed the read. */
+  index?: number;
+}
+
+interface TokenWrite {
+  req: WriteRequest;
+  respond: Respond;
+  cancel: Cancel;
+  deadline: number;
+}
+
+/** A checkpoint being pulled from a peer, page by page. */
+interface Transfer {
+  from: number;
+  incoming: ReplicaCheckpoint | null;
+  phase: 'kv' | 'rids';
+  after: string | null;
+  meta: CheckpointMeta | null;
+  /** Which page answer we wait for: answers to anything else are dropped. */
+  awaiting: number;
+  /** Answers refused (stale, duplicated, malformed) or missing for the page asked now. */
+  tries: number;
+  /** All pages are in: swap once the loop holds still. */
+  complete: boolean;
+  swapStarted: boolean;
+}
+
+type Page = { meta: CheckpointMeta; items: Array<[string, Rec | RidRecord]>; next: string | null };
+
+export class Replica {
+  readonly id: number;
+  readonly cluster: string;
+  readonly node: Node;
+  private env: ReplicaEnv;
+  private st: KvState;
+  private ckpt: ReplicaCheckpoint;
+  private subjects: ReturnType<typeof subjects>;
+  private started: number;
+  private pumping = false;
+  private again = false;
+  private scheduled = false;
+  private dead = false;
+  private pendingByIndex = new Map<number, PendingWrite>();
+  private pendingByRid = new Map<string, PendingWrite>();
+  /** Causal reads waiting for their token to be applied, and strong reads once confirmed. */
+  private waiters = new Map<number, Waiter>();
+  /** Strong reads waiting for confirmation by a majority. */
+  private strong = new Map<number, Waiter>();
+  /** Writes held until the core has checked their token (it is beyond what we know). */
+  private tokenWrites = new Map<number, TokenWrite>();
+  private nextWaiter = 1;
+  private events: ChangeEvent[] = [];
+  /** Replay is complete only for entries above this index (older events are not kept). */
+  private eventsFloor: number;
+  private serving = { read: false, write: false, admin: false };
+  private checkpointing = false;
+  private afterCheckpoint: Array<() => void> = [];
+  private checkpointBytes: number;
+  private snapshotPageItems: number;
+  private closing = false;
+  /** Set once shutdown has drained: peer messages and ticks are no longer taken in. */
+  private peersStopped = false;
+  private transfer: Transfer | null = null;
+  private transferSeq = 0;
+  /** Set while a received checkpoint is swapped in: the loop, ticks and peers hold still. */
+  private swapping = false;
+  /** Until when checkpoints wait, because a follower is reading ours, and since when. */
+  private holdCheckpointUntil = 0;
+  private holdStartedAt = 0;
+  private lastOffer = new Map<number, number>();
+
+  constructor(o: ReplicaOptions, env: ReplicaEnv) {
+    this.id = o.id;
+    this.cluster = o.cluster;
+    this.env = env;
+    this.subjects = subjects(o.cluster);
+    this.started = env.now();
+    this.checkpointBytes = o.checkpointBytes ?? CHECKPOINT_LOG_BYTES_TRIGGER;
+    this.snapshotPageItems = o.snapshotPageItems ?? SNAPSHOT_PAGE_ITEMS_MAX;
+    this.ckpt = env.checkpoint;
+    this.st = new KvState(this.ckpt);
+    const meta = this.ckpt.meta();
+    const plan = restartPlan(meta, o.logEntries);
+    if (plan.discard !== null) {
+      env.logger.warn({ logLast: o.logEntries[o.logEntries.length - 1]?.index, checkpoint: meta.index }, 'discarding a log that the checkpoint supersedes');
+      env.log.truncateFrom(plan.discard); // durable at the next sync
+    }
+    this.node = new Node({
+      id: o.id,
+      voters: meta.voters.length > 0 ? meta.voters : o.voters,
+      promised: o.promised,
+      entries: plan.rest,
+      base: plan.base,
+      // Only the checkpoint is known committed: the rest waits until the cluster says so.
+      commit: meta.index,
+      commitTs: meta.ts,
+      checkpoint: meta.index,
+      retainEntries: o.retainEntries ?? LOG_RETAIN_ENTRIES,
+      removeDeadAfterTicks: Math.ceil((o.removeDeadAfterMs ?? 0) / TICK_MS),
+      keepOut: meta.keepOut ?? [],
+      ...(o.replEntriesMax !== undefined ? { replEntriesMax: o.replEntriesMax } : {}),
+    });
+    this.eventsFloor = this.st.applied;
+  }
+
+  /** The state machine (read only: for status, checkers and tools). */
+  get state(): KvState {
+    return this.st;
+  }
+
+  /** True while this replica serves the subject (the coordinator serves writes). */
+  serves(subject: ClientSubject): boolean {
+    return this.serving[subject];
+  }
+
+  /** Start serving: client subjects, and the first tick. */
+  start(): void {
+    this.setServing('read', true);
+    this.setServing('admin', true);
+    this.tick();
+  }
+
+  // ---- inputs ----
+
+  /** One protocol tick (every TICK_MS). */
+  tick(): void {
+    // While a received checkpoint is swapped in, the core holds still (no elections meanwhile).
+    if (this.swapping || this.peersStopped || this.dead) return;
+    this.guard(() => this.node.tick());
+    this.schedule();
+  }
+
+  /** A peer message (already validated by the transport). */
+  onPeer(m: Msg): void {
+    if (this.peersStopped || this.swapping || this.dead) return;
+    // An invariant broke on a peer's message: stop rather than risk the log.
+    this.guard(() => this.node.receive(m));
+    this.schedule();
+  }
+
+  /** A client request on one of the client subjects: raw bytes, as they came. */
+  request(subject: ClientSubject, data: Uint8Array | string, respond: Respond): void {
+    if (this.dead) return;
+    let req: Request;
+    try {
+      req = parseRequest(data);
+    } catch (err) {
+      const e = err instanceof CkvError ? err : new CkvError(ErrorCode.BAD_REQUEST, String(err));
+      this.fail(respond, e.code, e.message);
+      return;
+    }
+    this.safely(respond, () => this.dispatch(subject, req, respond));
+  }
+
+  // ---- the loop: send early, persist, send, apply ----
+
+  private schedule(): void {
+    if (this.pumping) {
+      this.again = true;
+      return;
+    }
+    if (this.scheduled) return;
+    this.scheduled = true;
+    this.env.defer(() => {
+      this.scheduled = false;
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    if (this.swapping || this.dead) return;
+    if (this.pumping) {
+      this.again = true;
+      return;
+    }
+    this.pumping = true;
+    this.guard(() => {
+      for (;;) {
+        this.again = false;
+        const r = this.node.ready();
+        for (const m of r.sendNow) this.env.sendPeer(m);
+        const logged = r.truncateFrom !== null || r.append.length > 0;
+        if (r.truncateFrom !== null) this.env.log.truncateFrom(r.truncateFrom);
+        if (r.append.length > 0) this.env.log.append(r.append);
+        this.env.observe?.({ t: 'ready', ready: r });
+        let waits = (logged ? 1 : 0) + (r.promise !== null ? 1 : 0);
+        if (waits > 0) {
+          const durable = (): void => {
+            if (--waits > 0 || this.dead) return;
+            this.guard(() => this.finish(r));
+            this.pumping = false;
+            this.continueLoop();
+          };
+          if (r.promise !== null) this.env.writePromise(r.promise, durable);
+          if (logged) this.env.log.sync(durable);
+          return;
+        }
+        this.finish(r);
+        if (this.swapping || !(this.again || this.node.hasOutput())) break;
+      }
+      this.pumping = false;
+      this.continueLoop();
+    });
+  }
+
+  private continueLoop(): void {
+    if (this.dead) return;
+    if (this.swapping) this.maybeSwap();
+    else if (this.again || this.node.hasOutput()) this.pump();
+  }
+
+  /** Everything the Ready persisted is durable: send the rest, answer, apply. */
+  private finish(r: Ready): void {
+    for (const m of r.send) this.env.sendPeer(m);
+    this.carryOut(r);
+    this.apply(r.committed);
+    this.node.advance(r);
+    this.wakeWaiters();
+    if (this.env.log.bytesAfter(this.node.checkpointIndex) > this.checkpointBytes) this.checkpoint();
+  }
+
+  private carryOut(r: Ready): void {
+    if (r.lostLeadership) this.failPending(ErrorCode.UNAVAILABLE, 'the coordinator changed; the outcome is unknown: retry with the same rid');
+    for (const n of r.notices) this.onNotice(n);
+    for (const { id, index } of r.reads) {
+      const w = this.strong.get(id);
+      if (!w) continue;
+      this.strong.delete(id);
+      w.index = index;
+      this.waiters.set(id, w);
+    }
+    for (const id of r.readsFailed) {
+      const w = this.strong.get(id);
+      if (!w) continue;
+      this.strong.delete(id);
+      w.cancel();
+      this.node.cancelToken(id);
+      this.fail(w.respond, ErrorCode.UNAVAILABLE, 'could not confirm leadership with a majority');
+    }
+    for (const { id, ahead } of r.tokens) {
+      const tw = this.tokenWrites.get(id);
+      if (tw) {
+        this.tokenWrites.delete(id);
+        tw.cancel();
+        if (ahead) this.fail(tw.respond, ErrorCode.TOKEN_AHEAD, `no write with timestamp ${tw.req.after} exists in the cluster`);
+        else if (this.closing) this.fail(tw.respond, ErrorCode.UNAVAILABLE, 'server is shutting down; retry with the same rid');
+        else this.safely(tw.respond, () => this.onWrite(tw.req, tw.respond, tw.deadline));
+        continue;
+      }
+      const w = this.waiters.get(id) ?? this.strong.get(id);
+      if (!w || !ahead) continue;
+      this.waiters.delete(id);
+      this.strong.delete(id);
+      w.cancel();
+      this.fail(w.respond, ErrorCode.TOKEN_AHEAD, `no write with timestamp ${w.after} exists in the cluster`);
+    }
+    for (const f of r.needSnapshot) this.offerCheckpoint(f);
+    this.syncWriteSubscription();
+  }
+
+  private onNotice(n: Notice): void {
+    this.env.logger.info({ notice: n }, `members: ${n.type}`);
+    this.env.observe?.({ t: 'notice', notice: n });
+    this.env.publishMembers({ ...n, by: this.id });
+  }
+
+  private setServing(subject: ClientSubject, on: boolean): void {
+    if (this.serving[subject] === on) return;
+    this.serving[subject] = on;
+    this.env.serve(subject, on);
+  }
+
+  private syncWriteSubscription(): void {
+    this.setServing('write', this.node.role === 'coordinator' && !this.closing);
+  }
+
+  private apply(committed: Entry[]): void {
+    const lead = this.node.role === 'coordinator';
+    for (const e of committed) {
+      const res = this.st.apply(e);
+      this.env.observe?.({ t: 'applied', entry: e, result: res });
+      for (const ev of res.events) {
+        this.events.push(ev);
+        if (lead) this.env.publishEvent(ev);
+      }
+      const p = this.pendingByIndex.get(e.index);
+      if (!p) continue;
+      this.pendingByIndex.delete(e.index);
+      if (p.rid !== undefined) this.pendingByRid.delete(p.rid);
+      p.cancel?.();
+      // Another epoch's entry at our index: ours was lost with the coordinator that placed it.
+      const result = p.epoch !== e.epoch ? undefined : e.kind === 'config' ? ({ ok: true } as const) : res.result;
+      if (result) this.replyWrite(p.responders, e.index, e.ts, result);
+      else for (const r of p.responders) this.fail(r, ErrorCode.UNAVAILABLE, 'the coordinator changed; retry with the same rid');
+    }
+    if (this.events.length > EVENTS_RETAINED_MAX * 2) {
+      const drop = this.events.length - EVENTS_RETAINED_MAX;
+      // Keep whole entries: never split the events of one index.
+      let cut = drop;
+      while (cut < this.events.length && this.events[cut]!.index === this.events[drop - 1]!.index) cut++;
+      this.eventsFloor = this.events[cut - 1]!.index;
+      this.events = this.events.slice(cut);
+    }
+  }
+
+  private wakeWaiters(): void {
+    if (this.waiters.size === 0) return;
+    for (const [id, w] of this.waiters) {
+      const ready = this.st.appliedTs >= w.after && (w.index === undefined || this.st.applied >= w.index);
+      if (!ready) continue;
+      this.waiters.delete(id);
+      w.cancel();
+      this.node.cancelToken(id);
+      this.safely(w.respond, () => this.answerRead(w.req, w.respond));
+    }
+  }
+
+  private failPending(code: ErrorCode, message: string): void {
+    for (const p of this.pendingByIndex.values()) {
+      p.cancel?.();
+      for (const r of p.responders) this.fail(r, code, message);
+    }
+    this.pendingByIndex.clear();
+    this.pendingByRid.clear();
+  }
+
+  // ---- clients ----
+
+  private dispatch(subject: ClientSubject, req: Request, respond: Respond): void {
+    if (req.op === 'status') {
+      this.reply(respond, { ok: true, ts: this.st.appliedTs, index: this.st.applied, status: this.status() });
+      return;
+    }
+    if (this.closing) return this.fail(respond, ErrorCode.UNAVAILABLE, 'server is shutting down');
+    // The old checkpoint is closed during the swap: nothing may read it.
+    if (this.swapping) return this.fail(respond, ErrorCode.UNAVAILABLE, 'installing a checkpoint; retry');
+    if (subject === 'admin') return this.fail(respond, ErrorCode.BAD_REQUEST, `op ${req.op} does not belong on the admin subject`);
+    if (req.op === 'config') {
+      if (subject !== 'write') return this.fail(respond, ErrorCode.BAD_REQUEST, `config goes to the coordinator on ${this.subjects.write}`);
+      return this.onConfig(req, respond);
+    }
+    if (isWrite(req)) {
+      if (subject !== 'write') return this.fail(respond, ErrorCode.BAD_REQUEST, `op ${req.op} is a write: send it on ${this.subjects.write}`);
+      return this.onWrite(req, respond);
+    }
+    const strong = 'consistency' in req && req.consistency === 'strong';
+    if (strong && subject !== 'write') return this.fail(respond, ErrorCode.BAD_REQUEST, `strong reads go to the coordinator on ${this.subjects.write}`);
+    const after = req.after ?? 0;
+    if (strong) {
+      const id = this.nextWaiter++;
+      if (!this.node.readIndex(id)) return this.fail(respond, ErrorCode.UNAVAILABLE, 'not the coordinator');
+      this.strong.set(id, { after, req, respond, cancel: this.expireWaiter(id, requestTimeoutMs(req)) });
+      // A token beyond our commit may be from the future, or we may have been deposed: the
+      // core answers once a majority confirms we still lead (Ready.tokens).
+      if (after > this.node.commitTs) this.node.checkToken(id, after);
+      this.schedule();
+      return;
+    }
+    if (after <= this.st.appliedTs) return this.answerRead(req, respond);
+    const id = this.nextWaiter++;
+    this.waiters.set(id, { after, req, respond, cancel: this.expireWaiter(id, requestTimeoutMs(req)) });
+    if (after > this.node.knownCommitTs) {
+      this.node.checkToken(id, after);
+      this.schedule();
+    }
+  }
+
+  private expireWaiter(id: number, ms: number): Cancel {
+    return this.env.timer(ms, () => {
+      const w = this.waiters.get(id) ?? this.strong.get(id);
+      if (!w) return;
+      this.waiters.delete(id);
+      this.strong.delete(id);
+      this.node.cancelToken(id);
+      this.fail(w.respond, ErrorCode.TIMEOUT, `state did not reach timestamp ${w.after} within ${ms} ms`);
+    });
+  }
+
+  private answerRead(req: Request, respond: Respond): void {
+    const ts = this.st.appliedTs;
+    const index = this.st.applied;
+    switch (req.op) {
+      case 'get': {
+        const rec = this.st.get(req.key);
+        if (!rec) return this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.NOT_FOUND, message: `key ${req.key} not found` } });
+        return this.reply(respond, { ok: true, ts, index, value: rec.value, rev: rec.rev });
+      }
+      case 'mget': {
+        const values = req.keys.map((key) => {
+          const rec = this.st.get(key);
+          return rec ? { key, value: rec.value, rev: rec.rev } : null;
+        });
+        return this.reply(respond, { ok: true, ts, index, values });
+      }
+      case 'list': {
+        // `start` is inclusive (the previous page's `next`); ranges below are exclusive.
+        const limit = req.limit!;
+        const items: KeyValue[] = [];
+        const first = req.start !== undefined && req.start.startsWith(req.prefix) ? this.st.get(req.start) : undefined;
+        if (first) items.push({ key: req.start!, value: first.value, rev: first.rev });
+        const from = req.start !== undefined && req.start < req.prefix ? undefined : req.start;
+        items.push(...this.st.range(req.prefix, from, limit + 1 - items.length));
+        let next = items.length > limit ? items[limit]!.key : null;
+        if (items.length > limit) items.length = limit;
+        // A page of large values stops early (it always holds at least one item). Bytes as
+        // encoded: JSON escaping can make a value's reply several times its UTF-8 size.
+        const fit = prefixWithin(items, LIST_PAGE_BYTES_MAX);
+        if (fit < items.length) {
+          next = items[fit]!.key;
+          items.length = fit;
+        }
+        return this.reply(respond, { ok: true, ts, index, items, next });
+      }
+      case 'replay': {
+        const from = Math.max(req.from, 1);
+        if (from <= this.eventsFloor) {
+          return this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.COMPACTED, message: `events up to index ${this.eventsFloor} are no longer kept here; read the current state instead` } });
+        }
+        const limit = req.limit ?? REPLAY_EVENTS_MAX;
+        const events: ChangeEvent[] = [];
+        let bytes = 0;
+        for (const ev of this.events) {
+          if (ev.index < from) continue;
+          // Whole entries only: a page ends between indexes, at the count or byte bound.
+          const full = events.length >= limit || bytes > REPLAY_PAGE_BYTES_MAX;
+          if (full && ev.index !== events[events.length - 1]!.index) break;
+          events.push(ev);
+          bytes += encodedBytes(ev);
+        }
+        return this.reply(respond, { ok: true, ts, index, events });
+      }
+      case 'history': {
+        // Newest first while within the limits, then given oldest first. `since`: every change
+        // to the key at an index >= since is here (older ones are not kept, or did not fit).
+        const limit = req.limit!;
+        const picked: ChangeEvent[] = [];
+        let bytes = 0;
+        let since = this.eventsFloor + 1;
+        for (let i = this.events.length - 1; i >= 0; i--) {
+          const ev = this.events[i]!;
+          if (ev.key !== req.key) continue;
+          const size = encodedBytes(ev);
+          if (picked.length >= limit || (picked.length > 0 && bytes + size > LIST_PAGE_BYTES_MAX)) {
+            since = ev.index + 1;
+            break;
+          }
+          picked.push(ev);
+          bytes += size;
+        }
+        return this.reply(respond, { ok: true, ts, index, events: picked.reverse(), since });
+      }
+      default:
+        return this.fail(respond, ErrorCode.BAD_REQUEST, `op ${req.op} is not a read`);
+    }
+  }
+
+  /**
+   * Where a write is decided. `deadline`: set when the write comes back from a token check
+   * (its time runs on).
+   */
+  private onWrite(req: WriteRequest, respond: Respond, deadline?: number): void {
+    if (this.node.role !== 'coordinator') return this.fail(respond, ErrorCode.UNAVAILABLE, 'not the coordinator');
+    const timeoutMs = deadline === undefined ? requestTimeoutMs(req) : Math.max(1, deadline - this.env.now());
+    if (deadline === undefined && req.after !== undefined && req.after > this.node.knownCommitTs && req.after > this.node.clock) {
+      // Beyond every timestamp we issued: from the future, or we were deposed without
+      // knowing. The core tells which once a majority answers (Ready.tokens).
+      const id = this.nextWaiter++;
+      const cancel = this.env.timer(timeoutMs, () => {
+        if (!this.tokenWrites.delete(id)) return;
+        this.node.cancelToken(id);
+        this.fail(respond, ErrorCode.TIMEOUT, `could not check timestamp ${req.after} in time`);
+      });
+      this.tokenWrites.set(id, { req, respond, cancel, deadline: this.env.now() + timeoutMs });
+      this.node.checkToken(id, req.after);
+      this.schedule();
+      return;
+    }
+    const rid = req.rid;
+    if (rid !== undefined) {
+      const seen = this.st.ridResult(rid);
+      if (seen) {
+        // The reply's ts never goes below what the client has seen, nor below our state.
+        return this.replyWrite([respond], seen.index, Math.max(seen.ts, this.st.appliedTs, req.after ?? 0), seen.result);
+      }
+      const inflight = this.pendingByRid.get(rid);
+      if (inflight) {
+        inflight.responders.push(respond);
+        if (!inflight.cancel) this.armPending(inflight, timeoutMs);
+        return;
+      }
+    }
+    const ops: WriteOp[] = req.op === 'batch' ? req.ops : [stripWrite(req)];
+    // The entry adds its index, epoch, ts and rid around the ops: keep room for them.
+    const size = encodedBytes(ops) + ENTRY_ENVELOPE_BYTES_MAX;
+    if (size > ENTRY_BYTES_MAX) return this.fail(respond, ErrorCode.TOO_LARGE, `write is ${size} bytes encoded, more than ENTRY_BYTES_MAX (${ENTRY_BYTES_MAX})`);
+    this.placed(this.node.propose(ops, rid), rid, respond, timeoutMs);
+  }
+
+  private onConfig(req: Extract<Request, { op: 'config' }>, respond: Respond): void {
+    const placed = this.node.changeMembers(req.add !== undefined ? { add: req.add } : { remove: req.remove! });
+    // Already so: answer at once (scripts retry membership changes).
+    if (placed === null) return this.reply(respond, { ok: true, ts: this.node.commitTs, index: this.node.commit });
+    this.placed(placed, undefined, respond, requestTimeoutMs(req));
+  }
+
+  /** A proposal's outcome: refused at once, or pending until its entry is applied. */
+  private placed(p: Proposal, rid: string | undefined, respond: Respond, timeoutMs: number): void {
+    if (!p.ok) return this.fail(respond, p.code, p.message);
+    const pending: PendingWrite = { index: p.index, epoch: p.epoch, rid, responders: [respond], cancel: null };
+    this.armPending(pending, timeoutMs);
+    this.pendingByIndex.set(p.index, pending);
+    if (rid !== undefined) this.pendingByRid.set(rid, pending);
+    this.schedule();
+  }
+
+  private armPending(p: PendingWrite, ms: number): void {
+    p.cancel = this.env.timer(ms, () => {
+      p.cancel = null;
+      const waiting = p.responders;
+      p.responders = [];
+      for (const r of waiting) this.fail(r, ErrorCode.TIMEOUT, 'not committed in time; the write may still apply: retry with the same rid');
+    });
+  }
+
+  private replyWrite(responders: Respond[], index: number, ts: number, result: WriteResult): void {
+    const reply: Reply = result.ok
+      ? { ok: true, ts, index }
+      : { ok: false, ts, index, error: { code: ErrorCode.CAS_MISMATCH, message: `compare-and-set failed at op ${result.failed}` }, current: result.current, failed: result.failed };
+    for (const r of responders) r(reply);
+  }
+
+  private reply(respond: Respond, reply: Reply): void {
+    respond(reply);
+  }
+
+  private fail(respond: Respond, code: ErrorCode, message: string): void {
+    respond({ ok: false, ts: this.st.appliedTs, error: { code, message } });
+  }
+
+  /** Run a request handler: a bug in it becomes an INTERNAL reply, never a crash. */
+  private safely(respond: Respond, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.env.logger.error({ err }, 'request failed');
+      this.fail(respond, ErrorCode.INTERNAL, 'internal error');
+    }
+  }
+
+  /** Run protocol work: a broken invariant stops the replica. */
+  private guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.die(err as Error);
+    }
+  }
+
+  private die(err: Error): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.env.fatal(err);
+  }
+
+  // ---- checkpoint transfer: serving ours ----
+
+  private offerCheckpoint(follower: number): void {
+    const now = this.env.now();
+    const last = this.lastOffer.get(follower);
+    if (last !== undefined && now - last < SNAPSHOT_PAGE_TIMEOUT_MS) return;
+    this.lastOffer.set(follower, now);
+    this.env.logger.info({ follower, checkpoint: this.node.checkpointIndex }, 'offering our checkpoint to a follower behind our log');
+    this.env.sendSnapshot(follower, JSON.stringify({ t: 'offer', from: this.id, index: this.node.checkpointIndex }));
+  }
+
+  /** A message on our snapshot subject: an offer (no reply), or a page request (reply). */
+  onSnapshot(data: Uint8Array | string, respond: ((reply: string) => void) | null): void {
+    if (this.dead) return;
+    let m: { t?: unknown; from?: unknown; phase?: unknown; after?: unknown };
+    try {
+      m = JSON.parse(typeof data === 'string' ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8'));
+    } catch {
+      return;
+    }
+    // Anyone can publish here: drop what is not a well-formed offer or page request.
+    if (typeof m !== 'object' || m === null || Array.isArray(m)) return;
+    if (m.t === 'offer') {
+      if (typeof m.from === 'number' && Number.isSafeInteger(m.from) && m.from >= 1 && m.from !== this.id) this.onOffer(m.from);
+      return;
+    }
+    if (m.t !== 'page' || !respond || (m.after !== null && m.after !== undefined && typeof m.after !== 'string')) return;
+    // Mid-swap our checkpoint store is closed: the requester retries.
+    if (this.swapping) return;
+    // Hold our checkpoint still while a follower reads it. (The hold starts again only after
+    // a checkpoint has run, or after a quiet spell.)
+    const now = this.env.now();
+    if (this.holdStartedAt === 0 || now >= this.holdCheckpointUntil + SNAPSHOT_HOLD_MS) this.holdStartedAt = now;
+    this.holdCheckpointUntil = Math.min(now + SNAPSHOT_HOLD_MS, this.holdStartedAt + SNAPSHOT_HOLD_TOTAL_MS_MAX);
+    const after = typeof m.after === 'string' ? m.after : undefined;
+    const meta = this.ckpt.meta();
+    const max = this.snapshotPageItems;
+    if (m.phase === 'rids') {
+      const all = this.ckpt.rids();
+      const startAt = after === undefined ? 0 : Number(after);
+      if (!Number.isSafeInteger(startAt) || startAt < 0) return;
+      const items = all.slice(startAt, startAt + max);
+      items.length = prefixWithin(items, SNAPSHOT_PAGE_BYTES_MAX);
+      const next = startAt + items.length < all.length ? String(startAt + items.length) : null;
+      respond(JSON.stringify({ meta, phase: 'rids', after: after ?? null, items, next }));
+    } else {
+      const got = this.ckpt.range('', after, max);
+      const items = got.slice(0, prefixWithin(got, SNAPSHOT_PAGE_BYTES_MAX));
+      const next = items.length < got.length || got.length === max ? items[items.length - 1]![0] : null;
+      respond(JSON.stringify({ meta, phase: 'kv', after: after ?? null, items, next }));
+    }
+  }
+
+  // ---- checkpoint transfer: pulling a peer's, then swapping it in ----
+
+  private onOffer(from: number): void {
+    // Only our coordinator's offer counts (it is the one that found us behind its log).
+    if (this.transfer || this.closing || !this.env.transfer || this.node.role === 'coordinator' || this.node.coordinator !== from) return;
+    const t: Transfer = { from, incoming: null, phase: 'kv', after: null, meta: null, awaiting: 0, tries: 0, complete: false, swapStarted: false };
+    this.transfer = t;
+    this.env.logger.info({ from }, 'receiving a checkpoint');
+    this.env.transfer.begin((incoming) => {
+      if (incoming === null) return this.endTransfer(t, 'no place for it');
+      t.incoming = incoming;
+      this.requestPage(t);
+    });
+  }
+
+  private requestPage(t: Transfer): void {
+    if (this.transfer !== t || this.dead) return;
+    if (this.closing) return this.endTransfer(t, 'shutting down');
+    const seq = ++this.transferSeq;
+    t.awaiting = seq;
+    this.env.transfer!.requestPage(t.from, JSON.stringify({ t: 'page', phase: t.phase, after: t.after }), (raw) => this.onPage(t, seq, raw));
+  }
+
+  private onPage(t: Transfer, seq: number, raw: Uint8Array | string | null): void {
+    // A duplicate, or an answer to a request given up on: drop it.
+    if (this.transfer !== t || t.awaiting !== seq || this.dead) return;
+    t.awaiting = 0;
+    const page = raw === null ? `no answer from server ${t.from} in time` : parsePage(raw, t.phase, t.after);
+    if (typeof page === 'string') {
+      // Ask for the same page again a few times: an answer to another request (a stale or
+      // duplicated page) is refused, never written.
+      if (++t.tries < SNAPSHOT_PAGE_TRIES_MAX) return this.requestPage(t);
+      return this.endTransfer(t, page);
+    }
+    t.tries = 0;
+    if (t.meta === null) {
+      t.meta = page.meta;
+      // Caught up meanwhile by ordinary replication: nothing to install.
+      if (t.meta.index <= this.node.commit) return this.endTransfer(t, null);
+    }
+    if (page.meta.index !== t.meta.index || page.meta.epoch !== t.meta.epoch) return this.endTransfer(t, 'the checkpoint changed during the transfer');
+    const delta: CheckpointDelta = {
+      kv: t.phase === 'kv' ? (page.items as Array<[string, Rec]>) : [],
+      ridsSet: t.phase === 'rids' ? (page.items as Array<[string, RidRecord]>) : [],
+      ridsDel: [],
+      // The incoming store is never opened as a checkpoint until the swap: the final meta can go in from the start.
+      meta: t.meta,
+    };
+    t.incoming!.write(delta, () => {
+      if (this.transfer !== t) return;
+      if (page.next !== null) t.after = page.next;
+      else if (t.phase === 'kv') {
+        t.phase = 'rids';
+        t.after = null;
+      } else {
+        t.complete = true;
+        if (t.meta!.index <= this.node.commit || this.closing) return this.endTransfer(t, null);
+        // Let the loop finish what it is doing, then swap while it holds still.
+        this.swapping = true;
+        return this.maybeSwap();
+      }
+      this.requestPage(t);
+    });
+  }
+
+  /** A transfer ends without a swap: failed (reason) or not needed any more (null). */
+  private endTransfer(t: Transfer, reason: string | null): void {
+    if (reason !== null) this.env.logger.warn({ from: t.from, reason }, 'checkpoint transfer failed; will retry when offered again');
+    else this.env.logger.info({ index: t.meta?.index, commit: this.node.commit }, 'checkpoint transfer not needed any more');
+    const done = (): void => {
+      if (this.transfer === t) this.transfer = null;
+      this.schedule();
+    };
+    if (t.incoming) this.env.transfer!.abort(t.incoming, done);
+    else done();
+  }
+
+  private maybeSwap(): void {
+    const t = this.transfer;
+    if (!this.swapping || !t || !t.complete || t.swapStarted || this.pumping || this.checkpointing || this.dead) return;
+    if (t.meta!.index <= this.node.commit || this.closing) {
+      this.swapping = false;
+      return this.endTransfer(t, null);
+    }
+    const meta = t.meta!;
+    t.swapStarted = true;
+    this.env.transfer!.swap(this.ckpt, t.incoming!, (installed) => {
+      this.guard(() => {
+        this.ckpt = installed;
+        this.st = new KvState(installed);
+        const kept = this.node.restore({ index: meta.index, epoch: meta.epoch, ts: meta.ts }, meta.voters, meta.keepOut ?? []);
+        if (kept || this.env.log.last === 0) return this.installed(meta);
+        // Our log does not hold the checkpoint's last entry: it restarts after the checkpoint
+        // (a stale log is also dropped on restart, should we crash before this sync).
+        this.env.log.truncateFrom(1);
+        this.env.log.sync(() => this.installed(meta));
+      });
+    });
+  }
+
+  private installed(meta: CheckpointMeta): void {
+    this.swapping = false;
+    this.transfer = null;
+    this.events = [];
+    this.eventsFloor = meta.index;
+    this.env.logger.info({ index: meta.index }, 'checkpoint installed');
+    this.env.observe?.({ t: 'installed', index: meta.index });
+    this.wakeWaiters();
+    this.schedule();
+  }
+
+  // ---- checkpoints ----
+
+  /**
+   * Write what was applied since the last checkpoint into it; never blocks requests. `done`
+   * runs once no checkpoint is in flight (the final one, on shutdown).
+   */
+  checkpoint(done?: () => void): void {
+    if (this.dead) return;
+    if (this.checkpointing) {
+      if (done) this.afterCheckpoint.push(done);
+      return;
+    }
+    // A follower is reading our checkpoint page by page: keep it still (the cron comes back).
+    const held = this.env.now() < this.holdCheckpointUntil && !this.closing;
+    if (this.swapping || this.st.applied === this.node.checkpointIndex || held) {
+      done?.();
+      return;
+    }
+    const delta = this.st.takeDelta();
+    this.checkpointing = true;
+    if (done) this.afterCheckpoint.push(done);
+    this.ckpt.write(delta, () => {
+      this.guard(() => {
+        this.checkpointing = false;
+        this.holdStartedAt = 0;
+        this.st.release(delta);
+        const first = this.node.checkpointed(delta.meta.index);
+        this.env.log.removeBelow(first);
+        this.env.logger.debug({ index: delta.meta.index, keys: delta.kv.length }, 'checkpoint written');
+        this.env.observe?.({ t: 'checkpointed', index: delta.meta.index });
+      });
+      const waiting = this.afterCheckpoint;
+      this.afterCheckpoint = [];
+      for (const fn of waiting) fn();
+      this.maybeSwap();
+    });
+  }
+
+  // ---- shutdown ----
+
+  /**
+   * Stop taking requests, let in-flight writes commit (peers go on meanwhile, for at most
+   * SHUTDOWN_DRAIN_MS_MAX), answer everyone still waiting, write a final checkpoint; then done.
+   */
+  close(done: () => void): void {
+    if (this.closing) return;
+    this.closing = true;
+    this.setServing('read', false);
+    this.syncWriteSubscription();
+    const deadline = this.env.now() + SHUTDOWN_DRAIN_MS_MAX;
+    const drain = (): void => {
+      if (this.dead) return;
+      if ((this.pendingByIndex.size > 0 || this.pumping) && this.env.now() < deadline) {
+        this.env.timer(TICK_MS, drain);
+        return;
+      }
+      this.peersStopped = true;
+      this.failPending(ErrorCode.UNAVAILABLE, 'server is shutting down; retry with the same rid');
+      for (const w of [...this.waiters.values(), ...this.strong.values(), ...this.tokenWrites.values()]) {
+        w.cancel();
+        this.fail(w.respond, ErrorCode.UNAVAILABLE, 'server is shutting down');
+      }
+      this.tokenWrites.clear();
+      this.waiters.clear();
+      this.strong.clear();
+      settle();
+    };
+    // A transfer in flight ends at its next step; the loop finishes its persist.
+    const settle = (): void => {
+      if (this.dead) return;
+      this.maybeSwap(); // a complete transfer waiting to swap ends now (we are closing)
+      if (this.pumping || this.transfer !== null) {
+        this.env.timer(5, settle);
+        return;
+      }
+      this.checkpoint(() => {
+        this.setServing('admin', false);
+        done();
+      });
+    };
+    drain();
+  }
+
+  // ---- status ----
+
+  status(): NodeStatus {
+    const n = this.node;
+    const peers: PeerStatus[] = [];
+    for (const p of n.peerTable()) {
+      const ping = p.ping;
+      peers.push({
+        id: p.id,
+        cluster: this.cluster,
+        epoch: ping?.epoch ?? 0,
+        role: ping?.role ?? 'follower',
+        coordinator: ping?.coordinator ?? null,
+        clock: ping?.clock ?? 0,
+        last: ping?.last ?? 0,
+        commit: ping?.commit ?? 0,
+        applied: ping?.applied ?? 0,
+        checkpoint: ping?.checkpoint ?? 0,
+        voters: ping?.voters ?? [],
+        version: VERSION,
+        uptimeMs: (ping?.uptimeTicks ?? 0) * TICK_MS,
+        liveness: ping ? n.liveness(p.id) : 'dead',
+        silentMs: (n.ticks - p.lastHeard) * TICK_MS,
+      });
+    }
+    return {
+      id: this.id,
+      cluster: this.cluster,
+      epoch: n.epoch,
+      // A follower outside the voter set is a learner (it replicates but does not vote).
+      role: n.role === 'follower' && !n.voters.includes(this.id) ? 'learner' : n.role,
+      coordinator: n.coordinator,
+      clock: n.clock,
+      last: n.lastIndex(),
+      commit: n.commit,
+      applied: this.st.applied,
+      checkpoint: n.checkpointIndex,
+      voters: n.voters,
+      version: VERSION,
+      uptimeMs: this.env.now() - this.started,
+      peers,
+    };
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+function encodedBytes(x: unknown): number {
+  return Buffer.byteLength(JSON.stringify(x));
+}
+
+/** How many of the first items fit within `max` bytes encoded (at least one). */
+function prefixWithin(items: unknown[], max: number): number {
+  let bytes = 0;
+  for (let i = 0; i < items.length; i++) {
+    bytes += encodedBytes(items[i]);
+    if (bytes > max && i > 0) return i;
+  }
+  return items.length;
+}
+
+/** A page of a peer's checkpoint, checked as anything from outside is, or why it is not one. */
+function parsePage(raw: Uint8Array | string, phase: 'kv' | 'rids', after: string | null): Page | string {
+  let x: unknown;
+  try {
+    x = JSON.parse(typeof raw === 'string' ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('utf8'));
+  } catch {
+    return 'not JSON';
+  }
+  if (typeof x !== 'object' || x === null || Array.isArray(x)) return 'not an object';
+  const p = x as { meta?: unknown; phase?: unknown; after?: unknown; items?: unknown; next?: unknown };
+  // A page names the request it answers: an answer to another one is refused.
+  if (p.phase !== phase || p.after !== after) return `a page for ${JSON.stringify([p.phase, p.after])}, not ${JSON.stringify([phase, after])}`;
+  const mp = metaProblem(p.meta);
+  if (mp !== null) return mp;
+  if (!Array.isArray(p.items)) return 'items is not an array';
+  if (p.next !== null && typeof p.next !== 'string') return 'next is not a string or null';
+  let prev = phase === 'kv' ? after : null;
+  for (const item of p.items) {
+    if (!Array.isArray(item) || item.length !== 2 || typeof item[0] !== 'string') return 'an item is not a [name, record] pair';
+    const problem = phase === 'kv' ? recProblem(item[1]) : ridRecordProblem(item[1]);
+    if (problem !== null) return problem;
+    // Keys come in order, after the page asked for: a stale or reordered page is refused.
+    if (phase === 'kv' && prev !== null && !(item[0] > prev)) return `key ${JSON.stringify(item[0])} is out of order`;
+    if (phase === 'kv') prev = item[0];
+  }
+  return p as Page;
+}
+
+function stripWrite(req: WriteOp & { rid?: string; after?: number; timeout?: number }): WriteOp {
+  switch (req.op) {
+    case 'put':
+      return { op: 'put', key: req.key, value: req.value };
+    case 'del':
+      return { op: 'del', key: req.key };
+    case 'cas':
+      return { op: 'cas', key: req.key, expect: req.expect, value: req.value };
+  }
+}
