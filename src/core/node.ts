@@ -550,6 +550,11 @@ export class Node {
   }
 
   private startElection(): void {
+    // Only voters elect (a learner that promised a claimant gets here when its wait ends).
+    if (!this.isVoter(this.id)) {
+      this.phase = { p: 'idle' };
+      return;
+    }
     const higher = this.voters.filter((v) => v > this.id && this.liveness(v) !== 'dead');
     this.out.notices.push({ type: 'election', epoch: this.epochSeen, phase: 'start' });
     if (higher.length === 0) {
@@ -561,6 +566,10 @@ export class Node {
   }
 
   private claim(): void {
+    if (!this.isVoter(this.id)) {
+      this.phase = { p: 'idle' };
+      return;
+    }
     const epoch = Math.max(this.promised, this.epochSeen) + 1;
     if (this.role === 'coordinator') this.stepDown('claiming a new epoch');
     this.persistPromise(epoch);
@@ -1092,7 +1101,9 @@ export class Node {
   }
 
   private onClaim(m: Extract<Msg, { t: 'claim' }>): void {
-    if (!this.isVoter(this.id)) return;
+    // Promise whether or not our own log names us a voter: a server added by a configuration
+    // entry it has not received yet is a voter to the claimant, who counts only its voters.
+    // (Refusing would leave a cluster whose new majority needs that server without a leader.)
     if (m.epoch <= this.promised) {
       this.out.send.push({ from: this.id, to: m.from, epoch: this.promised, clock: this.clock, t: 'promise', ok: false, last: this.lastIndex(), lastEpoch: this.lastEpoch(), commit: this.commit });
       return;
@@ -1119,7 +1130,10 @@ export class Node {
 
   private checkPromises(): void {
     const ph = this.phase;
-    if (ph.p !== 'claiming' || ph.promises.size < this.majority()) return;
+    if (ph.p !== 'claiming') return;
+    let votes = 0;
+    for (const id of ph.promises.keys()) if (this.isVoter(id)) votes++;
+    if (votes < this.majority()) return;
     // The most up-to-date log among a majority holds every committed entry.
     let best = this.id;
     let b = ph.promises.get(this.id)!;
@@ -1191,6 +1205,7 @@ export class Node {
 
   private becomeCoordinator(epoch: number): void {
     assert(epoch === this.promised, 'a coordinator leads the epoch it was promised');
+    assert(this.isVoter(this.id), 'a coordinator is a voter of its configuration');
     this.role = 'coordinator';
     this.coordinator = this.id;
     this.epoch = epoch;

@@ -772,6 +772,8 @@ export class Replica {
     try {
       fn();
     } catch (err) {
+      // Already dead: the environment's fatal() threw (the simulation does); let it through.
+      if (this.dead) throw err;
       this.die(err as Error);
     }
   }

@@ -106,7 +106,9 @@ export class SimNode implements ReplicaEnv {
     this.sim.at(this, this.sim.t, fn);
   }
   sendPeer(m: Msg): void {
+    this.sim.inv.onSend(this, m);
     this.sim.net.send(m);
+    this.sim.faults.afterSend(this, m);
   }
   sendSnapshot(to: number, data: string): void {
     this.sim.net.offer(this.id, to, data);

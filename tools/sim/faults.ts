@@ -193,6 +193,14 @@ export class Faults {
     return true;
   }
 
+  /** Possibly crash right after a send: whatever the server had not made durable yet is lost. */
+  afterSend(n: SimNode, m: { t: string }): void {
+    if (this.sim.healed || !this.r.chance(this.sim.p.crashAfterSend)) return;
+    this.sim.q.push(this.sim.t, () => {
+      if (n.alive) this.crash(n.id, `right after sending ${m.t}`);
+    });
+  }
+
   /** Possibly crash as soon as a checkpoint is durable, while the log may still have writes in flight. */
   afterCheckpoint(n: SimNode): void {
     if (!this.sim.healed && this.r.chance(this.sim.p.crashAfterCheckpoint)) this.sim.q.push(this.sim.t, () => this.crash(n.id, 'right after a checkpoint'));

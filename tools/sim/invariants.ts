@@ -18,6 +18,7 @@
 // same log and state as the model, and the client histories are causally
 // consistent (the bad patterns of Bouajjani et al.).
 
+import type { Msg } from '../../src/core/messages.js';
 import type { Entry, ChangeEvent, Reply, Request } from '../../src/core/wire.js';
 import type { ReplicaEvent } from '../../src/server/replica.js';
 import { restartPlan } from '../../src/server/replica.js';
@@ -214,6 +215,16 @@ export class Invariants {
     }
     // Change events (what observers see), in order, with the gap-detecting prev index.
     if (!sameEvents(res.events, want.events)) fail(`node ${n.id}: applying ${showEntry(e)} produced events ${JSON.stringify(res.events)}, the model ${JSON.stringify(want.events)}`);
+  }
+
+  /** Nothing leaves a server that claims durability it does not have: a promise, an ack. */
+  onSend(n: SimNode, m: Msg): void {
+    if (m.t === 'promise' && m.ok && n.disk.promise.durable < m.epoch) fail(`node ${n.id}: promised epoch ${m.epoch} to ${m.to} before the promise was durable (durable: ${n.disk.promise.durable})`);
+    if (m.t === 'ack') {
+      const d = n.disk;
+      const durable = d.ckpt.meta().index >= m.match || (d.log.durable.last >= m.match && sameEntry(d.log.durable.at(m.match)!, n.replica.node.entry(m.match) ?? d.log.durable.at(m.match)!));
+      if (!durable) fail(`node ${n.id}: acked ${m.match} to ${m.to} with its log durable only to ${d.log.durable.last}`);
+    }
   }
 
   /** A change event published on ckv.<c>.ev.<key>: one the committed log produced. */

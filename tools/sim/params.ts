@@ -38,6 +38,8 @@ export interface Params {
   /** Chance that a server crashes right after an fsync, before it sends anything. */
   crashAfterSync: number;
   crashAfterCheckpoint: number;
+  /** Chance that a server crashes right after sending a message (before anything else it had issued is durable). */
+  crashAfterSend: number;
   slowDisk: boolean;
   /** How often each kind of fault is chosen. */
   faultWeights: Record<FaultKind, number>;
@@ -82,6 +84,7 @@ export function drawParams(pr: Rng, enabled: readonly FaultKind[] = []): Params 
     ] as Array<[number, number]>),
     crashAfterSync: pr.pick([0, 0.001, 0.005]),
     crashAfterCheckpoint: pr.pick([0, 0.01, 0.05]),
+    crashAfterSend: 0,
     slowDisk: pr.chance(0.25),
     drift: pr.pick([0.02, 0.05, 0.3]),
     membership: false,
@@ -122,6 +125,7 @@ export function drawParams(pr: Rng, enabled: readonly FaultKind[] = []): Params 
     p.faultWeights.join = pr.pick([3, 8]);
     p.faultWeights.remove = pr.pick([2, 6]);
   }
+  p.crashAfterSend = pr.pick([0, 0.0005, 0.002]);
   for (const k of FAULTS_OFF_BY_DEFAULT) if (!enabled.includes(k)) p.faultWeights[k] = 0;
   return p;
 }
