@@ -2,20 +2,17 @@
 // on data directories written by the real storage adapters.
 
 import t from 'tap';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Entry } from '../src/core/wire.js';
 import { LmdbCheckpoint } from '../src/storage/checkpoint.js';
 import type { CheckpointDelta, Rec } from '../src/core/records.js';
 import { SEGMENT_HEADER_BYTES, SegmentLog, scanLog } from '../src/storage/segment-log.js';
+import { CKVCTL_JS, ROOT, runNode, type RunResult } from './helpers/run.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const CKVCTL = path.join(ROOT, 'dist', 'tools', 'ckvctl.js');
-const RUN_TIMEOUT_MS = 30_000;
 
 // `npm test` builds first; when this file is run on its own, build if the
 // compiled tool is missing or older than what it is compiled from.
@@ -30,35 +27,12 @@ function ensureBuilt(): void {
     return !fs.existsSync(out) || fs.statSync(out).mtimeMs < fs.statSync(path.join(ROOT, src)).mtimeMs;
   });
   if (stale) spawnSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: ROOT });
-  if (!fs.existsSync(CKVCTL)) throw new Error(`${CKVCTL} is missing: run npm run build`);
+  if (!fs.existsSync(CKVCTL_JS)) throw new Error(`${CKVCTL_JS} is missing: run npm run build`);
 }
 ensureBuilt();
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function ckvctl(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const e = { ...process.env, ...env };
-    if (!('CKV_DATA' in env)) delete e.CKV_DATA;
-    const p = spawn(process.execPath, [CKVCTL, ...args], { env: e, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    const timer = setTimeout(() => {
-      p.kill('SIGKILL');
-      reject(new Error(`ckvctl ${args.join(' ')} took longer than ${RUN_TIMEOUT_MS} ms`));
-    }, RUN_TIMEOUT_MS);
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('error', reject);
-    p.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function ckvctl(args: string[], env: Record<string, string | undefined> = {}): Promise<RunResult> {
+  return runNode(CKVCTL_JS, args, { env: { CKV_DATA: undefined, ...env } });
 }
 
 const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ckv-ckvctl-'));
@@ -387,7 +361,7 @@ t.test('the offline tool loads no logger, cron or NATS', async (t) => {
       else bare.add(spec);
     }
   };
-  visit(CKVCTL);
+  visit(CKVCTL_JS);
   t.ok(seen.size > 3);
   for (const b of bare) t.notMatch(b, /^(pino|cron|@nats-io)/, `ckvctl imports ${b}`);
   t.ok(bare.has('lmdb'));

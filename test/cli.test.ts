@@ -1,0 +1,256 @@
+// The one-shot CLI (the compiled `ckv` binary, dist/: npm test builds first),
+// against a real nats-server and a scripted fake ckv server.
+
+import t from 'tap';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
+import { fail, fakeServer, nodeStatus, ok } from './helpers/fake-server.js';
+import { CLI_JS, run, runNode, start } from './helpers/run.js';
+
+let ns: NatsServer;
+t.before(async () => {
+  ns = await startNatsServer();
+});
+t.teardown(() => ns?.stop());
+
+t.test('cli', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'ckv-cli-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const session = join(dir, 'session.json');
+  // No NATS on this port: usage errors must be found before connecting.
+  const deadEnv = { CKV_NATS: 'nats://127.0.0.1:1', CKV_SESSION: session, CKV_AFTER: undefined, CKV_CLUSTER: undefined };
+  const cli = (args: string[], env: Record<string, string | undefined> = deadEnv, input?: string | Buffer) => runNode(CLI_JS, args, { env, ...(input !== undefined ? { input } : {}) });
+
+  t.test('usage errors exit 2 without touching the network', async (t) => {
+    const cases: [string[], RegExp][] = [
+      [[], /no command/],
+      [['frobnicate'], /unknown command/],
+      [['get'], /usage: ckv get KEY/],
+      [['get', 'a', 'b'], /usage/],
+      [['get', 'a..b'], /dot/],
+      [['get', '.a'], /dot/],
+      [['get', 'a b'], /letters, digits/],
+      [['get', 'k'.repeat(513)], /KEY_BYTES_MAX/],
+      [['put', 'k'], /usage/],
+      [['put', 'k', '-5'], /--/],
+      [['get', 'k', '--bogus'], /Unknown option/],
+      [['get', 'k', '--limit', '3'], /--limit does not apply to get/],
+      [['put', 'k', 'v', '--strong'], /--strong does not apply/],
+      [['list', 'p', '--limit', 'x'], /--limit must be/],
+      [['list', 'p', '--limit', '0'], /limit/],
+      [['cas', 'k', 'v'], /usage: ckv cas/],
+      [['cas', '--absent', 'k', 'old', 'new'], /usage/],
+      [['cas', '--absent', '--delete', 'k', 'x'], /usage/],
+      [['mget'], /usage/],
+      [['batch', '{'], /not valid JSON/],
+      [['batch', '{}'], /JSON array/],
+      [['batch', '[{"op":"put","key":"a..b","value":"1"}]'], /dot/],
+      [['watch', 'a', 'b'], /usage/],
+      [['watch', '--from', '-1'], /./],
+      [['get', 'k', '--after', 'abc'], /--after must be/],
+      [['get', 'k', '--timeout', '0'], /timeout/],
+      [['get', 'k', '--cluster', 'a.b'], /cluster name/],
+      [['get', 'k', '--no-session', '--session', 'x'], /contradict/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await cli(args);
+      t.equal(r.code, 2, `ckv ${args.join(' ')}: ${r.stderr}`);
+      t.match(r.stderr, re, `ckv ${args.join(' ')}`);
+    }
+    const r = await cli(['get', 'k'], { ...deadEnv, CKV_AFTER: 'x' });
+    t.equal(r.code, 2);
+    t.match(r.stderr, /CKV_AFTER/);
+    const big = await cli(['put', 'k', '-'], deadEnv, Buffer.alloc(256 * 1024 + 1, 0x61));
+    t.equal(big.code, 2);
+    t.match(big.stderr, /VALUE_BYTES_MAX/);
+    const latin1 = await cli(['put', 'k', '-'], deadEnv, Buffer.from([0xff, 0xfe]));
+    t.equal(latin1.code, 2);
+    t.match(latin1.stderr, /UTF-8/);
+    const twoStdin = await cli(['cas', 'k', '-', '-'], deadEnv, 'x');
+    t.equal(twoStdin.code, 2);
+  });
+
+  t.test('help for ckv and for every command', async (t) => {
+    for (const args of [['--help'], ['-h'], ['help']]) {
+      const r = await cli(args);
+      t.equal(r.code, 0);
+      t.match(r.stdout, /Usage: ckv/);
+      t.match(r.stdout, /Exit status/);
+    }
+    for (const cmd of ['get', 'put', 'del', 'cas', 'mget', 'list', 'batch', 'watch', 'status']) {
+      const a = await cli([cmd, '--help']);
+      const b = await cli(['help', cmd]);
+      t.equal(a.code, 0, cmd);
+      t.match(a.stdout, new RegExp(`Usage: ckv \\[flags\\] ${cmd}`));
+      t.equal(a.stdout, b.stdout);
+    }
+  });
+
+  t.test('NATS down: exit 3', async (t) => {
+    const r = await cli(['get', 'k']);
+    t.equal(r.code, 3);
+    t.match(r.stderr, /UNAVAILABLE: cannot connect to NATS/);
+  });
+
+  t.test('against a fake server', async (t) => {
+    const fake = await fakeServer(ns.url, 'cli');
+    t.teardown(() => fake.nc.close());
+    const env = { CKV_NATS: ns.url, CKV_CLUSTER: 'cli', CKV_SESSION: session, CKV_AFTER: undefined };
+    const store = new Map<string, string>();
+    let ts = 100;
+    const handle = (r: Record<string, unknown>) => {
+      switch (r.op) {
+        case 'put':
+          store.set(r.key as string, r.value as string);
+          return ok(++ts);
+        case 'del':
+          return store.delete(r.key as string) ? ok(++ts) : fail(ts, 'NOT_FOUND');
+        case 'cas': {
+          const cur = store.get(r.key as string) ?? null;
+          if (cur !== r.expect) return fail(ts, 'CAS_MISMATCH', { current: cur, failed: 0 });
+          if (r.value === null) store.delete(r.key as string);
+          else store.set(r.key as string, r.value as string);
+          return ok(++ts);
+        }
+        case 'get':
+          return store.has(r.key as string) ? ok(ts, { value: store.get(r.key as string), rev: 1 }) : fail(ts, 'NOT_FOUND');
+        case 'mget':
+          return ok(ts, { values: (r.keys as string[]).map((k) => (store.has(k) ? { key: k, value: store.get(k), rev: 1 } : null)) });
+        case 'list': {
+          const keys = [...store.keys()].filter((k) => k.startsWith(r.prefix as string) && (!r.start || k >= (r.start as string))).sort();
+          const page = keys.slice(0, r.limit as number);
+          return ok(ts, { items: page.map((k) => ({ key: k, value: store.get(k), rev: 1 })), next: keys[r.limit as number] ?? null });
+        }
+        case 'batch':
+          for (const op of r.ops as Record<string, string>[]) if (op.op === 'put') store.set(op.key!, op.value!);
+          return ok(++ts);
+        case 'status':
+          return ok(ts, { status: nodeStatus(1, [1]) });
+        default:
+          return fail(ts, 'BAD_REQUEST');
+      }
+    };
+    fake.on.read = handle;
+    fake.on.write = handle;
+    fake.on.admin = handle;
+
+    let r = await cli(['put', 'cfg.a', 'hello'], env);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(r.stdout, '');
+    t.same(JSON.parse(await readFile(session, 'utf8')), { cli: 101 }, 'the session file keeps the token');
+
+    r = await cli(['get', 'cfg.a'], env);
+    t.equal(r.stdout, 'hello', 'exact bytes: no newline when stdout is not a terminal');
+    t.equal(fake.seen.read.at(-1)!.after, 101, 'the next process reads after the token');
+
+    r = await cli(['put', 'multi', '-'], env, 'a\nb\tc\\');
+    t.equal(r.code, 0);
+    t.equal((await cli(['get', 'multi'], env)).stdout, 'a\nb\tc\\');
+    t.equal((await cli(['mget', 'cfg.a', 'multi', 'nope'], env)).stdout, 'cfg.a\thello\nmulti\ta\\nb\\tc\\\\\n');
+    t.equal((await cli(['mget', 'cfg.a', 'nope'], env)).code, 1);
+
+    r = await cli(['get', 'nope'], env);
+    t.equal(r.code, 1);
+    t.match(r.stderr, /nope: not found/);
+    r = await cli(['get', 'nope', '--json'], env);
+    t.equal(r.code, 1);
+    t.same(JSON.parse(r.stdout), { key: 'nope', value: null, ts: 102 });
+
+    r = await cli(['cas', 'cfg.a', 'wrong', 'x'], env);
+    t.equal(r.code, 1);
+    t.match(r.stderr, /cas mismatch.*"hello"/);
+    t.equal((await cli(['cas', 'cfg.a', 'hello', 'x'], env)).code, 0);
+    t.equal((await cli(['cas', '--absent', 'fresh', 'y'], env)).code, 0);
+    t.equal((await cli(['cas', '--delete', 'fresh', 'y'], env)).code, 0);
+    t.equal(fake.seen.write.at(-1)!.value, null);
+    t.equal((await cli(['del', 'fresh'], env)).code, 1, 'del of a missing key: not found, if the server says so');
+
+    r = await cli(['list', 'cfg.', '--json'], env);
+    t.same(JSON.parse(r.stdout).items.map((i: { key: string }) => i.key), ['cfg.a']);
+    for (const k of ['l.1', 'l.2', 'l.3']) await cli(['put', k, k], env);
+    r = await cli(['list', 'l.', '--limit', '2', '--keys'], env);
+    t.equal(r.stdout, 'l.1\nl.2\n');
+    t.match(r.stderr, /--start l\.3/);
+    r = await cli(['list', 'l.', '--limit', '2', '--all', '--keys'], env);
+    t.equal(r.stdout, 'l.1\nl.2\nl.3\n');
+    t.equal(r.stderr, '');
+
+    r = await cli(['batch', '-'], env, '[{"op":"put","key":"b1","value":"1"},{"op":"put","key":"b2","value":"2"}]');
+    t.equal(r.code, 0, r.stderr);
+    t.equal(store.get('b2'), '2');
+
+    r = await cli(['status'], env);
+    t.equal(r.code, 0);
+    t.match(r.stdout, /^ID\s+ROLE/);
+    t.match(r.stdout, /\n1\*\s+coordinator/);
+
+    // Token passing without a session file.
+    const before = ts;
+    r = await cli(['--no-session', '--print-token', 'put', 'tp', '1'], env);
+    t.equal(r.stderr.trim(), String(before + 1), '--print-token prints the new token on stderr');
+    r = await cli(['get', 'tp', '--no-session', '--after', '5'], env);
+    t.equal(fake.seen.read.at(-1)!.after, 5);
+    t.equal(r.stderr.trim(), String(ts), '--after implies printing the new token');
+    await cli(['get', 'tp', '--no-session'], { ...env, CKV_AFTER: '7' });
+    t.equal(fake.seen.read.at(-1)!.after, 7, 'CKV_AFTER');
+    await cli(['get', 'tp', '--no-session'], env);
+    t.equal(fake.seen.read.at(-1)!.after, undefined, '--no-session: no token');
+
+    fake.on.read = () => fail(ts, 'TOKEN_AHEAD');
+    r = await cli(['get', 'tp'], env);
+    t.equal(r.code, 4);
+    t.match(r.stderr, /session file/);
+    fake.on.read = () => fail(ts, 'BAD_REQUEST');
+    t.equal((await cli(['get', 'tp'], env)).code, 2, 'a request the server rejects is a usage error');
+
+    r = await cli(['--timeout', '300', '--cluster', 'nobody', 'get', 'k'], env);
+    t.equal(r.code, 3);
+    t.match(r.stderr, /UNAVAILABLE/);
+  });
+
+  t.test('watch prints events until SIGINT', async (t) => {
+    const fake = await fakeServer(ns.url, 'cliw');
+    t.teardown(() => fake.nc.close());
+    const w = start(process.execPath, [CLI_JS, 'watch', 'j.', '--no-session'], { env: { CKV_NATS: ns.url, CKV_CLUSTER: 'cliw' } });
+    t.teardown(() => void w.proc.kill('SIGKILL')); // a no-op once it has exited
+    // Its subscription is in another process: publish the first event until it is printed
+    // (a poll with a deadline; the watch drops the repeats).
+    const publisher = setInterval(() => fake.publishEvent('cliw', { index: 1, ts: 11, op: 'put', key: 'j.a', value: 'x\ny', prev: 0 }), 50);
+    try {
+      await w.waitForStdout((out) => out.endsWith('\n'), 'the first event');
+    } finally {
+      clearInterval(publisher);
+    }
+    fake.publishEvent('cliw', { index: 2, ts: 12, op: 'del', key: 'j.a', prev: 1 });
+    await w.waitForStdout((out) => out.split('\n').length === 3, 'the second event');
+    w.proc.kill('SIGINT');
+    const r = await w.done;
+    t.equal(r.code, 0);
+    t.equal(r.stdout, '1\t11\tput\tj.a\tx\\ny\n2\t12\tdel\tj.a\n');
+  });
+
+  t.test('startup time of a one-shot get', async (t) => {
+    const fake = await fakeServer(ns.url, 'perf');
+    t.teardown(() => fake.nc.close());
+    fake.on.read = () => ok(1, { value: 'v', rev: 1 });
+    // No coverage hooks (tap's NODE_OPTIONS) and no extra CA file: the time a user sees.
+    const env = { CKV_NATS: ns.url, CKV_CLUSTER: 'perf', CKV_SESSION: join(dir, 'perf.json'), NODE_EXTRA_CA_CERTS: undefined, NODE_OPTIONS: undefined };
+    const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    const cliMs: number[] = [];
+    const nodeMs: number[] = [];
+    // Through env -u: tap's process tracking adds its loader to NODE_OPTIONS of every child.
+    const bare = (args: string[]) => run('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, ...args], { env });
+    for (let i = 0; i < 7; i++) {
+      const r = await bare([CLI_JS, 'get', 'k']);
+      t.equal(r.code, 0, r.stderr);
+      cliMs.push(r.ms);
+      nodeMs.push((await bare(['-e', '0'])).ms);
+    }
+    const c = median(cliMs);
+    const n = median(nodeMs);
+    t.comment(`ckv get k: median ${c.toFixed(0)} ms; node -e 0: median ${n.toFixed(0)} ms; overhead ${(c - n).toFixed(0)} ms`);
+    t.ok(c - n < 1000, 'a one-shot get costs well under a second over a bare node start');
+  });
+});
