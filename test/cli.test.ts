@@ -3,11 +3,12 @@
 
 import t from 'tap';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
 import { fail, fakeServer, nodeStatus, ok } from './helpers/fake-server.js';
-import { CLI_JS, run, runNode, start } from './helpers/run.js';
+import { CLI_JS, run, runNode, start, type RunOptions, type RunResult } from './helpers/run.js';
 
 let ns: NatsServer;
 t.before(async () => {
@@ -22,6 +23,9 @@ t.test('cli', async (t) => {
   // No NATS on this port: usage errors must be found before connecting.
   const deadEnv = { CKV_NATS: 'nats://127.0.0.1:1', CKV_SESSION: session, CKV_AFTER: undefined, CKV_CLUSTER: undefined };
   const cli = (args: string[], env: Record<string, string | undefined> = deadEnv, input?: string | Buffer) => runNode(CLI_JS, args, { env, ...(input !== undefined ? { input } : {}) });
+  // Node as a user runs it, for timings: without tap's coverage hooks, which slow start-up and
+  // exit. Through env -u: tap's process tracking adds its loader to NODE_OPTIONS of every child.
+  const bare = (args: string[], opts: RunOptions = {}) => run('/usr/bin/env', ['-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath, ...args], opts);
 
   t.test('usage errors exit 2 without touching the network', async (t) => {
     const cases: [string[], RegExp][] = [
@@ -92,6 +96,55 @@ t.test('cli', async (t) => {
     const r = await cli(['get', 'k']);
     t.equal(r.code, 3);
     t.match(r.stderr, /UNAVAILABLE: cannot connect to NATS/);
+  });
+
+  t.test('NATS paused or silent: exit 3 within --timeout and the stated margin, nothing left open', async (t) => {
+    const help = await cli(['--help']);
+    const margin = Number(/ckv exits at most (\d+) ms after it/.exec(help.stdout)?.[1]);
+    t.ok(margin > 0 && margin <= 500, `the help states the margin (${margin} ms)`);
+    // A SIGSTOPped nats-server: the kernel accepts the connection, nothing answers.
+    const paused = await startNatsServer();
+    paused.proc.kill('SIGSTOP');
+    t.teardown(async () => {
+      paused.proc.kill('SIGCONT');
+      await paused.stop();
+    });
+    // A plain TCP listener that accepts and never writes.
+    const accepted = new Set<Socket>();
+    const silent = createServer((sock) => accepted.add(sock));
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    t.teardown(() => {
+      for (const sock of accepted) sock.destroy();
+      silent.close();
+    });
+    const silentUrl = `nats://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    const cases: (readonly [string, number, readonly string[]])[] = [
+      ['get, paused nats-server', 500, ['--nats', paused.url, 'get', 'k']],
+      ['get, silent listener', 500, ['--nats', silentUrl, 'get', 'k']],
+      ['put, both as a server list', 700, ['--nats', `${paused.url},${silentUrl}`, 'put', 'k', 'v']],
+      ['status, silent listener', 500, ['--nats', silentUrl, 'status']],
+      ['watch (connecting), paused nats-server', 500, ['--nats', paused.url, 'watch']],
+      // A budget shorter than ckv's own start-up is spent before it connects: it exits at once.
+      ['get, --timeout shorter than start-up', 1, ['--nats', paused.url, 'get', 'k']],
+    ];
+    // On a busy machine a process can be kept waiting for a CPU past any margin: a case passes
+    // if one of three runs is within the bound (a process held open would miss it every time).
+    const attempt = (args: string[]) => bare([CLI_JS, ...args], { env: deadEnv, timeoutMs: 10_000 }); // killed, and the test failed, at 10 s
+    const timely = (r: RunResult, bound: number) => r.ms < bound && !/still running/.test(r.stderr);
+    for (const [what, timeout, args] of cases) {
+      // (Start-up takes about 0.1 s; a budget below that is bounded by start-up instead.)
+      const bound = (timeout < 100 ? 800 : timeout) + margin;
+      const runs: RunResult[] = [];
+      do runs.push(await attempt(['--timeout', String(timeout), ...args]));
+      while (runs.length < 3 && !timely(runs.at(-1)!, bound));
+      const times = runs.map((r) => r.ms.toFixed(0)).join(', ');
+      t.ok(
+        runs.every((r) => r.code === 3 && /UNAVAILABLE: cannot connect to NATS/.test(r.stderr)),
+        `${what}: exit 3, UNAVAILABLE: cannot connect to NATS`,
+        { runs: runs.map((r) => ({ code: r.code, stderr: r.stderr })) },
+      );
+      t.ok(timely(runs.at(-1)!, bound), `${what}, --timeout ${timeout}: exited within ${bound} ms (${times} ms), the watchdog did not fire`);
+    }
   });
 
   t.test('against a fake server', async (t) => {
@@ -205,7 +258,8 @@ t.test('cli', async (t) => {
     fake.on.read = () => fail(ts, 'BAD_REQUEST');
     t.equal((await cli(['get', 'tp'], env)).code, 2, 'a request the server rejects is a usage error');
 
-    r = await cli(['--timeout', '300', '--cluster', 'nobody', 'get', 'k'], env);
+    // (The budget counts from ckv's start, which under tap's coverage hooks takes a few hundred ms.)
+    r = await cli(['--timeout', '1000', '--cluster', 'nobody', 'get', 'k'], env);
     t.equal(r.code, 3);
     t.match(r.stderr, /UNAVAILABLE/);
   });
@@ -235,18 +289,16 @@ t.test('cli', async (t) => {
     const fake = await fakeServer(ns.url, 'perf');
     t.teardown(() => fake.nc.close());
     fake.on.read = () => ok(1, { value: 'v', rev: 1 });
-    // No coverage hooks (tap's NODE_OPTIONS) and no extra CA file: the time a user sees.
-    const env = { CKV_NATS: ns.url, CKV_CLUSTER: 'perf', CKV_SESSION: join(dir, 'perf.json'), NODE_EXTRA_CA_CERTS: undefined, NODE_OPTIONS: undefined };
+    // No coverage hooks and no extra CA file: the time a user sees.
+    const env = { CKV_NATS: ns.url, CKV_CLUSTER: 'perf', CKV_SESSION: join(dir, 'perf.json') };
     const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
     const cliMs: number[] = [];
     const nodeMs: number[] = [];
-    // Through env -u: tap's process tracking adds its loader to NODE_OPTIONS of every child.
-    const bare = (args: string[]) => run('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, ...args], { env });
     for (let i = 0; i < 7; i++) {
-      const r = await bare([CLI_JS, 'get', 'k']);
+      const r = await bare([CLI_JS, 'get', 'k'], { env });
       t.equal(r.code, 0, r.stderr);
       cliMs.push(r.ms);
-      nodeMs.push((await bare(['-e', '0'])).ms);
+      nodeMs.push((await bare(['-e', '0'], { env })).ms);
     }
     const c = median(cliMs);
     const n = median(nodeMs);

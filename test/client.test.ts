@@ -5,11 +5,13 @@
 import t from 'tap';
 import { mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
 import { fail, fakeServer, nodeStatus, ok } from './helpers/fake-server.js';
 import { ROOT, run } from './helpers/run.js';
+import { within } from './helpers/deadline.js';
 import { CasMismatchError, CkvError, Client, natsTransport, type Transport } from '../src/client/client.js';
 import { defaultSessionPath, readSession, readToken, saveToken } from '../src/client/session.js';
 import type { ChangeEvent } from '../src/core/wire.js';
@@ -283,6 +285,43 @@ t.test('client library', async (t) => {
     t.equal(((await c.status().catch((e: unknown) => e)) as CkvError).code, 'UNAVAILABLE');
   });
 
+  t.test('connect to servers that accept and never answer: UNAVAILABLE within the budget, every socket closed', async (t) => {
+    // What a paused nats-server looks like from here: the kernel accepts, nothing is said.
+    const accepted: Socket[] = [];
+    const silent = () =>
+      new Promise<Server>((resolve) => {
+        const srv = createServer((sock) => accepted.push(sock));
+        srv.listen(0, '127.0.0.1', () => resolve(srv));
+      });
+    const listeners = [await silent(), await silent()];
+    t.teardown(() => {
+      for (const s of accepted) s.destroy();
+      for (const l of listeners) l.close();
+    });
+    const servers = listeners.map((l) => `nats://127.0.0.1:${(l.address() as AddressInfo).port}`);
+    const t0 = Date.now();
+    const err = await Client.connect({ servers, cluster: 'lib', timeout: 400 }).catch((e: unknown) => e);
+    const ms = Date.now() - t0;
+    t.type(err, CkvError);
+    t.equal((err as CkvError).code, 'UNAVAILABLE');
+    t.match((err as CkvError).message, /cannot connect to NATS/);
+    t.ok(ms < 400 + 300, `one budget for the whole server list, not one each (${ms} ms)`);
+    t.equal(accepted.length, 2, 'each server was tried');
+    const closed = accepted.map((s) => new Promise<void>((r) => (s.closed ? r() : s.once('close', () => r()))));
+    await within(Promise.all(closed), 2000, 'the client to close its sockets');
+    t.pass('the client closed both sockets');
+  });
+
+  t.test('deadline: no call runs past it, whatever its own budget', async (t) => {
+    const c = await Client.connect({ servers: ns.url, cluster: 'nobody3', timeout: 5000, deadline: Date.now() + 300 });
+    clients.push(c);
+    const t0 = Date.now();
+    t.equal(((await c.get('k').catch((e: unknown) => e)) as CkvError).code, 'UNAVAILABLE');
+    t.ok(Date.now() - t0 < 600, `ended at the deadline (${Date.now() - t0} ms)`);
+    t.equal(((await c.status().catch((e: unknown) => e)) as CkvError).code, 'UNAVAILABLE', 'a call after the deadline fails at once');
+    t.ok(Date.now() - t0 < 700);
+  });
+
   t.test('a transport can be injected; close() leaves a caller-owned one open', async (t) => {
     const nc = await connect({ servers: ns.url });
     const c = new Client(natsTransport(nc), { cluster: 'lib' });
@@ -316,19 +355,15 @@ function eventLog(specs: [index: number, key: string, op?: 'put' | 'del'][]): Ch
 /** The next n events, or an error naming what came if they do not all come within ms. */
 async function take(it: AsyncIterator<ChangeEvent>, n: number, ms = 3000): Promise<ChangeEvent[]> {
   const got: ChangeEvent[] = [];
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const expired = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), ms)));
-  try {
+  const collect = async () => {
     while (got.length < n) {
-      const r = await Promise.race([it.next(), expired]);
-      if (r === 'timeout') throw new Error(`timed out after ${got.length} events: ${JSON.stringify(got.map((e) => [e.index, e.key]))}`);
+      const r = await it.next();
       if (r.done) break;
       got.push(r.value);
     }
-  } finally {
-    clearTimeout(timer);
-  }
-  return got;
+    return got;
+  };
+  return within(collect(), ms, () => `${n} events (got ${JSON.stringify(got.map((e) => [e.index, e.key]))})`);
 }
 
 t.test('watch', async (t) => {

@@ -31,10 +31,16 @@ const EXIT_USAGE = 2; // also a request the server rejects as malformed or too l
 const EXIT_UNAVAILABLE = 3; // no server could answer in time
 const EXIT_ERROR = 4; // any other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)
 
+/** How long after its --timeout budget ckv may still be running (closing, saving the token, exiting). */
+const EXIT_MARGIN_MS = 200;
+
 const FLAGS_HELP = `Flags (before or after the command):
   --nats URL[,URL]   NATS server(s) (env CKV_NATS, default ${NATS_URL_DEFAULT})
   --cluster NAME     cluster name (env CKV_CLUSTER, default ${CLUSTER_DEFAULT})
-  --timeout MS       budget for the whole command, retries included (default ${REQUEST_TIMEOUT_MS_DEFAULT})
+  --timeout MS       budget for the whole command, counted from when ckv starts:
+                     connecting, retries and pages included (default ${REQUEST_TIMEOUT_MS_DEFAULT});
+                     ckv exits at most ${EXIT_MARGIN_MS} ms after it, whether NATS is down, paused
+                     or silent (watch: bounds connecting and each replay)
   --json             print JSON (one object; watch: one object per line)
   --strong           linearizable read via the coordinator (get, mget, list)
   --session FILE     token file (env CKV_SESSION, default
@@ -575,10 +581,23 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
     return EXIT_USAGE;
   }
 
+  // The budget counts from the start of this process, so that `ckv --timeout MS` is done
+  // within MS (plus EXIT_MARGIN_MS) of being started, module loading included.
+  const deadline = performance.timeOrigin + s.timeout;
+  // Should anything still hold the process open past the margin, exit anyway (and say so).
+  // (A budget already spent by start-up still leaves the margin to say so and exit.)
+  const watchdog = setTimeout(() => {
+    warn(`still running ${EXIT_MARGIN_MS} ms after the --timeout budget: exiting`);
+    process.exit(process.exitCode ?? EXIT_UNAVAILABLE);
+  }, Math.max(deadline - Date.now(), 0) + EXIT_MARGIN_MS);
+  watchdog.unref();
+  // A watch runs until interrupted: the budget bounds its connecting and, from there, each replay.
+  const budget = { timeout: s.timeout, connectBy: deadline, ...(s.command === 'watch' ? {} : { deadline }) };
   const [sessionToken, connected] = await Promise.all([
     s.sessionPath ? readToken(s.sessionPath, s.cluster) : Promise.resolve(0),
-    Client.connect({ servers: s.servers, cluster: s.cluster, timeout: s.timeout, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError),
+    Client.connect({ servers: s.servers, cluster: s.cluster, ...budget, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError),
   ]);
+  if (s.command === 'watch') clearTimeout(watchdog);
   if (connected instanceof Error) return report(s, connected instanceof CkvError ? connected : new CkvError(ErrorCode.UNAVAILABLE, String(connected)), null, sessionToken);
   const c = connected;
   c.observe(sessionToken);
