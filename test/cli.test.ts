@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
 import { fail, fakeServer, nodeStatus, ok } from './helpers/fake-server.js';
-import { CLI_JS, run, runNode, start, type RunOptions, type RunResult } from './helpers/run.js';
+import { CLI_JS, ROOT, run, runNode, start, type RunOptions, type RunResult } from './helpers/run.js';
 
 let ns: NatsServer;
 t.before(async () => {
@@ -74,6 +74,18 @@ t.test('cli', async (t) => {
     t.match(latin1.stderr, /UTF-8/);
     const twoStdin = await cli(['cas', 'k', '-', '-'], deadEnv, 'x');
     t.equal(twoStdin.code, 2);
+  });
+
+  t.test('the README states the exit statuses the help states', async (t) => {
+    const block = (text: string, where: string) => {
+      const m = /Exit status:\n(?:\n?```\n)?((?: {2}\S.*\n| {5}.*\n)+)/.exec(text);
+      t.ok(m, `${where} has an exit status list`);
+      return m?.[1] ?? '';
+    };
+    const help = block((await cli(['--help'])).stdout, 'ckv --help');
+    t.match(help, /^ {2}4 /m, 'every status, 4 too');
+    t.match(help, /del of a missing key is not an error \(exit 0\)/);
+    t.equal(block(await readFile(join(ROOT, 'README.md'), 'utf8'), 'README.md'), help);
   });
 
   t.test('help for ckv and for every command', async (t) => {
@@ -158,8 +170,9 @@ t.test('cli', async (t) => {
         case 'put':
           store.set(r.key as string, r.value as string);
           return ok(++ts);
-        case 'del':
-          return store.delete(r.key as string) ? ok(++ts) : fail(ts, 'NOT_FOUND');
+        case 'del': // as the real server: deleting an absent key is a write that changes nothing
+          store.delete(r.key as string);
+          return ok(++ts);
         case 'cas': {
           const cur = store.get(r.key as string) ?? null;
           if (cur !== r.expect) return fail(ts, 'CAS_MISMATCH', { current: cur, failed: 0 });
@@ -218,7 +231,9 @@ t.test('cli', async (t) => {
     t.equal((await cli(['cas', '--absent', 'fresh', 'y'], env)).code, 0);
     t.equal((await cli(['cas', '--delete', 'fresh', 'y'], env)).code, 0);
     t.equal(fake.seen.write.at(-1)!.value, null);
-    t.equal((await cli(['del', 'fresh'], env)).code, 1, 'del of a missing key: not found, if the server says so');
+    r = await cli(['del', 'fresh'], env);
+    t.equal(r.code, 0, 'del of a missing key succeeds, as in etcdctl and consul');
+    t.equal(r.stderr, '');
 
     r = await cli(['list', 'cfg.', '--json'], env);
     t.same(JSON.parse(r.stdout).items.map((i: { key: string }) => i.key), ['cfg.a']);

@@ -26,7 +26,7 @@ import { formatStatusTable, statusRows } from './status-table.js';
 
 /** Exit statuses (documented in --help). */
 const EXIT_OK = 0;
-const EXIT_NOT_FOUND = 1; // also a cas mismatch
+const EXIT_NOT_FOUND = 1; // also a cas mismatch (del of a missing key is a success, as in etcdctl and consul)
 const EXIT_USAGE = 2; // also a request the server rejects as malformed or too large
 const EXIT_UNAVAILABLE = 3; // no server could answer in time
 const EXIT_ERROR = 4; // any other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)
@@ -54,7 +54,8 @@ const FLAGS_HELP = `Flags (before or after the command):
 
 const EXIT_HELP = `Exit status:
   0  ok
-  1  not found (get, mget: any key, del) or cas mismatch (cas, batch)
+  1  not found (get; mget: any key) or cas mismatch (cas, batch);
+     del of a missing key is not an error (exit 0)
   2  usage error, or the server rejected the request (BAD_REQUEST, TOO_LARGE)
   3  unavailable: no server answered in time (UNAVAILABLE, TIMEOUT, NATS down)
   4  other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)`;
@@ -91,7 +92,9 @@ Prints nothing; --json: {"index","ts"}.`,
   },
   del: {
     usage: 'del KEY',
-    help: `Delete KEY. Prints nothing; --json: {"index","ts"}.`,
+    help: `Delete KEY. Deleting a key that is absent changes nothing and is not an
+error (exit 0), as with etcdctl del and consul kv delete.
+Prints nothing; --json: {"index","ts"}.`,
     flags: [],
   },
   cas: {
