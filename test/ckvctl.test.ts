@@ -11,7 +11,7 @@ import type { Entry } from '../src/core/wire.js';
 import { LmdbCheckpoint } from '../src/storage/checkpoint.js';
 import type { CheckpointDelta, Rec } from '../src/core/records.js';
 import { SEGMENT_HEADER_BYTES, SegmentLog, scanLog } from '../src/storage/segment-log.js';
-import { CKVCTL_JS, ROOT, runNode, type RunResult } from './helpers/run.js';
+import { CKVCTL_JS, ROOT, runNode, type RunOptions, type RunResult } from './helpers/run.js';
 
 
 // `npm test` builds first; when this file is run on its own, build if the
@@ -31,8 +31,8 @@ function ensureBuilt(): void {
 }
 ensureBuilt();
 
-function ckvctl(args: string[], env: Record<string, string | undefined> = {}): Promise<RunResult> {
-  return runNode(CKVCTL_JS, args, { env: { CKV_DATA: undefined, ...env } });
+function ckvctl(args: string[], env: Record<string, string | undefined> = {}, opts: RunOptions = {}): Promise<RunResult> {
+  return runNode(CKVCTL_JS, args, { ...opts, env: { CKV_DATA: undefined, ...env } });
 }
 
 const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ckv-ckvctl-'));
@@ -345,6 +345,20 @@ t.test('usage errors exit 2', async (t) => {
   t.equal(help.code, 0);
   t.match(help.stdout, /^usage: ckvctl/);
   t.match(help.stdout, /checkpoint diff DIR1 DIR2/);
+});
+
+t.test('a reader that goes away (| head) ends the output quietly, with the usual status', async (t) => {
+  const data = await makeData('epipe', { n: 400 });
+  for (const [args, code] of [
+    [['log', 'dump', '--data', data], 0],
+    [['checkpoint', 'dump', '--json', '--data', data], 0],
+    [['--help'], 0],
+    [['checkpoint', 'get', 'nope', '--data', data], 1],
+  ] as const) {
+    const r = await ckvctl([...args], {}, { closeStdout: true });
+    t.equal(r.code, code, `ckvctl ${args.join(' ')}`);
+    t.equal(r.stderr.includes('EPIPE') || r.stderr.includes('    at '), false, `ckvctl ${args.join(' ')}: no stack trace (${r.stderr})`);
+  }
 });
 
 t.test('the offline tool loads no logger, cron or NATS', async (t) => {

@@ -245,6 +245,18 @@ t.test('cli', async (t) => {
     t.equal(r.stdout, 'l.1\nl.2\nl.3\n');
     t.equal(r.stderr, '');
 
+    // A reader that goes away (| head): no stack trace, the usual status.
+    for (const [args, code] of [
+      [['list', '', '--all', '--limit', '1'], 0],
+      [['get', 'cfg.a'], 0],
+      [['mget', 'cfg.a', 'nope'], 1],
+      [['--help'], 0],
+    ] as const) {
+      const closed = await runNode(CLI_JS, [...args], { env, closeStdout: true });
+      t.equal(closed.code, code, `ckv ${args.join(' ')} | head -0`);
+      t.equal(closed.stderr.includes('EPIPE') || closed.stderr.includes('    at '), false, `ckv ${args.join(' ')}: no stack trace (${closed.stderr})`);
+    }
+
     r = await cli(['batch', '-'], env, '[{"op":"put","key":"b1","value":"1"},{"op":"put","key":"b2","value":"2"}]');
     t.equal(r.code, 0, r.stderr);
     t.equal(store.get('b2'), '2');

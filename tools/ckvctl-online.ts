@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { Client, type CkvError } from '../src/client/client.js';
 import { CLUSTER_DEFAULT, NATS_URL_DEFAULT } from '../src/core/limits.js';
 import { formatStatusTable, statusRows } from '../src/client/status-table.js';
+import { writeOut } from '../src/client/stdout.js';
 
 const HELP = `usage: ckvctl status [--nats URL] [--cluster NAME] [--json] [--timeout MS]
 
@@ -36,7 +37,7 @@ function parseOnline(argv: string[], cmd: string, help: string, defaultTimeoutMs
     return 2;
   }
   if (parsed.values.help) {
-    process.stdout.write(`${help}\n`);
+    writeOut(`${help}\n`);
     return 0;
   }
   const timeout = Number(parsed.values.timeout ?? defaultTimeoutMs);
@@ -68,8 +69,8 @@ export async function runStatus(argv: string[]): Promise<number> {
   try {
     const answers = await client.status();
     const rows = statusRows(answers);
-    if (a.values.json) process.stdout.write(`${JSON.stringify({ servers: rows, answers })}\n`);
-    else process.stdout.write(formatStatusTable(rows));
+    if (a.values.json) writeOut(`${JSON.stringify({ servers: rows, answers })}\n`);
+    else writeOut(formatStatusTable(rows));
     return rows.some((r) => r.role === 'coordinator' && r.answered) ? 0 : 1;
   } catch (err) {
     process.stderr.write(`ckvctl status: ${(err as Error).message}\n`);
@@ -102,7 +103,7 @@ export async function runMember(argv: string[]): Promise<number> {
   try {
     // The client retries while there is no coordinator, or it is busy, until the timeout.
     const ack = await client.member(verb === 'add' ? { add: id } : { remove: id });
-    process.stdout.write(`${verb === 'add' ? 'added' : 'removed'} voter ${id} (log index ${ack.index})\n`);
+    writeOut(`${verb === 'add' ? 'added' : 'removed'} voter ${id} (log index ${ack.index})\n`);
     return 0;
   } catch (err) {
     const e = err as CkvError;

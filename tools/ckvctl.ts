@@ -21,6 +21,7 @@ import {
   scanLog,
   verifyLog,
 } from '../src/storage/segment-log.js';
+import { quietOnClosedStdout, writeOut } from '../src/client/stdout.js';
 
 const EXIT_OK = 0;
 const EXIT_PROBLEM = 1;
@@ -55,7 +56,7 @@ Exit codes: 0 ok, 1 problem found / different / not found, 2 usage error.
 class UsageError extends Error {}
 
 function out(s: string): void {
-  process.stdout.write(s + '\n');
+  writeOut(s + '\n');
 }
 
 function err(s: string): void {
@@ -441,6 +442,7 @@ async function main(argv: string[]): Promise<number> {
   throw new UsageError(`unknown command ${JSON.stringify(group)}`);
 }
 
+quietOnClosedStdout();
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

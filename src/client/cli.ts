@@ -23,6 +23,7 @@ import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client } from './client.js';
 import { defaultSessionPath, readToken, saveToken } from './session.js';
 import { formatStatusTable, statusRows } from './status-table.js';
+import { quietOnClosedStdout, stdoutClosed, writeOut } from './stdout.js';
 
 /** Exit statuses (documented in --help). */
 const EXIT_OK = 0;
@@ -275,9 +276,7 @@ function escapeValue(v: string): string {
   });
 }
 
-function out(s: string): void {
-  process.stdout.write(s);
-}
+const out = writeOut;
 
 function json(v: unknown): void {
   out(JSON.stringify(v) + '\n');
@@ -447,7 +446,7 @@ async function prepare(s: Settings): Promise<Action> {
           if (!s.json) out(page.items.map((kv) => (s.flags.keys ? `${kv.key}\n` : `${kv.key}\t${escapeValue(kv.value)}\n`)).join(''));
           else items.push(...page.items);
           next = page.next;
-        } while (all && next !== null);
+        } while (all && next !== null && !stdoutClosed());
         if (s.json) json({ items, next, ts: c.token });
         else if (next !== null) warn(`more keys: continue with --start ${next} (or use --all)`);
         return EXIT_OK;
@@ -618,6 +617,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   return code;
 }
 
+quietOnClosedStdout();
 main(process.argv.slice(2), process.env).then(
   (code) => {
     process.exitCode = code;
