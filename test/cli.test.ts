@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
 import { fail, fakeServer, nodeStatus, ok } from './helpers/fake-server.js';
-import { CLI_JS, ROOT, run, runNode, start, type RunOptions, type RunResult } from './helpers/run.js';
+import { Cluster } from './helpers/cluster.js';
+import { CKVCTL_JS, CLI_JS, ROOT, run, runNode, start, type RunOptions, type RunResult } from './helpers/run.js';
 
 let ns: NatsServer;
 t.before(async () => {
@@ -265,6 +266,17 @@ t.test('cli', async (t) => {
     t.equal(r.code, 0);
     t.match(r.stdout, /^ID\s+ROLE/);
     t.match(r.stdout, /\n1\*\s+coordinator/);
+    r = await cli(['status', '--json'], env);
+    t.equal(JSON.parse(r.stdout).coordinator, 1, '--json names the coordinator');
+    fake.on.admin = () => ok(ts, { status: { ...nodeStatus(2, [1, 2]), coordinator: null } });
+    r = await cli(['status'], env);
+    t.equal(r.code, 1, 'no coordinator: exit 1, as ckvctl status');
+    t.match(r.stderr, /no coordinator answered/);
+    t.notMatch(r.stdout, /\*/);
+    r = await cli(['status', '--json'], env);
+    t.equal(r.code, 1);
+    t.equal(JSON.parse(r.stdout).coordinator, null);
+    fake.on.admin = handle;
 
     // Token passing without a session file.
     const before = ts;
@@ -332,4 +344,29 @@ t.test('cli', async (t) => {
     t.comment(`ckv get k: median ${c.toFixed(0)} ms; node -e 0: median ${n.toFixed(0)} ms; overhead ${(c - n).toFixed(0)} ms`);
     t.ok(c - n < 1000, 'a one-shot get costs well under a second over a bare node start');
   });
+});
+
+t.test('ckv status and ckvctl status against real servers: the same exit status, one coordinator', async (t) => {
+  const c = new Cluster(3, { cluster: 'st' });
+  t.teardown(() => c.stop());
+  await c.start([1]); // one voter of three: no majority, so no coordinator
+  const both = async () => {
+    const [ckv, ctl] = await Promise.all([
+      c.ckv(['status', '--no-session', '--timeout', '2000']),
+      runNode(CKVCTL_JS, ['status', '--nats', c.nats.url, '--cluster', 'st', '--timeout', '2000']),
+    ]);
+    const stars = (out: string) => out.split('\n').filter((l) => /^\d+\*/.test(l)).map((l) => l.split(/\s+/)[0]);
+    return { ckv, ctl, stars: { ckv: stars(ckv.stdout), ctl: stars(ctl.stdout) } };
+  };
+  await c.waitFor('server 1 to answer status', async () => ((await c.ckv(['status', '--json', '--no-session', '--timeout', '1000'])).stdout.includes('"id":1') ? true : undefined));
+  let r = await both();
+  t.equal(r.ckv.code, 1, `no coordinator: ckv status exits 1 (${r.ckv.stderr.trim()})`);
+  t.equal(r.ctl.code, 1, `and so does ckvctl status (${r.ctl.stderr.trim()})`);
+  t.same(r.stars, { ckv: [], ctl: [] }, 'no starred row');
+  c.startNode(2);
+  const lead = await c.waitForCoordinator();
+  r = await both();
+  t.equal(r.ckv.code, 0, r.ckv.stderr);
+  t.equal(r.ctl.code, 0, r.ctl.stderr);
+  t.same(r.stars, { ckv: [`${lead}*`], ctl: [`${lead}*`] }, 'one starred row, the coordinator, in both');
 });

@@ -14,7 +14,8 @@ import { ROOT, run } from './helpers/run.js';
 import { within } from './helpers/deadline.js';
 import { CasMismatchError, CkvError, Client, natsTransport, type Transport } from '../src/client/client.js';
 import { defaultSessionPath, readSession, readToken, saveToken } from '../src/client/session.js';
-import type { ChangeEvent } from '../src/core/wire.js';
+import type { ChangeEvent, NodeStatus, PeerStatus } from '../src/core/wire.js';
+import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from '../src/client/status-table.js';
 
 const SESSION_JS = join(ROOT, 'dist', 'src', 'client', 'session.js');
 const dec = new TextDecoder();
@@ -331,6 +332,68 @@ t.test('client library', async (t) => {
     t.equal(nc.isClosed(), false);
     t.equal(((await c.get('k').catch((e: unknown) => e)) as CkvError).code, 'UNAVAILABLE', 'a closed client refuses');
     await nc.close();
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The status table (ckv status, ckvctl status), from fabricated answers
+
+t.test('status table', async (t) => {
+  const st = (id: number, role: NodeStatus['role'], epoch: number, extra: Partial<NodeStatus> = {}): NodeStatus => ({
+    ...nodeStatus(id, [1, 2, 3]),
+    role,
+    epoch,
+    coordinator: role === 'coordinator' ? id : null,
+    ...extra,
+  });
+  const peer = (s: NodeStatus, liveness: PeerStatus['liveness']): PeerStatus => ({ ...s, liveness, silentMs: liveness === 'dead' ? 5000 : 50 });
+  const starred = (table: string) => table.split('\n').filter((l) => /^\d+\*/.test(l));
+
+  t.test('two servers claim the role: the higher epoch is the coordinator, one star', async (t) => {
+    // 1 was paused through an election and has not heard of epoch 3 yet.
+    const answers = [st(1, 'coordinator', 2, { commit: 20, applied: 20 }), st(2, 'follower', 3, { applied: 25 }), st(3, 'coordinator', 3, { commit: 30, applied: 30 })];
+    t.equal(coordinatorOf(answers)?.id, 3);
+    const rows = statusRows(answers);
+    t.same(rows.filter((r) => r.coordinator).map((r) => r.id), [3]);
+    t.same(rows.map((r) => r.lag), [10, 5, 0], "lag behind the real coordinator's commit");
+    const table = formatStatusTable(rows);
+    t.same(starred(table).map((l) => l.split(/\s+/)[0]), ['3*']);
+    t.match(table, /\n1\s+coordinator \(stale\)\s+2\s/);
+    t.ok(hasCoordinator(rows));
+    t.equal(statusRows([...answers].reverse()).find((r) => r.coordinator)?.id, 3, 'whatever the order of the answers');
+  });
+
+  t.test('a removed server known only from a ping table is never the coordinator', async (t) => {
+    // 3 was coordinator, died, and was removed; 1 leads now. 1's ping table still has 3's last heartbeat.
+    const dead3 = peer(st(3, 'coordinator', 4, { voters: [1, 2, 3] }), 'dead');
+    const answers = [st(1, 'coordinator', 5, { voters: [1, 2], peers: [peer(st(2, 'follower', 5), 'alive'), dead3] }), st(2, 'follower', 5, { voters: [1, 2] })];
+    const rows = statusRows(answers);
+    t.same(rows.map((r) => [r.id, r.coordinator, r.answered, r.liveness]), [
+      [1, true, true, 'alive'],
+      [2, false, true, 'alive'],
+      [3, false, false, 'dead'],
+    ]);
+    const table = formatStatusTable(rows);
+    t.same(starred(table).map((l) => l.split(/\s+/)[0]), ['1*']);
+    t.match(table, /\n3\s+coordinator \(stale\) \(no answer\)\s+4\s+dead/);
+    // Even with a higher epoch than any live claimant, a server that did not answer is not it.
+    const onlyDead = statusRows([st(1, 'follower', 4, { peers: [peer(st(3, 'coordinator', 9), 'dead')] })]);
+    t.notOk(hasCoordinator(onlyDead));
+    t.same(onlyDead.map((r) => r.lag), [null, null], 'no coordinator: no lag');
+    t.same(starred(formatStatusTable(onlyDead)), []);
+  });
+
+  t.test('nobody claims the role: no coordinator, no star', async (t) => {
+    const rows = statusRows([st(1, 'candidate', 6), st(2, 'follower', 5)]);
+    t.notOk(hasCoordinator(rows));
+    t.equal(coordinatorOf([st(1, 'candidate', 6)]), undefined);
+    t.same(starred(formatStatusTable(rows)), []);
+    t.same(statusRows([]), []);
+  });
+
+  t.test('the same epoch claimed twice (never by a correct cluster): still one star', async (t) => {
+    const rows = statusRows([st(2, 'coordinator', 7, { commit: 40 }), st(1, 'coordinator', 7, { commit: 40 }), st(3, 'coordinator', 7, { commit: 39 })]);
+    t.same(rows.filter((r) => r.coordinator).map((r) => r.id), [1], 'the highest commit, then the lowest id');
   });
 });
 

@@ -5,7 +5,7 @@
 import { parseArgs } from 'node:util';
 import { Client, type CkvError } from '../src/client/client.js';
 import { CLUSTER_DEFAULT, NATS_URL_DEFAULT } from '../src/core/limits.js';
-import { formatStatusTable, statusRows } from '../src/client/status-table.js';
+import { formatStatusTable, hasCoordinator, statusRows } from '../src/client/status-table.js';
 import { writeOut } from '../src/client/stdout.js';
 
 const HELP = `usage: ckvctl status [--nats URL] [--cluster NAME] [--json] [--timeout MS]
@@ -13,8 +13,10 @@ const HELP = `usage: ckvctl status [--nats URL] [--cluster NAME] [--json] [--tim
 Asks every server for its status and prints one row per server known to any of
 them: id, role, epoch, liveness (alive/suspect/dead, as the coordinator's ping
 daemon sees it), last/commit/applied/checkpoint index, and lag (entries behind
-the coordinator's commit). Exit 0 if a coordinator answered, 1 if none did,
-2 on usage errors, 3 if no server answered.`;
+the coordinator's commit). The coordinator (marked *) is the server that answered
+claiming the highest epoch; another still claiming the role shows as "coordinator
+(stale)". Exit 0 if a coordinator answered, 1 if servers answered but none is
+coordinator, 2 on usage errors, 3 if no server answered (as ckv status).`;
 
 interface OnlineArgs {
   values: { nats?: string; cluster?: string; json?: boolean; timeout?: string; help?: boolean };
@@ -71,7 +73,7 @@ export async function runStatus(argv: string[]): Promise<number> {
     const rows = statusRows(answers);
     if (a.values.json) writeOut(`${JSON.stringify({ servers: rows, answers })}\n`);
     else writeOut(formatStatusTable(rows));
-    return rows.some((r) => r.role === 'coordinator' && r.answered) ? 0 : 1;
+    return hasCoordinator(rows) ? 0 : 1;
   } catch (err) {
     process.stderr.write(`ckvctl status: ${(err as Error).message}\n`);
     return 3;

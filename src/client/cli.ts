@@ -22,7 +22,7 @@ import { validateRequest } from '../core/validate.js';
 import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client } from './client.js';
 import { defaultSessionPath, readToken, saveToken } from './session.js';
-import { formatStatusTable, statusRows } from './status-table.js';
+import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from './status-table.js';
 import { quietOnClosedStdout, stdoutClosed, writeOut } from './stdout.js';
 
 /** Exit statuses (documented in --help). */
@@ -55,8 +55,8 @@ const FLAGS_HELP = `Flags (before or after the command):
 
 const EXIT_HELP = `Exit status:
   0  ok
-  1  not found (get; mget: any key) or cas mismatch (cas, batch);
-     del of a missing key is not an error (exit 0)
+  1  not found (get; mget: any key) or cas mismatch (cas, batch), or no
+     coordinator (status); del of a missing key is not an error (exit 0)
   2  usage error, or the server rejected the request (BAD_REQUEST, TOO_LARGE)
   3  unavailable: no server answered in time (UNAVAILABLE, TIMEOUT, NATS down)
   4  other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)`;
@@ -166,7 +166,11 @@ matches users.a and users.a.b); otherwise exactly that key.
   status: {
     usage: 'status',
     help: `Show every server that answers within ~300 ms: a table with one line per
-server (the coordinator is marked *). --json: {"servers":[...],"ts"}.`,
+server, and the servers they know of that did not answer. The coordinator (marked *)
+is the server that answered claiming the highest epoch; another still claiming the
+role shows as "coordinator (stale)". Exit 0 if a coordinator answered, 1 if servers
+answered but none is coordinator (as ckvctl status), 3 if none answered.
+--json: {"servers":[...],"coordinator":ID or null,"ts"}.`,
     flags: [],
   },
 };
@@ -491,9 +495,11 @@ async function prepare(s: Settings): Promise<Action> {
       arity(s, 0, 0);
       return async (c) => {
         const servers = await c.status();
-        if (s.json) json({ servers, ts: c.token });
-        else out(formatStatusTable(statusRows(servers)));
-        return EXIT_OK;
+        const rows = statusRows(servers);
+        if (s.json) json({ servers, coordinator: coordinatorOf(servers)?.id ?? null, ts: c.token });
+        else out(formatStatusTable(rows));
+        if (!hasCoordinator(rows)) warn('no coordinator answered');
+        return hasCoordinator(rows) ? EXIT_OK : EXIT_NOT_FOUND;
       };
     }
     default:

@@ -24,9 +24,10 @@ export class Cluster {
     this.extraArgs = opts.extraArgs ?? [];
   }
 
-  async start(): Promise<void> {
+  /** Start the nats-server and the given servers (default: every voter). */
+  async start(ids: number[] = this.voters): Promise<void> {
     this.nats = await startNatsServer();
-    for (const id of this.voters) this.startNode(id);
+    for (const id of ids) this.startNode(id);
   }
 
   dataDir(id: number): string {
@@ -88,9 +89,8 @@ export class Cluster {
       async () => {
         const r = await this.ckv(['status', '--json', '--no-session', '--timeout', '1000']);
         if (r.code !== 0) return undefined;
-        const rows = parseStatus(r.stdout);
-        const c = rows.find((s) => s.role === 'coordinator');
-        return c ? c.id : undefined;
+        const id: unknown = JSON.parse(r.stdout).coordinator;
+        return typeof id === 'number' ? id : undefined;
       },
       timeoutMs,
     );
