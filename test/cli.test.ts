@@ -52,6 +52,7 @@ t.test('cli', async (t) => {
       [['batch', '{'], /not valid JSON/],
       [['batch', '{}'], /JSON array/],
       [['batch', '[{"op":"put","key":"a..b","value":"1"}]'], /dot/],
+      [['batch', '[{"op":"put","key":"a","value":"\\ud800"}]'], /lone surrogate/],
       [['watch', 'a', 'b'], /usage/],
       [['watch', '--from', '-1'], /./],
       [['get', 'k', '--after', 'abc'], /--after must be/],

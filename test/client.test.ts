@@ -238,6 +238,7 @@ t.test('client library', async (t) => {
     t.equal(((await c.put('k'.repeat(513), 'v').catch((e: unknown) => e)) as CkvError).code, 'TOO_LARGE');
     t.equal(((await c.put('k', 'v'.repeat(256 * 1024 + 1)).catch((e: unknown) => e)) as CkvError).code, 'TOO_LARGE');
     t.equal(((await c.batch([]).catch((e: unknown) => e)) as CkvError).code, 'BAD_REQUEST');
+    t.equal(((await c.put('k', 'half \ud83d').catch((e: unknown) => e)) as CkvError).code, 'BAD_REQUEST', 'a lone surrogate');
     t.equal(fake.seen.write.length + fake.seen.read.length, 0, 'nothing was sent');
   });
 
