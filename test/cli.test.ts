@@ -2,7 +2,7 @@
 // against a real nats-server and a scripted fake ckv server.
 
 import t from 'tap';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,6 +27,8 @@ t.test('cli', async (t) => {
   // Node as a user runs it, for timings: without tap's coverage hooks, which slow start-up and
   // exit. Through env -u: tap's process tracking adds its loader to NODE_OPTIONS of every child.
   const bare = (args: string[], opts: RunOptions = {}) => run('/usr/bin/env', ['-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath, ...args], opts);
+  /** How long after its --timeout ckv may still run, as its help states. */
+  const margin = Number(/ckv exits at most (\d+) ms after it/.exec((await cli(['--help'])).stdout)?.[1]);
 
   t.test('usage errors exit 2 without touching the network', async (t) => {
     const cases: [string[], RegExp][] = [
@@ -113,8 +115,6 @@ t.test('cli', async (t) => {
   });
 
   t.test('NATS paused or silent: exit 3 within --timeout and the stated margin, nothing left open', async (t) => {
-    const help = await cli(['--help']);
-    const margin = Number(/ckv exits at most (\d+) ms after it/.exec(help.stdout)?.[1]);
     t.ok(margin > 0 && margin <= 500, `the help states the margin (${margin} ms)`);
     // A SIGSTOPped nats-server: the kernel accepts the connection, nothing answers.
     const paused = await startNatsServer();
@@ -246,6 +246,21 @@ t.test('cli', async (t) => {
     r = await cli(['list', 'l.', '--limit', '2', '--all', '--keys'], env);
     t.equal(r.stdout, 'l.1\nl.2\nl.3\n');
     t.equal(r.stderr, '');
+
+    // A busy session lock (another ckv writing) is waited for only within the exit margin.
+    {
+      const lockEnv = { ...env, CKV_SESSION: join(dir, 'locked.json') };
+      const runs: RunResult[] = [];
+      do {
+        await writeFile(join(dir, 'locked.json.lock'), ''); // fresh: not stale for a second
+        runs.push(await bare([CLI_JS, '--timeout', '600', 'put', 'locked', 'v'], { env: lockEnv }));
+      } while (runs.length < 3 && runs.at(-1)!.ms >= 600 + margin);
+      t.equal(runs.at(-1)!.code, 0, runs.at(-1)!.stderr);
+      t.match(runs.at(-1)!.stderr, /lock .* is busy; writing without it/);
+      t.ok(runs.at(-1)!.ms < 600 + margin, `exited within the budget and the margin (${runs.map((r) => r.ms.toFixed(0)).join(', ')} ms)`);
+      t.equal(JSON.parse(await readFile(join(dir, 'locked.json'), 'utf8')).cli, ts, 'and the token was saved');
+      await rm(join(dir, 'locked.json.lock'), { force: true });
+    }
 
     // A reader that goes away (| head): no stack trace, the usual status.
     for (const [args, code] of [

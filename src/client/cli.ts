@@ -452,7 +452,7 @@ async function prepare(s: Settings): Promise<Action> {
           next = page.next;
         } while (all && next !== null && !stdoutClosed());
         if (s.json) json({ items, next, ts: c.token });
-        else if (next !== null) warn(`more keys: continue with --start ${next} (or use --all)`);
+        else if (next !== null && !stdoutClosed()) warn(`more keys: continue with --start ${next} (or use --all)`);
         return EXIT_OK;
       };
     }
@@ -618,7 +618,9 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   } finally {
     await c.close();
   }
-  if (s.sessionPath && c.token > sessionToken) await saveToken(s.sessionPath, s.cluster, c.token);
+  // A busy session lock is waited for only within the exit margin (then the write goes ahead unlocked).
+  const lockWait = s.command === 'watch' ? {} : { lockWaitMs: deadline - Date.now() + EXIT_MARGIN_MS / 2 };
+  if (s.sessionPath && c.token > sessionToken) await saveToken(s.sessionPath, s.cluster, c.token, undefined, lockWait);
   if (s.printToken && (code === EXIT_OK || code === EXIT_NOT_FOUND)) process.stderr.write(`${c.token}\n`);
   return code;
 }
