@@ -2,22 +2,19 @@
 // on data directories written by the real storage adapters.
 
 import t from 'tap';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Entry } from '../src/core/wire.js';
 import { LmdbCheckpoint } from '../src/storage/checkpoint.js';
 import type { CheckpointDelta, Rec } from '../src/core/records.js';
 import { scanLog } from '../src/storage/log-inspect.js';
 import { SEGMENT_HEADER_BYTES } from '../src/storage/segment-format.js';
 import { SegmentLog } from '../src/storage/segment-log.js';
+import { CKVCTL_JS, ROOT, runNode, type RunOptions, type RunResult } from './helpers/run.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const CKVCTL = path.join(ROOT, 'dist', 'tools', 'ckvctl.js');
-const RUN_TIMEOUT_MS = 30_000;
 
 // `npm test` builds first; when this file is run on its own, build if the
 // compiled tool is missing or older than what it is compiled from.
@@ -32,35 +29,12 @@ function ensureBuilt(): void {
     return !fs.existsSync(out) || fs.statSync(out).mtimeMs < fs.statSync(path.join(ROOT, src)).mtimeMs;
   });
   if (stale) spawnSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: ROOT });
-  if (!fs.existsSync(CKVCTL)) throw new Error(`${CKVCTL} is missing: run npm run build`);
+  if (!fs.existsSync(CKVCTL_JS)) throw new Error(`${CKVCTL_JS} is missing: run npm run build`);
 }
 ensureBuilt();
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function ckvctl(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const e = { ...process.env, ...env };
-    if (!('CKV_DATA' in env)) delete e.CKV_DATA;
-    const p = spawn(process.execPath, [CKVCTL, ...args], { env: e, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    const timer = setTimeout(() => {
-      p.kill('SIGKILL');
-      reject(new Error(`ckvctl ${args.join(' ')} took longer than ${RUN_TIMEOUT_MS} ms`));
-    }, RUN_TIMEOUT_MS);
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('error', reject);
-    p.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function ckvctl(args: string[], env: Record<string, string | undefined> = {}, opts: RunOptions = {}): Promise<RunResult> {
+  return runNode(CKVCTL_JS, args, { ...opts, env: { CKV_DATA: undefined, ...env } });
 }
 
 const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ckv-ckvctl-'));
@@ -375,6 +349,20 @@ t.test('usage errors exit 2', async (t) => {
   t.match(help.stdout, /checkpoint diff DIR1 DIR2/);
 });
 
+t.test('a reader that goes away (| head) ends the output quietly, with the usual status', async (t) => {
+  const data = await makeData('epipe', { n: 400 });
+  for (const [args, code] of [
+    [['log', 'dump', '--data', data], 0],
+    [['checkpoint', 'dump', '--json', '--data', data], 0],
+    [['--help'], 0],
+    [['checkpoint', 'get', 'nope', '--data', data], 1],
+  ] as const) {
+    const r = await ckvctl([...args], {}, { closeStdout: true });
+    t.equal(r.code, code, `ckvctl ${args.join(' ')}`);
+    t.equal(r.stderr.includes('EPIPE') || r.stderr.includes('    at '), false, `ckvctl ${args.join(' ')}: no stack trace (${r.stderr})`);
+  }
+});
+
 t.test('the offline tool loads no logger, cron or NATS', async (t) => {
   // Follow the static imports of the compiled tool; the online part is a dynamic import.
   const seen = new Set<string>();
@@ -389,7 +377,7 @@ t.test('the offline tool loads no logger, cron or NATS', async (t) => {
       else bare.add(spec);
     }
   };
-  visit(CKVCTL);
+  visit(CKVCTL_JS);
   t.ok(seen.size > 3);
   for (const b of bare) t.notMatch(b, /^(pino|cron|@nats-io)/, `ckvctl imports ${b}`);
   t.ok(bare.has('lmdb'));

@@ -1,100 +1,24 @@
-// The client library, the session file and the one-shot CLI, against a real
-// nats-server and a scripted fake ckv server (the real server is tested end to
-// end elsewhere). The CLI tests run the compiled dist/ (npm test builds first).
+// The client library and the session file, against a real nats-server and a
+// scripted fake ckv server (test/helpers/fake-server.ts; the real server is
+// tested end to end elsewhere). The one-shot CLI is tested in cli.test.ts.
 
 import t from 'tap';
-import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { connect, type NatsConnection, type Msg } from '@nats-io/transport-node';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { connect } from '@nats-io/transport-node';
 import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
-import { CasMismatchError, CkvError, Client, natsTransport } from '../src/client/client.js';
+import { fail, fakeServer, nodeStatus, ok } from './helpers/fake-server.js';
+import { ROOT, run } from './helpers/run.js';
+import { within } from './helpers/deadline.js';
+import { CasMismatchError, CkvError, Client, natsTransport, type Transport } from '../src/client/client.js';
 import { defaultSessionPath, readSession, readToken, saveToken } from '../src/client/session.js';
-import type { ChangeEvent, NodeStatus } from '../src/core/wire.js';
+import type { ChangeEvent, NodeStatus, PeerStatus } from '../src/core/wire.js';
+import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from '../src/client/status-table.js';
 
-const ROOT = resolve(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..');
-const CLI = join(ROOT, 'dist', 'src', 'client', 'cli.js');
 const SESSION_JS = join(ROOT, 'dist', 'src', 'client', 'session.js');
-
-const enc = new TextEncoder();
 const dec = new TextDecoder();
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
-
-function run(cmd: string, args: string[], opts: { env?: Record<string, string | undefined>; input?: string | Buffer } = {}): Promise<RunResult> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries({ ...process.env, ...opts.env })) if (v !== undefined) env[k] = v;
-  const start = performance.now();
-  return new Promise((resolvePromise, reject) => {
-    const p = spawn(cmd, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('error', reject);
-    p.on('close', (code) => resolvePromise({ code, stdout, stderr, ms: performance.now() - start }));
-    p.stdin.end(opts.input ?? '');
-  });
-}
-
-// ---------------------------------------------------------------------------
-// A scripted fake server: one handler per subject kind, swapped by each test.
-
-type Handler = (req: Record<string, unknown>, msg: Msg) => unknown;
-
-interface Fake {
-  nc: NatsConnection;
-  on: { read?: Handler; write?: Handler; admin?: Handler };
-  /** Every request seen, by subject kind. */
-  seen: { read: Record<string, unknown>[]; write: Record<string, unknown>[]; admin: Record<string, unknown>[] };
-  reset(): void;
-  publishEvent(cluster: string, e: ChangeEvent): void;
-}
-
-async function fakeServer(url: string, cluster: string): Promise<Fake> {
-  const nc = await connect({ servers: url });
-  const fake: Fake = {
-    nc,
-    on: {},
-    seen: { read: [], write: [], admin: [] },
-    reset() {
-      this.on = {};
-      this.seen = { read: [], write: [], admin: [] };
-    },
-    publishEvent(c, e) {
-      nc.publish(`ckv.${c}.ev.${e.key}`, JSON.stringify(e));
-    },
-  };
-  for (const kind of ['read', 'write', 'admin'] as const) {
-    nc.subscribe(`ckv.${cluster}.${kind}`, {
-      ...(kind === 'admin' ? {} : { queue: kind }),
-      callback: (_err, msg) => {
-        const req = JSON.parse(dec.decode(msg.data)) as Record<string, unknown>;
-        fake.seen[kind].push(req);
-        const h = fake.on[kind];
-        if (!h) return;
-        const reply = h(req, msg);
-        if (reply !== undefined) msg.respond(JSON.stringify(reply));
-      },
-    });
-  }
-  await nc.flush();
-  return fake;
-}
-
-const ok = (ts: number, body: Record<string, unknown> = {}) => ({ ok: true, ts, index: ts, ...body });
-const fail = (ts: number, code: string, extra: Record<string, unknown> = {}) => ({ ok: false, ts, error: { code, message: `fake ${code}` }, ...extra });
-
-function nodeStatus(id: number, voters: number[]): NodeStatus {
-  return { id, cluster: 'lib', epoch: 1, role: id === 1 ? 'coordinator' : 'follower', coordinator: 1, clock: 9, last: 9, commit: 9, applied: 9, checkpoint: 0, voters, version: 'test', uptimeMs: 1 };
-}
 
 let ns: NatsServer;
 t.before(async () => {
@@ -229,20 +153,40 @@ t.test('client library', async (t) => {
   });
 
   t.test('no responders, then a server appears: the retry reaches it', async (t) => {
-    const c = await Client.connect({ servers: ns.url, cluster: 'late', timeout: 3000 });
-    clients.push(c);
+    const nc = await connect({ servers: ns.url });
+    t.teardown(() => nc.close());
+    // The client's own transport, to see its first attempt fail before the server appears.
+    const base = natsTransport(nc);
+    const failures: string[] = [];
+    let refused!: () => void;
+    const firstRefusal = new Promise<void>((r) => (refused = r));
+    const transport: Transport = {
+      ...base,
+      request: async (subject, data, opts) => {
+        try {
+          return await base.request(subject, data, opts);
+        } catch (err) {
+          failures.push((err as CkvError).code);
+          refused();
+          throw err;
+        }
+      },
+    };
+    const c = new Client(transport, { cluster: 'late', timeout: 3000 });
+    const pending = c.put('x', '1');
+    await firstRefusal;
     let rid: unknown;
-    setTimeout(async () => {
-      const nc = await connect({ servers: ns.url });
-      nc.subscribe('ckv.late.write', {
-        callback: (_e, m) => {
-          rid = JSON.parse(dec.decode(m.data)).rid;
-          m.respond(JSON.stringify(ok(5)));
-        },
-      });
-      t.teardown(() => nc.close());
-    }, 200);
-    const ack = await c.put('x', '1');
+    const server = await connect({ servers: ns.url });
+    t.teardown(() => server.close());
+    server.subscribe('ckv.late.write', {
+      callback: (_e, m) => {
+        rid = JSON.parse(dec.decode(m.data)).rid;
+        m.respond(JSON.stringify(ok(5)));
+      },
+    });
+    await server.flush();
+    const ack = await pending;
+    t.equal(failures[0], 'UNAVAILABLE', 'the first attempt found nobody listening');
     t.equal(ack.index, 5);
     t.type(rid, 'string');
   });
@@ -294,6 +238,7 @@ t.test('client library', async (t) => {
     t.equal(((await c.put('k'.repeat(513), 'v').catch((e: unknown) => e)) as CkvError).code, 'TOO_LARGE');
     t.equal(((await c.put('k', 'v'.repeat(256 * 1024 + 1)).catch((e: unknown) => e)) as CkvError).code, 'TOO_LARGE');
     t.equal(((await c.batch([]).catch((e: unknown) => e)) as CkvError).code, 'BAD_REQUEST');
+    t.equal(((await c.put('k', 'half \ud83d').catch((e: unknown) => e)) as CkvError).code, 'BAD_REQUEST', 'a lone surrogate');
     t.equal(fake.seen.write.length + fake.seen.read.length, 0, 'nothing was sent');
   });
 
@@ -313,19 +258,22 @@ t.test('client library', async (t) => {
 
   t.test('status gathers every server, and stops early once all voters answered', async (t) => {
     const c = await client();
-    // A second "server" on the admin subject (not a queue group: both answer).
+    // A second "server" that answers each status request once the first one's reply is on its way.
     const nc2 = await connect({ servers: ns.url });
     t.teardown(() => nc2.close());
-    nc2.subscribe('ckv.lib.admin', { callback: (_e, m) => void setTimeout(() => m.respond(JSON.stringify(ok(8, { status: nodeStatus(2, [1, 2]) }))), 20) });
-    await nc2.flush();
-    fake.on.admin = () => ok(9, { status: nodeStatus(1, [1, 2]) });
+    const answerAsTwoServers = (voters1: number[]) => (_r: Record<string, unknown>, msg: { reply?: string; respond(data: string): boolean }) => {
+      msg.respond(JSON.stringify(ok(9, { status: nodeStatus(1, voters1) })));
+      void fake.nc.flush().then(() => nc2.publish(msg.reply!, JSON.stringify(ok(8, { status: nodeStatus(2, [1, 2]) }))));
+      return undefined;
+    };
+    fake.on.admin = answerAsTwoServers([1, 2]);
     let t0 = Date.now();
     let st = await c.status();
     t.same(st.map((s) => s.id), [1, 2]);
     t.ok(Date.now() - t0 < 250, `no waiting for the window when every voter answered (${Date.now() - t0} ms)`);
     t.equal(c.token, 9);
 
-    fake.on.admin = () => ok(9, { status: nodeStatus(1, [1, 2, 3]) });
+    fake.on.admin = answerAsTwoServers([1, 2, 3]);
     t0 = Date.now();
     st = await c.status();
     const ms = Date.now() - t0;
@@ -339,6 +287,43 @@ t.test('client library', async (t) => {
     t.equal(((await c.status().catch((e: unknown) => e)) as CkvError).code, 'UNAVAILABLE');
   });
 
+  t.test('connect to servers that accept and never answer: UNAVAILABLE within the budget, every socket closed', async (t) => {
+    // What a paused nats-server looks like from here: the kernel accepts, nothing is said.
+    const accepted: Socket[] = [];
+    const silent = () =>
+      new Promise<Server>((resolve) => {
+        const srv = createServer((sock) => accepted.push(sock));
+        srv.listen(0, '127.0.0.1', () => resolve(srv));
+      });
+    const listeners = [await silent(), await silent()];
+    t.teardown(() => {
+      for (const s of accepted) s.destroy();
+      for (const l of listeners) l.close();
+    });
+    const servers = listeners.map((l) => `nats://127.0.0.1:${(l.address() as AddressInfo).port}`);
+    const t0 = Date.now();
+    const err = await Client.connect({ servers, cluster: 'lib', timeout: 400 }).catch((e: unknown) => e);
+    const ms = Date.now() - t0;
+    t.type(err, CkvError);
+    t.equal((err as CkvError).code, 'UNAVAILABLE');
+    t.match((err as CkvError).message, /cannot connect to NATS/);
+    t.ok(ms < 400 + 300, `one budget for the whole server list, not one each (${ms} ms)`);
+    t.equal(accepted.length, 2, 'each server was tried');
+    const closed = accepted.map((s) => new Promise<void>((r) => (s.closed ? r() : s.once('close', () => r()))));
+    await within(Promise.all(closed), 2000, 'the client to close its sockets');
+    t.pass('the client closed both sockets');
+  });
+
+  t.test('deadline: no call runs past it, whatever its own budget', async (t) => {
+    const c = await Client.connect({ servers: ns.url, cluster: 'nobody3', timeout: 5000, deadline: Date.now() + 300 });
+    clients.push(c);
+    const t0 = Date.now();
+    t.equal(((await c.get('k').catch((e: unknown) => e)) as CkvError).code, 'UNAVAILABLE');
+    t.ok(Date.now() - t0 < 600, `ended at the deadline (${Date.now() - t0} ms)`);
+    t.equal(((await c.status().catch((e: unknown) => e)) as CkvError).code, 'UNAVAILABLE', 'a call after the deadline fails at once');
+    t.ok(Date.now() - t0 < 700);
+  });
+
   t.test('a transport can be injected; close() leaves a caller-owned one open', async (t) => {
     const nc = await connect({ servers: ns.url });
     const c = new Client(natsTransport(nc), { cluster: 'lib' });
@@ -348,6 +333,68 @@ t.test('client library', async (t) => {
     t.equal(nc.isClosed(), false);
     t.equal(((await c.get('k').catch((e: unknown) => e)) as CkvError).code, 'UNAVAILABLE', 'a closed client refuses');
     await nc.close();
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The status table (ckv status, ckvctl status), from fabricated answers
+
+t.test('status table', async (t) => {
+  const st = (id: number, role: NodeStatus['role'], epoch: number, extra: Partial<NodeStatus> = {}): NodeStatus => ({
+    ...nodeStatus(id, [1, 2, 3]),
+    role,
+    epoch,
+    coordinator: role === 'coordinator' ? id : null,
+    ...extra,
+  });
+  const peer = (s: NodeStatus, liveness: PeerStatus['liveness']): PeerStatus => ({ ...s, liveness, silentMs: liveness === 'dead' ? 5000 : 50 });
+  const starred = (table: string) => table.split('\n').filter((l) => /^\d+\*/.test(l));
+
+  t.test('two servers claim the role: the higher epoch is the coordinator, one star', async (t) => {
+    // 1 was paused through an election and has not heard of epoch 3 yet.
+    const answers = [st(1, 'coordinator', 2, { commit: 20, applied: 20 }), st(2, 'follower', 3, { applied: 25 }), st(3, 'coordinator', 3, { commit: 30, applied: 30 })];
+    t.equal(coordinatorOf(answers)?.id, 3);
+    const rows = statusRows(answers);
+    t.same(rows.filter((r) => r.coordinator).map((r) => r.id), [3]);
+    t.same(rows.map((r) => r.lag), [10, 5, 0], "lag behind the real coordinator's commit");
+    const table = formatStatusTable(rows);
+    t.same(starred(table).map((l) => l.split(/\s+/)[0]), ['3*']);
+    t.match(table, /\n1\s+coordinator \(stale\)\s+2\s/);
+    t.ok(hasCoordinator(rows));
+    t.equal(statusRows([...answers].reverse()).find((r) => r.coordinator)?.id, 3, 'whatever the order of the answers');
+  });
+
+  t.test('a removed server known only from a ping table is never the coordinator', async (t) => {
+    // 3 was coordinator, died, and was removed; 1 leads now. 1's ping table still has 3's last heartbeat.
+    const dead3 = peer(st(3, 'coordinator', 4, { voters: [1, 2, 3] }), 'dead');
+    const answers = [st(1, 'coordinator', 5, { voters: [1, 2], peers: [peer(st(2, 'follower', 5), 'alive'), dead3] }), st(2, 'follower', 5, { voters: [1, 2] })];
+    const rows = statusRows(answers);
+    t.same(rows.map((r) => [r.id, r.coordinator, r.answered, r.liveness]), [
+      [1, true, true, 'alive'],
+      [2, false, true, 'alive'],
+      [3, false, false, 'dead'],
+    ]);
+    const table = formatStatusTable(rows);
+    t.same(starred(table).map((l) => l.split(/\s+/)[0]), ['1*']);
+    t.match(table, /\n3\s+coordinator \(stale\) \(no answer\)\s+4\s+dead/);
+    // Even with a higher epoch than any live claimant, a server that did not answer is not it.
+    const onlyDead = statusRows([st(1, 'follower', 4, { peers: [peer(st(3, 'coordinator', 9), 'dead')] })]);
+    t.notOk(hasCoordinator(onlyDead));
+    t.same(onlyDead.map((r) => r.lag), [null, null], 'no coordinator: no lag');
+    t.same(starred(formatStatusTable(onlyDead)), []);
+  });
+
+  t.test('nobody claims the role: no coordinator, no star', async (t) => {
+    const rows = statusRows([st(1, 'candidate', 6), st(2, 'follower', 5)]);
+    t.notOk(hasCoordinator(rows));
+    t.equal(coordinatorOf([st(1, 'candidate', 6)]), undefined);
+    t.same(starred(formatStatusTable(rows)), []);
+    t.same(statusRows([]), []);
+  });
+
+  t.test('the same epoch claimed twice (never by a correct cluster): still one star', async (t) => {
+    const rows = statusRows([st(2, 'coordinator', 7, { commit: 40 }), st(1, 'coordinator', 7, { commit: 40 }), st(3, 'coordinator', 7, { commit: 39 })]);
+    t.same(rows.filter((r) => r.coordinator).map((r) => r.id), [1], 'the highest commit, then the lowest id');
   });
 });
 
@@ -369,23 +416,31 @@ function eventLog(specs: [index: number, key: string, op?: 'put' | 'del'][]): Ch
   return out;
 }
 
+/** The next n events, or an error naming what came if they do not all come within ms. */
 async function take(it: AsyncIterator<ChangeEvent>, n: number, ms = 3000): Promise<ChangeEvent[]> {
   const got: ChangeEvent[] = [];
-  const deadline = Date.now() + ms;
-  while (got.length < n) {
-    const r = await Promise.race([it.next(), sleep(Math.max(0, deadline - Date.now())).then(() => 'timeout' as const)]);
-    if (r === 'timeout') throw new Error(`timed out after ${got.length} events: ${JSON.stringify(got.map((e) => [e.index, e.key]))}`);
-    if (r.done) break;
-    got.push(r.value);
-  }
-  return got;
+  const collect = async () => {
+    while (got.length < n) {
+      const r = await it.next();
+      if (r.done) break;
+      got.push(r.value);
+    }
+    return got;
+  };
+  return within(collect(), ms, () => `${n} events (got ${JSON.stringify(got.map((e) => [e.index, e.key]))})`);
 }
 
 t.test('watch', async (t) => {
   const fake = await fakeServer(ns.url, 'w');
   t.teardown(() => fake.nc.close());
-  const c = await Client.connect({ servers: ns.url, cluster: 'w', timeout: 2000 });
-  t.teardown(() => c.close());
+  // A client over a connection of ours, so that a flush() round trip tells when the
+  // server has its subscriptions and its requests.
+  const nc = await connect({ servers: ns.url });
+  const c = new Client(natsTransport(nc), { cluster: 'w', timeout: 2000 });
+  t.teardown(async () => {
+    await c.close();
+    await nc.close();
+  });
   t.beforeEach(() => fake.reset());
 
   // The log: 1..5, a batch at 6 (two keys), 7, 8 (users.b), 9.
@@ -409,7 +464,12 @@ t.test('watch', async (t) => {
     const from = r.from as number;
     return ok(100 + applied, { index: applied, events: log.filter((e) => e.index >= from && e.index <= applied).slice(0, pageMax) });
   };
-  t.afterEach(() => sleep(100)); // let a stopped watch's last replay land before the next test's reset
+  // A stopped watch may have had a replay in flight: once our connection and then the fake's
+  // have made a round trip, the fake has seen it, so the next test's reset starts clean.
+  t.afterEach(async () => {
+    await nc.flush();
+    await fake.nc.flush();
+  });
   const key = (e: ChangeEvent) => `${e.index}:${e.key}`;
 
   t.test('replay from an index, then live: no gap, no duplicate, gaps filled', async (t) => {
@@ -444,7 +504,7 @@ t.test('watch', async (t) => {
   t.test('a prefix watch sees only its keys, and fills its gaps from replay', async (t) => {
     fake.on.read = replayHandler(1000);
     const w = c.watch('users.');
-    await sleep(50); // subscribed
+    await nc.flush(); // the server has the watch's subscription
     fake.publishEvent('w', log.find((e) => e.index === 2)!);
     // 4 and 6 are lost; 8 shows the gap (its prev is 7 > 2).
     fake.publishEvent('w', log.find((e) => e.index === 8)!);
@@ -473,16 +533,23 @@ t.test('watch', async (t) => {
   });
 
   t.test('for-await and close() end watches', async (t) => {
-    const c2 = await Client.connect({ servers: ns.url, cluster: 'w' });
+    const nc2 = await connect({ servers: ns.url });
+    t.teardown(() => nc2.close());
+    const c2 = new Client(natsTransport(nc2), { cluster: 'w' });
     const w = c2.watch('x');
+    let gotOne!: () => void;
+    const first = new Promise<void>((r) => (gotOne = r));
     const done = (async () => {
       const seen: ChangeEvent[] = [];
-      for await (const e of w) seen.push(e);
+      for await (const e of w) {
+        seen.push(e);
+        gotOne();
+      }
       return seen;
     })();
-    await sleep(50);
+    await nc2.flush(); // subscribed
     fake.publishEvent('w', { index: 20, ts: 120, op: 'put', key: 'x', value: '1', prev: 0 });
-    await sleep(50);
+    await first;
     await c2.close();
     t.same((await done).map(key), ['20:x']);
   });
@@ -494,243 +561,3 @@ t.test('watch', async (t) => {
   });
 });
 
-// ---------------------------------------------------------------------------
-// The CLI
-
-t.test('cli', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'ckv-cli-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const session = join(dir, 'session.json');
-  // No NATS on this port: usage errors must be found before connecting.
-  const deadEnv = { CKV_NATS: 'nats://127.0.0.1:1', CKV_SESSION: session, CKV_AFTER: undefined, CKV_CLUSTER: undefined };
-  const cli = (args: string[], env: Record<string, string | undefined> = deadEnv, input?: string | Buffer) => run(process.execPath, [CLI, ...args], { env, ...(input !== undefined ? { input } : {}) });
-
-  t.test('usage errors exit 2 without touching the network', async (t) => {
-    const cases: [string[], RegExp][] = [
-      [[], /no command/],
-      [['frobnicate'], /unknown command/],
-      [['get'], /usage: ckv get KEY/],
-      [['get', 'a', 'b'], /usage/],
-      [['get', 'a..b'], /dot/],
-      [['get', '.a'], /dot/],
-      [['get', 'a b'], /letters, digits/],
-      [['get', 'k'.repeat(513)], /KEY_BYTES_MAX/],
-      [['put', 'k'], /usage/],
-      [['put', 'k', '-5'], /--/],
-      [['get', 'k', '--bogus'], /Unknown option/],
-      [['get', 'k', '--limit', '3'], /--limit does not apply to get/],
-      [['put', 'k', 'v', '--strong'], /--strong does not apply/],
-      [['list', 'p', '--limit', 'x'], /--limit must be/],
-      [['list', 'p', '--limit', '0'], /limit/],
-      [['cas', 'k', 'v'], /usage: ckv cas/],
-      [['cas', '--absent', 'k', 'old', 'new'], /usage/],
-      [['cas', '--absent', '--delete', 'k', 'x'], /usage/],
-      [['mget'], /usage/],
-      [['batch', '{'], /not valid JSON/],
-      [['batch', '{}'], /JSON array/],
-      [['batch', '[{"op":"put","key":"a..b","value":"1"}]'], /dot/],
-      [['watch', 'a', 'b'], /usage/],
-      [['watch', '--from', '-1'], /./],
-      [['get', 'k', '--after', 'abc'], /--after must be/],
-      [['get', 'k', '--timeout', '0'], /timeout/],
-      [['get', 'k', '--cluster', 'a.b'], /cluster name/],
-      [['get', 'k', '--no-session', '--session', 'x'], /contradict/],
-    ];
-    for (const [args, re] of cases) {
-      const r = await cli(args);
-      t.equal(r.code, 2, `ckv ${args.join(' ')}: ${r.stderr}`);
-      t.match(r.stderr, re, `ckv ${args.join(' ')}`);
-    }
-    const r = await cli(['get', 'k'], { ...deadEnv, CKV_AFTER: 'x' });
-    t.equal(r.code, 2);
-    t.match(r.stderr, /CKV_AFTER/);
-    const big = await cli(['put', 'k', '-'], deadEnv, Buffer.alloc(256 * 1024 + 1, 0x61));
-    t.equal(big.code, 2);
-    t.match(big.stderr, /VALUE_BYTES_MAX/);
-    const latin1 = await cli(['put', 'k', '-'], deadEnv, Buffer.from([0xff, 0xfe]));
-    t.equal(latin1.code, 2);
-    t.match(latin1.stderr, /UTF-8/);
-    const twoStdin = await cli(['cas', 'k', '-', '-'], deadEnv, 'x');
-    t.equal(twoStdin.code, 2);
-  });
-
-  t.test('help for ckv and for every command', async (t) => {
-    for (const args of [['--help'], ['-h'], ['help']]) {
-      const r = await cli(args);
-      t.equal(r.code, 0);
-      t.match(r.stdout, /Usage: ckv/);
-      t.match(r.stdout, /Exit status/);
-    }
-    for (const cmd of ['get', 'put', 'del', 'cas', 'mget', 'list', 'batch', 'watch', 'status']) {
-      const a = await cli([cmd, '--help']);
-      const b = await cli(['help', cmd]);
-      t.equal(a.code, 0, cmd);
-      t.match(a.stdout, new RegExp(`Usage: ckv \\[flags\\] ${cmd}`));
-      t.equal(a.stdout, b.stdout);
-    }
-  });
-
-  t.test('NATS down: exit 3', async (t) => {
-    const r = await cli(['get', 'k']);
-    t.equal(r.code, 3);
-    t.match(r.stderr, /UNAVAILABLE: cannot connect to NATS/);
-  });
-
-  t.test('against a fake server', async (t) => {
-    const fake = await fakeServer(ns.url, 'cli');
-    t.teardown(() => fake.nc.close());
-    const env = { CKV_NATS: ns.url, CKV_CLUSTER: 'cli', CKV_SESSION: session, CKV_AFTER: undefined };
-    const store = new Map<string, string>();
-    let ts = 100;
-    const handle = (r: Record<string, unknown>) => {
-      switch (r.op) {
-        case 'put':
-          store.set(r.key as string, r.value as string);
-          return ok(++ts);
-        case 'del':
-          return store.delete(r.key as string) ? ok(++ts) : fail(ts, 'NOT_FOUND');
-        case 'cas': {
-          const cur = store.get(r.key as string) ?? null;
-          if (cur !== r.expect) return fail(ts, 'CAS_MISMATCH', { current: cur, failed: 0 });
-          if (r.value === null) store.delete(r.key as string);
-          else store.set(r.key as string, r.value as string);
-          return ok(++ts);
-        }
-        case 'get':
-          return store.has(r.key as string) ? ok(ts, { value: store.get(r.key as string), rev: 1 }) : fail(ts, 'NOT_FOUND');
-        case 'mget':
-          return ok(ts, { values: (r.keys as string[]).map((k) => (store.has(k) ? { key: k, value: store.get(k), rev: 1 } : null)) });
-        case 'list': {
-          const keys = [...store.keys()].filter((k) => k.startsWith(r.prefix as string) && (!r.start || k >= (r.start as string))).sort();
-          const page = keys.slice(0, r.limit as number);
-          return ok(ts, { items: page.map((k) => ({ key: k, value: store.get(k), rev: 1 })), next: keys[r.limit as number] ?? null });
-        }
-        case 'batch':
-          for (const op of r.ops as Record<string, string>[]) if (op.op === 'put') store.set(op.key!, op.value!);
-          return ok(++ts);
-        case 'status':
-          return ok(ts, { status: nodeStatus(1, [1]) });
-        default:
-          return fail(ts, 'BAD_REQUEST');
-      }
-    };
-    fake.on.read = handle;
-    fake.on.write = handle;
-    fake.on.admin = handle;
-
-    let r = await cli(['put', 'cfg.a', 'hello'], env);
-    t.equal(r.code, 0, r.stderr);
-    t.equal(r.stdout, '');
-    t.same(JSON.parse(await readFile(session, 'utf8')), { cli: 101 }, 'the session file keeps the token');
-
-    r = await cli(['get', 'cfg.a'], env);
-    t.equal(r.stdout, 'hello', 'exact bytes: no newline when stdout is not a terminal');
-    t.equal(fake.seen.read.at(-1)!.after, 101, 'the next process reads after the token');
-
-    r = await cli(['put', 'multi', '-'], env, 'a\nb\tc\\');
-    t.equal(r.code, 0);
-    t.equal((await cli(['get', 'multi'], env)).stdout, 'a\nb\tc\\');
-    t.equal((await cli(['mget', 'cfg.a', 'multi', 'nope'], env)).stdout, 'cfg.a\thello\nmulti\ta\\nb\\tc\\\\\n');
-    t.equal((await cli(['mget', 'cfg.a', 'nope'], env)).code, 1);
-
-    r = await cli(['get', 'nope'], env);
-    t.equal(r.code, 1);
-    t.match(r.stderr, /nope: not found/);
-    r = await cli(['get', 'nope', '--json'], env);
-    t.equal(r.code, 1);
-    t.same(JSON.parse(r.stdout), { key: 'nope', value: null, ts: 102 });
-
-    r = await cli(['cas', 'cfg.a', 'wrong', 'x'], env);
-    t.equal(r.code, 1);
-    t.match(r.stderr, /cas mismatch.*"hello"/);
-    t.equal((await cli(['cas', 'cfg.a', 'hello', 'x'], env)).code, 0);
-    t.equal((await cli(['cas', '--absent', 'fresh', 'y'], env)).code, 0);
-    t.equal((await cli(['cas', '--delete', 'fresh', 'y'], env)).code, 0);
-    t.equal(fake.seen.write.at(-1)!.value, null);
-    t.equal((await cli(['del', 'fresh'], env)).code, 1, 'del of a missing key: not found, if the server says so');
-
-    r = await cli(['list', 'cfg.', '--json'], env);
-    t.same(JSON.parse(r.stdout).items.map((i: { key: string }) => i.key), ['cfg.a']);
-    for (const k of ['l.1', 'l.2', 'l.3']) await cli(['put', k, k], env);
-    r = await cli(['list', 'l.', '--limit', '2', '--keys'], env);
-    t.equal(r.stdout, 'l.1\nl.2\n');
-    t.match(r.stderr, /--start l\.3/);
-    r = await cli(['list', 'l.', '--limit', '2', '--all', '--keys'], env);
-    t.equal(r.stdout, 'l.1\nl.2\nl.3\n');
-    t.equal(r.stderr, '');
-
-    r = await cli(['batch', '-'], env, '[{"op":"put","key":"b1","value":"1"},{"op":"put","key":"b2","value":"2"}]');
-    t.equal(r.code, 0, r.stderr);
-    t.equal(store.get('b2'), '2');
-
-    r = await cli(['status'], env);
-    t.equal(r.code, 0);
-    t.match(r.stdout, /^ID\s+ROLE/);
-    t.match(r.stdout, /\n1\*\s+coordinator/);
-
-    // Token passing without a session file.
-    const before = ts;
-    r = await cli(['--no-session', '--print-token', 'put', 'tp', '1'], env);
-    t.equal(r.stderr.trim(), String(before + 1), '--print-token prints the new token on stderr');
-    r = await cli(['get', 'tp', '--no-session', '--after', '5'], env);
-    t.equal(fake.seen.read.at(-1)!.after, 5);
-    t.equal(r.stderr.trim(), String(ts), '--after implies printing the new token');
-    await cli(['get', 'tp', '--no-session'], { ...env, CKV_AFTER: '7' });
-    t.equal(fake.seen.read.at(-1)!.after, 7, 'CKV_AFTER');
-    await cli(['get', 'tp', '--no-session'], env);
-    t.equal(fake.seen.read.at(-1)!.after, undefined, '--no-session: no token');
-
-    fake.on.read = () => fail(ts, 'TOKEN_AHEAD');
-    r = await cli(['get', 'tp'], env);
-    t.equal(r.code, 4);
-    t.match(r.stderr, /session file/);
-    fake.on.read = () => fail(ts, 'BAD_REQUEST');
-    t.equal((await cli(['get', 'tp'], env)).code, 2, 'a request the server rejects is a usage error');
-
-    r = await cli(['--timeout', '300', '--cluster', 'nobody', 'get', 'k'], env);
-    t.equal(r.code, 3);
-    t.match(r.stderr, /UNAVAILABLE/);
-  });
-
-  t.test('watch prints events until SIGINT', async (t) => {
-    const fake = await fakeServer(ns.url, 'cliw');
-    t.teardown(() => fake.nc.close());
-    const p = spawn(process.execPath, [CLI, 'watch', 'j.', '--no-session'], { env: { ...process.env, CKV_NATS: ns.url, CKV_CLUSTER: 'cliw' } });
-    let stdout = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    const exited = new Promise<number | null>((r) => p.on('close', r));
-    // Publish until the watcher is subscribed and has printed.
-    for (let i = 0; i < 100 && !stdout; i++) {
-      fake.publishEvent('cliw', { index: 1, ts: 11, op: 'put', key: 'j.a', value: 'x\ny', prev: 0 });
-      await sleep(50);
-    }
-    fake.publishEvent('cliw', { index: 2, ts: 12, op: 'del', key: 'j.a', prev: 1 });
-    await sleep(100);
-    p.kill('SIGINT');
-    t.equal(await exited, 0);
-    t.equal(stdout, '1\t11\tput\tj.a\tx\\ny\n2\t12\tdel\tj.a\n');
-  });
-
-  t.test('startup time of a one-shot get', async (t) => {
-    const fake = await fakeServer(ns.url, 'perf');
-    t.teardown(() => fake.nc.close());
-    fake.on.read = () => ok(1, { value: 'v', rev: 1 });
-    // No coverage hooks (tap's NODE_OPTIONS) and no extra CA file: the time a user sees.
-    const env = { CKV_NATS: ns.url, CKV_CLUSTER: 'perf', CKV_SESSION: join(dir, 'perf.json'), NODE_EXTRA_CA_CERTS: undefined, NODE_OPTIONS: undefined };
-    const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-    const cliMs: number[] = [];
-    const nodeMs: number[] = [];
-    // Through env -u: tap's process tracking adds its loader to NODE_OPTIONS of every child.
-    const bare = (args: string[]) => run('/usr/bin/env', ['-u', 'NODE_OPTIONS', process.execPath, ...args], { env });
-    for (let i = 0; i < 7; i++) {
-      const r = await bare([CLI, 'get', 'k']);
-      t.equal(r.code, 0, r.stderr);
-      cliMs.push(r.ms);
-      nodeMs.push((await bare(['-e', '0'])).ms);
-    }
-    const c = median(cliMs);
-    const n = median(nodeMs);
-    t.comment(`ckv get k: median ${c.toFixed(0)} ms; node -e 0: median ${n.toFixed(0)} ms; overhead ${(c - n).toFixed(0)} ms`);
-    t.ok(c - n < 1000, 'a one-shot get costs well under a second over a bare node start');
-  });
-});

@@ -7,7 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { CKVCTL_JS, Cluster, parseStatus, run, type StatusRow } from './helpers/cluster.js';
+import { Cluster, parseStatus, type StatusRow } from './helpers/cluster.js';
+import { CKVCTL_JS, runNode } from './helpers/run.js';
 
 const dec = new TextDecoder();
 
@@ -182,7 +183,7 @@ t.test('three-node cluster', async (t) => {
       t.ok(r.ok, `write ${i} while a follower is stopped`);
     }
     const ctl = await c.waitFor('ckvctl status to see the stopped follower dead', async () => {
-      const r = await run(process.execPath, [CKVCTL_JS, 'status', '--json', '--nats', c.nats.url, '--cluster', 'c3']);
+      const r = await runNode(CKVCTL_JS, ['status', '--json', '--nats', c.nats.url, '--cluster', 'c3']);
       const rows = JSON.parse(r.stdout).servers as Array<{ id: number; liveness: string; answered: boolean }>;
       return r.code === 0 && rows.find((x) => x.id === follower)?.liveness === 'dead' ? rows : undefined;
     });
@@ -224,12 +225,12 @@ t.test('three-node cluster', async (t) => {
       return s.length === 4 && leads.length === 1 && leads[0]!.id === 4 ? (leads[0] as StatusRow & { voters: number[] }) : undefined;
     });
     const victim = lead.voters.find((v) => v !== lead.id)!;
-    const removed = await run(process.execPath, [CKVCTL_JS, 'member', 'remove', String(victim), '--nats', c.nats.url, '--cluster', 'c3']);
+    const removed = await runNode(CKVCTL_JS, ['member', 'remove', String(victim), '--nats', c.nats.url, '--cluster', 'c3']);
     t.equal(removed.code, 0, removed.stderr);
     await c.waitFor('the removal on members', async () =>
       members.some((m) => m.type === 'config' && m.voters.join(',') === [1, 2, 3, 4].filter((v) => v !== victim).join(',')) ? true : undefined,
     );
-    const bad = await run(process.execPath, [CKVCTL_JS, 'member', 'remove', String(lead.id), '--nats', c.nats.url, '--cluster', 'c3']);
+    const bad = await runNode(CKVCTL_JS, ['member', 'remove', String(lead.id), '--nats', c.nats.url, '--cluster', 'c3']);
     t.equal(bad.code, 1, 'removing the coordinator is refused');
     // Still running, the removed server goes on as a learner; it is not added back on its own.
     await c.waitFor('the removed server to run as a learner', async () => {
@@ -237,7 +238,7 @@ t.test('three-node cluster', async (t) => {
       return s && s.role === 'learner' ? true : undefined;
     });
     t.equal((await votersOf())?.voters.length, 3, 'a removed server is not added back automatically');
-    const readd = await run(process.execPath, [CKVCTL_JS, 'member', 'add', String(victim), '--nats', c.nats.url, '--cluster', 'c3', '--timeout', '20000']);
+    const readd = await runNode(CKVCTL_JS, ['member', 'add', String(victim), '--nats', c.nats.url, '--cluster', 'c3', '--timeout', '20000']);
     t.equal(readd.code, 0, readd.stderr);
     await c.waitFor('the re-added server to be a voter', async () => ((await votersOf())?.voters.length === 4 ? true : undefined));
     // Dead, a voter is removed automatically.
@@ -251,7 +252,7 @@ t.test('three-node cluster', async (t) => {
     // Removed automatically (not by an operator), it is added back once it returns and catches up.
     c.startNode(victim);
     await c.waitFor('the restarted server to rejoin', async () => ((await votersOf())?.voters.length === 4 ? true : undefined));
-    const again = await run(process.execPath, [CKVCTL_JS, 'member', 'add', String(victim), '--nats', c.nats.url, '--cluster', 'c3']);
+    const again = await runNode(CKVCTL_JS, ['member', 'add', String(victim), '--nats', c.nats.url, '--cluster', 'c3']);
     t.equal(again.code, 0, `adding a voter twice is not an error: ${again.stderr}`);
   });
 
@@ -280,7 +281,7 @@ t.test('three-node cluster', async (t) => {
     // Stop everything cleanly: each server checkpoints at the same applied index.
     await Promise.all([...c.procs.keys()].map((id) => c.kill(id, 'SIGTERM')));
     for (const id of c.voters.filter((v) => v !== follower)) {
-      const d = await run(process.execPath, [CKVCTL_JS, 'checkpoint', 'diff', c.dataDir(follower), c.dataDir(id)]);
+      const d = await runNode(CKVCTL_JS, ['checkpoint', 'diff', c.dataDir(follower), c.dataDir(id)]);
       t.equal(d.code, 0, `checkpoint of ${follower} identical to ${id}'s: ${d.stdout}${d.stderr}`);
     }
   });

@@ -6,7 +6,7 @@ import { ErrorCode, CkvError } from '../src/core/errors.js';
 import { KEY_BYTES_MAX, VALUE_BYTES_MAX, BATCH_OPS_MAX } from '../src/core/limits.js';
 import { Node, type Ready } from '../src/core/node.js';
 import { KvState } from '../src/core/state.js';
-import { parseRequest, keyProblem } from '../src/core/validate.js';
+import { parseRequest, keyProblem, validateRequest } from '../src/core/validate.js';
 import type { Entry } from '../src/core/wire.js';
 import type { CheckpointMeta, CheckpointReader, Rec, RidRecord } from '../src/core/records.js';
 
@@ -59,6 +59,54 @@ t.test('validation: every bad input gets its code', async (t) => {
   t.equal(code(() => parseRequest(JSON.stringify({ op: 'list', prefix: 'a', limit: 0 }))), ErrorCode.BAD_REQUEST, 'zero limit');
   t.same(parseRequest('{"op":"put","key":"users.alice","value":"x","rid":"r1","after":3}'), { op: 'put', key: 'users.alice', value: 'x', rid: 'r1', after: 3 });
   t.equal(keyProblem('a/b=c-d_e.f'), null);
+});
+
+t.test('validation: a payload that is not UTF-8, or a string with a lone surrogate, is a BAD_REQUEST', async (t) => {
+  const bytes = (...parts: (string | number[])[]) => Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p) : Buffer.from(p))));
+  const refused = (f: () => unknown, re: RegExp, what: string) => {
+    let err: unknown;
+    try {
+      f();
+    } catch (e) {
+      err = e;
+    }
+    t.type(err, CkvError, what);
+    t.equal((err as CkvError).code, ErrorCode.BAD_REQUEST, what);
+    t.match((err as CkvError).message, re, what);
+  };
+  // Bytes the default decoder would turn into U+FFFD without a word.
+  const notUtf8: [number[], string][] = [
+    [[0xff], 'a byte never in UTF-8'],
+    [[0xc3], 'a truncated sequence'],
+    [[0xc0, 0xaf], 'an overlong encoding'],
+    [[0xed, 0xa0, 0x80], 'an encoded surrogate (CESU-8)'],
+    [[0xf4, 0x90, 0x80, 0x80], 'beyond U+10FFFF'],
+  ];
+  for (const [bad, what] of notUtf8) {
+    refused(() => parseRequest(bytes('{"op":"put","key":"k","value":"', bad, '"}')), /not valid UTF-8/, `value: ${what}`);
+  }
+  refused(() => parseRequest(bytes('{"op":"get","key":"k', [0xff], '"}')), /not valid UTF-8/, 'in a key');
+  refused(() => parseRequest(bytes('{"op":"get","key":"k","x', [0x80], '":1}')), /not valid UTF-8/, 'in a field name');
+  // Lone surrogates: from \u escapes in the JSON, or from a caller's string.
+  for (const [json, what] of [
+    ['{"op":"put","key":"k","value":"\\ud800"}', 'a lone high surrogate'],
+    ['{"op":"put","key":"k","value":"x\\udc00y"}', 'a lone low surrogate'],
+    ['{"op":"put","key":"k","value":"\\udc00\\ud800"}', 'a pair in the wrong order'],
+    ['{"op":"cas","key":"k","expect":"\\ud83d","value":"v"}', 'in expect'],
+    ['{"op":"cas","key":"k","expect":null,"value":"\\ud83d"}', 'in a cas value'],
+    ['{"op":"batch","ops":[{"op":"put","key":"a","value":"ok"},{"op":"put","key":"b","value":"\\udfff"}]}', 'in a batch op'],
+  ] as const) {
+    refused(() => parseRequest(json), /lone surrogate/, `${what} (text)`);
+    refused(() => parseRequest(Buffer.from(json)), /lone surrogate/, `${what} (bytes)`);
+  }
+  refused(() => validateRequest({ op: 'put', key: 'k', value: 'a\ud800' }), /lone surrogate/, 'a caller string');
+  refused(() => validateRequest({ op: 'get', key: 'k\ud800' }), /letters, digits/, 'in a key (not in the key alphabet)');
+  refused(() => validateRequest({ op: 'list', prefix: '\udc00' }), /letters, digits/, 'in a prefix');
+  // What is valid stays valid, bytes for bytes.
+  const text = 'grüße \u{1f600} \u0000 \ufffd \u{10ffff}';
+  t.equal((parseRequest(Buffer.from(JSON.stringify({ op: 'put', key: 'k', value: text }))) as { value: string }).value, text, 'any Unicode text, U+FFFD and NUL included');
+  t.equal((parseRequest(Buffer.from('{"op":"put","key":"k","value":"\\ud83d\\ude00"}')) as { value: string }).value, '\u{1f600}', 'a surrogate pair from escapes');
+  t.equal(code(() => parseRequest(bytes([0xef, 0xbb, 0xbf], '{"op":"get","key":"k"}'))), ErrorCode.BAD_REQUEST, 'a BOM is not JSON, as before');
 });
 
 t.test('state machine: put, del, cas, batch atomicity, rids, overlay over checkpoint', async (t) => {

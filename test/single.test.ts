@@ -70,6 +70,9 @@ t.test('single node end to end', async (t) => {
     t.equal(r.code, 0);
     r = await ckv(['get', 'app.b2']);
     t.equal(r.code, 1, 'deleted key is not found');
+    r = await ckv(['del', 'app.b2']);
+    t.equal(r.code, 0, 'del of a missing key succeeds (as in etcdctl and consul), and makes no event (history below)');
+    t.equal(r.stderr, '');
     // app.color: put blue, cas → green; app.b2: put in a batch, then deleted.
     r = await ckv(['history', 'app.color', '--json']);
     t.equal(r.code, 0, r.stderr);

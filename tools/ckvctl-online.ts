@@ -5,15 +5,18 @@
 import { parseArgs } from 'node:util';
 import { Client, type CkvError } from '../src/client/client.js';
 import { CLUSTER_DEFAULT, NATS_URL_DEFAULT } from '../src/core/limits.js';
-import { formatStatusTable, statusRows } from '../src/client/status-table.js';
+import { formatStatusTable, hasCoordinator, statusRows } from '../src/client/status-table.js';
+import { writeOut } from '../src/client/stdout.js';
 
 const HELP = `usage: ckvctl status [--nats URL] [--cluster NAME] [--json] [--timeout MS]
 
 Asks every server for its status and prints one row per server known to any of
 them: id, role, epoch, liveness (alive/suspect/dead, as the coordinator's ping
 daemon sees it), last/commit/applied/checkpoint index, and lag (entries behind
-the coordinator's commit). Exit 0 if a coordinator answered, 1 if none did,
-2 on usage errors, 3 if no server answered.`;
+the coordinator's commit). The coordinator (marked *) is the server that answered
+claiming the highest epoch; another still claiming the role shows as "coordinator
+(stale)". Exit 0 if a coordinator answered, 1 if servers answered but none is
+coordinator, 2 on usage errors, 3 if no server answered (as ckv status).`;
 
 interface OnlineArgs {
   values: { nats?: string; cluster?: string; json?: boolean; timeout?: string; help?: boolean };
@@ -36,7 +39,7 @@ function parseOnline(argv: string[], cmd: string, help: string, defaultTimeoutMs
     return 2;
   }
   if (parsed.values.help) {
-    process.stdout.write(`${help}\n`);
+    writeOut(`${help}\n`);
     return 0;
   }
   const timeout = Number(parsed.values.timeout ?? defaultTimeoutMs);
@@ -68,9 +71,9 @@ export async function runStatus(argv: string[]): Promise<number> {
   try {
     const answers = await client.status();
     const rows = statusRows(answers);
-    if (a.values.json) process.stdout.write(`${JSON.stringify({ servers: rows, answers })}\n`);
-    else process.stdout.write(formatStatusTable(rows));
-    return rows.some((r) => r.role === 'coordinator' && r.answered) ? 0 : 1;
+    if (a.values.json) writeOut(`${JSON.stringify({ servers: rows, answers })}\n`);
+    else writeOut(formatStatusTable(rows));
+    return hasCoordinator(rows) ? 0 : 1;
   } catch (err) {
     process.stderr.write(`ckvctl status: ${(err as Error).message}\n`);
     return 3;
@@ -102,7 +105,7 @@ export async function runMember(argv: string[]): Promise<number> {
   try {
     // The client retries while there is no coordinator, or it is busy, until the timeout.
     const ack = await client.member(verb === 'add' ? { add: id } : { remove: id });
-    process.stdout.write(`${verb === 'add' ? 'added' : 'removed'} voter ${id} (log index ${ack.index})\n`);
+    writeOut(`${verb === 'add' ? 'added' : 'removed'} voter ${id} (log index ${ack.index})\n`);
     return 0;
   } catch (err) {
     const e = err as CkvError;

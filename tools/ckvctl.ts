@@ -15,6 +15,7 @@ import { CHECKPOINT_DIR_NAME, LmdbCheckpoint, compareKeys, verifyCheckpoint } fr
 import type { CheckpointMeta, Rec } from '../src/core/records.js';
 import { readLog, repairLog, scanLog, verifyLog } from '../src/storage/log-inspect.js';
 import { LOG_DIR_NAME, LogCorruptError } from '../src/storage/segment-format.js';
+import { quietOnClosedStdout, writeOut } from '../src/client/stdout.js';
 
 const EXIT_OK = 0;
 const EXIT_PROBLEM = 1;
@@ -49,7 +50,7 @@ Exit codes: 0 ok, 1 problem found / different / not found, 2 usage error.
 class UsageError extends Error {}
 
 function out(s: string): void {
-  process.stdout.write(s + '\n');
+  writeOut(s + '\n');
 }
 
 function err(s: string): void {
@@ -435,6 +436,7 @@ async function main(argv: string[]): Promise<number> {
   throw new UsageError(`unknown command ${JSON.stringify(group)}`);
 }
 
+quietOnClosedStdout();
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

@@ -22,19 +22,26 @@ import { validateRequest } from '../core/validate.js';
 import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client } from './client.js';
 import { defaultSessionPath, readToken, saveToken } from './session.js';
-import { formatStatusTable, statusRows } from './status-table.js';
+import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from './status-table.js';
+import { quietOnClosedStdout, stdoutClosed, writeOut } from './stdout.js';
 
 /** Exit statuses (documented in --help). */
 const EXIT_OK = 0;
-const EXIT_NOT_FOUND = 1; // also a cas mismatch
+const EXIT_NOT_FOUND = 1; // also a cas mismatch (del of a missing key is a success, as in etcdctl and consul)
 const EXIT_USAGE = 2; // also a request the server rejects as malformed or too large
 const EXIT_UNAVAILABLE = 3; // no server could answer in time
 const EXIT_ERROR = 4; // any other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)
 
+/** How long after its --timeout budget ckv may still be running (closing, saving the token, exiting). */
+const EXIT_MARGIN_MS = 200;
+
 const FLAGS_HELP = `Flags (before or after the command):
   --nats URL[,URL]   NATS server(s) (env CKV_NATS, default ${NATS_URL_DEFAULT})
   --cluster NAME     cluster name (env CKV_CLUSTER, default ${CLUSTER_DEFAULT})
-  --timeout MS       budget for the whole command, retries included (default ${REQUEST_TIMEOUT_MS_DEFAULT})
+  --timeout MS       budget for the whole command, counted from when ckv starts:
+                     connecting, retries and pages included (default ${REQUEST_TIMEOUT_MS_DEFAULT});
+                     ckv exits at most ${EXIT_MARGIN_MS} ms after it, whether NATS is down, paused
+                     or silent (watch: bounds connecting and each replay)
   --json             print JSON (one object; watch: one object per line)
   --strong           linearizable read via the coordinator (get, mget, list)
   --session FILE     token file (env CKV_SESSION, default
@@ -48,7 +55,8 @@ const FLAGS_HELP = `Flags (before or after the command):
 
 const EXIT_HELP = `Exit status:
   0  ok
-  1  not found (get, mget: any key, del) or cas mismatch (cas, batch)
+  1  not found (get; mget: any key) or cas mismatch (cas, batch), or no
+     coordinator (status); del of a missing key is not an error (exit 0)
   2  usage error, or the server rejected the request (BAD_REQUEST, TOO_LARGE)
   3  unavailable: no server answered in time (UNAVAILABLE, TIMEOUT, NATS down)
   4  other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)`;
@@ -85,7 +93,9 @@ Prints nothing; --json: {"index","ts"}.`,
   },
   del: {
     usage: 'del KEY',
-    help: `Delete KEY. Prints nothing; --json: {"index","ts"}.`,
+    help: `Delete KEY. Deleting a key that is absent changes nothing and is not an
+error (exit 0), as with etcdctl del and consul kv delete.
+Prints nothing; --json: {"index","ts"}.`,
     flags: [],
   },
   cas: {
@@ -156,7 +166,11 @@ matches users.a and users.a.b); otherwise exactly that key.
   status: {
     usage: 'status',
     help: `Show every server that answers within ~300 ms: a table with one line per
-server (the coordinator is marked *). --json: {"servers":[...],"ts"}.`,
+server, and the servers they know of that did not answer. The coordinator (marked *)
+is the server that answered claiming the highest epoch; another still claiming the
+role shows as "coordinator (stale)". Exit 0 if a coordinator answered, 1 if servers
+answered but none is coordinator (as ckvctl status), 3 if none answered.
+--json: {"servers":[...],"coordinator":ID or null,"ts"}.`,
     flags: [],
   },
 };
@@ -266,9 +280,7 @@ function escapeValue(v: string): string {
   });
 }
 
-function out(s: string): void {
-  process.stdout.write(s);
-}
+const out = writeOut;
 
 function json(v: unknown): void {
   out(JSON.stringify(v) + '\n');
@@ -438,9 +450,9 @@ async function prepare(s: Settings): Promise<Action> {
           if (!s.json) out(page.items.map((kv) => (s.flags.keys ? `${kv.key}\n` : `${kv.key}\t${escapeValue(kv.value)}\n`)).join(''));
           else items.push(...page.items);
           next = page.next;
-        } while (all && next !== null);
+        } while (all && next !== null && !stdoutClosed());
         if (s.json) json({ items, next, ts: c.token });
-        else if (next !== null) warn(`more keys: continue with --start ${next} (or use --all)`);
+        else if (next !== null && !stdoutClosed()) warn(`more keys: continue with --start ${next} (or use --all)`);
         return EXIT_OK;
       };
     }
@@ -483,9 +495,11 @@ async function prepare(s: Settings): Promise<Action> {
       arity(s, 0, 0);
       return async (c) => {
         const servers = await c.status();
-        if (s.json) json({ servers, ts: c.token });
-        else out(formatStatusTable(statusRows(servers)));
-        return EXIT_OK;
+        const rows = statusRows(servers);
+        if (s.json) json({ servers, coordinator: coordinatorOf(servers)?.id ?? null, ts: c.token });
+        else out(formatStatusTable(rows));
+        if (!hasCoordinator(rows)) warn('no coordinator answered');
+        return hasCoordinator(rows) ? EXIT_OK : EXIT_NOT_FOUND;
       };
     }
     default:
@@ -575,10 +589,23 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
     return EXIT_USAGE;
   }
 
+  // The budget counts from the start of this process, so that `ckv --timeout MS` is done
+  // within MS (plus EXIT_MARGIN_MS) of being started, module loading included.
+  const deadline = performance.timeOrigin + s.timeout;
+  // Should anything still hold the process open past the margin, exit anyway (and say so).
+  // (A budget already spent by start-up still leaves the margin to say so and exit.)
+  const watchdog = setTimeout(() => {
+    warn(`still running ${EXIT_MARGIN_MS} ms after the --timeout budget: exiting`);
+    process.exit(process.exitCode ?? EXIT_UNAVAILABLE);
+  }, Math.max(deadline - Date.now(), 0) + EXIT_MARGIN_MS);
+  watchdog.unref();
+  // A watch runs until interrupted: the budget bounds its connecting and, from there, each replay.
+  const budget = { timeout: s.timeout, connectBy: deadline, ...(s.command === 'watch' ? {} : { deadline }) };
   const [sessionToken, connected] = await Promise.all([
     s.sessionPath ? readToken(s.sessionPath, s.cluster) : Promise.resolve(0),
-    Client.connect({ servers: s.servers, cluster: s.cluster, timeout: s.timeout, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError),
+    Client.connect({ servers: s.servers, cluster: s.cluster, ...budget, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError),
   ]);
+  if (s.command === 'watch') clearTimeout(watchdog);
   if (connected instanceof Error) return report(s, connected instanceof CkvError ? connected : new CkvError(ErrorCode.UNAVAILABLE, String(connected)), null, sessionToken);
   const c = connected;
   c.observe(sessionToken);
@@ -591,11 +618,14 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   } finally {
     await c.close();
   }
-  if (s.sessionPath && c.token > sessionToken) await saveToken(s.sessionPath, s.cluster, c.token);
+  // A busy session lock is waited for only within the exit margin (then the write goes ahead unlocked).
+  const lockWait = s.command === 'watch' ? {} : { lockWaitMs: deadline - Date.now() + EXIT_MARGIN_MS / 2 };
+  if (s.sessionPath && c.token > sessionToken) await saveToken(s.sessionPath, s.cluster, c.token, undefined, lockWait);
   if (s.printToken && (code === EXIT_OK || code === EXIT_NOT_FOUND)) process.stderr.write(`${c.token}\n`);
   return code;
 }
 
+quietOnClosedStdout();
 main(process.argv.slice(2), process.env).then(
   (code) => {
     process.exitCode = code;

@@ -125,6 +125,11 @@ export interface ClientOptions {
   timeout?: number;
   /** Initial causal token (e.g. from another program). Default 0. */
   after?: number;
+  /**
+   * No call runs past this moment (ms since the epoch, as Date.now()), whatever its own
+   * budget: a one-shot program's budget for its whole run. Default: none.
+   */
+  deadline?: number;
 }
 
 export interface ConnectOptions extends ClientOptions {
@@ -132,6 +137,11 @@ export interface ConnectOptions extends ClientOptions {
   servers?: string | string[];
   /** Connection name shown by NATS monitoring. */
   name?: string;
+  /**
+   * The connection must be made by this moment (ms since the epoch); default: within
+   * timeout, and by the deadline if there is one.
+   */
+  connectBy?: number;
 }
 
 export interface ReadOptions {
@@ -240,6 +250,8 @@ function replyError(reply: Extract<Reply, { ok: false }>): CkvError {
 export class Client {
   readonly cluster: string;
   readonly timeout: number;
+  /** See ClientOptions.deadline (Infinity: none). */
+  readonly deadline: number;
   private readonly transport: Transport;
   private readonly subject: { read: string; write: string; admin: string; ev: string };
   private ts: number;
@@ -250,13 +262,14 @@ export class Client {
   /** Connect to NATS and return a client that owns (and on close() closes) the connection. */
   static async connect(opts: ConnectOptions = {}): Promise<Client> {
     const servers = opts.servers ?? NATS_URL_DEFAULT;
-    const timeout = opts.timeout ?? REQUEST_TIMEOUT_MS_DEFAULT;
-    // Loaded here, not at the top: the CLI's usage errors and --help never pay for it.
-    const { connect } = await import('@nats-io/transport-node');
+    // Loaded here, not at the top: the CLI's usage errors and --help never pay for the NATS library.
+    const { connectWithin } = await import('./nats-connect.js');
+    const by = Math.min(opts.connectBy ?? Infinity, opts.deadline ?? Infinity);
+    const budget = Math.max(1, Math.floor(Math.min(opts.timeout ?? REQUEST_TIMEOUT_MS_DEFAULT, by - Date.now())));
     let nc: NatsConnection;
     try {
       // Reconnect forever: a long-lived client rides out NATS restarts (calls fail UNAVAILABLE meanwhile).
-      nc = await connect({ servers, timeout, noAsyncTraces: true, maxReconnectAttempts: -1, ...(opts.name ? { name: opts.name } : {}) });
+      nc = await connectWithin({ servers, noAsyncTraces: true, maxReconnectAttempts: -1, ...(opts.name ? { name: opts.name } : {}) }, budget);
     } catch (err) {
       throw new CkvError(ErrorCode.UNAVAILABLE, `cannot connect to NATS at ${String(servers)}: ${(err as Error).message}`, { cause: err });
     }
@@ -273,7 +286,10 @@ export class Client {
     if (!Number.isFinite(timeout) || timeout <= 0) throw new CkvError(ErrorCode.BAD_REQUEST, 'timeout must be a positive number of ms');
     const after = opts.after ?? 0;
     if (!isNat(after)) throw new CkvError(ErrorCode.BAD_REQUEST, 'after must be a non-negative integer');
+    const deadline = opts.deadline ?? Infinity;
+    if (Number.isNaN(deadline)) throw new CkvError(ErrorCode.BAD_REQUEST, 'deadline must be a time in ms since the epoch');
     this.transport = transport;
+    this.deadline = deadline;
     this.cluster = cluster;
     this.timeout = timeout;
     this.ts = after;
@@ -367,7 +383,7 @@ export class Client {
    */
   async status(): Promise<NodeStatus[]> {
     const data = encoder.encode(JSON.stringify({ op: 'status' }));
-    const deadline = Date.now() + this.timeout;
+    const deadline = this.callDeadline();
     for (let attempt = 0; ; attempt++) {
       this.checkOpen();
       try {
@@ -441,7 +457,7 @@ export class Client {
   private async call(subject: string, req: Request, after?: number): Promise<OkReply & ReplyBody> {
     this.checkOpen();
     check(req); // the server's own rules: fail here, before any network
-    const deadline = Date.now() + this.timeout;
+    const deadline = this.callDeadline();
     let prior: CkvError | null = null;
     for (let attempt = 0; ; attempt++) {
       this.checkOpen();
@@ -465,6 +481,12 @@ export class Client {
       prior = err;
       if (!RETRYABLE.has(err.code) || !(await this.backoff(attempt, deadline))) throw err;
     }
+  }
+
+  /** When a call starting now must end: its own budget, within the client's deadline (if that has passed, nothing is sent). */
+  private callDeadline(): number {
+    if (Date.now() >= this.deadline) throw new CkvError(ErrorCode.UNAVAILABLE, 'the client\'s deadline passed before the request was sent');
+    return Math.min(Date.now() + this.timeout, this.deadline);
   }
 
   /** Sleep before the next attempt; false if the budget is spent. */

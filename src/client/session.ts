@@ -14,7 +14,7 @@ import { mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 
-/** How long a writer waits for the lock before writing without it, in ms. */
+/** How long a writer waits for the lock before writing without it, in ms (at most: saveToken's lockWaitMs). */
 const LOCK_WAIT_MS_MAX = 2_000;
 /** A lock older than this was left by a crashed writer (one update takes ~1 ms), in ms. */
 const LOCK_STALE_MS = 1_000;
@@ -76,12 +76,13 @@ export async function readToken(path: string, cluster: string, warn: Warn = warn
  * reported through warn, not thrown: a lost token weakens only later
  * processes' guarantees, and the command itself has succeeded.
  */
-export async function saveToken(path: string, cluster: string, ts: number, warn: Warn = warnStderr): Promise<void> {
+export async function saveToken(path: string, cluster: string, ts: number, warn: Warn = warnStderr, opts: { lockWaitMs?: number } = {}): Promise<void> {
   if (!isToken(ts)) throw new TypeError('token must be a non-negative integer');
+  const lockWaitMs = Math.max(0, Math.min(opts.lockWaitMs ?? LOCK_WAIT_MS_MAX, LOCK_WAIT_MS_MAX));
   try {
     await mkdir(dirname(path), { recursive: true, mode: 0o700 });
     for (let attempt = 0; attempt < UPDATE_ATTEMPTS_MAX; attempt++) {
-      const release = await lock(path, warn);
+      const release = await lock(path, warn, lockWaitMs);
       try {
         const tokens = await readSession(path, attempt === 0 ? warn : () => {});
         if ((tokens[cluster] ?? 0) >= ts) return;
@@ -105,10 +106,10 @@ export async function saveToken(path: string, cluster: string, ts: number, warn:
   }
 }
 
-/** Take the writers' lock; resolves to its release. Gives up after LOCK_WAIT_MS_MAX (writes unlocked). */
-async function lock(path: string, warn: Warn): Promise<() => Promise<void>> {
+/** Take the writers' lock; resolves to its release. Gives up after waitMs (writes unlocked). */
+async function lock(path: string, warn: Warn, waitMs: number): Promise<() => Promise<void>> {
   const lockPath = `${path}.lock`;
-  const deadline = Date.now() + LOCK_WAIT_MS_MAX;
+  const deadline = Date.now() + waitMs;
   for (;;) {
     try {
       const fh = await open(lockPath, 'wx', 0o600);

@@ -5,7 +5,10 @@ import type { NodeStatus, PeerStatus } from '../core/wire.js';
 
 export interface StatusRow {
   id: number;
+  /** The role the server claims (its own answer, or its last heartbeat in the others' ping tables). */
   role: string;
+  /** The coordinator, as the table sees it: see coordinatorOf. At most one row. */
+  coordinator: boolean;
   epoch: number;
   /** alive/suspect/dead as the coordinator's ping daemon sees it (else the first answer's). */
   liveness: string;
@@ -22,13 +25,31 @@ export interface StatusRow {
   answered: boolean;
 }
 
+/**
+ * The coordinator: of the servers that answered (so are alive now) and claim the role,
+ * the one with the highest epoch (then the highest commit, then the lowest id). A server
+ * known only from a ping table (maybe dead, maybe removed) is never it, and neither is one
+ * still claiming an older epoch (a deposed coordinator that has not heard yet).
+ */
+export function coordinatorOf(answers: NodeStatus[]): NodeStatus | undefined {
+  let best: NodeStatus | undefined;
+  for (const s of answers) {
+    if (s.role !== 'coordinator') continue;
+    if (!best || s.epoch > best.epoch || (s.epoch === best.epoch && (s.commit > best.commit || (s.commit === best.commit && s.id < best.id)))) best = s;
+  }
+  return best;
+}
+
 export function statusRows(answers: NodeStatus[]): StatusRow[] {
-  const coord = answers.find((s) => s.role === 'coordinator');
-  const viewer = coord ?? answers[0];
+  const coord = coordinatorOf(answers);
+  // Whose ping table says who else there is, and how alive: the coordinator's, else the
+  // answer of the highest epoch (the most recent view).
+  const viewer = coord ?? answers.reduce<NodeStatus | undefined>((v, s) => (!v || s.epoch > v.epoch ? s : v), undefined);
   const byId = new Map<number, StatusRow>();
   const row = (s: NodeStatus, liveness: string, answered: boolean): StatusRow => ({
     id: s.id,
     role: s.role,
+    coordinator: answered && s === coord,
     epoch: s.epoch,
     liveness,
     last: s.last,
@@ -52,11 +73,16 @@ export function statusRows(answers: NodeStatus[]): StatusRow[] {
   return rows;
 }
 
+/** Whether the table has a coordinator: `ckv status` and `ckvctl status` exit 0 only then. */
+export function hasCoordinator(rows: StatusRow[]): boolean {
+  return rows.some((r) => r.coordinator);
+}
+
 export function formatStatusTable(rows: StatusRow[]): string {
   const head = ['ID', 'ROLE', 'EPOCH', 'LIVENESS', 'LAST', 'COMMIT', 'APPLIED', 'CHECKPOINT', 'LAG', 'VOTERS', 'UPTIME', 'VERSION'];
   const body = rows.map((r) => [
-    `${r.id}${r.role === 'coordinator' ? '*' : ''}`,
-    r.role + (r.answered ? '' : ' (no answer)'),
+    `${r.id}${r.coordinator ? '*' : ''}`,
+    (r.role === 'coordinator' && !r.coordinator ? 'coordinator (stale)' : r.role) + (r.answered ? '' : ' (no answer)'),
     String(r.epoch),
     r.liveness,
     String(r.last),

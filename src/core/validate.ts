@@ -1,5 +1,9 @@
 // Validation at the edge: turns untrusted JSON into typed requests, or a
 // CkvError with a stable code. Nothing past this point re-checks shapes.
+// Values are Unicode text: a payload that is not UTF-8, or a string with a lone
+// surrogate (which JSON's \uD800 escapes can make), is refused, not mangled.
+
+/// <reference lib="es2024.string" />
 
 import { ErrorCode, CkvError } from './errors.js';
 import {
@@ -22,6 +26,8 @@ import type { Consistency, Request, WriteOp } from './wire.js';
 const KEY_CHARS = /^[-/_=.a-zA-Z0-9]+$/;
 const PREFIX_CHARS = /^[-/_=.a-zA-Z0-9]*$/;
 const RID_CHARS = /^[-_.:a-zA-Z0-9]+$/;
+/** Throws on bytes that are not UTF-8 (the default decoder silently puts U+FFFD in their place). */
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 function bad(message: string): never {
   throw new CkvError(ErrorCode.BAD_REQUEST, message);
@@ -59,6 +65,8 @@ function checkPrefix(prefix: unknown): string {
 
 function checkValue(value: unknown, what = 'value'): string {
   if (typeof value !== 'string') bad(`${what} must be a string`);
+  // Keys, prefixes and rids are ASCII by their patterns; values are the free-form strings.
+  if (!value.isWellFormed()) bad(`${what} is not valid Unicode text: it has a lone surrogate (half of a UTF-16 pair, as from a \\uD800 escape)`);
   // Cheap bound first: UTF-8 takes at most 3 bytes per UTF-16 unit.
   if (value.length * 3 > VALUE_BYTES_MAX && Buffer.byteLength(value, 'utf8') > VALUE_BYTES_MAX) {
     throw new CkvError(ErrorCode.TOO_LARGE, `${what} is larger than VALUE_BYTES_MAX (${VALUE_BYTES_MAX} bytes)`);
@@ -118,9 +126,15 @@ function checkWriteOp(raw: unknown, where: string): WriteOp {
 export function parseRequest(data: Uint8Array | string): Request {
   const size = typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
   if (size > REQUEST_BYTES_MAX) throw new CkvError(ErrorCode.TOO_LARGE, `request is larger than ${REQUEST_BYTES_MAX} bytes`);
+  let text: string;
+  try {
+    text = typeof data === 'string' ? data : UTF8.decode(data);
+  } catch {
+    bad('request is not valid UTF-8');
+  }
   let raw: unknown;
   try {
-    raw = JSON.parse(typeof data === 'string' ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8'));
+    raw = JSON.parse(text);
   } catch {
     bad('request is not valid JSON');
   }

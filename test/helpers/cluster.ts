@@ -4,43 +4,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { startNatsServer, stopProcess, type NatsServer } from './nats-server.js';
-
-export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const SERVER_JS = join(ROOT, 'dist', 'src', 'server', 'main.js');
-export const CLI_JS = join(ROOT, 'dist', 'src', 'client', 'cli.js');
-export const CKVCTL_JS = join(ROOT, 'dist', 'tools', 'ckvctl.js');
-
-export interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Run a program to completion, bounded in time. */
-export function run(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
-  return new Promise((resolveRun, reject) => {
-    const env = { ...process.env, ...opts.env };
-    delete env.NODE_EXTRA_CA_CERTS;
-    const p = spawn(cmd, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    const timer = setTimeout(() => {
-      p.kill('SIGKILL');
-      reject(new Error(`${cmd} ${args.join(' ')} took longer than ${opts.timeoutMs ?? 30_000} ms\n${stderr}`));
-    }, opts.timeoutMs ?? 30_000);
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('error', reject);
-    p.on('close', (code) => {
-      clearTimeout(timer);
-      resolveRun({ code, stdout, stderr });
-    });
-    p.stdin.end(opts.input ?? '');
-  });
-}
+import { CLI_JS, SERVER_JS, runNode, type RunOptions, type RunResult } from './run.js';
 
 export class Cluster {
   nats!: NatsServer;
@@ -58,9 +24,10 @@ export class Cluster {
     this.extraArgs = opts.extraArgs ?? [];
   }
 
-  async start(): Promise<void> {
+  /** Start the nats-server and the given servers (default: every voter). */
+  async start(ids: number[] = this.voters): Promise<void> {
     this.nats = await startNatsServer();
-    for (const id of this.voters) this.startNode(id);
+    for (const id of ids) this.startNode(id);
   }
 
   dataDir(id: number): string {
@@ -95,8 +62,8 @@ export class Cluster {
   }
 
   /** The ckv CLI against this cluster. */
-  ckv(args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
-    return run(process.execPath, [CLI_JS, '--nats', this.nats.url, '--cluster', this.cluster, ...args], opts);
+  ckv(args: string[], opts: RunOptions = {}): Promise<RunResult> {
+    return runNode(CLI_JS, ['--nats', this.nats.url, '--cluster', this.cluster, ...args], opts);
   }
 
   /** Poll `ckv status --json` until `pred` holds, bounded by a deadline. */
@@ -122,9 +89,8 @@ export class Cluster {
       async () => {
         const r = await this.ckv(['status', '--json', '--no-session', '--timeout', '1000']);
         if (r.code !== 0) return undefined;
-        const rows = parseStatus(r.stdout);
-        const c = rows.find((s) => s.role === 'coordinator');
-        return c ? c.id : undefined;
+        const id: unknown = JSON.parse(r.stdout).coordinator;
+        return typeof id === 'number' ? id : undefined;
       },
       timeoutMs,
     );
