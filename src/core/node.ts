@@ -16,13 +16,13 @@ import {
   KEEP_OUT_MAX,
   PEERS_MAX,
   PING_INTERVAL_TICKS,
-  REPL_BYTES_MAX,
   REPL_ENTRIES_MAX,
   RESEND_GAP_TICKS,
   STAND_BACK_TICKS,
   SUSPECT_AFTER_TICKS,
   TAKEOVER_UPTIME_TICKS,
 } from './limits.js';
+import { EntryLog } from './entry-log.js';
 import { BROADCAST, type Body, type Msg } from './messages.js';
 import type { Entry, Liveness, Role, WriteOp } from './wire.js';
 
@@ -139,15 +139,12 @@ export class Node {
   readonly id: number;
   /** The voters: those of the newest configuration entry in the log (committed or not). */
   voters: number[];
-  /** The voters as of the entry just below the in-memory log. */
-  private baseVoters: number[];
   /**
    * Servers an operator removed: never added back automatically (one removed automatically,
    * because it was dead, is added back once it returns and catches up). Part of the
    * configuration, in the log, so every coordinator knows it.
    */
   keepOut: number[] = [];
-  private baseKeepOut: number[];
   private removeDeadAfterTicks: number;
   role: Role = 'follower';
   coordinator: number | null = null;
@@ -165,11 +162,8 @@ export class Node {
   /** Index of the last entry known durable locally. */
   private persistedLast: number;
   private gen = 0;
-  /** In-memory log: entries[i] has index offset + 1 + i. */
-  private entries: Entry[];
-  private offset: number;
-  private offsetEpoch: number;
-  private offsetTs: number;
+  /** The log in memory (entries after the checkpoint, and those retained below it). */
+  private log: EntryLog;
   /** Highest index known to match the current coordinator's log. */
   private matched: number;
   private now = 0;
@@ -216,7 +210,6 @@ export class Node {
   // Token checks.
   private tsqSeq = 0;
   private tokenQueue: Array<{ id: number; after: number; seq: number }> = [];
-  private tsqSentSeq = 0;
   /** Highest index handed to the driver to apply (in a Ready's `committed`). */
   private handedOut: number;
   /** Highest index the driver has applied (advance()), and checkpointed (checkpointed()). */
@@ -229,26 +222,19 @@ export class Node {
   constructor(init: NodeInit) {
     assert(init.voters.includes(init.id) || init.voters.length > 0, 'voters must not be empty');
     this.id = init.id;
-    this.baseVoters = [...init.voters].sort((a, b) => a - b);
-    this.baseKeepOut = [...(init.keepOut ?? [])].sort((a, b) => a - b);
-    this.voters = this.baseVoters;
-    this.keepOut = this.baseKeepOut;
+    this.log = new EntryLog(init.base, init.entries, { voters: init.voters, keepOut: init.keepOut ?? [] });
+    const config = this.log.configAt(init.base.index);
+    this.voters = config.voters;
+    this.keepOut = config.keepOut;
     this.removeDeadAfterTicks = init.removeDeadAfterTicks ?? 0;
     this.promised = init.promised;
     this.epochSeen = init.promised;
-    this.offset = init.base.index;
-    this.offsetEpoch = init.base.epoch;
-    this.offsetTs = init.base.ts;
-    this.entries = [...init.entries];
-    for (let i = 0; i < this.entries.length; i++) {
-      assert(this.entries[i]!.index === this.offset + 1 + i, 'log must be contiguous');
-    }
-    this.setConfig(this.configAt(this.lastIndex()));
+    this.setConfig(this.log.configAt(this.lastIndex()));
     this.persistedLast = this.lastIndex();
     this.commit = Math.min(init.commit, this.lastIndex());
     this.commitTs = init.commitTs;
     this.knownCommitTs = init.commitTs;
-    this.clock = Math.max(this.lastTs(), init.commitTs);
+    this.clock = Math.max(this.log.lastTs, init.commitTs);
     this.epochSeen = Math.max(this.epochSeen, this.lastEpoch());
     this.matched = this.commit;
     this.checkpointAt = Math.max(init.checkpoint ?? init.base.index, init.base.index);
@@ -262,31 +248,21 @@ export class Node {
   // ---- log access ----
 
   lastIndex(): number {
-    return this.offset + this.entries.length;
+    return this.log.last;
   }
   lastEpoch(): number {
-    return this.entries.length ? this.entries[this.entries.length - 1]!.epoch : this.offsetEpoch;
-  }
-  private lastTs(): number {
-    return this.entries.length ? this.entries[this.entries.length - 1]!.ts : this.offsetTs;
+    return this.log.lastEpoch;
   }
   firstIndex(): number {
-    return this.offset + 1;
+    return this.log.first;
   }
   /** The entry at index, if in memory. */
   entry(index: number): Entry | undefined {
-    return this.entries[index - this.offset - 1];
+    return this.log.at(index);
   }
   /** Epoch of the entry at index; undefined when below our log or beyond it. */
   private epochAt(index: number): number | undefined {
-    if (index === this.offset) return this.offsetEpoch;
-    return this.entry(index)?.epoch;
-  }
-  private tsAt(index: number): number {
-    if (index === this.offset) return this.offsetTs;
-    const e = this.entry(index);
-    assert(e !== undefined, `ts of entry ${index} outside the log`);
-    return e.ts;
+    return this.log.epochAt(index);
   }
   private majority(): number {
     return Math.floor(this.voters.length / 2) + 1;
@@ -327,7 +303,7 @@ export class Node {
       }
     }
     this.commitToSend = false;
-    const committed = this.commit > this.handedOut ? this.slice(this.handedOut + 1, this.commit, Number.MAX_SAFE_INTEGER) : [];
+    const committed = this.commit > this.handedOut ? this.log.slice(this.handedOut + 1, this.commit) : [];
     this.handedOut = this.commit;
     const r: Ready = { ...this.out, committed, commit: this.commit, persistMark: { last: this.lastIndex(), gen: this.gen } };
     this.out = emptyReady();
@@ -376,26 +352,11 @@ export class Node {
 
   private appendLocal(entries: Entry[]): void {
     for (const e of entries) {
-      assert(e.index === this.lastIndex() + 1, `append ${e.index} after ${this.lastIndex()}`);
-      assert(e.ts > this.lastTs() || e.index === 1, `ts must increase along the log at ${e.index}`);
-      this.entries.push(e);
+      this.log.append(e);
       this.out.append.push(e);
       if (e.ts > this.clock) this.clock = e.ts;
       if (e.kind === 'config') this.setConfig({ voters: e.voters, keepOut: e.keepOut ?? [] });
     }
-  }
-
-  /** Voters as of entry `index` (the newest configuration entry at or below it). */
-  private votersAt(index: number): number[] {
-    return this.configAt(index).voters;
-  }
-
-  private configAt(index: number): { voters: number[]; keepOut: number[] } {
-    for (let i = Math.min(index, this.lastIndex()); i > this.offset; i--) {
-      const e = this.entry(i)!;
-      if (e.kind === 'config') return { voters: e.voters, keepOut: e.keepOut ?? [] };
-    }
-    return { voters: this.baseVoters, keepOut: this.baseKeepOut };
   }
 
   private setConfig(c: { voters: number[]; keepOut: number[] }): void {
@@ -411,7 +372,7 @@ export class Node {
   private truncateLocal(from: number): void {
     assert(from > this.commit, `truncating committed entry ${from} (commit ${this.commit})`);
     if (from > this.lastIndex()) return;
-    this.entries.length = Math.max(0, from - this.offset - 1);
+    this.log.truncateFrom(from);
     this.gen++;
     this.persistedLast = Math.min(this.persistedLast, from - 1);
     this.matched = Math.min(this.matched, from - 1);
@@ -420,7 +381,7 @@ export class Node {
     this.out.truncateFrom = this.out.truncateFrom === null ? from : Math.min(this.out.truncateFrom, from);
     if (this.broadcastUpTo >= from) this.broadcastUpTo = from - 1;
     // A configuration entry may have gone with the suffix.
-    this.setConfig(this.configAt(this.lastIndex()));
+    this.setConfig(this.log.configAt(this.lastIndex()));
   }
 
   // ---- inputs ----
@@ -685,8 +646,7 @@ export class Node {
 
   /** A configuration entry above the commit index. */
   configPending(): boolean {
-    for (let i = this.lastIndex(); i > this.commit; i--) if (this.entry(i)!.kind === 'config') return true;
-    return false;
+    return this.log.configAbove(this.commit);
   }
 
   /**
@@ -779,22 +739,13 @@ export class Node {
     if (this.liveness(this.coordinator) === 'dead') return;
     const seq = ++this.tsqSeq;
     for (const q of fresh) q.seq = seq;
-    this.tsqSentSeq = seq;
     this.send(this.coordinator, { t: 'tsq', seq });
   }
 
   /** Forget in-memory entries up to index (they are in the checkpoint and past the retention margin). */
   private compact(index: number): void {
     const upTo = Math.min(index, this.commit, this.appliedIndex, this.checkpointAt);
-    if (upTo <= this.offset) return;
-    const e = this.entry(upTo)!;
-    const c = this.configAt(upTo);
-    this.baseVoters = c.voters;
-    this.baseKeepOut = c.keepOut;
-    this.entries = this.entries.slice(upTo - this.offset);
-    this.offset = upTo;
-    this.offsetEpoch = e.epoch;
-    this.offsetTs = e.ts;
+    this.log.compact(upTo);
   }
 
   /**
@@ -806,14 +757,11 @@ export class Node {
    */
   restore(base: { index: number; epoch: number; ts: number }, voters?: number[], keepOut?: number[]): boolean {
     assert(base.index >= this.commit, 'restore must not go back');
-    const keep = base.index <= this.lastIndex() && this.epochAt(base.index) === base.epoch;
+    const keep = this.log.restore(base, { ...(voters !== undefined ? { voters } : {}), ...(keepOut !== undefined ? { keepOut } : {}) });
     if (keep) {
-      assert(this.tsAt(base.index) === base.ts, `checkpoint entry ${base.index} has the same epoch but not the same ts`);
-      this.entries = this.entries.slice(base.index - this.offset);
       this.persistedLast = Math.max(this.persistedLast, base.index);
       this.matched = Math.max(this.matched, base.index);
     } else {
-      this.entries = [];
       this.persistedLast = base.index;
       this.matched = base.index;
       // Nothing queued for the log survives: the driver discards its log.
@@ -822,9 +770,6 @@ export class Node {
       this.broadcastUpTo = Math.min(this.broadcastUpTo, base.index);
       this.gen++;
     }
-    this.offset = base.index;
-    this.offsetEpoch = base.epoch;
-    this.offsetTs = base.ts;
     this.commit = base.index;
     this.commitTs = base.ts;
     if (base.ts > this.knownCommitTs) this.knownCommitTs = base.ts;
@@ -832,9 +777,7 @@ export class Node {
     this.handedOut = base.index;
     this.checkpointAt = base.index;
     if (base.ts > this.clock) this.clock = base.ts;
-    if (voters !== undefined && voters.length > 0) this.baseVoters = [...voters].sort((a, b) => a - b);
-    if (keepOut !== undefined) this.baseKeepOut = [...keepOut].sort((a, b) => a - b);
-    this.setConfig(this.configAt(this.lastIndex()));
+    this.setConfig(this.log.configAt(this.lastIndex()));
     return keep;
   }
 
@@ -941,7 +884,7 @@ export class Node {
     const c = Math.min(commit, this.matched);
     if (c > this.commit) {
       this.commit = c;
-      this.commitTs = c === commit ? commitTs : this.tsAt(c);
+      this.commitTs = c === commit ? commitTs : this.log.tsAt(c);
     }
     this.answerTokens();
   }
@@ -1026,7 +969,7 @@ export class Node {
 
   /** Unicast entries after `prev` to one follower (catch-up), or ask for a snapshot. */
   private sendFrom(to: number, prev: number): void {
-    if (prev < this.offset) {
+    if (prev < this.log.offset) {
       this.out.needSnapshot.push(to);
       return;
     }
@@ -1036,19 +979,9 @@ export class Node {
     else this.catchUp.delete(to);
   }
 
-  /** Entries from..to, bounded by REPL_ENTRIES_MAX (or `count`) and (roughly) REPL_BYTES_MAX. */
-  private slice(from: number, to: number, count = this.replEntriesMax): Entry[] {
-    if (count === Number.MAX_SAFE_INTEGER) return this.entries.slice(from - this.offset - 1, to - this.offset);
-    const out: Entry[] = [];
-    let bytes = 0;
-    for (let i = from; i <= to && out.length < count; i++) {
-      const e = this.entry(i)!;
-      const size = entrySize(e);
-      if (out.length > 0 && bytes + size > REPL_BYTES_MAX) break;
-      bytes += size;
-      out.push(e);
-    }
-    return out;
+  /** Entries from..to for one replication message. */
+  private slice(from: number, to: number): Entry[] {
+    return this.log.slice(from, to, this.replEntriesMax);
   }
 
   private flushAppends(): boolean {
@@ -1080,7 +1013,7 @@ export class Node {
     // Only entries of our own epoch are committed by counting (older ones ride along).
     if (n > this.commit && this.epochAt(n) === this.epoch) {
       this.commit = n;
-      this.commitTs = this.tsAt(n);
+      this.commitTs = this.log.tsAt(n);
       this.knownCommitTs = Math.max(this.knownCommitTs, this.commitTs);
       // Tell followers promptly, once per Ready (an append in it carries the commit too).
       this.commitToSend = true;
@@ -1155,7 +1088,7 @@ export class Node {
   private onFetch(m: Extract<Msg, { t: 'fetch' }>): void {
     // Serve only the claimant we promised to (its epoch is our promise).
     if (m.epoch !== this.promised) return;
-    const compacted = m.start <= this.offset;
+    const compacted = m.start <= this.log.offset;
     const entries = compacted ? [] : this.slice(m.start, this.lastIndex());
     this.out.send.push({ from: this.id, to: m.from, epoch: this.promised, clock: this.clock, t: 'fetched', start: m.start, entries, last: this.lastIndex(), compacted });
   }
@@ -1267,17 +1200,4 @@ export class Node {
     this.confirmTokens = this.confirmTokens.filter((q) => q.id !== id);
     if (this.readRound) this.readRound.tokens = this.readRound.tokens.filter((q) => q.id !== id);
   }
-}
-
-/** Rough encoded size of an entry, for bounding replication messages. */
-const entrySizes = new WeakMap<Entry, number>();
-
-/** Encoded size of an entry in bytes (JSON, as it travels), for bounding replication messages. */
-export function entrySize(e: Entry): number {
-  let n = entrySizes.get(e);
-  if (n === undefined) {
-    n = Buffer.byteLength(JSON.stringify(e));
-    entrySizes.set(e, n);
-  }
-  return n;
 }
