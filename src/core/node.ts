@@ -22,6 +22,7 @@ import {
   SUSPECT_AFTER_TICKS,
   TAKEOVER_UPTIME_TICKS,
 } from './limits.js';
+import { ConfirmRounds, TokenQueries, type Round } from './confirm.js';
 import { EntryLog } from './entry-log.js';
 import { BROADCAST, type Body, type Msg } from './messages.js';
 import type { Entry, Liveness, Role, WriteOp } from './wire.js';
@@ -192,24 +193,10 @@ export class Node {
   private cannotLeadUntil = 0;
   private nackAt = -100;
   private lastAppendTick = -100;
-  // Strong reads, and token checks the coordinator may answer `ahead` only once it has
-  // confirmed it still leads (a deposed coordinator's commitTs may lag the cluster's).
-  private readSeq = 0;
-  private readQueue: number[] = [];
-  private confirmTokens: Array<{ id: number; after: number }> = [];
-  private confirmTsqs: Array<{ to: number; seq: number }> = [];
-  private readRound: {
-    seq: number;
-    ids: number[];
-    tokens: Array<{ id: number; after: number }>;
-    tsqs: Array<{ to: number; seq: number }>;
-    index: number;
-    acks: Set<number>;
-    until: number;
-  } | null = null;
-  // Token checks.
-  private tsqSeq = 0;
-  private tokenQueue: Array<{ id: number; after: number; seq: number }> = [];
+  /** Strong reads and token checks waiting for a majority to confirm we lead (coordinator). */
+  private rounds = new ConfirmRounds();
+  /** Token checks asked of the coordinator (follower). */
+  private queries = new TokenQueries();
   /** Highest index handed to the driver to apply (in a Ready's `committed`). */
   private handedOut: number;
   /** Highest index the driver has applied (advance()), and checkpointed (checkpointed()). */
@@ -398,13 +385,11 @@ export class Node {
       default:
         this.tickFollower();
     }
-    if (this.readRound && this.now > this.readRound.until) {
-      const r = this.readRound;
-      this.out.readsFailed.push(...r.ids);
-      // Token checks wait for a round that succeeds (or for a step-down, which hands them on).
-      this.confirmTokens.unshift(...r.tokens);
-      this.confirmTsqs.unshift(...r.tsqs);
-      this.readRound = null;
+    // A round that timed out fails its reads; its token checks wait for one that succeeds
+    // (or for a step-down, which hands them on).
+    const failed = this.rounds.expire(this.now);
+    if (failed) {
+      this.out.readsFailed.push(...failed);
       this.startReadRound();
     }
     this.flushTokenQueries();
@@ -677,40 +662,27 @@ export class Node {
   /** A strong read: answered in a later Ready (reads or readsFailed) with the index to wait for. */
   readIndex(id: number): boolean {
     if (this.role !== 'coordinator') return false;
-    this.readQueue.push(id);
+    this.rounds.addRead(id);
     this.startReadRound();
     return true;
   }
 
   private startReadRound(): void {
-    if (this.readRound || (this.readQueue.length === 0 && this.confirmTokens.length === 0 && this.confirmTsqs.length === 0)) return;
     // Our no-op must be committed, or commit may lag what earlier coordinators committed.
     if (this.commit < this.epochStart) return;
-    const round = {
-      seq: ++this.readSeq,
-      ids: this.readQueue,
-      tokens: this.confirmTokens,
-      tsqs: this.confirmTsqs,
-      index: this.commit,
-      acks: new Set([this.id]),
-      until: this.now + CONFIRM_WAIT_TICKS,
-    };
-    this.readQueue = [];
-    this.confirmTokens = [];
-    this.confirmTsqs = [];
-    this.readRound = round;
-    if (round.acks.size >= this.majority()) this.finishReadRound();
+    const round = this.rounds.start(this.id, this.commit, this.now + CONFIRM_WAIT_TICKS);
+    if (!round) return;
+    const done = this.rounds.finishIfDone(this.majority());
+    if (done) this.finishReadRound(done);
     else this.send(BROADCAST, { t: 'confirm', seq: round.seq });
   }
 
-  private finishReadRound(): void {
-    const r = this.readRound!;
+  private finishReadRound(r: Round): void {
     for (const id of r.ids) this.out.reads.push({ id, index: r.index });
     // We led when the majority confirmed, after these questions were asked: every write
     // committed before them is at or below our commit.
     for (const q of r.tokens) this.out.tokens.push({ id: q.id, ahead: q.after > this.commitTs });
     for (const q of r.tsqs) this.send(q.to, { t: 'tsr', seq: q.seq, commitTs: this.commitTs });
-    this.readRound = null;
     this.startReadRound();
   }
 
@@ -725,21 +697,18 @@ export class Node {
     }
     if (this.role === 'coordinator') {
       // Maybe ahead: say so only once a majority confirms we still lead (we may have been deposed).
-      this.confirmTokens.push({ id, after });
+      this.rounds.addToken({ id, after });
       this.startReadRound();
       return;
     }
-    this.tokenQueue.push({ id, after, seq: 0 });
+    this.queries.add({ id, after });
     this.flushTokenQueries();
   }
 
   private flushTokenQueries(): void {
-    const fresh = this.tokenQueue.filter((q) => q.seq === 0);
-    if (fresh.length === 0 || this.coordinator === null || this.coordinator === this.id) return;
-    if (this.liveness(this.coordinator) === 'dead') return;
-    const seq = ++this.tsqSeq;
-    for (const q of fresh) q.seq = seq;
-    this.send(this.coordinator, { t: 'tsq', seq });
+    if (this.coordinator === null || this.coordinator === this.id || this.liveness(this.coordinator) === 'dead') return;
+    const seq = this.queries.ask();
+    if (seq !== null) this.send(this.coordinator, { t: 'tsq', seq });
   }
 
   /** Forget in-memory entries up to index (they are in the checkpoint and past the retention margin). */
@@ -823,15 +792,15 @@ export class Node {
         return;
       case 'confirmed':
         // Only voters count toward the majority that confirms we still lead.
-        if (this.role === 'coordinator' && m.epoch === this.epoch && this.readRound?.seq === m.seq && this.isVoter(m.from)) {
-          this.readRound.acks.add(m.from);
-          if (this.readRound.acks.size >= this.majority()) this.finishReadRound();
+        if (this.role === 'coordinator' && m.epoch === this.epoch && this.isVoter(m.from)) {
+          const done = this.rounds.confirmed(m.seq, m.from, this.majority());
+          if (done) this.finishReadRound(done);
         }
         return;
       case 'tsq':
         // Answered once a confirmation round shows we still lead (see finishReadRound).
         if (this.role === 'coordinator') {
-          this.confirmTsqs.push({ to: m.from, seq: m.seq });
+          this.rounds.addTsq(m.from, m.seq);
           this.startReadRound();
         }
         return;
@@ -1162,42 +1131,26 @@ export class Node {
     this.coordinator = null;
     this.out.lostLeadership = true;
     this.out.notices.push({ type: 'stepdown', epoch: this.epoch, reason });
-    if (this.readRound) this.out.readsFailed.push(...this.readRound.ids);
-    this.out.readsFailed.push(...this.readQueue);
-    // Our own token checks go to whoever leads next.
-    for (const q of [...(this.readRound?.tokens ?? []), ...this.confirmTokens]) this.tokenQueue.push({ id: q.id, after: q.after, seq: 0 });
-    this.readRound = null;
-    this.readQueue = [];
-    this.confirmTokens = [];
-    this.confirmTsqs = [];
+    // Every strong read fails; our own token checks go to whoever leads next.
+    const { failed, tokens } = this.rounds.stepDown();
+    this.out.readsFailed.push(...failed);
+    for (const q of tokens) this.queries.add(q);
     this.phase = { p: 'waiting', until: this.now + ANNOUNCE_WAIT_TICKS };
   }
 
   private onTsr(m: Extract<Msg, { t: 'tsr' }>): void {
     if (m.from !== this.coordinator) return;
     if (m.commitTs > this.knownCommitTs) this.knownCommitTs = m.commitTs;
-    const rest: typeof this.tokenQueue = [];
-    for (const q of this.tokenQueue) {
-      if (q.seq !== 0 && q.seq <= m.seq) this.out.tokens.push({ id: q.id, ahead: q.after > m.commitTs });
-      else rest.push(q);
-    }
-    this.tokenQueue = rest;
+    this.out.tokens.push(...this.queries.answered(m.seq, m.commitTs));
   }
 
   private answerTokens(): void {
-    if (this.tokenQueue.length === 0) return;
-    const rest: typeof this.tokenQueue = [];
-    for (const q of this.tokenQueue) {
-      if (q.after <= this.knownCommitTs) this.out.tokens.push({ id: q.id, ahead: false });
-      else rest.push(q);
-    }
-    this.tokenQueue = rest;
+    this.out.tokens.push(...this.queries.known(this.knownCommitTs));
   }
 
   /** Drop a token check (its request timed out). */
   cancelToken(id: number): void {
-    this.tokenQueue = this.tokenQueue.filter((q) => q.id !== id);
-    this.confirmTokens = this.confirmTokens.filter((q) => q.id !== id);
-    if (this.readRound) this.readRound.tokens = this.readRound.tokens.filter((q) => q.id !== id);
+    this.queries.cancel(id);
+    this.rounds.cancel(id);
   }
 }
