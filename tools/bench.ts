@@ -11,12 +11,13 @@
 // and optionally the time writes take to resume after SIGKILL of the coordinator.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { newClusterKeyText } from '../src/transport/peer-auth.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SERVER = join(ROOT, 'dist', 'src', 'server', 'main.js');
@@ -153,8 +154,10 @@ async function main(): Promise<void> {
 
   // ckv cluster of real processes.
   const voters = Array.from({ length: NODES }, (_, i) => i + 1);
+  const key = join(dir, 'cluster.key');
+  writeFileSync(key, newClusterKeyText(), { mode: 0o600 });
   for (const id of voters) {
-    await startProc(process.execPath, [SERVER, '--id', String(id), '--data', join(dir, `node-${id}`), '--nats', url, '--cluster', 'bench', '--voters', voters.join(','), '--log-level', 'warn'], null, `ckv-server ${id}`);
+    await startProc(process.execPath, [SERVER, '--id', String(id), '--data', join(dir, `node-${id}`), '--nats', url, '--cluster', 'bench', '--voters', voters.join(','), '--cluster-key', key, '--log-level', 'warn'], null, `ckv-server ${id}`);
   }
   await ckvRequest(nc, 'ckv.bench.write', { op: 'put', key: 'warmup', value: 'x', rid: 'warmup' });
   const value = 'v'.repeat(100);

@@ -16,6 +16,7 @@ import type { CheckpointMeta, Rec } from '../src/core/records.js';
 import { readLog, repairLog, scanLog, verifyLog } from '../src/storage/log-inspect.js';
 import { LOG_DIR_NAME, LogCorruptError } from '../src/storage/segment-format.js';
 import { quietOnClosedStdout, writeOut } from '../src/client/stdout.js';
+import { newClusterKeyText } from '../src/transport/peer-auth.js';
 
 const EXIT_OK = 0;
 const EXIT_PROBLEM = 1;
@@ -35,6 +36,9 @@ Offline (a server's data directory; only 'log repair' changes anything):
   checkpoint verify           open read-only, decode every record, print the digest
   checkpoint diff DIR1 DIR2   compare two data directories' checkpoints
                               (exit 0 identical, 1 different)
+Setting up:
+  keygen FILE                 make a new cluster key (32 random bytes, hex, mode 0600; never
+                              overwrites): give it to every server with --cluster-key FILE
 Online:
   status [...]                cluster status (see 'ckvctl status --help')
   member add|remove ID [...]  change the voter set by one server (see 'ckvctl member --help')
@@ -395,6 +399,12 @@ async function main(argv: string[]): Promise<number> {
   if (group === undefined) throw new UsageError('no command');
   if ((o.from !== undefined || o.to !== undefined) && !(group === 'log' && cmd === 'dump')) {
     throw new UsageError('--from and --to go with log dump');
+  }
+  if (group === 'keygen') {
+    expectArgs(cmd === undefined ? [] : [cmd, ...args], 1, 'keygen');
+    fs.writeFileSync(cmd!, newClusterKeyText(), { flag: 'wx', mode: 0o600 });
+    out(`wrote a new cluster key to ${cmd}`);
+    return EXIT_OK;
   }
   if (group === 'log') {
     switch (cmd) {

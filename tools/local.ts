@@ -4,11 +4,12 @@
 // one put and get through the ckv CLI, stopped cleanly by Ctrl-C.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { CLUSTER_DEFAULT } from '../src/core/limits.js';
+import { newClusterKeyText } from '../src/transport/peer-auth.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SERVER = join(ROOT, 'dist', 'src', 'server', 'main.js');
@@ -52,10 +53,21 @@ function startNats(): Promise<ChildProcess> {
   });
 }
 
-function startServer(id: number, voters: number[]): ChildProcess {
+/** The cluster's key, made once with the cluster (kept with its data). */
+function clusterKey(): string {
+  const path = join(values.data!, 'cluster.key');
+  if (!existsSync(path)) {
+    mkdirSync(values.data!, { recursive: true });
+    writeFileSync(path, newClusterKeyText(), { flag: 'wx', mode: 0o600 });
+    log(`made a cluster key: ${path}`);
+  }
+  return path;
+}
+
+function startServer(id: number, voters: number[], key: string): ChildProcess {
   const data = join(values.data!, `node-${id}`);
   mkdirSync(data, { recursive: true });
-  const p = spawn(process.execPath, [SERVER, '--id', String(id), '--data', data, '--nats', natsUrl, '--cluster', cluster, '--voters', voters.join(',')], {
+  const p = spawn(process.execPath, [SERVER, '--id', String(id), '--data', data, '--nats', natsUrl, '--cluster', cluster, '--voters', voters.join(','), '--cluster-key', key], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   // Server logs are JSON lines (pino); show only warnings and errors here.
@@ -94,7 +106,8 @@ async function main(): Promise<void> {
   log(`starting nats-server on ${natsUrl}`);
   children.push(await startNats());
   const voters = Array.from({ length: nodes }, (_, i) => i + 1);
-  for (const id of voters) children.push(startServer(id, voters));
+  const key = clusterKey();
+  for (const id of voters) children.push(startServer(id, voters, key));
   log(`started ${nodes} ckv-server processes (voters ${voters.join(',')}), data under ${values.data}`);
   process.on('SIGINT', () => {
     log('stopping (servers checkpoint and exit)');

@@ -66,6 +66,19 @@ export const SNAPSHOT_PAGE_TRIES_MAX = 3;
 export const SNAPSHOT_HOLD_MS = 10_000;
 export const SNAPSHOT_HOLD_TOTAL_MS_MAX = 60_000;
 
+/**
+ * Most a peer message may move this server's epoch, and its Lamport clock, beyond what it
+ * knows: one forged or corrupt message cannot push either where the protocol cannot move
+ * past (PEER_NUMBER_MAX is 2^20 such steps away for epochs, 2^12 for clocks).
+ */
+export const EPOCH_STEP_MAX = 2 ** 32;
+export const CLOCK_STEP_MAX = 2 ** 40;
+/** Largest number a peer message may carry: far below 2^53, so that incrementing stays exact. */
+export const PEER_NUMBER_MAX = 2 ** 52;
+
+/** Dropped peer messages are reported at most this often, in ms (with the first of each kind at once). */
+export const PEER_DROPS_REPORT_MS = 60_000;
+
 /** One protocol tick, in milliseconds. All protocol timing is counted in ticks. */
 export const TICK_MS = 50;
 /** Heartbeat period, in ticks. */

@@ -11,8 +11,10 @@ import {
   ANNOUNCE_WAIT_TICKS,
   AUTO_REMOVE_VOTERS_MIN,
   CLAIM_WAIT_TICKS,
+  CLOCK_STEP_MAX,
   CONFIRM_WAIT_TICKS,
   DEAD_AFTER_TICKS,
+  EPOCH_STEP_MAX,
   KEEP_OUT_MAX,
   PEERS_MAX,
   PING_INTERVAL_TICKS,
@@ -197,6 +199,8 @@ export class Node {
   private rounds = new ConfirmRounds();
   /** Token checks asked of the coordinator (follower). */
   private queries = new TokenQueries();
+  /** Peer messages dropped because their epoch or clock jumped too far (see EPOCH_STEP_MAX). */
+  droppedOutOfRange = 0;
   /** Highest index handed to the driver to apply (in a Ready's `committed`). */
   private handedOut: number;
   /** Highest index the driver has applied (advance()), and checkpointed (checkpointed()). */
@@ -753,6 +757,13 @@ export class Node {
   receive(m: Msg): void {
     if (m.from === this.id) return;
     if (m.to !== BROADCAST && m.to !== this.id) return;
+    // No message moves our epoch or clock by more than a bounded step: one forged or corrupt
+    // message cannot push them to where the protocol cannot move past. (The transport has
+    // checked that the message's entries and commitTs are within its own clock and epoch.)
+    if (m.epoch > Math.max(this.promised, this.epochSeen, this.epoch) + EPOCH_STEP_MAX || m.clock > Math.max(this.clock, this.knownCommitTs) + CLOCK_STEP_MAX) {
+      this.droppedOutOfRange++;
+      return;
+    }
     if (m.clock > this.clock) this.clock = m.clock;
     if (m.epoch > this.epochSeen) this.epochSeen = m.epoch;
     const peer = this.peers.get(m.from);

@@ -8,11 +8,12 @@ import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { CronJob } from 'cron';
 import pino from 'pino';
-import { CHECKPOINT_CRON_DEFAULT, CLUSTER_DEFAULT, CLUSTER_NAME_PATTERN, CLUSTER_NAME_RULE, LOG_RETAIN_ENTRIES, NATS_URL_DEFAULT } from '../core/limits.js';
+import { CHECKPOINT_CRON_DEFAULT, PEER_DROPS_REPORT_MS, PING_INTERVAL_TICKS, TICK_MS, CLUSTER_DEFAULT, CLUSTER_NAME_PATTERN, CLUSTER_NAME_RULE, LOG_RETAIN_ENTRIES, NATS_URL_DEFAULT } from '../core/limits.js';
 import { LmdbCheckpoint } from '../storage/checkpoint.js';
 import { SegmentLog } from '../storage/segment-log.js';
 import { FileStateFile } from '../storage/state-file.js';
 import { NatsTransport } from '../transport/nats.js';
+import { PeerSeal, compareIncarnations, loadClusterKey, newIncarnation } from '../transport/peer-auth.js';
 import { Server, type CheckpointInstaller } from './server.js';
 import type { CheckpointStore } from '../storage/ports.js';
 
@@ -61,19 +62,53 @@ function recoverCheckpointDirs(data: string): void {
   rmSync(join(data, 'checkpoint-incoming'), { recursive: true, force: true });
 }
 
-const USAGE = `usage: ckv-server --id N [--data DIR] [--nats URL] [--cluster NAME] [--voters 1,2,3]
+const USAGE = `usage: ckv-server --id N --cluster-key FILE [--data DIR] [--nats URL] [--cluster NAME] [--voters 1,2,3]
                   [--checkpoint-cron EXPR] [--retain-entries N] [--remove-dead-after MS] [--log-level LEVEL]
 
   --id N                 this server's id, a positive integer (env CKV_ID)
   --data DIR             data directory (env CKV_DATA; default checkpoints/node-<id>)
   --nats URL             NATS server (env CKV_NATS; default ${NATS_URL_DEFAULT})
   --cluster NAME         cluster name (env CKV_CLUSTER; default ${CLUSTER_DEFAULT})
-  --voters 1,2,3         the first set of voters (env CKV_VOTERS; default: just this id)
+  --voters 1,2,3         the first set of voters (env CKV_VOTERS); needed until the data directory holds a
+                         configuration (a new cluster, or a new server's first start); ignored after that
+  --cluster-key FILE     the cluster's shared secret: every peer message is sealed (HMAC-SHA256) with it, and
+                         messages without a valid seal are dropped (env CKV_CLUSTER_KEY; make one: ckvctl keygen FILE)
+  --insecure-peer-messages  run without a cluster key: anyone who can publish on the NATS server can change
+                         data and stop writes (env CKV_INSECURE_PEER_MESSAGES=1; for experiments only)
   --checkpoint-cron EXPR checkpoint schedule, cron with seconds (env CKV_CHECKPOINT_CRON; default "${CHECKPOINT_CRON_DEFAULT}")
   --remove-dead-after MS remove a voter dead this long, if the rest are a majority (env CKV_REMOVE_DEAD_AFTER; default 0: never)
   --retain-entries N     log entries kept below a checkpoint for lagging followers (env CKV_RETAIN_ENTRIES; default ${LOG_RETAIN_ENTRIES})
   --log-level LEVEL      pino level (env CKV_LOG_LEVEL; default info)
 `;
+
+/** How long a starting server listens for a live process with its id before it takes part. */
+const STARTUP_LISTEN_MS = 3 * PING_INTERVAL_TICKS * TICK_MS;
+
+/** Dropped peer messages: the first of each kind logged at once, then a count now and then (never one line each). */
+class DropReport {
+  private counts = new Map<string, number>();
+  private seen = new Set<string>();
+  private timer: NodeJS.Timeout | null = null;
+  constructor(private log: { warn(obj: object, msg: string): void }) {}
+  once(kind: string, msg: string): void {
+    if (this.seen.has(kind)) return;
+    this.seen.add(kind);
+    this.log.warn({ kind }, msg);
+  }
+  add(reason: string, detail: string): void {
+    if (!this.seen.has(reason)) {
+      this.seen.add(reason);
+      this.log.warn({ reason, detail }, `dropped a peer message (${reason}); more like it are counted, not logged`);
+      return;
+    }
+    this.counts.set(reason, (this.counts.get(reason) ?? 0) + 1);
+    this.timer ??= setTimeout(() => {
+      this.timer = null;
+      this.log.warn({ dropped: Object.fromEntries(this.counts) }, `dropped peer messages in the last ${PEER_DROPS_REPORT_MS / 1000} s`);
+      this.counts.clear();
+    }, PEER_DROPS_REPORT_MS).unref();
+  }
+}
 
 function usage(msg: string): never {
   process.stderr.write(`ckv-server: ${msg}\n${USAGE}`);
@@ -94,6 +129,8 @@ async function main(): Promise<void> {
         'log-level': { type: 'string' },
         'retain-entries': { type: 'string' },
         'remove-dead-after': { type: 'string' },
+        'cluster-key': { type: 'string' },
+        'insecure-peer-messages': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -113,8 +150,8 @@ async function main(): Promise<void> {
   const natsUrl = String(values.nats ?? env.CKV_NATS ?? NATS_URL_DEFAULT);
   const data = String(values.data ?? env.CKV_DATA ?? join('checkpoints', `node-${id}`));
   const votersArg = values.voters ?? env.CKV_VOTERS;
-  const voters = votersArg === undefined ? [id] : String(votersArg).split(',').map((v) => Number(v.trim()));
-  if (voters.some((v) => !Number.isSafeInteger(v) || v < 1) || new Set(voters).size !== voters.length) {
+  const voters = votersArg === undefined ? [] : String(votersArg).split(',').map((v) => Number(v.trim()));
+  if ((votersArg !== undefined && voters.length === 0) || voters.some((v) => !Number.isSafeInteger(v) || v < 1) || new Set(voters).size !== voters.length) {
     usage('--voters must be distinct positive integers, comma-separated');
   }
   const cronExpr = String(values['checkpoint-cron'] ?? env.CKV_CHECKPOINT_CRON ?? CHECKPOINT_CRON_DEFAULT);
@@ -125,15 +162,48 @@ async function main(): Promise<void> {
   const removeDeadAfterMs = Number(values['remove-dead-after'] ?? env.CKV_REMOVE_DEAD_AFTER ?? 0);
   if (!Number.isSafeInteger(removeDeadAfterMs) || removeDeadAfterMs < 0) usage('--remove-dead-after must be a non-negative number of ms');
 
+  const keyPath = values['cluster-key'] ?? env.CKV_CLUSTER_KEY;
+  const insecure = values['insecure-peer-messages'] === true || env.CKV_INSECURE_PEER_MESSAGES === '1';
+  if (keyPath === undefined && !insecure) usage('a cluster key is required: --cluster-key FILE (make one with: ckvctl keygen FILE), or --insecure-peer-messages');
+  let key: Buffer | null = null;
+  if (keyPath !== undefined) {
+    try {
+      key = loadClusterKey(String(keyPath));
+    } catch (err) {
+      usage(`--cluster-key: ${(err as Error).message}`);
+    }
+  }
+
   const logger = pino({ level, base: { node: id } }, pino.destination(2));
   mkdirSync(data, { recursive: true });
   recoverCheckpointDirs(data);
   const { log, entries, warnings } = await SegmentLog.open(join(data, 'log'), { warn: (m: string) => logger.child({ component: 'log' }).warn(m) });
   for (const w of warnings) logger.child({ component: 'log' }).warn(w);
   const checkpoint = await LmdbCheckpoint.open(join(data, 'checkpoint'));
+  // Without a configuration of its own, a server must be told the first voters: defaulting to
+  // itself alone would make several one-server clusters under one name.
+  if (checkpoint.meta().voters.length === 0 && voters.length === 0) {
+    usage('--voters is needed: this data directory holds no configuration yet (give the first voters, e.g. --voters 1,2,3, on every server)');
+  }
   const stateFile = new FileStateFile(join(data, 'state'));
   const nc = await connect({ servers: natsUrl, name: `ckv-server-${cluster}-${id}`, maxReconnectAttempts: -1 });
-  const transport = new NatsTransport(nc, cluster, id, (err) => logger.child({ component: 'transport' }).warn({ err }, 'bad peer message'));
+  const incarnation = newIncarnation(Date.now());
+  const tlog = logger.child({ component: 'transport' });
+  const drops = new DropReport(tlog);
+  let conflict: string | null = null;
+  const transport = new NatsTransport(nc, cluster, id, new PeerSeal(key, incarnation), {
+    dropped: (r) => {
+      if (r.reason === 'same-id') {
+        // Two live processes as one server: the one started later stops.
+        if (compareIncarnations(r.detail, incarnation) < 0) conflict ??= r.detail;
+        else drops.once('same-id', `another process runs as server ${id} (incarnation ${r.detail}, started after this one ${incarnation}); it will stop`);
+        return;
+      }
+      drops.add(r.reason, r.detail);
+    },
+    sendFailed: (err) => drops.add('send failed', String((err as Error)?.message ?? err)),
+    handlerFailed: (err) => tlog.error({ err }, 'a peer message handler failed'),
+  });
   const server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data), removeDeadAfterMs, ...(retain !== undefined ? { retainEntries: retain } : {}) });
 
   let job: CronJob;
@@ -163,6 +233,20 @@ async function main(): Promise<void> {
     });
   process.on('SIGTERM', () => void stopOn('SIGTERM'));
   process.on('SIGINT', () => void stopOn('SIGINT'));
+  // Listen before taking part: a live process with our id shows in its heartbeats.
+  server.listen();
+  const listenUntil = Date.now() + STARTUP_LISTEN_MS;
+  while (Date.now() < listenUntil && conflict === null) await new Promise((r) => setTimeout(r, 10));
+  const refuse = (other: string): never => {
+    logger.fatal({ other, incarnation }, `another live process already runs as server ${id} in cluster ${cluster}: refusing to run`);
+    logger.flush();
+    process.exit(1);
+  };
+  if (conflict !== null) refuse(conflict);
+  setInterval(() => {
+    if (conflict !== null) refuse(conflict);
+  }, TICK_MS).unref();
+  if (key === null) logger.warn('running without a cluster key: peer messages are not authenticated (--insecure-peer-messages)');
   server.start((err) => {
     logger.fatal({ err }, 'server stopped on a fatal error');
     logger.flush();

@@ -59,6 +59,8 @@ export class Server {
   private ticker: NodeJS.Timeout | null = null;
   private stops: Partial<Record<ClientSubject, () => void>> = {};
   private fatal: ((err: Error) => void) | null = null;
+  private listening = false;
+  private started = false;
 
   constructor(o: ServerOptions) {
     this.t = o.transport;
@@ -73,7 +75,7 @@ export class Server {
     const installer = o.installer;
     const transfer: CheckpointTransfer | undefined = installer && {
       requestPage: (from, request, done) => {
-        t.request(s.snapshot(from), request, SNAPSHOT_PAGE_TIMEOUT_MS).then(done, () => done(null));
+        t.requestSnapshot(from, request, SNAPSHOT_PAGE_TIMEOUT_MS).then(done, () => done(null));
       },
       begin: (done) => {
         installer.begin().then(
@@ -105,7 +107,7 @@ export class Server {
       },
       defer: (fn) => void setImmediate(fn),
       sendPeer: (m) => t.sendPeer(m),
-      sendSnapshot: (to, data) => t.publish(s.snapshot(to), data),
+      sendSnapshot: (to, data) => t.sendSnapshot(to, data),
       publishEvent: (ev) => t.publish(s.event(ev.key), JSON.stringify(ev)),
       publishMembers: (n) => t.publish(s.members, JSON.stringify(n)),
       serve: (subject, on) => {
@@ -138,11 +140,26 @@ export class Server {
     return this.replica.state;
   }
 
+  /**
+   * Subscribe to the peer subjects, taking nothing in yet: what arrives is checked (a second
+   * process with our id shows here) and then dropped until start().
+   */
+  listen(): void {
+    if (this.listening) return;
+    this.listening = true;
+    this.t.onPeer((m) => {
+      if (this.started) this.replica.onPeer(m);
+    });
+    this.t.onSnapshot((body, respond) => {
+      if (this.started) this.replica.onSnapshot(body, respond);
+    });
+  }
+
   /** Start serving: peer messages, ticks, client subjects. `onFatal` is called if the server must stop. */
   start(onFatal: (err: Error) => void): void {
     this.fatal = onFatal;
-    this.t.onPeer((m) => this.replica.onPeer(m));
-    this.t.subscribe(subjects(this.replica.cluster).snapshot(this.replica.id), (data, respond) => this.replica.onSnapshot(data, respond));
+    this.listen();
+    this.started = true;
     this.ticker = setInterval(() => this.replica.tick(), TICK_MS);
     this.replica.start();
   }

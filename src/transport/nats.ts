@@ -1,9 +1,11 @@
-// The server's NATS adapter: peer messages, client request subjects, and
-// publications (events, members). The driver sees only the ServerTransport port.
+// The server's NATS adapter: peer messages (sealed and opened by peer-auth.ts),
+// the snapshot subjects of checkpoint transfer (sealed too), client request
+// subjects, and publications (events, members). The driver sees only the
+// ServerTransport port.
 
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Msg } from '../core/messages.js';
-import { peerMessageProblem } from './peer-validate.js';
+import { PeerInbox, type PeerSeal, type Received } from './peer-auth.js';
 import { subjects } from './subjects.js';
 
 export type Respond = (reply: Uint8Array | string) => void;
@@ -12,42 +14,66 @@ export type RequestHandler = (data: Uint8Array, respond: Respond) => void;
 export interface ServerTransport {
   sendPeer(m: Msg): void;
   onPeer(handler: (m: Msg) => void): void;
+  /** A sealed message on server `to`'s snapshot subject (an offer). */
+  sendSnapshot(to: number, body: string): void;
+  /** Our snapshot subject: offers (respond null) and page requests, their bodies once opened. */
+  onSnapshot(handler: (body: string, respond: ((reply: string) => void) | null) => void): void;
+  /** A sealed request on server `to`'s snapshot subject; resolves with the opened reply. */
+  requestSnapshot(to: number, body: string, timeoutMs: number): Promise<string>;
   publish(subject: string, data: Uint8Array | string): void;
   /** Serve a request subject; queue groups share the load. Returns a stop function. */
   serve(subject: string, queue: string | undefined, handler: RequestHandler): () => void;
-  /** Subscribe to a plain subject (snapshot transfer). */
-  subscribe(subject: string, handler: (data: Uint8Array, respond: Respond | null) => void): () => void;
-  request(subject: string, data: Uint8Array | string, timeoutMs: number): Promise<Uint8Array>;
   flush(): Promise<void>;
   close(): Promise<void>;
 }
 
-const decoder = new TextDecoder();
+/** Why a peer message was dropped, and what a failure to send was. */
+export interface TransportEvents {
+  /** A peer message not taken: unsealed, forged, replayed, malformed, or from another process with our id. */
+  dropped(r: Extract<Received, { ok: false }>): void;
+  /** Publishing failed (too large, connection closed): lost, like any message. */
+  sendFailed(err: unknown): void;
+  /** A handler threw: a bug, reported, never a crash. */
+  handlerFailed(err: unknown): void;
+}
+
 /** Time allowed to flush on close, in ms. */
 export const CLOSE_DRAIN_MS_MAX = 2_000;
 
+/** The subject a reply to a sealed request is bound to: the request's subject, incarnation and number. */
+function replyBinding(subject: string, incarnation: string, seq: number): string {
+  return `${subject}#reply#${incarnation}#${seq}`;
+}
+
 export class NatsTransport implements ServerTransport {
-  private nc: NatsConnection;
   private subs: Subscription[] = [];
   private s: ReturnType<typeof subjects>;
-  private id: number;
-  private onBadPeerMessage: (err: unknown) => void;
+  private inbox: PeerInbox;
 
-  constructor(nc: NatsConnection, cluster: string, id: number, onBadPeerMessage: (err: unknown) => void) {
-    this.nc = nc;
+  constructor(
+    private nc: NatsConnection,
+    cluster: string,
+    private id: number,
+    private seal: PeerSeal,
+    private events: TransportEvents,
+  ) {
     this.s = subjects(cluster);
-    this.id = id;
-    this.onBadPeerMessage = onBadPeerMessage;
+    this.inbox = new PeerInbox(seal, id);
   }
 
-  sendPeer(m: Msg): void {
+  private publishSafely(subject: string, data: string, reply?: string): void {
     // A message NATS refuses (too large, connection closed) is lost like any other: the
     // protocol recovers from loss. It must never take the server down.
     try {
-      this.nc.publish(this.s.peer(m), JSON.stringify(m));
+      this.nc.publish(subject, data, reply ? { reply } : undefined);
     } catch (err) {
-      this.onBadPeerMessage(err);
+      this.events.sendFailed(err);
     }
+  }
+
+  sendPeer(m: Msg): void {
+    const subject = this.s.peer(m);
+    this.publishSafely(subject, this.seal.seal(subject, JSON.stringify(m)));
   }
 
   onPeer(handler: (m: Msg) => void): void {
@@ -56,21 +82,13 @@ export class NatsTransport implements ServerTransport {
         this.nc.subscribe(subject, {
           callback: (err, msg) => {
             if (err) return;
-            let m: Msg;
+            const r = this.inbox.receive(msg.subject, msg.data);
+            if (!r.ok) return this.events.dropped(r);
             try {
-              const raw: unknown = JSON.parse(decoder.decode(msg.data));
-              const problem = peerMessageProblem(raw);
-              if (problem !== null) throw new Error(`not a peer message: ${problem}`);
-              m = raw as Msg;
+              handler(r.m);
             } catch (e) {
-              this.onBadPeerMessage(e);
-              return;
-            }
-            try {
-              handler(m);
-            } catch (err) {
               // An exception escaping a NATS callback would stop the connection's reader.
-              this.onBadPeerMessage(err);
+              this.events.handlerFailed(e);
             }
           },
         }),
@@ -78,8 +96,48 @@ export class NatsTransport implements ServerTransport {
     }
   }
 
+  sendSnapshot(to: number, body: string): void {
+    const subject = this.s.snapshot(to);
+    this.publishSafely(subject, this.seal.seal(subject, body));
+  }
+
+  onSnapshot(handler: (body: string, respond: ((reply: string) => void) | null) => void): void {
+    const subject = this.s.snapshot(this.id);
+    const sub = this.nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (err) return;
+        const o = this.seal.open(subject, msg.data);
+        if (!o.ok) return this.events.dropped({ ok: false, reason: o.reason, detail: subject });
+        const reply = msg.reply;
+        const respond = reply ? (r: string) => this.publishSafely(reply, this.seal.seal(replyBinding(subject, o.incarnation, o.seq), r)) : null;
+        try {
+          handler(o.body, respond);
+        } catch (e) {
+          this.events.handlerFailed(e);
+        }
+      },
+    });
+    this.subs.push(sub);
+  }
+
+  async requestSnapshot(to: number, body: string, timeoutMs: number): Promise<string> {
+    const subject = this.s.snapshot(to);
+    const frame = this.seal.seal(subject, body);
+    const r = await this.nc.request(subject, frame, { timeout: timeoutMs });
+    const o = this.seal.open(replyBinding(subject, this.seal.incarnation, seqOf(frame)), r.data);
+    if (!o.ok) {
+      this.events.dropped({ ok: false, reason: o.reason, detail: `reply on ${subject}` });
+      throw new Error(`reply from server ${to}: ${o.reason}`);
+    }
+    return o.body;
+  }
+
   publish(subject: string, data: Uint8Array | string): void {
-    this.nc.publish(subject, data);
+    try {
+      this.nc.publish(subject, data);
+    } catch (err) {
+      this.events.sendFailed(err);
+    }
   }
 
   serve(subject: string, queue: string | undefined, handler: RequestHandler): () => void {
@@ -92,11 +150,11 @@ export class NatsTransport implements ServerTransport {
             try {
               msg.respond(reply);
             } catch (e) {
-              this.onBadPeerMessage(e);
+              this.events.sendFailed(e);
             }
           });
         } catch (e) {
-          this.onBadPeerMessage(e);
+          this.events.handlerFailed(e);
         }
       },
     });
@@ -105,35 +163,6 @@ export class NatsTransport implements ServerTransport {
       sub.unsubscribe();
       this.subs = this.subs.filter((x) => x !== sub);
     };
-  }
-
-  subscribe(subject: string, handler: (data: Uint8Array, respond: Respond | null) => void): () => void {
-    const sub = this.nc.subscribe(subject, {
-      callback: (err, msg) => {
-        if (err) return;
-        const respond = msg.reply
-          ? (r: Uint8Array | string) => {
-              try {
-                msg.respond(r);
-              } catch (e) {
-                this.onBadPeerMessage(e);
-              }
-            }
-          : null;
-        try {
-          handler(msg.data, respond);
-        } catch (e) {
-          this.onBadPeerMessage(e);
-        }
-      },
-    });
-    this.subs.push(sub);
-    return () => sub.unsubscribe();
-  }
-
-  async request(subject: string, data: Uint8Array | string, timeoutMs: number): Promise<Uint8Array> {
-    const r = await this.nc.request(subject, data, { timeout: timeoutMs });
-    return r.data;
   }
 
   flush(): Promise<void> {
@@ -147,4 +176,9 @@ export class NatsTransport implements ServerTransport {
     const timer = new Promise<void>((r) => setTimeout(r, CLOSE_DRAIN_MS_MAX).unref());
     await Promise.race([this.nc.drain().catch(() => this.nc.close().catch(() => undefined)), timer]);
   }
+}
+
+/** The sequence number in a sealed frame's head. */
+function seqOf(frame: string): number {
+  return Number(frame.slice(0, frame.indexOf('\n')).split(' ')[2]);
 }

@@ -4,10 +4,9 @@
 
 import type { Msg } from '../core/messages.js';
 import { entryProblem } from '../core/entry-shape.js';
+import { PEER_NUMBER_MAX } from '../core/limits.js';
 
-/** Largest number a peer message may carry: far beyond any real index, epoch or clock, and
- * far enough below 2^53 that incrementing it stays exact. */
-export const PEER_NUMBER_MAX = 2 ** 50;
+
 const nat = (x: unknown): boolean => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 && x <= PEER_NUMBER_MAX;
 const ROLES = new Set(['follower', 'candidate', 'coordinator', 'learner']);
 
@@ -36,6 +35,7 @@ export function peerMessageProblem(x: unknown): string | null {
   if (typeof m.t !== 'string' || !(m.t in NUMS)) return `unknown type ${JSON.stringify(m.t)}`;
   for (const f of ['from', 'to', 'epoch', 'clock', ...NUMS[m.t]!]) if (!nat(m[f])) return `${m.t}: ${f} is not a non-negative integer`;
   if ((m.from as number) < 1) return 'from must be a server id';
+  if (typeof m.commitTs === 'number' && m.commitTs > (m.clock as number)) return `${m.t}: commitTs is beyond the sender's clock`;
   switch (m.t) {
     case 'ping':
       if (!ROLES.has(m.role as string)) return 'ping: bad role';
@@ -56,6 +56,9 @@ export function peerMessageProblem(x: unknown): string | null {
         if (e.index !== first + i) return `${m.t}: entries are not contiguous`;
         if (!nat(e.ts) || !nat(e.epoch)) return `${m.t}: entry ${i}: ts or epoch out of range`;
         if (i > 0 && e.ts <= (m.entries[i - 1] as { ts: number }).ts) return `${m.t}: entry timestamps do not increase`;
+        // The sender's clock is at least every timestamp it has issued or seen.
+        if (e.ts > (m.clock as number)) return `${m.t}: entry ${i}'s ts is beyond the sender's clock`;
+        if (e.epoch > (m.epoch as number)) return `${m.t}: entry ${i}'s epoch is beyond the sender's`;
       }
       return null;
     }

@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startNatsServer, stopProcess, type NatsServer } from './nats-server.js';
+import { newClusterKeyText } from '../../src/transport/peer-auth.js';
 import { CLI_JS, SERVER_JS, runNode, type RunOptions, type RunResult } from './run.js';
 
 export class Cluster {
@@ -16,12 +17,16 @@ export class Cluster {
   readonly procs = new Map<number, ChildProcess>();
   readonly logs = new Map<number, string>();
   private extraArgs: string[];
+  /** The cluster's key (every server gets it unless a test says otherwise). */
+  readonly keyFile: string;
 
   constructor(nodes: number, opts: { cluster?: string; extraArgs?: string[] } = {}) {
     this.dir = mkdtempSync(join(tmpdir(), 'ckv-it-'));
     this.cluster = opts.cluster ?? 'it';
     this.voters = Array.from({ length: nodes }, (_, i) => i + 1);
     this.extraArgs = opts.extraArgs ?? [];
+    this.keyFile = join(this.dir, 'cluster.key');
+    writeFileSync(this.keyFile, newClusterKeyText(), { mode: 0o600 });
   }
 
   /** Start the nats-server and the given servers (default: every voter). */
@@ -39,7 +44,7 @@ export class Cluster {
     delete env.NODE_EXTRA_CA_CERTS;
     const p = spawn(
       process.execPath,
-      [SERVER_JS, '--id', String(id), '--data', this.dataDir(id), '--nats', this.nats.url, '--cluster', this.cluster, '--voters', this.voters.join(','), ...this.extraArgs, ...extra],
+      [SERVER_JS, '--id', String(id), '--data', this.dataDir(id), '--nats', this.nats.url, '--cluster', this.cluster, '--voters', this.voters.join(','), '--cluster-key', this.keyFile, ...this.extraArgs, ...extra],
       { stdio: ['ignore', 'ignore', 'pipe'], env },
     );
     this.logs.set(id, '');

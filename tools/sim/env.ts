@@ -9,7 +9,11 @@ import type { Msg } from '../../src/core/messages.js';
 import { CheckpointPort, Replica, type Cancel, type CheckpointTransfer, type ClientSubject, type ReplicaCheckpoint, type ReplicaEnv, type ReplicaLog, type ReplicaLogger } from '../../src/server/replica.js';
 import type { ChangeEvent } from '../../src/core/wire.js';
 import type { Notice } from '../../src/core/node.js';
+import { PeerInbox, PeerSeal, newIncarnation } from '../../src/transport/peer-auth.js';
 import { SimCheckpoint, type SimDisk } from './disk.js';
+
+/** The simulated cluster's key. */
+const SIM_CLUSTER_KEY = Buffer.alloc(32, 7);
 import type { Sim } from './harness.js';
 
 /** A simulated checkpoint behind the replica's port: reads at once, writes after a simulated delay. */
@@ -24,6 +28,9 @@ export class SimNode implements ReplicaEnv {
   readonly transfer: CheckpointTransfer;
   readonly logger: ReplicaLogger;
   readonly serving = new Set<ClientSubject>();
+  /** Peer messages are sealed and opened as the NATS transport does (in wire mode). */
+  readonly seal: PeerSeal;
+  readonly inbox: PeerInbox;
 
   constructor(
     readonly sim: Sim,
@@ -61,6 +68,8 @@ export class SimNode implements ReplicaEnv {
         }),
       abort: (_incoming, done) => sim.at(this, sim.t, done),
     };
+    this.seal = new PeerSeal(SIM_CLUSTER_KEY, newIncarnation(sim.t, Buffer.from(sim.rng.time.int(2 ** 32).toString(16).padStart(16, '0'), 'hex')));
+    this.inbox = new PeerInbox(this.seal, id);
     const note = (obj: object, msg?: string): void => sim.trace.add(sim.t, id, () => `${msg ?? ''} ${JSON.stringify(obj, (_k, v: unknown) => (v instanceof Error ? v.message : v))}`);
     this.logger = { debug: () => undefined, info: note, warn: note, error: note };
     this.replica = new Replica(
@@ -107,7 +116,7 @@ export class SimNode implements ReplicaEnv {
   }
   sendPeer(m: Msg): void {
     this.sim.inv.onSend(this, m);
-    this.sim.net.send(m);
+    this.sim.net.send(this, m);
     this.sim.faults.afterSend(this, m);
   }
   sendSnapshot(to: number, data: string): void {

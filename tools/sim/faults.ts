@@ -6,7 +6,9 @@
 // changes made by an operator through the wire protocol. Each kind is a knob
 // (params.ts); healing ends them all.
 
+import type { Msg } from '../../src/core/messages.js';
 import type { Entry, Reply, Request } from '../../src/core/wire.js';
+import { PeerSeal } from '../../src/transport/peer-auth.js';
 import { SimDisk } from './disk.js';
 import type { SimNode } from './env.js';
 import type { Sim } from './harness.js';
@@ -122,6 +124,8 @@ export class Faults {
         if (at !== null) sim.note(i, `BIT FLIP in log record ${at}`);
         return;
       }
+      case 'forge':
+        return this.forge();
       case 'flipCheckpoint': {
         const i = this.target(ids.filter((x) => !sim.retired.has(x)));
         const key = sim.disks.get(i)!.ckpt.flip(r);
@@ -129,6 +133,40 @@ export class Faults {
         return;
       }
     }
+  }
+
+  /**
+   * Forged peer messages, as anyone on the NATS server can publish them: an append in the
+   * coordinator's name that would replace committed entries, not sealed with the cluster's key
+   * (dropped by the seal); or a claim and a heartbeat sealed as a peer's but with an epoch and
+   * a clock far ahead (dropped by the core's step bound): neither may change data or wedge elections.
+   */
+  private forge(): void {
+    const sim = this.sim;
+    const r = this.r;
+    const coord = this.up().map((i) => sim.servers.get(i)!).find((n) => n.replica.node.role === 'coordinator');
+    const up = this.up();
+    if (up.length === 0) return;
+    const from = coord ?? sim.servers.get(r.pick(up))!;
+    const s = from.replica.node;
+    if (r.chance(0.5) && sim.p.wire && coord) {
+      const at = Math.max(1, s.commit);
+      const m: Msg = { t: 'append', from: from.id, to: 0, epoch: s.epoch, clock: s.clock + 1, prevIndex: at - 1, prevEpoch: s.entry(at - 1)?.epoch ?? 0, entries: [{ index: at, epoch: s.epoch, ts: s.clock + 1, kind: 'write', ops: [{ op: 'put', key: 'k.0', value: 'forged' }] }], commit: at, commitTs: s.clock + 1 };
+      sim.note(0, `FORGE an unsealed append in ${from.id}'s name at ${at}`);
+      const subject = sim.subjects.peer(m);
+      const frame = new PeerSeal(Buffer.alloc(32, 1), from.seal.incarnation).seal(subject, JSON.stringify(m));
+      for (const n of this.up().map((i) => sim.servers.get(i)!)) {
+        const got = n.inbox.receive(subject, frame);
+        if (got.ok) throw new Error(`node ${n.id} took a forged append not sealed with the cluster's key`);
+      }
+      return;
+    }
+    // Beyond the core's step bounds (EPOCH_STEP_MAX, CLOCK_STEP_MAX), by a little or by a lot.
+    const jump = r.chance(0.5) ? 2 ** 50 : 2 ** 41 + 1;
+    const claim: Msg = { t: 'claim', from: from.id, to: 0, epoch: Math.max(s.promised, s.epoch) + jump, clock: 0 };
+    const ping: Msg = { ...({ t: 'ping', role: 'coordinator', coordinator: from.id, last: s.lastIndex(), lastEpoch: s.lastEpoch(), commit: s.commit, commitTs: s.commitTs, matched: s.lastIndex(), applied: s.commit, checkpoint: 0, voters: s.voters, uptimeTicks: 0 } as const), from: from.id, to: 0, epoch: s.epoch, clock: s.clock + jump };
+    sim.note(0, `FORGE a claim of epoch +${jump} and a heartbeat of clock +${jump} in ${from.id}'s name`);
+    for (const m of [claim, ping]) sim.net.send(from, m);
   }
 
   private up(): number[] {

@@ -7,6 +7,7 @@
 // replays exactly.
 
 import { TICK_MS } from '../../src/core/limits.js';
+import { subjects } from '../../src/transport/subjects.js';
 import type { Reply, Request } from '../../src/core/wire.js';
 import { Session, type ClientHost, type SessionOp } from './client.js';
 import { SimDisk } from './disk.js';
@@ -135,6 +136,8 @@ export class Sim {
   };
   readonly mainKeys: string[];
   readonly noiseKeys = ['n.0', 'n.1', 'n.2'];
+  /** NATS subjects, as the servers' transport names them (peer messages are sealed to theirs). */
+  readonly subjects = subjects('sim');
   private readonly replay: string;
 
   constructor(o: SimOptions) {

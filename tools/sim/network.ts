@@ -9,7 +9,6 @@ import { BROADCAST, type Msg } from '../../src/core/messages.js';
 import { SNAPSHOT_PAGE_TIMEOUT_MS } from '../../src/core/limits.js';
 import type { Reply, Request } from '../../src/core/wire.js';
 import { encodeReply } from '../../src/server/server.js';
-import { asPeerMessage } from '../../src/transport/peer-validate.js';
 import type { ClientSubject } from '../../src/server/replica.js';
 import type { SessionOp, Session } from './client.js';
 import type { SimNode } from './env.js';
@@ -55,19 +54,31 @@ export class Network {
     this.sim.q.push(at, arrive);
   }
 
-  send(m: Msg): void {
+  /**
+   * A peer message from `from`: in wire mode sealed and opened as the NATS transport does it
+   * (peer-auth.ts: MAC, shape check, replay guard), else as a frozen object.
+   */
+  send(from: SimNode, m: Msg): void {
     const sim = this.sim;
-    // As the transport carries it: JSON, validated on arrival (else frozen: nobody may change it).
-    const wire = sim.p.wire ? JSON.stringify(m) : null;
-    if (!wire) deepFreeze(m);
+    const subject = sim.subjects.peer(m);
+    const frame = sim.p.wire ? from.seal.seal(subject, JSON.stringify(m)) : null;
+    if (!frame) deepFreeze(m);
     const targets = m.to === BROADCAST ? sim.ids.filter((i) => i !== m.from && !sim.retired.has(i)) : [m.to];
     for (const to of targets) {
       if (this.isBlocked(m.from, to) || sim.rng.net.chance(this.loss)) continue;
       const copies = sim.rng.net.chance(this.dup) ? 2 : 1;
       for (let c = 0; c < copies; c++) {
         this.deliver(m.from, to, sim.t + this.delay(), (n) => {
-          const got = wire ? asPeerMessage(JSON.parse(wire)) : m;
-          if (!got) throw new Error(`the transport refuses a message the core sent: ${wire}`);
+          let got = m;
+          if (frame) {
+            const r = n.inbox.receive(subject, frame);
+            if (!r.ok) {
+              // Duplicates and a restarted sender's old messages are dropped; anything else is a bug.
+              if (r.reason !== 'replay' && r.reason !== 'stale-incarnation') throw new Error(`the transport refuses a message the core sent (${r.reason}: ${r.detail}): ${frame}`);
+              return;
+            }
+            got = r.m;
+          }
           this.messages++;
           sim.trace.add(sim.t, to, () => `<- ${fmtMsg(got)}`);
           n.replica.onPeer(got);

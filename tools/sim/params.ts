@@ -22,9 +22,11 @@ export type FaultKind =
   | 'wipe'
   /** A bit flipped in one record of one server's log, or of its checkpoint. */
   | 'flipLog'
-  | 'flipCheckpoint';
+  | 'flipCheckpoint'
+  /** Someone on the NATS server publishes forged peer messages: unsealed, or sealed with epochs and clocks far ahead. */
+  | 'forge';
 
-export const FAULT_KINDS: readonly FaultKind[] = ['partition', 'oneway', 'isolate', 'heal', 'crash', 'crashAll', 'pause', 'loss', 'dup', 'slow', 'join', 'remove', 'wipe', 'flipLog', 'flipCheckpoint'];
+export const FAULT_KINDS: readonly FaultKind[] = ['partition', 'oneway', 'isolate', 'heal', 'crash', 'crashAll', 'pause', 'loss', 'dup', 'slow', 'join', 'remove', 'wipe', 'flipLog', 'flipCheckpoint', 'forge'];
 
 export interface Params {
   sessions: number;
@@ -90,7 +92,7 @@ export function drawParams(pr: Rng, enabled: readonly FaultKind[] = []): Params 
     membership: false,
     removeDeadAfterTicks: 0,
     faultWeights: pr.chance(0.3)
-      ? { partition: 14, oneway: 10, isolate: 6, heal: 16, crash: 16, crashAll: 3, pause: 8, loss: 10, dup: 7, slow: 10, join: 0, remove: 0, wipe: 2, flipLog: 2, flipCheckpoint: 2 }
+      ? { partition: 14, oneway: 10, isolate: 6, heal: 16, crash: 16, crashAll: 3, pause: 8, loss: 10, dup: 7, slow: 10, join: 0, remove: 0, wipe: 2, flipLog: 2, flipCheckpoint: 2, forge: 3 }
       : {
           partition: pr.pick([0, 5, 15, 30]),
           oneway: pr.pick([0, 5, 15, 30]),
@@ -107,6 +109,7 @@ export function drawParams(pr: Rng, enabled: readonly FaultKind[] = []): Params 
           wipe: pr.pick([0, 2, 6]),
           flipLog: pr.pick([0, 2, 6]),
           flipCheckpoint: pr.pick([0, 2, 6]),
+          forge: 0,
         },
     retain: pr.chance(0.5) ? 1_000_000_000 : pr.range(0, 40),
     ckptEveryMs: pr.pick([
@@ -126,6 +129,7 @@ export function drawParams(pr: Rng, enabled: readonly FaultKind[] = []): Params 
     p.faultWeights.remove = pr.pick([2, 6]);
   }
   p.crashAfterSend = pr.pick([0, 0.0005, 0.002]);
+  if (p.faultWeights.forge === 0) p.faultWeights.forge = pr.pick([0, 2, 5]);
   for (const k of FAULTS_OFF_BY_DEFAULT) if (!enabled.includes(k)) p.faultWeights[k] = 0;
   return p;
 }
