@@ -379,7 +379,9 @@ t.test('ckv status and ckvctl status against real servers: the same exit status,
   t.equal(r.ckv.code, 1, `no coordinator: ckv status exits 1 (${r.ckv.stderr.trim()})`);
   t.equal(r.ctl.code, 1, `and so does ckvctl status (${r.ctl.stderr.trim()})`);
   t.same(r.stars, { ckv: [], ctl: [] }, 'no starred row');
+  // A new cluster forms once every voter is up (an empty server cannot tell a new cluster from one whose data it lost).
   c.startNode(2);
+  c.startNode(3);
   const lead = await c.waitForCoordinator();
   r = await both();
   t.equal(r.ckv.code, 0, r.ckv.stderr);

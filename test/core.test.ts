@@ -166,7 +166,7 @@ t.test('single voter: elects itself, commits after persist, timestamps increase'
   n.tick();
   t.equal(n.role, 'coordinator');
   const r = n.ready();
-  t.equal(r.promise, 1, 'the promise is persisted');
+  t.same(r.state, { promised: 1, catchUp: false }, 'the promise is persisted');
   t.same(r.append.map((e) => e.kind), ['noop']);
   t.equal(n.commit, 0, 'nothing commits before it is persisted');
   n.advance(r);
@@ -280,7 +280,7 @@ t.test('checkpoints: replay onto a checkpoint equals live apply; the same log gi
 
 t.test('peer messages: malformed ones are refused before they reach the core', async (t) => {
   const { peerMessageProblem } = await import('../src/transport/peer-validate.js');
-  const head = { from: 2, to: 0, epoch: 1, clock: 5 };
+  const head = { from: 2, to: 0, epoch: 1, clock: 5, cid: '' };
   t.equal(peerMessageProblem({ ...head, t: 'ack', match: 3 }), null);
   t.equal(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: [{ index: 1, epoch: 1, ts: 1, kind: 'noop' }] }), null);
   t.match(peerMessageProblem(null), /not an object/);
@@ -290,6 +290,10 @@ t.test('peer messages: malformed ones are refused before they reach the core', a
   t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: 'x' }), /not an array/);
   t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: [{ index: 2, epoch: 1, ts: 1, kind: 'noop' }] }), /contiguous/);
   t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: [{ index: 1, epoch: 1, ts: 1, kind: 'evil' }] }), /entry 0/);
+  t.match(peerMessageProblem({ ...head, cid: 'not an id', t: 'ack', match: 3 }), /cid/);
+  t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 9, entries: [] }), /commitTs is beyond/);
+  t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: [{ index: 1, epoch: 1, ts: 6, kind: 'noop' }] }), /beyond the sender's clock/);
+  t.match(peerMessageProblem({ ...head, t: 'claim' }), /last/);
   t.match(peerMessageProblem({ ...head, t: 'ping', role: 'king', coordinator: null, last: 0, lastEpoch: 0, commit: 0, commitTs: 0, matched: 0, applied: 0, checkpoint: 0, voters: [1], uptimeTicks: 0 }), /role/);
 });
 

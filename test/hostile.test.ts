@@ -4,6 +4,7 @@
 // the coordinator is ahead of its followers.
 
 import t from 'tap';
+import { rmSync } from 'node:fs';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PeerSeal, loadClusterKey, newIncarnation } from '../src/transport/peer-auth.js';
 import { Cluster } from './helpers/cluster.js';
@@ -208,4 +209,54 @@ t.test('kill -9 of every server at once, mid-stream, repeated: writes resume, no
     });
   }
   t.equal(missing, 0, `all ${keys.length} acknowledged writes are readable with their values`);
+});
+
+t.test('a wiped voter does not vote until caught up: a committed write survives', async (t) => {
+  const c = new Cluster(3, { cluster: 'h5' });
+  await c.start();
+  t.teardown(async () => {
+    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
+    await c.stop();
+  });
+  await c.waitForCoordinator();
+  const nc = await connect({ servers: c.nats.url });
+  t.teardown(() => nc.close());
+  await write(nc, 'h5', { op: 'put', key: 'warm', value: 'up', rid: 'wipe-0' });
+  // X is committed by servers 1 and 2 while 3 is down.
+  await c.kill(3);
+  const x = await write(nc, 'h5', { op: 'put', key: 'wiped.x', value: 'X', rid: 'wipe-x' });
+  t.ok(x.ok, 'X is acknowledged with 3 down');
+  // 2 loses its data; 1 goes down; 2 (empty) and 3 (without X) come up.
+  await c.kill(2);
+  rmSync(c.dataDir(2), { recursive: true, force: true });
+  await c.kill(1);
+  c.startNode(2);
+  c.startNode(3);
+  await c.waitFor('servers 2 and 3 answering', async () => {
+    const s = await statuses(nc, 'h5');
+    return s.length === 2 ? s : undefined;
+  });
+  // Without 1 no majority holds X: no write may commit (2 must not vote for 3's shorter log).
+  const until = Date.now() + 3000;
+  let committed = 0;
+  for (let i = 0; Date.now() < until; i++) {
+    try {
+      const r = await req(nc, 'ckv.h5.write', { op: 'put', key: `wait.${i}`, value: 'w', rid: `wait-${i}`, timeout: 300 }, 400);
+      if (r.ok) committed++;
+    } catch {
+      // no coordinator: what we expect
+    }
+  }
+  t.equal(committed, 0, 'no write commits while only 2 (wiped) and 3 (without X) are up');
+  const st = await statuses(nc, 'h5');
+  t.equal(st.find((s) => s.id === 2)?.role, 'catchup', 'server 2 reports itself catching up');
+  c.startNode(1);
+  const after = await write(nc, 'h5', { op: 'put', key: 'wiped.after', value: 'y', rid: 'wipe-after' }, 30_000);
+  t.ok(after.ok, 'writes resume once 1 is back');
+  const got = await req(nc, 'ckv.h5.read', { op: 'get', key: 'wiped.x', after: after.ts, timeout: 5000 }, 6000);
+  t.equal(got.value, 'X', 'X, committed before the wipe, is there');
+  await c.waitFor('server 2 caught up and voting again', async () => {
+    const s = (await statuses(nc, 'h5')).find((x) => x.id === 2);
+    return s && s.role === 'follower' ? s : undefined;
+  });
 });

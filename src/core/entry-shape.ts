@@ -2,11 +2,11 @@
 // process (the log on disk, a peer's replication message): anything that is
 // not exactly an Entry is named and refused before the core sees it.
 
-import { BATCH_OPS_MAX, KEEP_OUT_MAX, KEY_BYTES_MAX, RID_BYTES_MAX } from './limits.js';
+import { BATCH_OPS_MAX, CLUSTER_ID_PATTERN, KEEP_OUT_MAX, KEY_BYTES_MAX, RID_BYTES_MAX } from './limits.js';
 import type { Entry, WriteOp } from './wire.js';
 
 const ENTRY_FIELDS: Record<Entry['kind'], readonly string[]> = {
-  noop: ['index', 'epoch', 'ts', 'kind'],
+  noop: ['index', 'epoch', 'ts', 'kind', 'cluster'],
   write: ['index', 'epoch', 'ts', 'kind', 'rid', 'ops'],
   config: ['index', 'epoch', 'ts', 'kind', 'voters', 'keepOut'],
 };
@@ -65,6 +65,10 @@ export function entryProblem(x: unknown): string | null {
   if (!isNat(x.index) || x.index < 1) return 'index is not a positive integer';
   if (!isNat(x.epoch)) return 'epoch is not a non-negative integer';
   if (!isNat(x.ts)) return 'ts is not a non-negative integer';
+  if (kind === 'noop' && x.cluster !== undefined) {
+    if (typeof x.cluster !== 'string' || !CLUSTER_ID_PATTERN.test(x.cluster)) return 'cluster is not a cluster identity';
+    if (x.index !== 1) return 'only the first entry names the cluster';
+  }
   if (kind === 'write') {
     if (x.rid !== undefined) {
       if (typeof x.rid !== 'string' || x.rid.length === 0) return 'rid is not a non-empty string';

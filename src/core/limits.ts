@@ -116,6 +116,8 @@ export const PEERS_MAX = 64;
 /** Cluster name when none is given, and what a name may be (it is a NATS subject token). */
 export const CLUSTER_DEFAULT = 'ckv';
 export const CLUSTER_NAME_PATTERN = /^[-_a-zA-Z0-9]{1,64}$/;
+/** A cluster's identity, made by its first coordinator: 16 random bytes, base64url. */
+export const CLUSTER_ID_PATTERN = /^[-_a-zA-Z0-9]{22}$/;
 export const CLUSTER_NAME_RULE = 'cluster name must be 1..64 characters of [-_a-zA-Z0-9]';
 /** NATS server when none is given. */
 export const NATS_URL_DEFAULT = 'nats://127.0.0.1:4222';

@@ -10,6 +10,8 @@ export interface Header {
   to: number;
   epoch: number;
   clock: number;
+  /** The sender's cluster identity ('' before it knows one). */
+  cid: string;
 }
 
 export type Body =
@@ -38,8 +40,8 @@ export type Body =
   /** Bully: sent to all; voters with a higher id answer `alive`. */
   | { t: 'election' }
   | { t: 'alive' }
-  /** Claim of epoch `epoch`: asks every voter to promise it. */
-  | { t: 'claim' }
+  /** Claim of epoch `epoch`: asks every voter to promise it; with the claimant's log position. */
+  | { t: 'claim'; last: number; lastEpoch: number }
   | { t: 'promise'; ok: boolean; last: number; lastEpoch: number; commit: number }
   /** The claimant fetches what it lacks from the most up-to-date promiser. */
   | { t: 'fetch'; start: number }

@@ -51,6 +51,12 @@ export interface NodeInit {
   retainEntries?: number;
   /** Entries in one replication message, at most (default REPL_ENTRIES_MAX). */
   replEntriesMax?: number;
+  /** The cluster's identity, if the checkpoint holds it (else it comes with entry 1). */
+  cluster?: string;
+  /** A catch-up member (the state file says so). */
+  catchUp?: boolean;
+  /** The identity to give a cluster if this server becomes its first coordinator (random, from the driver). */
+  newClusterId?: string;
 }
 
 /** A proposal placed in the log, or why it was not. Errors are data: the code is the reply's. */
@@ -59,7 +65,7 @@ export type Proposal = { ok: true; index: number; epoch: number; ts: number } | 
 export interface PeerInfo {
   id: number;
   lastHeard: number;
-  ping?: Extract<Body, { t: 'ping' }> & { epoch: number; clock: number };
+  ping?: Extract<Body, { t: 'ping' }> & { epoch: number; clock: number; cid: string };
 }
 
 export type Notice =
@@ -67,7 +73,17 @@ export type Notice =
   | { type: 'stepdown'; epoch: number; reason: string }
   | { type: 'up' | 'down'; id: number }
   | { type: 'election'; epoch: number; phase: string }
-  | { type: 'config'; voters: number[]; keepOut?: number[] };
+  | { type: 'config'; voters: number[]; keepOut?: number[] }
+  /** Peer traffic from another cluster identity was refused (told once per identity). */
+  | { type: 'foreign'; from: number; cid: string }
+  /** This server lost data it may have acknowledged: it neither votes nor leads until caught up (or it is, again). */
+  | { type: 'catchup'; on: boolean; target?: number };
+
+/** What the state file holds (DESIGN §4): the promise, and whether this server is a catch-up member. */
+export interface DurableState {
+  promised: number;
+  catchUp: boolean;
+}
 
 /**
  * What the driver must carry out, in this order: send `sendNow`; persist (truncate, append,
@@ -77,8 +93,8 @@ export interface Ready {
   /** Truncate the log from this index (inclusive) before appending. */
   truncateFrom: number | null;
   append: Entry[];
-  /** Persist this promise (epoch) before sending anything in `send`. */
-  promise: number | null;
+  /** Persist this state (promise, catch-up) before sending anything in `send`. */
+  state: DurableState | null;
   /**
    * May leave before the persist is durable: the coordinator's appends (it counts itself
    * toward a majority only once advance() says its log is durable, so followers' fsyncs
@@ -111,7 +127,7 @@ function emptyReady(): Pending {
   return {
     truncateFrom: null,
     append: [],
-    promise: null,
+    state: null,
     sendNow: [],
     send: [],
     reads: [],
@@ -181,7 +197,7 @@ export class Node {
   private commitToSend = false;
   private resentAt = new Map<number, number>();
   /** Followers being caught up by unicast: the last index sent to each (the next slice goes once it is acked). */
-  private catchUp = new Map<number, number>();
+  private streaming = new Map<number, number>();
   // Follower state.
   /** Last tick we heard our coordinator acting as coordinator of our epoch (an append, or a coordinator's ping). */
   private coordHeard = -100;
@@ -201,6 +217,23 @@ export class Node {
   private queries = new TokenQueries();
   /** Peer messages dropped because their epoch or clock jumped too far (see EPOCH_STEP_MAX). */
   droppedOutOfRange = 0;
+  /** Peer messages dropped because they came from another cluster identity. */
+  droppedForeign = 0;
+  /** The cluster's identity: '' until this server knows entry 1 is committed (or has a checkpoint that says). */
+  cid: string;
+  /**
+   * A catch-up member: a server whose log may lack what it once acknowledged (its data
+   * directory was empty when it first took entries from a coordinator, its log was cut by
+   * repair, its checkpoint discarded). Persisted in the state file. Such a server, and an
+   * empty one, is "without data": it votes or claims only when that cannot lose a committed
+   * entry (see mayVote), and stops being one once its log holds the newest entry the servers
+   * with data report.
+   */
+  catchUp: boolean;
+  /** The catch-up flag as last persisted (appends wait until entering catch-up is durable). */
+  private catchUpDurable: boolean;
+  private foreignTold = new Set<string>();
+  private newClusterId: string;
   /** Highest index handed to the driver to apply (in a Ready's `committed`). */
   private handedOut: number;
   /** Highest index the driver has applied (advance()), and checkpointed (checkpointed()). */
@@ -233,7 +266,115 @@ export class Node {
     this.handedOut = this.checkpointAt;
     this.retainEntries = init.retainEntries ?? Number.MAX_SAFE_INTEGER;
     this.replEntriesMax = init.replEntriesMax ?? REPL_ENTRIES_MAX;
+    this.cid = init.cluster ?? '';
+    this.catchUp = init.catchUp ?? false;
+    this.catchUpDurable = this.catchUp;
+    this.newClusterId = init.newClusterId ?? '';
+    this.learnIdentity();
     for (const v of this.voters) if (v !== this.id) this.peers.set(v, { id: v, lastHeard: 0 });
+  }
+
+  /** Nothing here: no log, no checkpoint, no identity (a new server, or one whose data was lost). */
+  private isEmpty(): boolean {
+    return this.lastIndex() === 0 && this.checkpointAt === 0 && this.cid === '';
+  }
+
+  /** The identity is entry 1's, once it is committed. */
+  private learnIdentity(): void {
+    if (this.cid !== '' || this.commit < 1) return;
+    const first = this.log.at(1);
+    if (first?.kind === 'noop' && first.cluster !== undefined) this.cid = first.cluster;
+  }
+
+  /** The role as heartbeats and status show it: a server without data is catching up; a follower outside the voters, a learner. */
+  shownRole(): Role {
+    if (this.withoutData() && this.role !== 'coordinator') return 'catchup';
+    return this.role === 'follower' && !this.isVoter(this.id) ? 'learner' : this.role;
+  }
+
+  /** Without data: empty, or catching up. */
+  private withoutData(): boolean {
+    return this.catchUp || this.isEmpty();
+  }
+
+  /**
+   * What the voters heard lately say of their data: those without any (empty, or catching
+   * up; we count ourselves among them), those unheard, and the best log among those with data.
+   * The voters are those of the best log heard (a server without data may not know the
+   * configuration: its own is as old as its data).
+   */
+  private dataView(): { without: number; unheard: number; majority: number; best: { last: number; lastEpoch: number } } {
+    const lost = (p: NonNullable<PeerInfo['ping']>): boolean => p.role === 'catchup' || (p.last === 0 && p.checkpoint === 0 && p.cid === '');
+    const newer = (p: { last: number; lastEpoch: number }, q: { last: number; lastEpoch: number }): boolean => p.lastEpoch > q.lastEpoch || (p.lastEpoch === q.lastEpoch && p.last > q.last);
+    // The configuration: ours, or (without data) that of the best log any server reports.
+    let voters = this.voters;
+    if (this.withoutData()) {
+      let top = { last: 0, lastEpoch: 0 };
+      for (const peer of this.peers.values()) {
+        const p = peer.ping;
+        if (!p || lost(p) || this.liveness(peer.id) === 'dead' || p.voters.length === 0) continue;
+        if (newer(p, top)) {
+          top = p;
+          voters = p.voters;
+        }
+      }
+    }
+    // Committed entries are on a majority of voters: the best log among voters with data covers them.
+    const best = { last: 0, lastEpoch: 0 };
+    let without = 0;
+    let unheard = 0;
+    for (const v of voters) {
+      const p = v === this.id ? undefined : this.peers.get(v)?.ping;
+      if (v === this.id) without++;
+      else if (!p || this.liveness(v) === 'dead') unheard++;
+      else if (lost(p)) without++;
+      else if (newer(p, best)) {
+        best.last = p.last;
+        best.lastEpoch = p.lastEpoch;
+      }
+    }
+    return { without, unheard, majority: Math.floor(voters.length / 2) + 1, best };
+  }
+
+  /**
+   * A server without data may vote for (or be) a claimant whose log is at least the best log
+   * among the voters with data it hears, and only when every majority that may have committed
+   * something without it either has a member among those (whose log the claimant then covers)
+   * or has lost its data anyway: no voter is unheard, or the unheard and those without data
+   * together are fewer than a majority. (A new cluster is the case where every voter is empty.)
+   */
+  private mayVote(log: { last: number; lastEpoch: number }): boolean {
+    if (!this.withoutData()) return true;
+    const v = this.dataView();
+    if (v.unheard > 0 && v.without + v.unheard >= v.majority) return false;
+    return log.lastEpoch > v.best.lastEpoch || (log.lastEpoch === v.best.lastEpoch && log.last >= v.best.last);
+  }
+
+  private persistState(): void {
+    this.out.state = { promised: this.promised, catchUp: this.catchUp };
+  }
+
+  /** An empty server about to take its first entries from a coordinator becomes a catch-up member. */
+  private enterCatchUp(): void {
+    this.catchUp = true;
+    this.catchUpDurable = false;
+    this.persistState();
+    this.out.notices.push({ type: 'catchup', on: true });
+  }
+
+  /** A catch-up member whose log durably holds the coordinator's up to the best log heard is one no more. */
+  private checkCatchUp(): void {
+    if (!this.catchUp || !this.catchUpDurable || this.coordinator === null || this.role !== 'follower') return;
+    const v = this.dataView();
+    if (v.unheard > 0 && v.without + v.unheard >= v.majority) return;
+    // The coordinator's own report too (it holds every committed entry), once we have heard it.
+    const c = this.peers.get(this.coordinator)?.ping;
+    if (!c || c.epoch !== this.epoch || c.role !== 'coordinator') return;
+    const target = Math.max(v.best.last, c.last, 1);
+    if (Math.min(this.matched, this.persistedLast) < target || this.lastIndex() < target) return;
+    this.catchUp = false;
+    this.persistState();
+    this.out.notices.push({ type: 'catchup', on: false, target });
   }
 
   // ---- log access ----
@@ -308,10 +449,13 @@ export class Node {
   advance(r: Ready): void {
     const last = r.committed.length > 0 ? r.committed[r.committed.length - 1]!.index : 0;
     if (last > this.appliedIndex) this.appliedIndex = last;
+    if (r.state?.catchUp) this.catchUpDurable = true;
     const mark = r.persistMark;
-    if (mark.gen !== this.gen) return;
-    if (mark.last > this.persistedLast) this.persistedLast = Math.min(mark.last, this.lastIndex());
-    if (this.role === 'coordinator') this.advanceCommit();
+    if (mark.gen === this.gen) {
+      if (mark.last > this.persistedLast) this.persistedLast = Math.min(mark.last, this.lastIndex());
+      if (this.role === 'coordinator') this.advanceCommit();
+    }
+    this.checkCatchUp();
   }
 
   /**
@@ -327,8 +471,8 @@ export class Node {
     return this.firstIndex();
   }
 
-  private send(to: number, body: Body): void {
-    const m = { from: this.id, to, epoch: this.role === 'candidate' ? this.promised : this.epoch, clock: this.clock, ...body } as Msg;
+  private send(to: number, body: Body, epoch = this.role === 'candidate' ? this.promised : this.epoch): void {
+    const m = { from: this.id, to, epoch, clock: this.clock, cid: this.cid, ...body } as Msg;
     // See Ready.sendNow: a coordinator's appends need not wait for its own fsync.
     if (m.t === 'append' && this.role === 'coordinator') this.out.sendNow.push(m);
     else this.out.send.push(m);
@@ -338,7 +482,7 @@ export class Node {
     assert(epoch > this.promised, 'promises only increase');
     this.promised = epoch;
     this.epochSeen = Math.max(this.epochSeen, epoch);
-    this.out.promise = epoch;
+    this.persistState();
   }
 
   private appendLocal(entries: Entry[]): void {
@@ -413,7 +557,7 @@ export class Node {
     this.send(BROADCAST, {
       t: 'ping',
       // A follower outside the voter set is a learner: it replicates but neither elects nor votes.
-      role: this.role === 'follower' && !this.isVoter(this.id) ? 'learner' : this.role,
+      role: this.shownRole(),
       coordinator: this.coordinator,
       last: this.lastIndex(),
       lastEpoch: this.lastEpoch(),
@@ -500,8 +644,9 @@ export class Node {
   }
 
   private startElection(): void {
-    // Only voters elect (a learner that promised a claimant gets here when its wait ends).
-    if (!this.isVoter(this.id)) {
+    // Only voters elect (a learner that promised a claimant gets here when its wait ends),
+    // and not while catching up or before a new cluster can form.
+    if (!this.isVoter(this.id) || !this.mayVote({ last: this.lastIndex(), lastEpoch: this.lastEpoch() })) {
       this.phase = { p: 'idle' };
       return;
     }
@@ -516,7 +661,7 @@ export class Node {
   }
 
   private claim(): void {
-    if (!this.isVoter(this.id)) {
+    if (!this.isVoter(this.id) || !this.mayVote({ last: this.lastIndex(), lastEpoch: this.lastEpoch() })) {
       this.phase = { p: 'idle' };
       return;
     }
@@ -528,7 +673,7 @@ export class Node {
     const promises = new Map([[this.id, { last: this.lastIndex(), lastEpoch: this.lastEpoch(), commit: this.commit }]]);
     this.phase = { p: 'claiming', epoch, until: this.now + CLAIM_WAIT_TICKS, promises };
     this.out.notices.push({ type: 'election', epoch, phase: 'claim' });
-    this.send(BROADCAST, { t: 'claim' });
+    this.send(BROADCAST, { t: 'claim', last: this.lastIndex(), lastEpoch: this.lastEpoch() });
     this.checkPromises();
   }
 
@@ -613,12 +758,13 @@ export class Node {
     this.peerDead.delete(oldest.id);
     this.match.delete(oldest.id);
     this.resentAt.delete(oldest.id);
-    this.catchUp.delete(oldest.id);
+    this.streaming.delete(oldest.id);
     return true;
   }
 
   private caughtUpLearner(id: number): boolean {
-    return this.peers.has(id) && this.liveness(id) === 'alive' && (this.match.get(id) ?? 0) >= this.commit;
+    const p = this.peers.get(id);
+    return p !== undefined && p.ping?.role !== 'catchup' && this.liveness(id) === 'alive' && (this.match.get(id) ?? 0) >= this.commit;
   }
 
   /**
@@ -728,8 +874,9 @@ export class Node {
    * whole log goes. Returns true when the log after `base` was kept (the driver then leaves
    * its log alone), false when it must discard its log entirely.
    */
-  restore(base: { index: number; epoch: number; ts: number }, voters?: number[], keepOut?: number[]): boolean {
+  restore(base: { index: number; epoch: number; ts: number }, voters?: number[], keepOut?: number[], cluster?: string): boolean {
     assert(base.index >= this.commit, 'restore must not go back');
+    if (cluster !== undefined && this.cid === '') this.cid = cluster;
     const keep = this.log.restore(base, { ...(voters !== undefined ? { voters } : {}), ...(keepOut !== undefined ? { keepOut } : {}) });
     if (keep) {
       this.persistedLast = Math.max(this.persistedLast, base.index);
@@ -762,6 +909,15 @@ export class Node {
     // checked that the message's entries and commitTs are within its own clock and epoch.)
     if (m.epoch > Math.max(this.promised, this.epochSeen, this.epoch) + EPOCH_STEP_MAX || m.clock > Math.max(this.clock, this.knownCommitTs) + CLOCK_STEP_MAX) {
       this.droppedOutOfRange++;
+      return;
+    }
+    // Another cluster's traffic (the same name and key, another identity) is refused.
+    if (m.cid !== '' && this.cid !== '' && m.cid !== this.cid) {
+      this.droppedForeign++;
+      if (!this.foreignTold.has(m.cid) && this.foreignTold.size < PEERS_MAX) {
+        this.foreignTold.add(m.cid);
+        this.out.notices.push({ type: 'foreign', from: m.from, cid: m.cid });
+      }
       return;
     }
     if (m.clock > this.clock) this.clock = m.clock;
@@ -797,7 +953,7 @@ export class Node {
       case 'fetched':
         return this.onFetched(m);
       case 'confirm':
-        if (m.epoch === this.promised && this.role !== 'coordinator' && this.coordinator === m.from) {
+        if (m.epoch === this.promised && this.role !== 'coordinator' && this.coordinator === m.from && !this.withoutData()) {
           this.send(m.from, { t: 'confirmed', seq: m.seq });
         }
         return;
@@ -820,10 +976,24 @@ export class Node {
     }
   }
 
+  /**
+   * A follower's log is shorter than what it acknowledged: it lost data (an empty directory, a
+   * repair). Its acknowledgements no longer count: it must acknowledge again.
+   */
+  private forgetLost(from: number, last: number): void {
+    const had = this.match.get(from);
+    if (had !== undefined && last < had) {
+      this.match.set(from, last);
+      this.streaming.delete(from);
+    }
+  }
+
   private onPing(m: Extract<Msg, { t: 'ping' }>): void {
     const peer = this.peers.get(m.from);
     if (!peer) return;
     peer.ping = m;
+    if (this.role === 'coordinator') this.forgetLost(m.from, m.last);
+    if (this.catchUp) this.checkCatchUp();
     if (m.role === 'coordinator') {
       if (m.epoch > this.epoch && m.epoch >= this.promised) {
         // A coordinator of a newer epoch: follow it (its appends will bring our log).
@@ -865,14 +1035,23 @@ export class Node {
     if (c > this.commit) {
       this.commit = c;
       this.commitTs = c === commit ? commitTs : this.log.tsAt(c);
+      this.learnIdentity();
     }
     this.answerTokens();
   }
 
   private onAppend(m: Extract<Msg, { t: 'append' }>): void {
+    // Entering catch-up must be durable before our log holds anything again (else a restart
+    // would find a partial log and no flag, and vote with it).
+    if (this.catchUp && !this.catchUpDurable) return;
+    // An empty server's first entries: it may have been a voter that lost what it acknowledged.
+    if (this.isEmpty() && !this.catchUp && m.epoch >= this.promised) {
+      this.enterCatchUp();
+      return;
+    }
     if (m.epoch < this.promised) {
       // A coordinator of an old epoch: tell it (our nack carries the newer epoch).
-      this.out.send.push({ from: this.id, to: m.from, epoch: this.promised, clock: this.clock, t: 'nack', last: this.lastIndex(), commit: this.commit });
+      this.send(m.from, { t: 'nack', last: this.lastIndex(), commit: this.commit }, this.promised);
       return;
     }
     if (this.role === 'coordinator' && m.epoch === this.epoch) return; // cannot happen: one claimant per epoch
@@ -926,7 +1105,7 @@ export class Node {
       this.match.set(m.from, m.match);
       this.advanceCommit();
       // A follower being caught up acked the last slice: send the next one now.
-      const sent = this.catchUp.get(m.from);
+      const sent = this.streaming.get(m.from);
       if (sent !== undefined && m.match >= sent) this.sendFrom(m.from, m.match);
     }
   }
@@ -937,6 +1116,7 @@ export class Node {
       return;
     }
     if (this.role !== 'coordinator' || m.epoch !== this.epoch) return;
+    this.forgetLost(m.from, m.last);
     const at = this.resentAt.get(m.from);
     if (at !== undefined && this.now - at < RESEND_GAP_TICKS) return;
     this.resentAt.set(m.from, this.now);
@@ -955,8 +1135,8 @@ export class Node {
     }
     const entries = this.slice(prev + 1, this.lastIndex());
     this.send(to, { t: 'append', prevIndex: prev, prevEpoch: this.epochAt(prev)!, entries, commit: this.commit, commitTs: this.commitTs });
-    if (prev + entries.length < this.broadcastUpTo) this.catchUp.set(to, prev + entries.length);
-    else this.catchUp.delete(to);
+    if (prev + entries.length < this.broadcastUpTo) this.streaming.set(to, prev + entries.length);
+    else this.streaming.delete(to);
   }
 
   /** Entries from..to for one replication message. */
@@ -981,7 +1161,7 @@ export class Node {
     return (
       this.commit > this.handedOut ||
       o.sendNow.length > 0 ||
-      o.send.length > 0 || o.append.length > 0 || o.truncateFrom !== null || o.promise !== null || o.reads.length > 0 ||
+      o.send.length > 0 || o.append.length > 0 || o.truncateFrom !== null || o.state !== null || o.reads.length > 0 ||
       o.readsFailed.length > 0 || o.tokens.length > 0 || o.needSnapshot.length > 0 || o.lostLeadership || o.notices.length > 0 ||
       this.commitToSend || (this.role === 'coordinator' && this.broadcastUpTo < this.lastIndex())
     );
@@ -995,6 +1175,7 @@ export class Node {
       this.commit = n;
       this.commitTs = this.log.tsAt(n);
       this.knownCommitTs = Math.max(this.knownCommitTs, this.commitTs);
+      this.learnIdentity();
       // Tell followers promptly, once per Ready (an append in it carries the commit too).
       this.commitToSend = true;
       this.startReadRound();
@@ -1003,7 +1184,8 @@ export class Node {
 
   private onElection(m: Extract<Msg, { t: 'election' }>): void {
     if (!this.isVoter(this.id) || m.from > this.id) return;
-    if (this.role !== 'coordinator' && !this.canLead()) return; // we could not win: let the lower ids elect
+    // We could not win (or may not claim, being without data): let the lower ids elect.
+    if (this.role !== 'coordinator' && (!this.canLead() || !this.mayVote({ last: this.lastIndex(), lastEpoch: this.lastEpoch() }))) return;
     this.send(m.from, { t: 'alive' });
     if (this.role === 'coordinator') {
       this.sendPing();
@@ -1017,8 +1199,10 @@ export class Node {
     // Promise whether or not our own log names us a voter: a server added by a configuration
     // entry it has not received yet is a voter to the claimant, who counts only its voters.
     // (Refusing would leave a cluster whose new majority needs that server without a leader.)
+    // But not while catching up, nor while empty before every voter is known to be empty too.
+    if (!this.mayVote(m)) return;
     if (m.epoch <= this.promised) {
-      this.out.send.push({ from: this.id, to: m.from, epoch: this.promised, clock: this.clock, t: 'promise', ok: false, last: this.lastIndex(), lastEpoch: this.lastEpoch(), commit: this.commit });
+      this.send(m.from, { t: 'promise', ok: false, last: this.lastIndex(), lastEpoch: this.lastEpoch(), commit: this.commit }, this.promised);
       return;
     }
     if (this.role === 'coordinator') this.stepDown(`promised epoch ${m.epoch} to ${m.from}`);
@@ -1026,7 +1210,7 @@ export class Node {
     this.role = 'follower';
     this.coordinator = null;
     this.phase = { p: 'waiting', until: this.now + ANNOUNCE_WAIT_TICKS };
-    this.out.send.push({ from: this.id, to: m.from, epoch: m.epoch, clock: this.clock, t: 'promise', ok: true, last: this.lastIndex(), lastEpoch: this.lastEpoch(), commit: this.commit });
+    this.send(m.from, { t: 'promise', ok: true, last: this.lastIndex(), lastEpoch: this.lastEpoch(), commit: this.commit }, m.epoch);
   }
 
   private onPromise(m: Extract<Msg, { t: 'promise' }>): void {
@@ -1070,7 +1254,7 @@ export class Node {
     if (m.epoch !== this.promised) return;
     const compacted = m.start <= this.log.offset;
     const entries = compacted ? [] : this.slice(m.start, this.lastIndex());
-    this.out.send.push({ from: this.id, to: m.from, epoch: this.promised, clock: this.clock, t: 'fetched', start: m.start, entries, last: this.lastIndex(), compacted });
+    this.send(m.from, { t: 'fetched', start: m.start, entries, last: this.lastIndex(), compacted }, this.promised);
   }
 
   private onFetched(m: Extract<Msg, { t: 'fetched' }>): void {
@@ -1125,9 +1309,12 @@ export class Node {
     this.phase = { p: 'idle' };
     this.match = new Map();
     this.resentAt = new Map();
-    this.catchUp = new Map();
+    this.streaming = new Map();
     this.broadcastUpTo = this.lastIndex();
-    const noop: Entry = { index: this.lastIndex() + 1, epoch, ts: ++this.clock, kind: 'noop' };
+    // The first coordinator of a new cluster names it: entry 1 carries the identity.
+    const index = this.lastIndex() + 1;
+    const named = index === 1 && this.newClusterId !== '' ? { cluster: this.newClusterId } : {};
+    const noop: Entry = { index, epoch, ts: ++this.clock, kind: 'noop', ...named };
     this.epochStart = noop.index;
     this.appendLocal([noop]);
     // Followers may lack entries before the no-op: they nack and we resend from their commit.

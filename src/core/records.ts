@@ -3,7 +3,7 @@
 // writes, and the synchronous read port). Storage implements these; the core
 // owns them.
 
-import { KEY_BYTES_MAX, RID_BYTES_MAX } from './limits.js';
+import { CLUSTER_ID_PATTERN, KEY_BYTES_MAX, RID_BYTES_MAX } from './limits.js';
 import type { WriteResult } from './wire.js';
 
 /** Layout version of a checkpoint (its meta carries it). */
@@ -37,6 +37,8 @@ export interface CheckpointMeta {
   keepOut?: number[];
   /** Index of the last entry (<= index) that produced change events; 0 if none. */
   eventPrev: number;
+  /** The cluster's identity, once its first entry is in the checkpoint. */
+  cluster?: string;
 }
 
 /** Changes since the last checkpoint, written in one transaction. */
@@ -77,7 +79,7 @@ function extraField(o: Record<string, unknown>, allowed: readonly string[]): str
 
 export function metaProblem(x: unknown): string | null {
   if (!isObject(x)) return 'meta is not an object';
-  const extra = extraField(x, ['format', 'index', 'epoch', 'ts', 'voters', 'keepOut', 'eventPrev']);
+  const extra = extraField(x, ['format', 'index', 'epoch', 'ts', 'voters', 'keepOut', 'eventPrev', 'cluster']);
   if (extra !== null) return `meta has unknown field "${extra}"`;
   if (x.format !== CHECKPOINT_FORMAT) return `meta.format is ${JSON.stringify(x.format)}, expected ${CHECKPOINT_FORMAT}`;
   for (const f of ['index', 'epoch', 'ts', 'eventPrev'] as const) {
@@ -86,6 +88,7 @@ export function metaProblem(x: unknown): string | null {
   if ((x.eventPrev as number) > (x.index as number)) return `meta.eventPrev ${String(x.eventPrev)} is beyond meta.index ${String(x.index)}`;
   if (!Array.isArray(x.voters)) return 'meta.voters is not an array';
   for (const v of x.voters) if (!isNat(v) || v < 1) return 'meta.voters holds something other than positive integers';
+  if (x.cluster !== undefined && (typeof x.cluster !== 'string' || !CLUSTER_ID_PATTERN.test(x.cluster))) return 'meta.cluster is not a cluster identity';
   if (x.keepOut !== undefined) {
     if (!Array.isArray(x.keepOut)) return 'meta.keepOut is not an array';
     for (const v of x.keepOut) if (!isNat(v) || v < 1) return 'meta.keepOut holds something other than positive integers';

@@ -31,6 +31,8 @@ export class KvState {
   voters: number[];
   keepOut: number[];
   eventPrev: number;
+  /** The cluster's identity: from the first entry ('' before it is applied). */
+  cluster: string;
   private ridsMax: number;
 
   constructor(base: CheckpointReader, ridsMax = RIDS_RETAINED_MAX) {
@@ -43,6 +45,7 @@ export class KvState {
     this.voters = [...m.voters];
     this.keepOut = [...(m.keepOut ?? [])];
     this.eventPrev = m.eventPrev;
+    this.cluster = m.cluster ?? '';
     for (const [rid, rec] of base.rids()) this.rids.set(rid, rec);
   }
 
@@ -109,7 +112,10 @@ export class KvState {
     this.applied = e.index;
     this.appliedTs = e.ts;
     this.appliedEpoch = e.epoch;
-    if (e.kind === 'noop') return { events: [], duplicate: false };
+    if (e.kind === 'noop') {
+      if (e.cluster !== undefined) this.cluster = e.cluster;
+      return { events: [], duplicate: false };
+    }
     if (e.kind === 'config') {
       this.voters = [...e.voters];
       this.keepOut = [...(e.keepOut ?? [])];
@@ -204,6 +210,7 @@ export class KvState {
         voters: [...this.voters],
         ...(this.keepOut.length > 0 ? { keepOut: [...this.keepOut] } : {}),
         eventPrev: this.eventPrev,
+        ...(this.cluster !== '' ? { cluster: this.cluster } : {}),
       },
     };
   }

@@ -73,7 +73,8 @@ export interface ReplyBody {
 
 /** A log entry. index and epoch place it; ts is its Lamport timestamp. */
 export type Entry =
-  | { index: number; epoch: number; ts: number; kind: 'noop' }
+  /** The first entry of a cluster's log carries the cluster's identity (its first coordinator made it). */
+  | { index: number; epoch: number; ts: number; kind: 'noop'; cluster?: string }
   | { index: number; epoch: number; ts: number; kind: 'write'; rid?: string; ops: WriteOp[] }
   | { index: number; epoch: number; ts: number; kind: 'config'; voters: number[]; keepOut?: number[] };
 
@@ -93,13 +94,16 @@ export interface ChangeEvent {
   prev: number;
 }
 
-export type Role = 'follower' | 'candidate' | 'coordinator' | 'learner';
+/** catchup: a server that lost data it may have acknowledged; it neither votes nor leads until it holds what the cluster had committed when it came back. */
+export type Role = 'follower' | 'candidate' | 'coordinator' | 'learner' | 'catchup';
 export type Liveness = 'alive' | 'suspect' | 'dead';
 
 /** What a heartbeat carries and what status shows. */
 export interface NodeStatus {
   id: number;
   cluster: string;
+  /** The cluster's identity ('' until the first entry is committed). */
+  clusterId?: string;
   epoch: number;
   role: Role;
   coordinator: number | null;

@@ -32,7 +32,7 @@ import {
   TICK_MS,
 } from '../core/limits.js';
 import type { Msg } from '../core/messages.js';
-import { Node, type Notice, type Proposal, type Ready } from '../core/node.js';
+import { Node, type DurableState, type Notice, type Proposal, type Ready } from '../core/node.js';
 import { metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../core/records.js';
 import { KvState, type Applied } from '../core/state.js';
 import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
@@ -132,8 +132,8 @@ export interface ReplicaEnv {
   /** Start or stop serving a client subject. */
   serve(subject: ClientSubject, on: boolean): void;
   log: ReplicaLog;
-  /** Write the promised epoch durably (the state file), then call done. Failure is fatal. */
-  writePromise(epoch: number, done: () => void): void;
+  /** Write the state file (the promise, the catch-up flag) durably, then call done. Failure is fatal. */
+  writeState(state: DurableState, done: () => void): void;
   checkpoint: ReplicaCheckpoint;
   /** Absent: this server cannot receive a checkpoint. */
   transfer?: CheckpointTransfer;
@@ -150,8 +150,10 @@ export interface ReplicaOptions {
   voters: number[];
   /** Every entry the log holds on disk, in order. */
   logEntries: Entry[];
-  /** The durable promise (state file). */
-  promised: number;
+  /** The state file: the durable promise, and whether this server is catching up. */
+  state: DurableState;
+  /** A random identity, given to the cluster if this server becomes its first coordinator. */
+  newClusterId: string;
   /** Bytes of log since the last checkpoint that trigger one. */
   checkpointBytes?: number;
   /** Entries kept below a checkpoint for lagging followers. */
@@ -308,7 +310,10 @@ export class Replica {
     this.node = new Node({
       id: o.id,
       voters: meta.voters.length > 0 ? meta.voters : o.voters,
-      promised: o.promised,
+      promised: o.state.promised,
+      catchUp: o.state.catchUp,
+      newClusterId: o.newClusterId,
+      ...(meta.cluster !== undefined ? { cluster: meta.cluster } : {}),
       entries: plan.rest,
       base: plan.base,
       // Only the checkpoint is known committed: the rest waits until the cluster says so.
@@ -403,7 +408,7 @@ export class Replica {
         if (r.truncateFrom !== null) this.env.log.truncateFrom(r.truncateFrom);
         if (r.append.length > 0) this.env.log.append(r.append);
         this.env.observe?.({ t: 'ready', ready: r });
-        let waits = (logged ? 1 : 0) + (r.promise !== null ? 1 : 0);
+        let waits = (logged ? 1 : 0) + (r.state !== null ? 1 : 0);
         if (waits > 0) {
           const durable = (): void => {
             if (--waits > 0 || this.dead) return;
@@ -411,7 +416,7 @@ export class Replica {
             this.pumping = false;
             this.continueLoop();
           };
-          if (r.promise !== null) this.env.writePromise(r.promise, durable);
+          if (r.state !== null) this.env.writeState(r.state, durable);
           if (logged) this.env.log.sync(durable);
           return;
         }
@@ -479,7 +484,9 @@ export class Replica {
   }
 
   private onNotice(n: Notice): void {
-    this.env.logger.info({ notice: n }, `members: ${n.type}`);
+    if (n.type === 'foreign') this.env.logger.warn({ from: n.from, cid: n.cid, ours: this.node.cid }, 'refusing peer traffic from another cluster identity (the same name and key?)');
+    else if (n.type === 'catchup') this.env.logger.warn(n, n.on ? 'catching up: this server lost data it may have acknowledged, so it does not vote until it holds what the cluster committed' : 'caught up: voting again');
+    else this.env.logger.info({ notice: n }, `members: ${n.type}`);
     this.env.observe?.({ t: 'notice', notice: n });
     this.env.publishMembers({ ...n, by: this.id });
   }
@@ -927,7 +934,7 @@ export class Replica {
       this.guard(() => {
         this.ckpt = installed;
         this.st = new KvState(installed);
-        const kept = this.node.restore({ index: meta.index, epoch: meta.epoch, ts: meta.ts }, meta.voters, meta.keepOut ?? []);
+        const kept = this.node.restore({ index: meta.index, epoch: meta.epoch, ts: meta.ts }, meta.voters, meta.keepOut ?? [], meta.cluster);
         if (kept || this.env.log.last === 0) return this.installed(meta);
         // Our log does not hold the checkpoint's last entry: it restarts after the checkpoint
         // (a stale log is also dropped on restart, should we crash before this sync).
@@ -1059,9 +1066,10 @@ export class Replica {
     return {
       id: this.id,
       cluster: this.cluster,
+      ...(n.cid !== '' ? { clusterId: n.cid } : {}),
       epoch: n.epoch,
       // A follower outside the voter set is a learner (it replicates but does not vote).
-      role: n.role === 'follower' && !n.voters.includes(this.id) ? 'learner' : n.role,
+      role: n.shownRole(),
       coordinator: n.coordinator,
       clock: n.clock,
       last: n.lastIndex(),

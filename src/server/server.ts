@@ -4,6 +4,7 @@
 // peers, client subjects and publications; it runs the ticker and encodes
 // replies within NATS's payload limit. Nothing here decides anything.
 
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { ErrorCode } from '../core/errors.js';
 import { REPLY_BYTES_MAX, SNAPSHOT_PAGE_TIMEOUT_MS, TICK_MS } from '../core/limits.js';
@@ -16,7 +17,7 @@ import { CheckpointPort, Replica, type CheckpointTransfer, type ClientSubject, t
 
 export { VERSION } from './replica.js';
 
-export interface ServerOptions extends Omit<ReplicaOptions, 'logEntries' | 'promised'> {
+export interface ServerOptions extends Omit<ReplicaOptions, 'logEntries' | 'state' | 'newClusterId'> {
   log: LogStore;
   logEntries: Entry[];
   checkpoint: CheckpointStore;
@@ -127,13 +128,14 @@ export class Server {
         removeBelow: (index) => void log.removeBelow(index).catch(die),
         bytesAfter: (index) => log.bytesAfter(index),
       },
-      writePromise: (epoch, done) => void o.stateFile.write({ promised: epoch }).then(done, die),
+      writeState: (state, done) => void o.stateFile.write(state).then(done, die),
       checkpoint: this.ckpt,
       ...(transfer ? { transfer } : {}),
       logger: o.logger,
       fatal: die,
     };
-    this.replica = new Replica({ ...o, promised: o.stateFile.read().promised }, env);
+    const st = o.stateFile.read();
+    this.replica = new Replica({ ...o, state: { promised: st.promised, catchUp: st.catchUp === true }, newClusterId: randomBytes(16).toString('base64url') }, env);
   }
 
   get state(): KvState {

@@ -49,7 +49,8 @@ function ridJson(r: RidRecord): string {
 function metaJson(m: CheckpointMeta): string {
   // keepOut only when set, so checkpoints without operator removals keep their bytes.
   const keepOut = m.keepOut !== undefined && m.keepOut.length > 0 ? `,"keepOut":[${m.keepOut.join(',')}]` : '';
-  return `{"format":${m.format},"index":${m.index},"epoch":${m.epoch},"ts":${m.ts},"voters":[${m.voters.join(',')}]${keepOut},"eventPrev":${m.eventPrev}}`;
+  const cluster = m.cluster !== undefined ? `,"cluster":"${m.cluster}"` : '';
+  return `{"format":${m.format},"index":${m.index},"epoch":${m.epoch},"ts":${m.ts},"voters":[${m.voters.join(',')}]${keepOut},"eventPrev":${m.eventPrev}${cluster}}`;
 }
 
 // lmdb-js's getBinaryFast buffers report the whole shared buffer as byteLength:

@@ -38,7 +38,7 @@ export function encodeEntryJson(e: Entry): string {
   const head = `{"index":${e.index},"epoch":${e.epoch},"ts":${e.ts},"kind":"${e.kind}"`;
   switch (e.kind) {
     case 'noop':
-      return head + '}';
+      return e.cluster === undefined ? head + '}' : `${head},"cluster":"${e.cluster}"}`;
     case 'config':
       return `${head},"voters":[${e.voters.join(',')}]${e.keepOut !== undefined ? `,"keepOut":[${e.keepOut.join(',')}]` : ''}}`;
     case 'write': {

@@ -43,6 +43,8 @@ export interface LogStore {
 export interface PromiseState {
   /** Highest epoch promised. */
   promised: number;
+  /** Set while the server is a catch-up member (it lost data it may have acknowledged). */
+  catchUp?: boolean;
 }
 
 export interface StateFile {

@@ -1,5 +1,5 @@
 // The durable promise of a voter, `<data>/state`: one JSON object
-// {"promised": N}. Replaced atomically: write a temporary file, fsync it,
+// {"promised": N} (with "catchUp": true while it is a catch-up member). Replaced atomically: write a temporary file, fsync it,
 // rename it over the old one, fsync the directory, and only then resolve, so
 // a crash leaves either the old promise or the new one, never a torn file.
 
@@ -13,9 +13,10 @@ export const STATE_FILE_NAME = 'state';
 function stateProblem(x: unknown): string | null {
   if (typeof x !== 'object' || x === null || Array.isArray(x)) return 'not a JSON object';
   const o = x as Record<string, unknown>;
-  for (const k in o) if (k !== 'promised') return `unknown field "${k}"`;
+  for (const k in o) if (k !== 'promised' && k !== 'catchUp') return `unknown field "${k}"`;
   const p = o.promised;
   if (typeof p !== 'number' || !Number.isSafeInteger(p) || p < 0) return '"promised" is not a non-negative integer';
+  if (o.catchUp !== undefined && typeof o.catchUp !== 'boolean') return '"catchUp" is not a boolean';
   return null;
 }
 
@@ -48,13 +49,14 @@ export class FileStateFile implements StateFile {
     }
     const p = stateProblem(raw);
     if (p !== null) throw new Error(`state file ${this.file} is corrupt: ${p}`);
-    return { promised: (raw as PromiseState).promised };
+    return { promised: (raw as PromiseState).promised, ...((raw as PromiseState).catchUp ? { catchUp: true } : {}) };
   }
 
   write(state: PromiseState): Promise<void> {
     const p = stateProblem(state);
     if (p !== null) return Promise.reject(new Error(`state file write: invalid state: ${p}`));
-    const text = JSON.stringify({ promised: state.promised }) + '\n';
+    // {"promised": N}, and "catchUp": true while set (the file keeps its bytes otherwise).
+    const text = JSON.stringify({ promised: state.promised, ...(state.catchUp ? { catchUp: true } : {}) }) + '\n';
     const run = (): Promise<void> => this.writeNow(text);
     const next = this.chain.then(run, run);
     this.chain = next.catch(() => undefined);
@@ -87,17 +89,17 @@ export class MemStateFile implements StateFile {
   writes = 0;
 
   constructor(initial: PromiseState = { promised: 0 }) {
-    this.state = { promised: initial.promised };
+    this.state = { ...initial };
   }
 
   read(): PromiseState {
-    return { promised: this.state.promised };
+    return { ...this.state };
   }
 
   write(state: PromiseState): Promise<void> {
     const p = stateProblem(state);
     if (p !== null) return Promise.reject(new Error(`state file write: invalid state: ${p}`));
-    this.state = { promised: state.promised };
+    this.state = { promised: state.promised, ...(state.catchUp ? { catchUp: true } : {}) };
     this.writes++;
     return Promise.resolve();
   }

@@ -4,11 +4,11 @@
 
 import type { Msg } from '../core/messages.js';
 import { entryProblem } from '../core/entry-shape.js';
-import { PEER_NUMBER_MAX } from '../core/limits.js';
+import { CLUSTER_ID_PATTERN, PEER_NUMBER_MAX } from '../core/limits.js';
 
 
 const nat = (x: unknown): boolean => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0 && x <= PEER_NUMBER_MAX;
-const ROLES = new Set(['follower', 'candidate', 'coordinator', 'learner']);
+const ROLES = new Set(['follower', 'candidate', 'coordinator', 'learner', 'catchup']);
 
 /** Numeric fields each message type carries (beyond the header). */
 const NUMS: Record<string, string[]> = {
@@ -18,7 +18,7 @@ const NUMS: Record<string, string[]> = {
   nack: ['last', 'commit'],
   election: [],
   alive: [],
-  claim: [],
+  claim: ['last', 'lastEpoch'],
   promise: ['last', 'lastEpoch', 'commit'],
   fetch: ['start'],
   fetched: ['start', 'last'],
@@ -35,6 +35,7 @@ export function peerMessageProblem(x: unknown): string | null {
   if (typeof m.t !== 'string' || !(m.t in NUMS)) return `unknown type ${JSON.stringify(m.t)}`;
   for (const f of ['from', 'to', 'epoch', 'clock', ...NUMS[m.t]!]) if (!nat(m[f])) return `${m.t}: ${f} is not a non-negative integer`;
   if ((m.from as number) < 1) return 'from must be a server id';
+  if (typeof m.cid !== 'string' || (m.cid !== '' && !CLUSTER_ID_PATTERN.test(m.cid))) return `${m.t}: cid is not a cluster identity`;
   if (typeof m.commitTs === 'number' && m.commitTs > (m.clock as number)) return `${m.t}: commitTs is beyond the sender's clock`;
   switch (m.t) {
     case 'ping':

@@ -1,5 +1,5 @@
-// Simulated disks. Each node has a log, a promise file and a checkpoint.
-// Writes to the log and the promise are buffered until a sync completes; a
+// Simulated disks. Each node has a log, a state file and a checkpoint.
+// Writes to the log and the state file are buffered until a sync completes; a
 // crash keeps what was synced and, like a real disk, maybe some prefix of what
 // was not (never anything out of order). The checkpoint is written in one
 // atomic transaction, durable when the write completes. A bit can flip in a
@@ -8,6 +8,7 @@
 
 import type { Entry } from '../../src/core/wire.js';
 import { CHECKPOINT_FORMAT, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../../src/core/records.js';
+import type { DurableState } from '../../src/core/node.js';
 import type { Rng } from './prng.js';
 
 type LogOp = { t: 'trunc'; from: number } | { t: 'app'; entries: Entry[] };
@@ -151,12 +152,12 @@ export class SimLog {
   }
 }
 
-/** The promise file: written atomically; durable once synced. */
-export class SimPromise {
-  durable = 0;
-  private pending: number | null = null;
-  write(epoch: number): void {
-    this.pending = epoch;
+/** The state file (the promise, the catch-up flag): written atomically; durable once synced. */
+export class SimState {
+  durable: DurableState = { promised: 0, catchUp: false };
+  private pending: DurableState | null = null;
+  write(state: DurableState): void {
+    this.pending = { ...state };
   }
   sync(): void {
     if (this.pending !== null) this.durable = this.pending;
@@ -239,6 +240,6 @@ export function byteOrder(a: string, b: string): number {
 
 export class SimDisk {
   log = new SimLog();
-  promise = new SimPromise();
+  state = new SimState();
   ckpt = new SimCheckpoint();
 }

@@ -8,7 +8,7 @@
 import type { Msg } from '../../src/core/messages.js';
 import { CheckpointPort, Replica, type Cancel, type CheckpointTransfer, type ClientSubject, type ReplicaCheckpoint, type ReplicaEnv, type ReplicaLog, type ReplicaLogger } from '../../src/server/replica.js';
 import type { ChangeEvent } from '../../src/core/wire.js';
-import type { Notice } from '../../src/core/node.js';
+import type { DurableState, Notice } from '../../src/core/node.js';
 import { PeerInbox, PeerSeal, newIncarnation } from '../../src/transport/peer-auth.js';
 import { SimCheckpoint, type SimDisk } from './disk.js';
 
@@ -78,7 +78,8 @@ export class SimNode implements ReplicaEnv {
         cluster: 'sim',
         voters: sim.initialVoters,
         logEntries: disk.log.open().entries,
-        promised: disk.promise.durable,
+        state: { ...disk.state.durable },
+        newClusterId: Buffer.from(Array.from({ length: 16 }, () => sim.rng.time.int(256))).toString('base64url'),
         retainEntries: sim.p.retain,
         removeDeadAfterMs: sim.p.removeDeadAfterTicks * sim.tickMs,
         snapshotPageItems: sim.p.snapshotPageItems,
@@ -132,10 +133,10 @@ export class SimNode implements ReplicaEnv {
     if (on) this.serving.add(subject);
     else this.serving.delete(subject);
   }
-  writePromise(epoch: number, done: () => void): void {
-    this.disk.promise.write(epoch);
+  writeState(state: DurableState, done: () => void): void {
+    this.disk.state.write(state);
     this.sim.at(this, this.sim.t + this.sim.fsyncDelay(), () => {
-      this.disk.promise.sync();
+      this.disk.state.sync();
       done();
     });
   }
@@ -150,6 +151,6 @@ export class SimNode implements ReplicaEnv {
   /** Role and positions, for the trace. */
   describe(): string {
     const n = this.replica.node;
-    return `${n.role}${n.role === 'coordinator' ? '' : `(c${n.coordinator ?? '-'})`} e${n.epoch} p${n.promised} last${n.lastIndex()} commit${n.commit} applied${this.replica.state.applied} ckpt${n.checkpointIndex}`;
+    return `${n.role}${n.role === 'coordinator' ? '' : `(c${n.coordinator ?? '-'})`} e${n.epoch} p${n.promised}${n.catchUp ? ' CATCHUP' : ''} last${n.lastIndex()} commit${n.commit} applied${this.replica.state.applied} ckpt${n.checkpointIndex}`;
   }
 }

@@ -111,8 +111,10 @@ export class Faults {
       case 'remove':
         return this.removeVoter();
       case 'wipe': {
-        const up = ids.filter((i) => !sim.retired.has(i));
-        const i = this.target(up);
+        // One server without data at a time: a majority that lost its data has lost committed writes.
+        const live = ids.filter((i) => !sim.retired.has(i));
+        if (live.some((i) => sim.inv.withoutData(i))) return;
+        const i = this.target(live);
         this.crash(i, 'kill -9, then its data directory is wiped', false);
         sim.disks.set(i, new SimDisk());
         sim.note(i, 'WIPED: restarts with an empty data directory');
@@ -151,7 +153,7 @@ export class Faults {
     const s = from.replica.node;
     if (r.chance(0.5) && sim.p.wire && coord) {
       const at = Math.max(1, s.commit);
-      const m: Msg = { t: 'append', from: from.id, to: 0, epoch: s.epoch, clock: s.clock + 1, prevIndex: at - 1, prevEpoch: s.entry(at - 1)?.epoch ?? 0, entries: [{ index: at, epoch: s.epoch, ts: s.clock + 1, kind: 'write', ops: [{ op: 'put', key: 'k.0', value: 'forged' }] }], commit: at, commitTs: s.clock + 1 };
+      const m: Msg = { t: 'append', from: from.id, to: 0, cid: s.cid, epoch: s.epoch, clock: s.clock + 1, prevIndex: at - 1, prevEpoch: s.entry(at - 1)?.epoch ?? 0, entries: [{ index: at, epoch: s.epoch, ts: s.clock + 1, kind: 'write', ops: [{ op: 'put', key: 'k.0', value: 'forged' }] }], commit: at, commitTs: s.clock + 1 };
       sim.note(0, `FORGE an unsealed append in ${from.id}'s name at ${at}`);
       const subject = sim.subjects.peer(m);
       const frame = new PeerSeal(Buffer.alloc(32, 1), from.seal.incarnation).seal(subject, JSON.stringify(m));
@@ -163,8 +165,8 @@ export class Faults {
     }
     // Beyond the core's step bounds (EPOCH_STEP_MAX, CLOCK_STEP_MAX), by a little or by a lot.
     const jump = r.chance(0.5) ? 2 ** 50 : 2 ** 41 + 1;
-    const claim: Msg = { t: 'claim', from: from.id, to: 0, epoch: Math.max(s.promised, s.epoch) + jump, clock: 0 };
-    const ping: Msg = { ...({ t: 'ping', role: 'coordinator', coordinator: from.id, last: s.lastIndex(), lastEpoch: s.lastEpoch(), commit: s.commit, commitTs: s.commitTs, matched: s.lastIndex(), applied: s.commit, checkpoint: 0, voters: s.voters, uptimeTicks: 0 } as const), from: from.id, to: 0, epoch: s.epoch, clock: s.clock + jump };
+    const claim: Msg = { t: 'claim', last: s.lastIndex(), lastEpoch: s.lastEpoch(), from: from.id, to: 0, cid: s.cid, epoch: Math.max(s.promised, s.epoch) + jump, clock: 0 };
+    const ping: Msg = { ...({ t: 'ping', role: 'coordinator', coordinator: from.id, last: s.lastIndex(), lastEpoch: s.lastEpoch(), commit: s.commit, commitTs: s.commitTs, matched: s.lastIndex(), applied: s.commit, checkpoint: 0, voters: s.voters, uptimeTicks: 0 } as const), from: from.id, to: 0, cid: s.cid, epoch: s.epoch, clock: s.clock + jump };
     sim.note(0, `FORGE a claim of epoch +${jump} and a heartbeat of clock +${jump} in ${from.id}'s name`);
     for (const m of [claim, ping]) sim.net.send(from, m);
   }
@@ -209,9 +211,9 @@ export class Faults {
     sim.pausedUntil.delete(id);
     const d = sim.disks.get(id)!;
     d.log.crash(sim.rng.disk);
-    d.promise.crash(sim.rng.disk);
+    d.state.crash(sim.rng.disk);
     sim.stats.crashes++;
-    sim.note(id, `CRASH (${why}): disk log ${d.log.durable.first}..${d.log.durable.last}, promise ${d.promise.durable}, checkpoint ${d.ckpt.meta().index}`);
+    sim.note(id, `CRASH (${why}): disk log ${d.log.durable.first}..${d.log.durable.last}, promise ${d.state.durable.promised}${d.state.durable.catchUp ? ' (catching up)' : ''}, checkpoint ${d.ckpt.meta().index}`);
     sim.inv.checkDurable(`after server ${id} crashed`);
     if (restart) this.restartLater(id);
   }

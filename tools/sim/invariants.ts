@@ -95,8 +95,8 @@ export class Invariants {
 
   private onReady(n: SimNode, r: Extract<ReplicaEvent, { t: 'ready' }>['ready']): void {
     const s = n.replica.node;
-    if (r.append.length > 0 || r.truncateFrom !== null || r.promise !== null || r.notices.length > 0) {
-      this.sim.trace.add(this.sim.t, n.id, () => `ready: ${r.truncateFrom !== null ? `truncate from ${r.truncateFrom}, ` : ''}${r.append.length ? `append ${r.append[0]!.index}..${r.append[r.append.length - 1]!.index}, ` : ''}${r.promise !== null ? `promise ${r.promise}, ` : ''}commit ${r.commit}, send ${r.sendNow.length}+${r.send.length}${r.notices.length ? `, ${r.notices.map(fmtNotice).join('; ')}` : ''}`);
+    if (r.append.length > 0 || r.truncateFrom !== null || r.state !== null || r.notices.length > 0) {
+      this.sim.trace.add(this.sim.t, n.id, () => `ready: ${r.truncateFrom !== null ? `truncate from ${r.truncateFrom}, ` : ''}${r.append.length ? `append ${r.append[0]!.index}..${r.append[r.append.length - 1]!.index}, ` : ''}${r.state !== null ? `state ${JSON.stringify(r.state)}, ` : ''}commit ${r.commit}, send ${r.sendNow.length}+${r.send.length}${r.notices.length ? `, ${r.notices.map(fmtNotice).join('; ')}` : ''}`);
     }
     // The log on disk (with what is pending) must be the log in memory.
     const view = n.disk.log.view;
@@ -110,7 +110,7 @@ export class Invariants {
     } else if (view.last > last) {
       fail(`node ${n.id}: empty log in memory after ${last} but the disk holds up to ${view.last}`);
     }
-    if (r.promise !== null && s.promised < r.promise) fail(`node ${n.id}: promise ${r.promise} above the node's ${s.promised}`);
+    if (r.state !== null && s.promised < r.state.promised) fail(`node ${n.id}: promise ${r.state.promised} above the node's ${s.promised}`);
     // Committed entries handed out must be the committed ones, in order, from where applying stands.
     if (r.committed.length > 0 && r.committed[0]!.index !== n.replica.state.applied + 1) {
       fail(`node ${n.id}: a Ready hands out entries from ${r.committed[0]!.index} but the state is at ${n.replica.state.applied}`);
@@ -178,12 +178,15 @@ export class Invariants {
       this.sim.trace.add(this.sim.t, n.id, () => `committed ${showEntry(e)}`);
       if (e.ts >= BOGUS_TS) fail(`node ${n.id}: ${showEntry(e)} committed with a ts from a bogus token: a token beyond every write moved a clock`);
       if (e.kind === 'write' && e.ops.some((op) => op.op === 'put' && op.value.startsWith('bogus.'))) fail(`node ${n.id}: ${showEntry(e)}, a write carrying a bogus token, was committed`);
-      // Committed means fsync'd on a majority (of the coordinator's voters), from the moment anyone counts it committed.
+      // Committed means fsync'd on a majority (of the coordinator's voters), from the moment
+      // anyone counts it committed: the voters with data that lack it are not a majority. (A
+      // voter whose data was lost since it acknowledged votes only for a log that covers the
+      // best it hears: see withoutData.)
       const holders = this.durableHolders(i, true);
       const voters = s.role === 'coordinator' ? s.voters : this.model.votersAt(i);
       const need = s.role === 'coordinator' ? Math.floor(voters.length / 2) + 1 : Math.ceil(voters.length / 2);
-      const have = holders.filter((id) => voters.includes(id));
-      if (have.length < need) fail(`node ${n.id}: entry ${showEntry(e)} counted committed while durable only on [${have.join(',')}] of the voters [${voters.join(',')}]`);
+      const lacking = voters.filter((id) => !holders.includes(id) && !this.withoutData(id));
+      if (lacking.length > voters.length - need) fail(`node ${n.id}: entry ${showEntry(e)} counted committed while durable only on [${holders.filter((id) => voters.includes(id)).join(',')}] of the voters [${voters.join(',')}]`);
       if (e.kind === 'config') {
         this.sim.stats.configs++;
         this.sim.faults.onConfigCommitted(e);
@@ -219,10 +222,11 @@ export class Invariants {
 
   /** Nothing leaves a server that claims durability it does not have: a promise, an ack. */
   onSend(n: SimNode, m: Msg): void {
-    if (m.t === 'promise' && m.ok && n.disk.promise.durable < m.epoch) fail(`node ${n.id}: promised epoch ${m.epoch} to ${m.to} before the promise was durable (durable: ${n.disk.promise.durable})`);
+    if (m.t === 'promise' && m.ok && n.disk.state.durable.promised < m.epoch) fail(`node ${n.id}: promised epoch ${m.epoch} to ${m.to} before the promise was durable (durable: ${n.disk.state.durable.promised})`);
     if (m.t === 'ack') {
       const d = n.disk;
-      const durable = d.ckpt.meta().index >= m.match || (d.log.durable.last >= m.match && sameEntry(d.log.durable.at(m.match)!, n.replica.node.entry(m.match) ?? d.log.durable.at(m.match)!));
+      // (The log in memory may have moved on since the ack was made; the disk must hold what it says.)
+      const durable = d.ckpt.meta().index >= m.match || d.log.durable.last >= m.match;
       if (!durable) fail(`node ${n.id}: acked ${m.match} to ${m.to} with its log durable only to ${d.log.durable.last}`);
     }
   }
@@ -295,6 +299,11 @@ export class Invariants {
     }
   }
 
+  withoutData(id: number): boolean {
+    const d = this.sim.disks.get(id)!;
+    return d.state.durable.catchUp || (d.log.durable.list.length === 0 && d.ckpt.meta().index === 0);
+  }
+
   /** Servers holding committed entry i durably: in the log on disk, or under the checkpoint. */
   private durableHolders(i: number, withRetired = false): number[] {
     const c = this.model.entry(i)!;
@@ -320,9 +329,11 @@ export class Invariants {
   checkDurable(when: string): void {
     const voters = this.model.votersAt(this.model.last);
     const majority = Math.floor(voters.length / 2) + 1;
-    const available = voters.filter((v) => !this.sim.retired.has(v)).length;
+    // Servers without data (empty, or catching up) vote only for a log that covers the best
+    // they hear (mayVote in the core): they cannot make up a majority without the entry.
+    const available = voters.filter((v) => !this.sim.retired.has(v) && !this.withoutData(v)).length;
     for (let i = 1; i <= this.model.last; i++) {
-      const have = this.durableHolders(i).filter((id) => voters.includes(id));
+      const have = this.durableHolders(i).filter((id) => voters.includes(id) && !this.withoutData(id));
       if (available - have.length >= majority) {
         fail(`committed entry ${showEntry(this.model.entry(i))} is durable only on [${have.join(',')}]: a majority of the voters [${voters.join(',')}] without it can form ${when}`);
       }

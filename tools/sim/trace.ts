@@ -47,6 +47,10 @@ export function fmtNotice(n: Notice): string {
       return `election ${n.phase} epoch ${n.epoch}`;
     case 'config':
       return `config voters ${n.voters.join(',')}`;
+    case 'foreign':
+      return `refused cluster ${n.cid} (from ${n.from})`;
+    case 'catchup':
+      return n.on ? `CATCHING UP${n.target !== undefined ? ` to ${n.target}` : ''}` : 'caught up';
     default:
       return `${n.type} ${n.id}`;
   }
