@@ -4,6 +4,7 @@
 // that the two agree, and the key order.
 
 import t from 'tap';
+import { CHECKPOINT_FORMAT, CorruptRecordError } from '../src/core/records.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
@@ -13,6 +14,7 @@ import {
   digestOf,
   emptyMeta,
   verifyCheckpoint,
+  CheckpointDamagedError,
 } from '../src/storage/checkpoint.js';
 import type { CheckpointStore } from '../src/storage/ports.js';
 import type { CheckpointDelta, CheckpointMeta, Rec, RidRecord } from '../src/core/records.js';
@@ -22,7 +24,7 @@ import { type TT, tmpDir } from './helpers/tmp-dir.js';
 // Checkpoint behaviour, shared by LmdbCheckpoint and MemCheckpoint.
 
 function meta(index: number, extra: Partial<CheckpointMeta> = {}): CheckpointMeta {
-  return { format: 1, index, epoch: 1, ts: index * 2, voters: [1, 2, 3], eventPrev: index, ...extra };
+  return { format: CHECKPOINT_FORMAT, index, epoch: 1, ts: index * 2, voters: [1, 2, 3], eventPrev: index, ...extra };
 }
 
 function rec(value: string, rev: number): Rec {
@@ -42,7 +44,7 @@ function checkpointSuite(h: CheckpointHarness): void {
   t.test(`${h.name}: CheckpointStore behaviour`, async (t) => {
     t.test('empty', async (t) => {
       const cp = await h.make(t);
-      t.same(cp.meta(), { format: 1, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 });
+      t.same(cp.meta(), { format: CHECKPOINT_FORMAT, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 });
       t.same(cp.meta(), emptyMeta());
       t.equal(cp.get('a'), undefined);
       t.equal(cp.get(''), undefined);
@@ -141,7 +143,7 @@ function checkpointSuite(h: CheckpointHarness): void {
         ['empty key', delta(6, [['', rec('y', 6)]]), /key is not a non-empty string/],
         ['rev beyond index', delta(6, [['b', rec('y', 7)]]), /beyond meta.index/],
         ['bad rec', delta(6, [['b', { value: 3, rev: 1, ts: 1 } as unknown as Rec]]), /value is not a string/],
-        ['bad meta', { ...delta(6, []), meta: { ...meta(6), format: 2 } }, /format/],
+        ['bad meta', { ...delta(6, []), meta: { ...meta(6), format: 3 } }, /format/],
         ['eventPrev beyond index', { ...delta(6, []), meta: { ...meta(6), eventPrev: 7 } }, /eventPrev/],
         ['bad rid record', delta(6, [], [['r', { index: 0, ts: 1, result: { ok: true } }]]), /rid record index/],
         ['bad rid result', delta(6, [], [['r', { index: 1, ts: 1, result: { ok: 'yes' } as unknown as RidRecord['result'] }]]), /result.ok/],
@@ -266,17 +268,63 @@ t.test('verifyCheckpoint reports bad records', async (t) => {
   const kv = root.openDB({ name: 'kv', keyEncoding: 'binary', encoding: 'binary' });
   const rids = root.openDB({ name: 'rids', keyEncoding: 'binary', encoding: 'binary' });
   await kv.put(Buffer.from('c'), Buffer.from('not json'));
-  await kv.put(Buffer.from('d'), Buffer.from('{"value":"x","rev":9,"ts":1}'));
+  // One flipped bit in the stored value of "a" (its checksum no longer matches).
+  const a = Buffer.from(kv.getBinary(Buffer.from('a'))!);
+  a[a.length - 3] ^= 1;
+  await kv.put(Buffer.from('a'), a);
+  // A value moved under another key keeps its bytes but not its checksum.
+  await kv.put(Buffer.from('d'), Buffer.from(kv.getBinary(Buffer.from('b'))!));
   await rids.put(Buffer.from('r2'), Buffer.from('{"index":1}'));
   await root.close();
   const r = await verifyCheckpoint(dir);
-  t.equal(r.problems.length, 3);
-  t.match(r.problems.join('\n'), /record of key "c" is not JSON/);
-  t.match(r.problems.join('\n'), /rev 9 is beyond meta.index 4/);
+  t.equal(r.problems.length, 4, r.problems.join('; '));
+  t.match(r.problems.join('\n'), /record of key "a": fails its checksum/);
+  t.match(r.problems.join('\n'), /record of key "c": no checksum/);
+  t.match(r.problems.join('\n'), /record of key "d": fails its checksum/);
   t.match(r.problems.join('\n'), /rid "r2"/);
   const again = await LmdbCheckpoint.open(dir, { readOnly: true });
-  t.throws(() => again.get('c'), /not JSON/, 'reads refuse a bad record too');
+  t.throws(() => again.get('a'), CorruptRecordError, 'reads refuse a record that fails its checksum');
+  t.throws(() => again.range('', undefined, 10), CorruptRecordError, 'ranges too');
+  t.equal(again.get('b')?.value, '2', 'a good record next to them still reads');
   await again.close();
+});
+
+t.test('a file that is not an LMDB environment is refused before LMDB opens it', async (t) => {
+  for (const [what, bytes] of [
+    ['garbage', Buffer.alloc(64 * 1024, 0x5a)],
+    ['an empty file', Buffer.alloc(0)],
+    ['a short file', Buffer.from('hello')],
+  ] as const) {
+    const dir = path.join(tmpDir(t), 'checkpoint');
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'data.mdb'), bytes);
+    await t.rejects(LmdbCheckpoint.open(dir), CheckpointDamagedError, `${what}: a clear error, not a crash`);
+    await t.rejects(LmdbCheckpoint.open(dir, { readOnly: true }), CheckpointDamagedError, `${what}: read-only too`);
+    const r = await verifyCheckpoint(dir);
+    t.match(r.problems.join('\n'), /not an LMDB environment|too short/, `${what}: verify names the problem`);
+  }
+});
+
+t.test('a format-1 checkpoint (no checksums) is upgraded in place when opened for writing', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  const { open } = await import('lmdb');
+  const root = open({ path: dir, maxDbs: 4, keyEncoding: 'binary', encoding: 'binary' });
+  const kv = root.openDB({ name: 'kv', keyEncoding: 'binary', encoding: 'binary' });
+  const rids = root.openDB({ name: 'rids', keyEncoding: 'binary', encoding: 'binary' });
+  const metaDb = root.openDB({ name: 'meta', keyEncoding: 'binary', encoding: 'binary' });
+  await kv.put(Buffer.from('a'), Buffer.from('{"value":"1","rev":1,"ts":2}'));
+  await rids.put(Buffer.from('r'), Buffer.from('{"index":1,"ts":2,"result":{"ok":true}}'));
+  await metaDb.put(Buffer.from('meta'), Buffer.from('{"format":1,"index":1,"epoch":1,"ts":2,"voters":[1],"eventPrev":1}'));
+  await root.close();
+  const ro = await LmdbCheckpoint.open(dir, { readOnly: true });
+  t.equal(ro.get('a')?.value, '1', 'read as it is, read-only');
+  await ro.close();
+  const cp = await LmdbCheckpoint.open(dir);
+  t.equal(cp.meta().format, CHECKPOINT_FORMAT, 'upgraded');
+  t.equal(cp.get('a')?.value, '1');
+  t.equal(cp.rids().length, 1);
+  await cp.close();
+  t.same((await verifyCheckpoint(dir)).problems, [], 'and every record now carries a checksum');
 });
 
 t.test('MemCheckpoint: clone is an independent copy; records are immutable', async (t) => {

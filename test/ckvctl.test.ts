@@ -2,6 +2,7 @@
 // on data directories written by the real storage adapters.
 
 import t from 'tap';
+import { CHECKPOINT_FORMAT } from '../src/core/records.js';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -77,7 +78,7 @@ async function makeData(name: string, opts: { kv?: Array<[string, Rec | null]>; 
     ],
     ridsSet: [['rid-3', { index: 3, ts: 3, result: { ok: true } }]],
     ridsDel: [],
-    meta: { format: 1, index: opts.index ?? 20, epoch: 1, ts: 20, voters: [1, 2, 3], eventPrev: 19 },
+    meta: { format: CHECKPOINT_FORMAT, index: opts.index ?? 20, epoch: 1, ts: 20, voters: [1, 2, 3], eventPrev: 19 },
   };
   await cp.write(delta);
   await cp.close();
@@ -227,7 +228,7 @@ t.test('checkpoint commands', async (t) => {
   t.match(show.stdout, /^keys\s+4$/m);
   t.match(show.stdout, /^rids\s+1$/m);
   t.match(show.stdout, new RegExp(`^digest\\s+${digest}$`, 'm'));
-  t.match(JSON.parse(sj.stdout), { meta: { format: 1, index: 20, eventPrev: 19 }, keys: 4, rids: 1, digest });
+  t.match(JSON.parse(sj.stdout), { meta: { format: CHECKPOINT_FORMAT, index: 20, eventPrev: 19 }, keys: 4, rids: 1, digest });
 
   t.equal(get.code, 0);
   t.match(get.stdout, /^value\s+"ckv"$/m);

@@ -2,6 +2,7 @@
 // path (election, proposals, commit, clock and token rules), driven by hand.
 
 import t from 'tap';
+import { CHECKPOINT_FORMAT } from '../src/core/records.js';
 import { ErrorCode, CkvError } from '../src/core/errors.js';
 import { KEY_BYTES_MAX, VALUE_BYTES_MAX, BATCH_OPS_MAX } from '../src/core/limits.js';
 import { Node, type Ready } from '../src/core/node.js';
@@ -14,7 +15,7 @@ import type { CheckpointMeta, CheckpointReader, Rec, RidRecord } from '../src/co
 class ArrayCheckpoint implements CheckpointReader {
   constructor(
     private kv: Array<[string, Rec]> = [],
-    private m: CheckpointMeta = { format: 1, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 },
+    private m: CheckpointMeta = { format: CHECKPOINT_FORMAT, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 },
   ) {}
   meta() {
     return this.m;
@@ -116,7 +117,7 @@ t.test('state machine: put, del, cas, batch atomicity, rids, overlay over checkp
       ['b', { value: 'B', rev: 2, ts: 2 }],
       ['c', { value: 'C', rev: 3, ts: 3 }],
     ],
-    { format: 1, index: 3, epoch: 1, ts: 3, voters: [1], eventPrev: 3 },
+    { format: CHECKPOINT_FORMAT, index: 3, epoch: 1, ts: 3, voters: [1], eventPrev: 3 },
   );
   const s = new KvState(base, 2);
   const w = (index: number, ops: Entry extends infer E ? (E extends { kind: 'write' } ? E['ops'] : never) : never, rid?: string): Entry => ({ index, epoch: 1, ts: index * 10, kind: 'write', ops, ...(rid ? { rid } : {}) });

@@ -4,7 +4,8 @@
 // the coordinator is ahead of its followers.
 
 import t from 'tap';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { PeerSeal, loadClusterKey, newIncarnation } from '../src/transport/peer-auth.js';
 import { Cluster } from './helpers/cluster.js';
@@ -259,4 +260,83 @@ t.test('a wiped voter does not vote until caught up: a committed write survives'
     const s = (await statuses(nc, 'h5')).find((x) => x.id === 2);
     return s && s.role === 'follower' ? s : undefined;
   });
+});
+
+/** Stop a server with SIGTERM (its final checkpoint holds everything it applied). */
+async function stopClean(c: Cluster, id: number): Promise<void> {
+  await c.kill(id, 'SIGTERM');
+}
+
+t.test('a damaged checkpoint is never served and repairs itself: a flipped byte, garbage, an empty file', async (t) => {
+  const c = new Cluster(3, { cluster: 'h6' });
+  await c.start();
+  t.teardown(async () => {
+    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
+    await c.stop();
+  });
+  await c.waitForCoordinator();
+  const nc = await connect({ servers: c.nats.url });
+  t.teardown(() => nc.close());
+  const good = 'corruptme-0123456789';
+  const w = await write(nc, 'h6', { op: 'put', key: 'victim', value: good, rid: 'victim-1' });
+  for (let i = 0; i < 20; i++) await write(nc, 'h6', { op: 'put', key: `other.${i}`, value: `v${i}`, rid: `other-${i}` });
+  const coord = (await statuses(nc, 'h6')).find((s) => s.role === 'coordinator')!.id;
+  const followers = c.voters.filter((v) => v !== coord);
+
+  // 1. One flipped byte in the stored value, on a follower.
+  const f = followers[0]!;
+  await stopClean(c, f);
+  const file = join(c.dataDir(f), 'checkpoint', 'data.mdb');
+  const bytes = readFileSync(file);
+  const at = bytes.indexOf(Buffer.from(good));
+  t.ok(at > 0, 'the value is in the checkpoint file');
+  bytes[at + 3] ^= 0x20;
+  writeFileSync(file, bytes);
+  const v = await runNode(CKVCTL_JS, ['checkpoint', 'verify', '--data', c.dataDir(f)]);
+  t.equal(v.code, 1, 'ckvctl checkpoint verify finds it');
+  t.match(v.stdout + v.stderr, /victim.*checksum/, 'and names the record');
+  c.startNode(f);
+  // Reads land on every server (one queue group): none may answer with the damaged value.
+  const seen = new Set<string>();
+  const deadline = Date.now() + 8000;
+  while (Date.now() < deadline) {
+    const r = await c.ckv(['get', 'victim', '--no-session', '--after', String(w.ts), '--timeout', '3000']);
+    seen.add(r.code === 0 ? r.stdout.trim() : `exit ${r.code}`);
+    if ((c.logs.get(f) ?? '').includes('repaired the checkpoint')) break;
+  }
+  t.same([...seen], [good], 'every read answered with the acknowledged value');
+  await c.waitFor(`server ${f} repaired and caught up`, async () => {
+    const s = (await statuses(nc, 'h6')).find((x) => x.id === f);
+    return (c.logs.get(f) ?? '').includes('repaired the checkpoint') && s && s.role === 'follower' ? s : undefined;
+  }, 30_000);
+
+  // 2. Garbage over the other follower's data.mdb, then an empty one: refused with a message, repaired.
+  const g = followers[1]!;
+  for (const [what, content] of [
+    ['garbage', Buffer.alloc(64 * 1024, 0x5a)],
+    ['an empty file', Buffer.alloc(0)],
+  ] as const) {
+    await stopClean(c, g);
+    writeFileSync(join(c.dataDir(g), 'checkpoint', 'data.mdb'), content);
+    const vg = await runNode(CKVCTL_JS, ['checkpoint', 'verify', '--data', c.dataDir(g)]);
+    t.equal(vg.code, 1, `${what}: verify exits 1, no crash`);
+    t.match(vg.stdout + vg.stderr, /not an LMDB environment|too short/, `${what}: and says what is wrong`);
+    c.logs.set(g, '');
+    c.startNode(g);
+    await c.waitFor(`server ${g} repaired (${what}) and caught up`, async () => {
+      const s = (await statuses(nc, 'h6')).find((x) => x.id === g);
+      return (c.logs.get(g) ?? '').includes('repaired the checkpoint') && s && s.role === 'follower' && s.applied >= w.index ? s : undefined;
+    }, 30_000);
+    t.pass(`${what}: the server set the checkpoint aside and caught up from its peers`);
+  }
+  const last = await write(nc, 'h6', { op: 'put', key: 'after.repair', value: 'x', rid: 'after-repair' });
+  await c.waitFor('every server applied the last write', async () => {
+    const s = await statuses(nc, 'h6');
+    return s.length === 3 && s.every((x) => x.applied >= last.index) ? s : undefined;
+  });
+  for (const id of c.voters) await stopClean(c, id);
+  for (const [x, y] of [[coord, f], [coord, g]] as const) {
+    const d = await runNode(CKVCTL_JS, ['checkpoint', 'diff', c.dataDir(x), c.dataDir(y)]);
+    t.equal(d.code, 0, `servers ${x} and ${y} end with the same state`);
+  }
 });

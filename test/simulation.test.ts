@@ -63,6 +63,9 @@ const REGRESSIONS: Array<{ seed: number; nodes: number; set?: string[]; caught: 
   { seed: 346, nodes: 3, caught: 'a learner that had promised a claimant then claimed itself and led on its own vote: a committed entry was replaced' },
   { seed: 26, nodes: 3, set: ['pageStale=0.3', 'snapshotPageItems=8'], caught: 'a stale checkpoint-transfer page (an answer to an earlier request) was written: the installed checkpoint lacked request ids' },
   { seed: 56, nodes: 3, set: ['pageStale=0.3', 'snapshotPageItems=8'], caught: 'the same, with a stale page of keys' },
+  { seed: 88, nodes: 5, caught: 'a catch-up member (its log cut by a repair) judged the cluster by a peer\'s older configuration, claimed and led without committed entries only another voter held' },
+  { seed: 345, nodes: 3, caught: 'a wiped server judged by its command line\'s first voters (one since retired), so it never voted: no coordinator' },
+  { seed: 5186, nodes: 3, set: ['faultWeights.wipe=10', 'faultWeights.flipLog=6', 'faultWeights.flipCheckpoint=6'], caught: 'the same, under many wipes and flipped bits' },
 ];
 
 t.test('simulation: regression seeds', async (t) => {

@@ -303,37 +303,44 @@ export class Node {
    * The voters are those of the best log heard (a server without data may not know the
    * configuration: its own is as old as its data).
    */
-  private dataView(): { without: number; unheard: number; majority: number; best: { last: number; lastEpoch: number } } {
+  private dataView(): DataView {
     const lost = (p: NonNullable<PeerInfo['ping']>): boolean => p.role === 'catchup' || (p.last === 0 && p.checkpoint === 0 && p.cid === '');
-    const newer = (p: { last: number; lastEpoch: number }, q: { last: number; lastEpoch: number }): boolean => p.lastEpoch > q.lastEpoch || (p.lastEpoch === q.lastEpoch && p.last > q.last);
-    // The configuration: ours, or (without data) that of the best log any server reports.
-    let voters = this.voters;
-    if (this.withoutData()) {
-      let top = { last: 0, lastEpoch: 0 };
-      for (const peer of this.peers.values()) {
-        const p = peer.ping;
-        if (!p || lost(p) || this.liveness(peer.id) === 'dead' || p.voters.length === 0) continue;
-        if (newer(p, top)) {
-          top = p;
-          voters = p.voters;
+    // The configuration may be ours, or (our data being old) that of the best log a server
+    // reports: the view must hold for both.
+    let theirs: number[] | null = null;
+    let top = { last: 0, lastEpoch: 0 };
+    for (const peer of this.peers.values()) {
+      const p = peer.ping;
+      if (!p || lost(p) || this.liveness(peer.id) === 'dead' || p.voters.length === 0) continue;
+      if (newer(p, top)) {
+        top = p;
+        theirs = p.voters;
+      }
+    }
+    const view = (voters: number[]): DataView => {
+      // Committed entries are on a majority of voters: the best log among voters with data covers them.
+      const best = { last: 0, lastEpoch: 0 };
+      let without = 0;
+      let unheard = 0;
+      for (const v of voters) {
+        const p = v === this.id ? undefined : this.peers.get(v)?.ping;
+        if (v === this.id) without++;
+        else if (!p || this.liveness(v) === 'dead') unheard++;
+        else if (lost(p)) without++;
+        else if (newer(p, best)) {
+          best.last = p.last;
+          best.lastEpoch = p.lastEpoch;
         }
       }
-    }
-    // Committed entries are on a majority of voters: the best log among voters with data covers them.
-    const best = { last: 0, lastEpoch: 0 };
-    let without = 0;
-    let unheard = 0;
-    for (const v of voters) {
-      const p = v === this.id ? undefined : this.peers.get(v)?.ping;
-      if (v === this.id) without++;
-      else if (!p || this.liveness(v) === 'dead') unheard++;
-      else if (lost(p)) without++;
-      else if (newer(p, best)) {
-        best.last = p.last;
-        best.lastEpoch = p.lastEpoch;
-      }
-    }
-    return { without, unheard, majority: Math.floor(voters.length / 2) + 1, best };
+      return { safe: unheard === 0 || without + unheard < Math.floor(voters.length / 2) + 1, best };
+    };
+    // An empty server's own configuration is only its command line's first voters: it knows
+    // none but what the servers with data report.
+    if (theirs !== null && this.isEmpty()) return view(theirs);
+    const mine = view(this.voters);
+    if (theirs === null || theirs.join() === this.voters.join()) return mine;
+    const other = view(theirs);
+    return { safe: mine.safe && other.safe, best: newer(other.best, mine.best) ? other.best : mine.best };
   }
 
   /**
@@ -346,8 +353,7 @@ export class Node {
   private mayVote(log: { last: number; lastEpoch: number }): boolean {
     if (!this.withoutData()) return true;
     const v = this.dataView();
-    if (v.unheard > 0 && v.without + v.unheard >= v.majority) return false;
-    return log.lastEpoch > v.best.lastEpoch || (log.lastEpoch === v.best.lastEpoch && log.last >= v.best.last);
+    return v.safe && !newer(v.best, log);
   }
 
   private persistState(): void {
@@ -366,7 +372,7 @@ export class Node {
   private checkCatchUp(): void {
     if (!this.catchUp || !this.catchUpDurable || this.coordinator === null || this.role !== 'follower') return;
     const v = this.dataView();
-    if (v.unheard > 0 && v.without + v.unheard >= v.majority) return;
+    if (!v.safe) return;
     // The coordinator's own report too (it holds every committed entry), once we have heard it.
     const c = this.peers.get(this.coordinator)?.ping;
     if (!c || c.epoch !== this.epoch || c.role !== 'coordinator') return;
@@ -1351,4 +1357,15 @@ export class Node {
     this.queries.cancel(id);
     this.rounds.cancel(id);
   }
+}
+
+/** What a server without data hears of the voters' data: whether voting cannot lose a committed entry, and the best log. */
+interface DataView {
+  safe: boolean;
+  best: { last: number; lastEpoch: number };
+}
+
+/** p's log is more up to date than q's (higher last epoch, then higher index). */
+function newer(p: { last: number; lastEpoch: number }, q: { last: number; lastEpoch: number }): boolean {
+  return p.lastEpoch > q.lastEpoch || (p.lastEpoch === q.lastEpoch && p.last > q.last);
 }

@@ -7,7 +7,18 @@ import { CLUSTER_ID_PATTERN, KEY_BYTES_MAX, RID_BYTES_MAX } from './limits.js';
 import type { WriteResult } from './wire.js';
 
 /** Layout version of a checkpoint (its meta carries it). */
-export const CHECKPOINT_FORMAT = 1;
+export const CHECKPOINT_FORMAT = 2;
+
+/**
+ * A stored record failed its checksum (or does not decode): the server must not serve it.
+ * `what` names the record (a key, a request id, the meta).
+ */
+export class CorruptRecordError extends Error {
+  constructor(readonly what: string, detail: string) {
+    super(`checkpoint: ${what}: ${detail}`);
+    this.name = 'CorruptRecordError';
+  }
+}
 
 /** A stored value with the log position that wrote it. */
 export interface Rec {

@@ -2,18 +2,23 @@
 // ckv-server: one replica. Opens its data directory (log, checkpoint, promise),
 // connects to NATS, and runs the driver loop until SIGTERM/SIGINT.
 
-import { existsSync, mkdirSync, openSync, fsyncSync, closeSync, renameSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, openSync, fsyncSync, closeSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { CronJob } from 'cron';
 import pino from 'pino';
 import { CHECKPOINT_CRON_DEFAULT, PEER_DROPS_REPORT_MS, PING_INTERVAL_TICKS, TICK_MS, CLUSTER_DEFAULT, CLUSTER_NAME_PATTERN, CLUSTER_NAME_RULE, LOG_RETAIN_ENTRIES, NATS_URL_DEFAULT } from '../core/limits.js';
-import { LmdbCheckpoint } from '../storage/checkpoint.js';
+import { CheckpointDamagedError, LmdbCheckpoint } from '../storage/checkpoint.js';
+import { repairLog, scanLog } from '../storage/log-inspect.js';
+import { LogCorruptError } from '../storage/segment-format.js';
+import { CorruptRecordError } from '../core/records.js';
+import type { Entry } from '../core/wire.js';
 import { SegmentLog } from '../storage/segment-log.js';
 import { FileStateFile } from '../storage/state-file.js';
 import { NatsTransport } from '../transport/nats.js';
 import { PeerSeal, compareIncarnations, loadClusterKey, newIncarnation } from '../transport/peer-auth.js';
+import { RepairNeeded } from './replica.js';
 import { Server, type CheckpointInstaller } from './server.js';
 import type { CheckpointStore } from '../storage/ports.js';
 
@@ -176,56 +181,9 @@ async function main(): Promise<void> {
 
   const logger = pino({ level, base: { node: id } }, pino.destination(2));
   mkdirSync(data, { recursive: true });
-  recoverCheckpointDirs(data);
-  const { log, entries, warnings } = await SegmentLog.open(join(data, 'log'), { warn: (m: string) => logger.child({ component: 'log' }).warn(m) });
-  for (const w of warnings) logger.child({ component: 'log' }).warn(w);
-  const checkpoint = await LmdbCheckpoint.open(join(data, 'checkpoint'));
-  // Without a configuration of its own, a server must be told the first voters: defaulting to
-  // itself alone would make several one-server clusters under one name.
-  if (checkpoint.meta().voters.length === 0 && voters.length === 0) {
-    usage('--voters is needed: this data directory holds no configuration yet (give the first voters, e.g. --voters 1,2,3, on every server)');
-  }
-  const stateFile = new FileStateFile(join(data, 'state'));
-  const nc = await connect({ servers: natsUrl, name: `ckv-server-${cluster}-${id}`, maxReconnectAttempts: -1 });
-  const incarnation = newIncarnation(Date.now());
-  const tlog = logger.child({ component: 'transport' });
-  const drops = new DropReport(tlog);
-  let conflict: string | null = null;
-  const transport = new NatsTransport(nc, cluster, id, new PeerSeal(key, incarnation), {
-    dropped: (r) => {
-      if (r.reason === 'same-id') {
-        // Two live processes as one server: the one started later stops.
-        if (compareIncarnations(r.detail, incarnation) < 0) conflict ??= r.detail;
-        else drops.once('same-id', `another process runs as server ${id} (incarnation ${r.detail}, started after this one ${incarnation}); it will stop`);
-        return;
-      }
-      drops.add(r.reason, r.detail);
-    },
-    sendFailed: (err) => drops.add('send failed', String((err as Error)?.message ?? err)),
-    handlerFailed: (err) => tlog.error({ err }, 'a peer message handler failed'),
-  });
-  const server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data), removeDeadAfterMs, ...(retain !== undefined ? { retainEntries: retain } : {}) });
-
-  let job: CronJob;
-  try {
-    job = CronJob.from({ cronTime: cronExpr, onTick: () => void server.checkpoint(), start: true });
-  } catch (err) {
-    usage(`--checkpoint-cron: ${(err as Error).message}`);
-  }
-
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal }, 'stopping: finishing in-flight work and checkpointing');
-    void job.stop();
-    await server.close();
-    logger.info('stopped');
-    logger.flush();
-    process.exitCode = 0;
-  };
+  let stop: ((signal: string) => Promise<void>) | null = null;
   const stopOn = (signal: string) =>
-    stop(signal).catch((err: Error) => {
+    (stop ?? (async () => process.exit(0)))(signal).catch((err: Error) => {
       // A failed final checkpoint loses nothing (the log has it all) but must not look clean.
       logger.error({ err }, 'error while stopping');
       logger.flush();
@@ -233,26 +191,174 @@ async function main(): Promise<void> {
     });
   process.on('SIGTERM', () => void stopOn('SIGTERM'));
   process.on('SIGINT', () => void stopOn('SIGINT'));
-  // Listen before taking part: a live process with our id shows in its heartbeats.
-  server.listen();
-  const listenUntil = Date.now() + STARTUP_LISTEN_MS;
-  while (Date.now() < listenUntil && conflict === null) await new Promise((r) => setTimeout(r, 10));
-  const refuse = (other: string): never => {
-    logger.fatal({ other, incarnation }, `another live process already runs as server ${id} in cluster ${cluster}: refusing to run`);
-    logger.flush();
-    process.exit(1);
-  };
-  if (conflict !== null) refuse(conflict);
-  setInterval(() => {
+
+  // One run of the server; a damaged record found while running ends it with 'repair': the
+  // data directory is repaired and the server runs again, as a catch-up member.
+  const run = async (): Promise<'repair'> => {
+    recoverCheckpointDirs(data);
+    const { log, entries, checkpoint } = await openStores(data, logger);
+    // Without a configuration of its own, a server must be told the first voters: defaulting to
+    // itself alone would make several one-server clusters under one name.
+    if (checkpoint.meta().voters.length === 0 && voters.length === 0) {
+      usage('--voters is needed: this data directory holds no configuration yet (give the first voters, e.g. --voters 1,2,3, on every server)');
+    }
+    const stateFile = new FileStateFile(join(data, 'state'));
+    const nc = await connect({ servers: natsUrl, name: `ckv-server-${cluster}-${id}`, maxReconnectAttempts: -1 });
+    const incarnation = newIncarnation(Date.now());
+    const tlog = logger.child({ component: 'transport' });
+    const drops = new DropReport(tlog);
+    let conflict: string | null = null;
+    const transport = new NatsTransport(nc, cluster, id, new PeerSeal(key, incarnation), {
+      dropped: (r) => {
+        if (r.reason === 'same-id') {
+          // Two live processes as one server: the one started later stops.
+          if (compareIncarnations(r.detail, incarnation) < 0) conflict ??= r.detail;
+          else drops.once('same-id', `another process runs as server ${id} (incarnation ${r.detail}, started after this one ${incarnation}); it will stop`);
+          return;
+        }
+        drops.add(r.reason, r.detail);
+      },
+      sendFailed: (err) => drops.add('send failed', String((err as Error)?.message ?? err)),
+      handlerFailed: (err) => tlog.error({ err }, 'a peer message handler failed'),
+    });
+    const teardown = async (): Promise<void> => {
+      await transport.close().catch(() => undefined);
+      await log.close().catch(() => undefined);
+      await checkpoint.close().catch(() => undefined);
+    };
+    let server: Server;
+    try {
+      server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data), removeDeadAfterMs, ...(retain !== undefined ? { retainEntries: retain } : {}) });
+    } catch (err) {
+      // A damaged record in what a start reads (the request-id table, the meta).
+      if (!(err instanceof CorruptRecordError)) throw err;
+      await teardown();
+      repairDataDir(data, 'checkpoint', logger, err.message);
+      return 'repair';
+    }
+
+    let job: CronJob;
+    try {
+      job = CronJob.from({ cronTime: cronExpr, onTick: () => void server.checkpoint(), start: true });
+    } catch (err) {
+      usage(`--checkpoint-cron: ${(err as Error).message}`);
+    }
+    let stopping = false;
+    stop = async (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal }, 'stopping: finishing in-flight work and checkpointing');
+      void job.stop();
+      await server.close();
+      logger.info('stopped');
+      logger.flush();
+      process.exitCode = 0;
+    };
+    // Listen before taking part: a live process with our id shows in its heartbeats.
+    server.listen();
+    const listenUntil = Date.now() + STARTUP_LISTEN_MS;
+    while (Date.now() < listenUntil && conflict === null) await new Promise((r) => setTimeout(r, 10));
+    const refuse = (other: string): never => {
+      logger.fatal({ other, incarnation }, `another live process already runs as server ${id} in cluster ${cluster}: refusing to run`);
+      logger.flush();
+      process.exit(1);
+    };
     if (conflict !== null) refuse(conflict);
-  }, TICK_MS).unref();
-  if (key === null) logger.warn('running without a cluster key: peer messages are not authenticated (--insecure-peer-messages)');
-  server.start((err) => {
-    logger.fatal({ err }, 'server stopped on a fatal error');
-    logger.flush();
-    process.exit(1);
-  });
-  logger.info({ id, cluster, voters, data, nats: natsUrl, checkpointCron: cronExpr, applied: server.state.applied }, 'ckv-server started');
+    const watch = setInterval(() => {
+      if (conflict !== null) refuse(conflict);
+    }, TICK_MS);
+    watch.unref();
+    if (key === null) logger.warn('running without a cluster key: peer messages are not authenticated (--insecure-peer-messages)');
+    return new Promise<'repair'>((resolve) => {
+      server.start((err) => {
+        if (err instanceof RepairNeeded) {
+          logger.error({ err: err.damage.message }, 'a damaged record: stopping to repair this data directory, then starting again as a catch-up member');
+          clearInterval(watch);
+          void job.stop();
+          server.abort();
+          void teardown().then(() => {
+            repairDataDir(data, 'checkpoint', logger, err.damage.message);
+            resolve('repair');
+          });
+          return;
+        }
+        logger.fatal({ err }, 'server stopped on a fatal error');
+        logger.flush();
+        process.exit(1);
+      });
+      logger.info({ id, cluster, voters, data, nats: natsUrl, checkpointCron: cronExpr, applied: server.state.applied }, 'ckv-server started');
+    });
+  };
+  for (;;) await run();
+}
+
+/**
+ * Open the log and the checkpoint. What is damaged is repaired first (and the server is then a
+ * catch-up member): a log with a bad record inside is cut there; a checkpoint that is not an
+ * LMDB environment, or whose meta is damaged, is set aside (the server fetches one from its peers).
+ */
+async function openStores(data: string, logger: pino.Logger): Promise<{ log: SegmentLog; entries: Entry[]; checkpoint: LmdbCheckpoint }> {
+  const llog = logger.child({ component: 'log' });
+  let opened: Awaited<ReturnType<typeof SegmentLog.open>>;
+  try {
+    opened = await SegmentLog.open(join(data, 'log'), { warn: (m: string) => llog.warn(m) });
+  } catch (err) {
+    if (!(err instanceof LogCorruptError)) throw err;
+    repairDataDir(data, 'log', logger, err.message);
+    opened = await SegmentLog.open(join(data, 'log'), { warn: (m: string) => llog.warn(m) });
+  }
+  for (const w of opened.warnings) llog.warn(w);
+  let checkpoint: LmdbCheckpoint;
+  try {
+    checkpoint = await LmdbCheckpoint.open(join(data, 'checkpoint'));
+  } catch (err) {
+    if (!(err instanceof CheckpointDamagedError)) throw err;
+    await opened.log.close();
+    repairDataDir(data, 'checkpoint', logger, err.message);
+    return openStores(data, logger);
+  }
+  return { log: opened.log, entries: opened.entries, checkpoint };
+}
+
+/**
+ * Repair a data directory (the stores are closed): a damaged checkpoint is moved aside (to
+ * checkpoint-damaged, for a post-mortem; an older one there is removed), with the log unless it
+ * reaches back to entry 1; a damaged log is cut at its first bad record. Either way the state
+ * file marks the server as catching up: it may have lost what it acknowledged.
+ */
+function repairDataDir(data: string, what: 'checkpoint' | 'log', logger: pino.Logger, why: string): void {
+  const logDir = join(data, 'log');
+  if (what === 'checkpoint') {
+    const aside = join(data, 'checkpoint-damaged');
+    rmSync(aside, { recursive: true, force: true });
+    if (existsSync(join(data, 'checkpoint'))) renameSync(join(data, 'checkpoint'), aside);
+    const first = scanLog(logDir)[0]?.firstIndex;
+    if (first !== undefined && first !== 1) {
+      rmSync(join(data, 'log-damaged'), { recursive: true, force: true });
+      renameSync(logDir, join(data, 'log-damaged'));
+    }
+  } else {
+    repairLog(logDir);
+  }
+  fsyncDir(data);
+  const stateFile = join(data, 'state');
+  const st = new FileStateFile(stateFile).read();
+  writeStateSync(stateFile, { promised: st.promised, catchUp: true });
+  logger.warn({ what, why }, `repaired the ${what} of this data directory: catching up from the peers before voting again`);
+}
+
+/** The state file, written durably and at once (the server is not running). */
+function writeStateSync(file: string, state: { promised: number; catchUp: boolean }): void {
+  const tmp = `${file}.tmp`;
+  const fd = openSync(tmp, 'w');
+  try {
+    writeSync(fd, JSON.stringify(state) + '\n');
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+  fsyncDir(dirname(file));
 }
 
 main().catch((err: Error) => {

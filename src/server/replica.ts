@@ -33,7 +33,7 @@ import {
 } from '../core/limits.js';
 import type { Msg } from '../core/messages.js';
 import { Node, type DurableState, type Notice, type Proposal, type Ready } from '../core/node.js';
-import { metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../core/records.js';
+import { CorruptRecordError, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../core/records.js';
 import { KvState, type Applied } from '../core/state.js';
 import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
 import type { ChangeEvent, Entry, KeyValue, NodeStatus, PeerStatus, Reply, Request, WriteOp, WriteResult } from '../core/wire.js';
@@ -164,6 +164,19 @@ export interface ReplicaOptions {
   snapshotPageItems?: number;
   /** Entries per replication message (the simulation makes them few). */
   replEntriesMax?: number;
+}
+
+/**
+ * The replica found a damaged record in its checkpoint: it stops, and the shell repairs the
+ * data directory (the checkpoint set aside, the log kept only if it reaches back to entry 1,
+ * the state file marked catching up) and starts it again: a catch-up member that fetches a
+ * checkpoint from its peers and votes again once it holds what the cluster committed.
+ */
+export class RepairNeeded extends Error {
+  constructor(readonly damage: CorruptRecordError) {
+    super(`a damaged record (${damage.message}): repairing from the peers`);
+    this.name = 'RepairNeeded';
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -764,24 +777,32 @@ export class Replica {
     respond({ ok: false, ts: this.st.appliedTs, error: { code, message } });
   }
 
-  /** Run a request handler: a bug in it becomes an INTERNAL reply, never a crash. */
+  /**
+   * Run a request handler: a bug in it becomes an INTERNAL reply, never a crash; a damaged
+   * record is never served (the client goes to another server) and starts a repair.
+   */
   private safely(respond: Respond, fn: () => void): void {
     try {
       fn();
     } catch (err) {
+      if (err instanceof CorruptRecordError) {
+        this.fail(respond, ErrorCode.UNAVAILABLE, 'this server found a damaged record and is repairing itself; another server answers');
+        this.die(new RepairNeeded(err));
+        return;
+      }
       this.env.logger.error({ err }, 'request failed');
       this.fail(respond, ErrorCode.INTERNAL, 'internal error');
     }
   }
 
-  /** Run protocol work: a broken invariant stops the replica. */
+  /** Run protocol work: a broken invariant stops the replica; a damaged record starts a repair. */
   private guard(fn: () => void): void {
     try {
       fn();
     } catch (err) {
       // Already dead: the environment's fatal() threw (the simulation does); let it through.
       if (this.dead) throw err;
-      this.die(err as Error);
+      this.die(err instanceof CorruptRecordError ? new RepairNeeded(err) : (err as Error));
     }
   }
 
@@ -826,9 +847,13 @@ export class Replica {
     if (this.holdStartedAt === 0 || now >= this.holdCheckpointUntil + SNAPSHOT_HOLD_MS) this.holdStartedAt = now;
     this.holdCheckpointUntil = Math.min(now + SNAPSHOT_HOLD_MS, this.holdStartedAt + SNAPSHOT_HOLD_TOTAL_MS_MAX);
     const after = typeof m.after === 'string' ? m.after : undefined;
+    this.guard(() => this.servePage(m.phase === 'rids' ? 'rids' : 'kv', after, respond));
+  }
+
+  private servePage(phase: 'kv' | 'rids', after: string | undefined, respond: (reply: string) => void): void {
     const meta = this.ckpt.meta();
     const max = this.snapshotPageItems;
-    if (m.phase === 'rids') {
+    if (phase === 'rids') {
       const all = this.ckpt.rids();
       const startAt = after === undefined ? 0 : Number(after);
       if (!Number.isSafeInteger(startAt) || startAt < 0) return;

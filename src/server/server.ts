@@ -177,6 +177,15 @@ export class Server {
     else throw err;
   }
 
+  /** Stop at once (the replica stopped on a fatal error): no more ticks, no more requests. */
+  abort(): void {
+    if (this.ticker) clearInterval(this.ticker);
+    this.ticker = null;
+    for (const stop of Object.values(this.stops)) stop();
+    this.stops = {};
+    this.started = false;
+  }
+
   /** Stop taking requests, finish in-flight work, checkpoint, close. */
   async close(): Promise<void> {
     await new Promise<void>((resolve) => this.replica.close(resolve));

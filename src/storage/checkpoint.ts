@@ -23,9 +23,18 @@ import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { KEY_BYTES_MAX } from '../core/limits.js';
 import type { CheckpointStore } from './ports.js';
-import { CHECKPOINT_FORMAT, deltaProblem, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord } from '../core/records.js';
+import { crc32c } from './crc32c.js';
+import { CHECKPOINT_FORMAT, CorruptRecordError, deltaProblem, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord } from '../core/records.js';
 
 export const CHECKPOINT_DIR_NAME = 'checkpoint';
+
+/** A checkpoint that cannot be opened at all (not an LMDB environment, a damaged meta). */
+export class CheckpointDamagedError extends Error {
+  constructor(readonly dir: string, detail: string) {
+    super(`checkpoint ${dir} is damaged: ${detail}`);
+    this.name = 'CheckpointDamagedError';
+  }
+}
 const META_KEY = Buffer.from('meta', 'utf8');
 const DB_NAMES = ['kv', 'rids', 'meta'] as const;
 const DIGEST_PREFIX = 'ckv-checkpoint-digest-v1\n';
@@ -53,19 +62,73 @@ function metaJson(m: CheckpointMeta): string {
   return `{"format":${m.format},"index":${m.index},"epoch":${m.epoch},"ts":${m.ts},"voters":[${m.voters.join(',')}]${keepOut},"eventPrev":${m.eventPrev}${cluster}}`;
 }
 
-// lmdb-js's getBinaryFast buffers report the whole shared buffer as byteLength:
-// go by .length only (toString does).
-function parseJson<T>(bytes: Buffer, what: string, problem: (x: unknown) => string | null): T {
+// Format 2: every value is sealed with a CRC-32C over its key and its JSON:
+//   "<crc as 8 hex digits> <json>"
+// so that a flipped byte in a value, or a value moved under another key, is found when read.
+const ZERO = Buffer.from([0]);
+const SEAL_BYTES = 9;
+
+function checksumOf(key: Buffer, body: Uint8Array, start = 0): number {
+  return crc32c(body, crc32c(ZERO, crc32c(key)), start);
+}
+
+function sealValue(key: Buffer, json: string): Buffer {
+  const body = Buffer.from(json, 'utf8');
+  return Buffer.concat([Buffer.from(`${checksumOf(key, body).toString(16).padStart(8, '0')} `, 'latin1'), body]);
+}
+
+/**
+ * The JSON of a stored value, checked: its seal (format 2), its shape. Throws CorruptRecordError.
+ * lmdb-js's getBinaryFast buffers report the whole shared buffer as byteLength: go by .length only.
+ */
+function decodeValue<T>(key: Buffer, bytes: Buffer, sealed: boolean, what: string, problem: (x: unknown) => string | null): T {
+  let text: string;
+  if (sealed) {
+    if (bytes.length < SEAL_BYTES || bytes[8] !== 0x20) throw new CorruptRecordError(what, 'no checksum');
+    const want = parseInt(bytes.toString('latin1', 0, 8), 16);
+    if (!/^[0-9a-f]{8}$/.test(bytes.toString('latin1', 0, 8)) || checksumOf(key, bytes.subarray(0, bytes.length), SEAL_BYTES) !== want) {
+      throw new CorruptRecordError(what, 'fails its checksum');
+    }
+    text = bytes.toString('utf8', SEAL_BYTES);
+  } else text = bytes.toString('utf8');
   let raw: unknown;
   try {
-    raw = JSON.parse(bytes.toString('utf8'));
+    raw = JSON.parse(text);
   } catch {
-    throw new Error(`checkpoint: ${what} is not JSON`);
+    throw new CorruptRecordError(what, 'is not JSON');
   }
   const p = problem(raw);
-  if (p !== null) throw new Error(`checkpoint: ${what}: ${p}`);
+  if (p !== null) throw new CorruptRecordError(what, p);
   return raw as T;
 }
+
+/** Why `dir/data.mdb` cannot be an LMDB environment (LMDB itself would crash on it), or null. */
+export function lmdbFileProblem(dir: string): string | null {
+  const file = path.join(dir, 'data.mdb');
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch {
+    return null; // absent: a new checkpoint
+  }
+  try {
+    const size = fs.fstatSync(fd).size;
+    if (size < 2 * LMDB_PAGE_BYTES_MIN) return `${file} is ${size} bytes: too short for an LMDB environment`;
+    const b = Buffer.alloc(LMDB_PAGE_BYTES_MIN + 32);
+    fs.readSync(fd, b, 0, b.length, 0);
+    const c = Buffer.alloc(32);
+    fs.readSync(fd, c, 0, 32, LMDB_PAGE_BYTES_MIN);
+    // Either of LMDB's two meta pages (at the start of the first two pages) carries its magic.
+    if (b.readUInt32LE(LMDB_MAGIC_OFFSET) !== LMDB_MAGIC && c.readUInt32LE(LMDB_MAGIC_OFFSET) !== LMDB_MAGIC) return `${file} is not an LMDB environment (no LMDB magic in its meta pages)`;
+    return null;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+const LMDB_MAGIC = 0xbeefc0de;
+const LMDB_MAGIC_OFFSET = 24;
+const LMDB_PAGE_BYTES_MIN = 4096;
 
 /** Compare two strings in the byte order of their UTF-8 encodings. */
 export function compareKeys(a: string, b: string): number {
@@ -122,6 +185,8 @@ export class LmdbCheckpoint implements CheckpointStore {
   /** Writes run one at a time, in call order. */
   private chain: Promise<void> = Promise.resolve();
   private closed = false;
+  /** Values carry checksums (format 2); false while a format-1 checkpoint is read as it is. */
+  private sealed = true;
 
   private constructor(dir: string, readOnly: boolean, root: RootDatabase<Bytes, Bytes>, dbs: Database<Bytes, Bytes>[]) {
     this.dir = dir;
@@ -146,6 +211,8 @@ export class LmdbCheckpoint implements CheckpointStore {
         fs.closeSync(fd);
       }
     }
+    const bad = lmdbFileProblem(dir);
+    if (bad !== null) throw new CheckpointDamagedError(dir, bad);
     const enc = { keyEncoding: 'binary', encoding: 'binary' } as const;
     const root = open<Bytes, Bytes>({ path: dir, maxDbs: DB_NAMES.length + 1, readOnly, ...enc });
     const dbs: Database<Bytes, Bytes>[] = [];
@@ -158,10 +225,23 @@ export class LmdbCheckpoint implements CheckpointStore {
       dbs.push(db);
     }
     const cp = new LmdbCheckpoint(dir, readOnly, root, dbs);
-    if (!readOnly && cp.metaDb.getBinary(META_KEY) === undefined) {
+    const raw = cp.metaDb.getBinary(META_KEY);
+    if (raw === undefined) {
       // A new checkpoint: write the empty state's meta so every reader finds one.
-      await cp.metaDb.put(META_KEY, Buffer.from(metaJson(emptyMeta()), 'utf8'));
-      await cp.root.flushed;
+      if (!readOnly) {
+        await cp.metaDb.put(META_KEY, sealValue(META_KEY, metaJson(emptyMeta())));
+        await cp.root.flushed;
+      }
+    } else if (raw[0] === 0x7b) {
+      // Format 1 (no checksums): upgraded in one transaction, or read as it is.
+      cp.sealed = false;
+      if (!readOnly) await cp.upgrade();
+    }
+    try {
+      cp.meta();
+    } catch (err) {
+      await root.close();
+      throw new CheckpointDamagedError(dir, (err as Error).message);
     }
     return cp;
   }
@@ -174,15 +254,17 @@ export class LmdbCheckpoint implements CheckpointStore {
     this.check();
     const b = this.metaDb.getBinaryFast(META_KEY);
     if (b === undefined) return emptyMeta();
-    return parseJson<CheckpointMeta>(b, 'meta', metaProblem);
+    // A format-1 checkpoint's meta says format 1 (read as it is until it is upgraded).
+    return decodeValue<CheckpointMeta>(META_KEY, b, this.sealed, 'meta', this.sealed ? metaProblem : (x) => metaProblem({ ...(x as object), format: CHECKPOINT_FORMAT }));
   }
 
   get(key: string): Rec | undefined {
     this.check();
     if (key.length === 0) return undefined;
-    const b = this.kv.getBinaryFast(Buffer.from(key, 'utf8'));
+    const k = Buffer.from(key, 'utf8');
+    const b = this.kv.getBinaryFast(k);
     if (b === undefined) return undefined;
-    return parseJson<Rec>(b, `record of key ${JSON.stringify(key)}`, recProblem);
+    return decodeValue<Rec>(k, b, this.sealed, `record of key ${JSON.stringify(key)}`, recProblem);
   }
 
   range(prefix: string, start: string | undefined, limit: number): Array<[string, Rec]> {
@@ -199,7 +281,7 @@ export class LmdbCheckpoint implements CheckpointStore {
     for (const { key, value } of this.kv.getRange(opts)) {
       const k = key.toString('utf8');
       if (!k.startsWith(prefix)) break;
-      out.push([k, parseJson<Rec>(value, `record of key ${JSON.stringify(k)}`, recProblem)]);
+      out.push([k, decodeValue<Rec>(key, value, this.sealed, `record of key ${JSON.stringify(k)}`, recProblem)]);
       if (out.length >= limit) break;
     }
     return out;
@@ -210,7 +292,7 @@ export class LmdbCheckpoint implements CheckpointStore {
     const out: Array<[string, RidRecord]> = [];
     for (const { key, value } of this.ridsDb.getRange({})) {
       const rid = key.toString('utf8');
-      out.push([rid, parseJson<RidRecord>(value, `rid ${JSON.stringify(rid)}`, ridRecordProblem)]);
+      out.push([rid, decodeValue<RidRecord>(key, value, this.sealed, `rid ${JSON.stringify(rid)}`, ridRecordProblem)]);
     }
     out.sort((a, b) => a[1].index - b[1].index || compareKeys(a[0], b[0]));
     return out;
@@ -220,7 +302,7 @@ export class LmdbCheckpoint implements CheckpointStore {
     this.check();
     for (const { key, value } of this.kv.getRange({})) {
       const k = key.toString('utf8');
-      yield [k, parseJson<Rec>(value, `record of key ${JSON.stringify(k)}`, recProblem)];
+      yield [k, decodeValue<Rec>(key, value, this.sealed, `record of key ${JSON.stringify(k)}`, recProblem)];
     }
   }
 
@@ -231,6 +313,11 @@ export class LmdbCheckpoint implements CheckpointStore {
   counts(): CheckpointCounts {
     this.check();
     return { keys: this.kv.getKeysCount(), rids: this.ridsDb.getKeysCount() };
+  }
+
+  /** Decode a raw value as reads do (checksum, shape), for verification. */
+  decodeRaw<T>(key: Buffer, value: Buffer, what: string, problem: (x: unknown) => string | null): T {
+    return decodeValue<T>(key, value, this.sealed, what, problem);
   }
 
   /** The raw bytes of one database, in key order (for verification). */
@@ -252,13 +339,16 @@ export class LmdbCheckpoint implements CheckpointStore {
     const p = deltaProblem(delta, this.meta());
     if (p !== null) throw new Error(`checkpoint write: ${p}`);
     // Encode everything first: nothing inside the batch may throw halfway.
-    const kvOps: Array<[Buffer, Buffer | null]> = delta.kv.map(([k, rec]) => [
-      Buffer.from(k, 'utf8'),
-      rec === null ? null : Buffer.from(recJson(rec), 'utf8'),
-    ]);
-    const ridSets = delta.ridsSet.map(([rid, rec]): [Buffer, Buffer] => [Buffer.from(rid, 'utf8'), Buffer.from(ridJson(rec), 'utf8')]);
+    const kvOps: Array<[Buffer, Buffer | null]> = delta.kv.map(([k, rec]) => {
+      const key = Buffer.from(k, 'utf8');
+      return [key, rec === null ? null : sealValue(key, recJson(rec))];
+    });
+    const ridSets = delta.ridsSet.map(([rid, rec]): [Buffer, Buffer] => {
+      const key = Buffer.from(rid, 'utf8');
+      return [key, sealValue(key, ridJson(rec))];
+    });
     const ridDels = delta.ridsDel.map((rid) => Buffer.from(rid, 'utf8'));
-    const meta = Buffer.from(metaJson(delta.meta), 'utf8');
+    const meta = sealValue(META_KEY, metaJson(delta.meta));
     await this.root.batch(() => {
       for (const [k, v] of kvOps) {
         if (v === null) void this.kv.remove(k);
@@ -270,6 +360,21 @@ export class LmdbCheckpoint implements CheckpointStore {
     });
     // The batch resolves when committed (visible); durable once flushed.
     await this.root.flushed;
+  }
+
+  /** Rewrite a format-1 checkpoint with checksums (format 2), in one transaction. */
+  private async upgrade(): Promise<void> {
+    const kv = [...this.kv.getRange({})].map(({ key, value }) => [Buffer.from(key), sealValue(key, recJson(decodeValue<Rec>(key, value, false, `record of key ${key.toString('utf8')}`, recProblem)))] as const);
+    const rids = [...this.ridsDb.getRange({})].map(({ key, value }) => [Buffer.from(key), sealValue(key, ridJson(decodeValue<RidRecord>(key, value, false, `rid ${key.toString('utf8')}`, ridRecordProblem)))] as const);
+    const old = decodeValue<CheckpointMeta & { format: number }>(META_KEY, this.metaDb.getBinary(META_KEY)!, false, 'meta', (x) => metaProblem({ ...(x as object), format: CHECKPOINT_FORMAT }));
+    const meta = sealValue(META_KEY, metaJson({ ...old, format: CHECKPOINT_FORMAT }));
+    await this.root.batch(() => {
+      for (const [k, v] of kv) void this.kv.put(k, v);
+      for (const [k, v] of rids) void this.ridsDb.put(k, v);
+      void this.metaDb.put(META_KEY, meta);
+    });
+    await this.root.flushed;
+    this.sealed = true;
   }
 
   async close(): Promise<void> {
@@ -426,7 +531,7 @@ export async function verifyCheckpoint(dir: string): Promise<CheckpointReport> {
       if (prevKey !== null && Buffer.compare(prevKey, key) >= 0) problem(`key ${JSON.stringify(k)} is out of order`);
       prevKey = Buffer.from(key);
       try {
-        const rec = parseJson<Rec>(value, `record of key ${JSON.stringify(k)}`, recProblem);
+        const rec = cp.decodeRaw<Rec>(key, value, `record of key ${JSON.stringify(k)}`, recProblem);
         if (rec.rev > index) problem(`key ${JSON.stringify(k)}: rev ${rec.rev} is beyond meta.index ${index}`);
         h.update(JSON.stringify([k, rec.value, rec.rev, rec.ts]) + '\n');
       } catch (err) {
@@ -437,7 +542,7 @@ export async function verifyCheckpoint(dir: string): Promise<CheckpointReport> {
       report.rids++;
       const rid = key.toString('utf8');
       try {
-        const rec = parseJson<RidRecord>(value, `rid ${JSON.stringify(rid)}`, ridRecordProblem);
+        const rec = cp.decodeRaw<RidRecord>(key, value, `rid ${JSON.stringify(rid)}`, ridRecordProblem);
         if (rec.index > index) problem(`rid ${JSON.stringify(rid)}: index ${rec.index} is beyond meta.index ${index}`);
       } catch (err) {
         problem((err as Error).message);

@@ -7,8 +7,9 @@
 // segment log does) or in a checkpoint record (served as it reads).
 
 import type { Entry } from '../../src/core/wire.js';
-import { CHECKPOINT_FORMAT, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../../src/core/records.js';
+import { CHECKPOINT_FORMAT, CorruptRecordError, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../../src/core/records.js';
 import type { DurableState } from '../../src/core/node.js';
+import { LogCorruptError } from '../../src/storage/segment-format.js';
 import type { Rng } from './prng.js';
 
 type LogOp = { t: 'trunc'; from: number } | { t: 'app'; entries: Entry[] };
@@ -97,6 +98,21 @@ export class SimLog {
     return removed;
   }
 
+  /** The first damaged record, if any (what a repair cuts the log at). */
+  firstDamaged(): number | null {
+    return this.damaged.size > 0 ? Math.min(...this.damaged) : null;
+  }
+
+  /** Repair: the log is cut at its first damaged record (durable at once). */
+  cutAtDamage(): void {
+    const at = this.firstDamaged();
+    if (at === null) return;
+    this.durable.apply({ t: 'trunc', from: at });
+    this.view = this.durable.clone();
+    this.pending = [];
+    this.damaged.clear();
+  }
+
   /** A bit flips in one durable record: false if there is none. */
   flip(rng: Rng): number | null {
     if (this.durable.list.length === 0) return null;
@@ -132,6 +148,7 @@ export class SimLog {
     this.durable = new Entries();
     this.view = new Entries();
     this.pending = [];
+    this.damaged.clear();
   }
 
   /**
@@ -142,7 +159,7 @@ export class SimLog {
     const warnings: string[] = [];
     if (this.damaged.size > 0) {
       const first = Math.min(...this.damaged);
-      if (first !== this.durable.last) throw new Error(`log record ${first} fails its checksum (not the last record): refusing to start`);
+      if (first !== this.durable.last) throw new LogCorruptError(`sim log`, first, `record ${first} fails its checksum (not the last record)`);
       this.durable.apply({ t: 'trunc', from: first });
       this.view = this.durable.clone();
       this.damaged.clear();
@@ -174,6 +191,8 @@ const EMPTY_META: CheckpointMeta = { format: CHECKPOINT_FORMAT, index: 0, epoch:
 /** An in-memory checkpoint: the CheckpointReader the state machine reads, written by deltas. */
 export class SimCheckpoint implements CheckpointReader {
   private kv = new Map<string, Rec>();
+  /** Keys whose stored record was damaged: reading them fails their checksum, as in LMDB. */
+  private damaged = new Set<string>();
   private sorted: string[] | null = null;
   private ridMap = new Map<string, RidRecord>();
   private m: CheckpointMeta = EMPTY_META;
@@ -182,6 +201,7 @@ export class SimCheckpoint implements CheckpointReader {
     return this.m;
   }
   get(key: string): Rec | undefined {
+    if (this.damaged.has(key)) throw new CorruptRecordError(`record of key ${JSON.stringify(key)}`, 'fails its checksum');
     return this.kv.get(key);
   }
   range(prefix: string, start: string | undefined, limit: number): Array<[string, Rec]> {
@@ -191,7 +211,7 @@ export class SimCheckpoint implements CheckpointReader {
       if (out.length >= limit) break;
       if (!k.startsWith(prefix)) continue;
       if (start !== undefined && byteOrder(k, start) <= 0) continue;
-      out.push([k, this.kv.get(k)!]);
+      out.push([k, this.get(k)!]);
     }
     return out;
   }
@@ -202,6 +222,8 @@ export class SimCheckpoint implements CheckpointReader {
   write(delta: CheckpointDelta): void {
     if (delta.meta.index < this.m.index) simFail(`checkpoint going back from ${this.m.index} to ${delta.meta.index}`);
     for (const [k, rec] of delta.kv) {
+      // A record written anew is whole again.
+      this.damaged.delete(k);
       if (rec === null) this.kv.delete(k);
       else this.kv.set(k, rec);
     }
@@ -214,6 +236,7 @@ export class SimCheckpoint implements CheckpointReader {
   clone(): SimCheckpoint {
     const c = new SimCheckpoint();
     c.kv = new Map(this.kv);
+    c.damaged = new Set(this.damaged);
     c.ridMap = new Map(this.ridMap);
     c.m = { ...this.m, voters: [...this.m.voters] };
     return c;
@@ -221,15 +244,17 @@ export class SimCheckpoint implements CheckpointReader {
   entries(): Array<[string, Rec]> {
     return this.range('', undefined, Number.MAX_SAFE_INTEGER);
   }
-  /** A bit flips in one stored value (LMDB keeps no checksum of its own): the key, or null if none. */
+  /** Some record is damaged (and not yet rewritten). */
+  hasDamage(): boolean {
+    return this.damaged.size > 0;
+  }
+
+  /** A bit flips in one stored record (its checksum no longer matches): the key, or null if none. */
   flip(rng: Rng): string | null {
     if (this.kv.size === 0) return null;
     const keys = [...this.kv.keys()].sort(byteOrder);
     const key = keys[rng.int(keys.length)]!;
-    const rec = this.kv.get(key)!;
-    const v = rec.value;
-    const flipped = v.length === 0 ? '\u0001' : String.fromCharCode(v.charCodeAt(0) ^ 1) + v.slice(1);
-    this.kv.set(key, { ...rec, value: flipped });
+    this.damaged.add(key);
     return key;
   }
 }
@@ -242,4 +267,24 @@ export class SimDisk {
   log = new SimLog();
   state = new SimState();
   ckpt = new SimCheckpoint();
+
+  /**
+   * What the server's shell does when the replica finds its data damaged (RepairNeeded, or a
+   * damaged record when it opens): a damaged checkpoint is replaced by an empty one and the log
+   * kept only if it reaches back to entry 1; a damaged log is cut at its first bad record; the
+   * server is marked catching up (it may have lost what it acknowledged).
+   */
+  /** Damage not found yet (a flipped bit in the log or the checkpoint). */
+  hasDamage(): boolean {
+    return this.log.firstDamaged() !== null || this.ckpt.hasDamage();
+  }
+
+  repair(checkpoint: boolean): void {
+    if (checkpoint) {
+      this.ckpt = new SimCheckpoint();
+      if (this.log.durable.first !== 1) this.log.reset();
+    }
+    this.log.cutAtDamage();
+    this.state.durable = { ...this.state.durable, catchUp: true };
+  }
 }

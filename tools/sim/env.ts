@@ -6,7 +6,7 @@
 // file only implements the environment: every decision is the replica's.
 
 import type { Msg } from '../../src/core/messages.js';
-import { CheckpointPort, Replica, type Cancel, type CheckpointTransfer, type ClientSubject, type ReplicaCheckpoint, type ReplicaEnv, type ReplicaLog, type ReplicaLogger } from '../../src/server/replica.js';
+import { CheckpointPort, RepairNeeded, Replica, type Cancel, type CheckpointTransfer, type ClientSubject, type ReplicaCheckpoint, type ReplicaEnv, type ReplicaLog, type ReplicaLogger } from '../../src/server/replica.js';
 import type { ChangeEvent } from '../../src/core/wire.js';
 import type { DurableState, Notice } from '../../src/core/node.js';
 import { PeerInbox, PeerSeal, newIncarnation } from '../../src/transport/peer-auth.js';
@@ -144,7 +144,18 @@ export class SimNode implements ReplicaEnv {
     this.sim.inv.observe(this, e);
   }
   fatal(err: Error): void {
-    // A replica that stops on its own is a failure of the run (the error says why).
+    // A damaged record: the shell repairs the disk and starts the server again (catching up).
+    if (err instanceof RepairNeeded) {
+      this.sim.note(this.id, `REPAIR: ${err.damage.message}`);
+      this.sim.faults.crash(this.id, 'stopping to repair', false);
+      this.disk.repair(true);
+      this.sim.stats.repairs++;
+      this.sim.q.push(this.sim.t + 1, () => {
+        if (this.sim.servers.get(this.id) === null) this.sim.start(this.id);
+      });
+      return;
+    }
+    // A replica that stops on its own otherwise is a failure of the run (the error says why).
     throw err;
   }
 

@@ -113,7 +113,7 @@ export class Faults {
       case 'wipe': {
         // One server without data at a time: a majority that lost its data has lost committed writes.
         const live = ids.filter((i) => !sim.retired.has(i));
-        if (live.some((i) => sim.inv.withoutData(i))) return;
+        if (this.toRemove.size > 0 || live.some((i) => sim.inv.withoutData(i) || sim.disks.get(i)!.hasDamage())) return;
         const i = this.target(live);
         this.crash(i, 'kill -9, then its data directory is wiped', false);
         sim.disks.set(i, new SimDisk());
@@ -121,6 +121,8 @@ export class Faults {
         return this.restartLater(i);
       }
       case 'flipLog': {
+        // As with wipes: one server without data at a time.
+        if (this.toRemove.size > 0 || ids.some((x) => !sim.retired.has(x) && (sim.inv.withoutData(x) || sim.disks.get(x)!.hasDamage()))) return;
         const i = this.target(ids.filter((x) => !sim.retired.has(x)));
         const at = sim.disks.get(i)!.log.flip(r);
         if (at !== null) sim.note(i, `BIT FLIP in log record ${at}`);
@@ -129,6 +131,7 @@ export class Faults {
       case 'forge':
         return this.forge();
       case 'flipCheckpoint': {
+        if (this.toRemove.size > 0 || ids.some((x) => !sim.retired.has(x) && (sim.inv.withoutData(x) || sim.disks.get(x)!.hasDamage()))) return;
         const i = this.target(ids.filter((x) => !sim.retired.has(x)));
         const key = sim.disks.get(i)!.ckpt.flip(r);
         if (key !== null) sim.note(i, `BIT FLIP in checkpoint record ${key}`);
@@ -325,7 +328,8 @@ export class Faults {
       const candidates = voters.filter((x) => x !== c.id);
       if (candidates.length < 2) return;
       v = this.r.pick(candidates);
-      if (this.sim.retired.size === 0 && voters.length >= 3 && this.r.chance(0.5)) {
+      const dataLess = this.sim.ids.some((x) => !this.sim.retired.has(x) && (this.sim.inv.withoutData(x) || this.sim.disks.get(x)!.hasDamage()));
+      if (this.sim.retired.size === 0 && voters.length >= 3 && !dataLess && this.r.chance(0.5)) {
         this.retire(v);
         this.toRemove.add(v);
       }

@@ -7,6 +7,8 @@
 // replays exactly.
 
 import { TICK_MS } from '../../src/core/limits.js';
+import { CorruptRecordError } from '../../src/core/records.js';
+import { LogCorruptError } from '../../src/storage/segment-format.js';
 import { subjects } from '../../src/transport/subjects.js';
 import type { Reply, Request } from '../../src/core/wire.js';
 import { Session, type ClientHost, type SessionOp } from './client.js';
@@ -57,6 +59,7 @@ export interface SimStats {
   resent: number;
   historyOps: number;
   snapshots: number;
+  repairs: number;
   spuriousTokenAhead: number;
   bogus: number;
   bogusRejected: number;
@@ -128,6 +131,7 @@ export class Sim {
     resent: 0,
     historyOps: 0,
     snapshots: 0,
+    repairs: 0,
     spuriousTokenAhead: 0,
     bogus: 0,
     bogusRejected: 0,
@@ -204,7 +208,14 @@ export class Sim {
       n = new SimNode(this, id, this.disks.get(id)!);
     } catch (err) {
       if (err instanceof SimFailure) throw err;
-      // The server refuses to start on what its disk holds: it stays down (and the end checks say so).
+      // As the server's shell: a damaged log or checkpoint found on opening is repaired, and the
+      // server starts as a catch-up member. Anything else: it stays down (the end checks say so).
+      if (err instanceof CorruptRecordError || err instanceof LogCorruptError) {
+        this.note(id, `REPAIR on start: ${(err as Error).message}`);
+        this.disks.get(id)!.repair(err instanceof CorruptRecordError);
+        this.stats.repairs++;
+        return this.start(id);
+      }
       this.note(id, `REFUSES TO START: ${(err as Error).message}`);
       return;
     }
