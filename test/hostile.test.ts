@@ -340,3 +340,31 @@ t.test('a damaged checkpoint is never served and repairs itself: a flipped byte,
     t.equal(d.code, 0, `servers ${x} and ${y} end with the same state`);
   }
 });
+
+t.test('a session token from an earlier cluster of the same name is dropped with a warning, not an error', async (t) => {
+  const c = new Cluster(3, { cluster: 'h7' });
+  await c.start();
+  t.teardown(async () => {
+    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
+    await c.stop();
+  });
+  await c.waitForCoordinator();
+  const session = join(c.dir, 'session.json');
+  for (let i = 0; i < 30; i++) t.equal((await c.ckv(['--session', session, 'put', `s.${i}`, 'v'])).code, 0);
+  const old = JSON.parse(readFileSync(session, 'utf8')).h7;
+  t.ok(old.ts >= 30 && typeof old.id === 'string' && old.id.length === 22, `the session keeps the token and the cluster identity (${JSON.stringify(old)})`);
+  // The same cluster name, formed anew (every data directory gone).
+  for (const id of c.voters) await c.kill(id);
+  for (const id of c.voters) rmSync(c.dataDir(id), { recursive: true, force: true });
+  for (const id of c.voters) c.startNode(id);
+  await c.waitForCoordinator(30_000);
+  const r = await c.ckv(['--session', session, 'put', 'fresh', 'x']);
+  t.equal(r.code, 0, `the first command succeeds: ${r.stderr}`);
+  t.match(r.stderr, /from another incarnation of it/, 'with a warning that the old token was dropped');
+  const now = JSON.parse(readFileSync(session, 'utf8')).h7;
+  t.not(now.id, old.id, 'the session now holds the new identity');
+  t.ok(now.ts < old.ts, 'and the new cluster\'s (smaller) token');
+  const g = await c.ckv(['--session', session, 'get', 'fresh']);
+  t.equal(g.stdout.trim(), 'x', 'and the next command reads its own write');
+  t.notMatch(g.stderr, /incarnation/, 'without any warning');
+});

@@ -21,7 +21,7 @@ import {
 import { validateRequest } from '../core/validate.js';
 import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client } from './client.js';
-import { defaultSessionPath, readToken, saveToken } from './session.js';
+import { defaultSessionPath, readSessionEntry, saveToken } from './session.js';
 import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from './status-table.js';
 import { quietOnClosedStdout, stdoutClosed, writeOut } from './stdout.js';
 
@@ -601,26 +601,43 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   watchdog.unref();
   // A watch runs until interrupted: the budget bounds its connecting and, from there, each replay.
   const budget = { timeout: s.timeout, connectBy: deadline, ...(s.command === 'watch' ? {} : { deadline }) };
-  const [sessionToken, connected] = await Promise.all([
-    s.sessionPath ? readToken(s.sessionPath, s.cluster) : Promise.resolve(0),
-    Client.connect({ servers: s.servers, cluster: s.cluster, ...budget, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError),
-  ]);
+  const connect = () => Client.connect({ servers: s.servers, cluster: s.cluster, ...budget, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError);
+  const [session, connected] = await Promise.all([s.sessionPath ? readSessionEntry(s.sessionPath, s.cluster) : Promise.resolve({ ts: 0, id: '' }), connect()]);
+  let sessionToken = session.ts;
   if (s.command === 'watch') clearTimeout(watchdog);
   if (connected instanceof Error) return report(s, connected instanceof CkvError ? connected : new CkvError(ErrorCode.UNAVAILABLE, String(connected)), null, sessionToken);
-  const c = connected;
+  let c = connected;
   c.observe(sessionToken);
   let code: number;
+  let dropped = false;
   try {
     code = await action(c);
   } catch (err) {
     if (!(err instanceof CkvError)) throw err;
-    code = report(s, err, c, sessionToken);
+    // A session token from another incarnation of the cluster (same name, another identity):
+    // dropped with a warning, and the command runs again without it.
+    if (err.code === ErrorCode.TOKEN_AHEAD && sessionToken > 0 && c.clusterId !== '' && c.clusterId !== session.id) {
+      warn(`the session token ${sessionToken} for cluster "${s.cluster}" is from another incarnation of it (identity ${session.id || 'unknown'}, now ${c.clusterId}): dropping it`);
+      await c.close();
+      const again = await connect();
+      if (again instanceof Error) return report(s, again instanceof CkvError ? again : new CkvError(ErrorCode.UNAVAILABLE, String(again)), null, 0);
+      c = again;
+      sessionToken = 0;
+      dropped = true;
+      try {
+        code = await action(c);
+      } catch (err2) {
+        if (!(err2 instanceof CkvError)) throw err2;
+        code = report(s, err2, c, 0);
+      }
+    } else code = report(s, err, c, sessionToken);
   } finally {
     await c.close();
   }
   // A busy session lock is waited for only within the exit margin (then the write goes ahead unlocked).
   const lockWait = s.command === 'watch' ? {} : { lockWaitMs: deadline - Date.now() + EXIT_MARGIN_MS / 2 };
-  if (s.sessionPath && c.token > sessionToken) await saveToken(s.sessionPath, s.cluster, c.token, undefined, lockWait);
+  const newIdentity = c.clusterId !== '' && c.clusterId !== session.id;
+  if (s.sessionPath && (c.token > sessionToken || newIdentity)) await saveToken(s.sessionPath, s.cluster, c.token, undefined, { ...lockWait, id: c.clusterId, replace: dropped });
   if (s.printToken && (code === EXIT_OK || code === EXIT_NOT_FOUND)) process.stderr.write(`${c.token}\n`);
   return code;
 }

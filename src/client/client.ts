@@ -249,6 +249,7 @@ function replyError(reply: Extract<Reply, { ok: false }>): CkvError {
 
 export class Client {
   readonly cluster: string;
+  private cid: string;
   readonly timeout: number;
   /** See ClientOptions.deadline (Infinity: none). */
   readonly deadline: number;
@@ -293,6 +294,7 @@ export class Client {
     this.cluster = cluster;
     this.timeout = timeout;
     this.ts = after;
+    this.cid = '';
     const p = `ckv.${cluster}`;
     this.subject = { read: `${p}.read`, write: `${p}.write`, admin: `${p}.admin`, ev: `${p}.ev` };
   }
@@ -300,6 +302,11 @@ export class Client {
   /** The causal token: the largest ts this client has seen. Never decreases. */
   get token(): number {
     return this.ts;
+  }
+
+  /** The cluster's identity, as the last server that answered told it ('' until one does). */
+  get clusterId(): string {
+    return this.cid;
   }
 
   /** Take in a token from elsewhere (another program's reply): later calls see at least its effects. */
@@ -470,6 +477,7 @@ export class Client {
       try {
         const reply = decodeReply(await this.transport.request(subject, encoder.encode(JSON.stringify(body)), { timeout: attemptMs }), subject);
         this.observe(reply.ts);
+        if (typeof reply.cluster === 'string' && reply.cluster !== '') this.cid = reply.cluster;
         if (reply.ok) return reply;
         err = replyError(reply);
       } catch (e) {

@@ -1,6 +1,9 @@
 // The session token file: one causal token per cluster, shared by every
 // one-shot client of a user, so that `ckv put` then `ckv get` (any server)
-// reads its own write. Format: {"<cluster>": <ts>, ...}.
+// reads its own write. Format: {"<cluster>": {"ts": <ts>, "id": "<identity>"}, ...}
+// (a bare number, as older versions wrote, is a token whose identity is unknown).
+// A token belongs to one cluster identity: one from an earlier cluster of the
+// same name is replaced, not kept as a maximum.
 //
 // Updates keep the maximum when processes race. Readers never wait: the file
 // is replaced by rename, so a reader sees a whole old or a whole new version.
@@ -37,8 +40,29 @@ function isToken(n: unknown): n is number {
   return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
 }
 
+/** A cluster's token and the cluster identity it belongs to ('' when unknown). */
+export interface SessionEntry {
+  ts: number;
+  id: string;
+}
+
+const CLUSTER_ID = /^[-_a-zA-Z0-9]{22}$/;
+
 /** All tokens in the file; {} if it is missing. A corrupt file is reported and treated as empty. */
 export async function readSession(path: string, warn: Warn = warnStderr): Promise<Record<string, number>> {
+  const entries = await readEntries(path, warn);
+  const tokens: Record<string, number> = Object.create(null);
+  for (const k of Object.keys(entries)) tokens[k] = entries[k]!.ts;
+  return tokens;
+}
+
+/** The token kept for cluster, with its identity ({ts: 0, id: ''} if none). */
+export async function readSessionEntry(path: string, cluster: string, warn: Warn = warnStderr): Promise<SessionEntry> {
+  const entries = await readEntries(path, warn);
+  return Object.hasOwn(entries, cluster) ? entries[cluster]! : { ts: 0, id: '' };
+}
+
+async function readEntries(path: string, warn: Warn): Promise<Record<string, SessionEntry>> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');
@@ -57,9 +81,11 @@ export async function readSession(path: string, warn: Warn = warnStderr): Promis
     warn(`ignoring corrupt session file ${path} (not a JSON object)`);
     return Object.create(null);
   }
-  const tokens: Record<string, number> = Object.create(null); // a cluster may be called "__proto__"
+  const tokens: Record<string, SessionEntry> = Object.create(null); // a cluster may be called "__proto__"
   for (const [k, v] of Object.entries(raw)) {
-    if (isToken(v)) tokens[k] = v;
+    const o = v as { ts?: unknown; id?: unknown } | null;
+    if (isToken(v)) tokens[k] = { ts: v, id: '' };
+    else if (typeof o === 'object' && o !== null && isToken(o.ts) && typeof o.id === 'string' && (o.id === '' || CLUSTER_ID.test(o.id))) tokens[k] = { ts: o.ts, id: o.id };
     else warn(`ignoring bad token for "${k}" in session file ${path}`);
   }
   return tokens;
@@ -67,16 +93,16 @@ export async function readSession(path: string, warn: Warn = warnStderr): Promis
 
 /** The token kept for cluster, 0 if none. */
 export async function readToken(path: string, cluster: string, warn: Warn = warnStderr): Promise<number> {
-  const tokens = await readSession(path, warn);
-  return Object.hasOwn(tokens, cluster) ? tokens[cluster]! : 0;
+  return (await readSessionEntry(path, cluster, warn)).ts;
 }
 
 /**
- * Raise cluster's token to ts (never lowers it). Failures to write are
- * reported through warn, not thrown: a lost token weakens only later
- * processes' guarantees, and the command itself has succeeded.
+ * Raise cluster's token to ts (never lowers it), for the cluster identity `opts.id` when
+ * known: a token of another identity is replaced. Failures to write are reported through
+ * warn, not thrown: a lost token weakens only later processes' guarantees, and the command
+ * itself has succeeded.
  */
-export async function saveToken(path: string, cluster: string, ts: number, warn: Warn = warnStderr, opts: { lockWaitMs?: number } = {}): Promise<void> {
+export async function saveToken(path: string, cluster: string, ts: number, warn: Warn = warnStderr, opts: { lockWaitMs?: number; id?: string; replace?: boolean } = {}): Promise<void> {
   if (!isToken(ts)) throw new TypeError('token must be a non-negative integer');
   const lockWaitMs = Math.max(0, Math.min(opts.lockWaitMs ?? LOCK_WAIT_MS_MAX, LOCK_WAIT_MS_MAX));
   try {
@@ -84,9 +110,13 @@ export async function saveToken(path: string, cluster: string, ts: number, warn:
     for (let attempt = 0; attempt < UPDATE_ATTEMPTS_MAX; attempt++) {
       const release = await lock(path, warn, lockWaitMs);
       try {
-        const tokens = await readSession(path, attempt === 0 ? warn : () => {});
-        if ((tokens[cluster] ?? 0) >= ts) return;
-        tokens[cluster] = ts;
+        const tokens = await readEntries(path, attempt === 0 ? warn : () => {});
+        const id = opts.id ?? '';
+        const had = Object.hasOwn(tokens, cluster) ? tokens[cluster]! : { ts: 0, id: '' };
+        // Another identity's token (or one the caller found stale) is replaced, not kept as a maximum.
+        const foreign = opts.replace === true || (had.id !== '' && id !== '' && had.id !== id);
+        if (!foreign && had.ts >= ts && (had.id !== '' || id === '')) return;
+        tokens[cluster] = { ts: foreign ? ts : Math.max(ts, had.ts), id: id || had.id };
         const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
         try {
           await writeFile(tmp, JSON.stringify(tokens) + '\n', { mode: 0o600 });
@@ -98,7 +128,8 @@ export async function saveToken(path: string, cluster: string, ts: number, warn:
       } finally {
         await release();
       }
-      if ((await readToken(path, cluster, () => {})) >= ts) return;
+      const now = await readSessionEntry(path, cluster, () => {});
+      if ((opts.replace ? now.ts === ts : now.ts >= ts) && (opts.id === undefined || opts.id === '' || now.id === opts.id)) return;
     }
     warn(`session file ${path}: token ${ts} for "${cluster}" kept being overwritten`);
   } catch (err) {

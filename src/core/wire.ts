@@ -51,9 +51,13 @@ export interface KeyValue {
 }
 
 /** Replies always carry ts (the causal token) and, when ok, the applied index. */
-export type Reply =
+export type Reply = (
   | ({ ok: true; ts: number; index: number } & ReplyBody)
-  | { ok: false; ts: number; index?: number; error: WireError; current?: string | null; failed?: number };
+  | { ok: false; ts: number; index?: number; error: WireError; current?: string | null; failed?: number }
+) & {
+  /** The answering server's cluster identity (once it knows it): a token belongs to one identity. */
+  cluster?: string;
+};
 
 export interface ReplyBody {
   /** get */

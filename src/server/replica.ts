@@ -766,15 +766,15 @@ export class Replica {
     const reply: Reply = result.ok
       ? { ok: true, ts, index }
       : { ok: false, ts, index, error: { code: ErrorCode.CAS_MISMATCH, message: `compare-and-set failed at op ${result.failed}` }, current: result.current, failed: result.failed };
-    for (const r of responders) r(reply);
+    for (const r of responders) this.reply(r, reply);
   }
 
   private reply(respond: Respond, reply: Reply): void {
-    respond(reply);
+    respond(this.node.cid !== '' ? { ...reply, cluster: this.node.cid } : reply);
   }
 
   private fail(respond: Respond, code: ErrorCode, message: string): void {
-    respond({ ok: false, ts: this.st.appliedTs, error: { code, message } });
+    this.reply(respond, { ok: false, ts: this.st.appliedTs, error: { code, message } });
   }
 
   /**
