@@ -119,7 +119,10 @@ export async function saveToken(path: string, cluster: string, ts: number, warn:
         tokens[cluster] = { ts: foreign ? ts : Math.max(ts, had.ts), id: id || had.id };
         const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
         try {
-          await writeFile(tmp, JSON.stringify(tokens) + '\n', { mode: 0o600 });
+          // A token of unknown identity stays a bare number (the older format, which older versions read).
+          const out: Record<string, number | SessionEntry> = Object.create(null);
+          for (const k of Object.keys(tokens)) out[k] = tokens[k]!.id === '' ? tokens[k]!.ts : tokens[k]!;
+          await writeFile(tmp, JSON.stringify(out) + '\n', { mode: 0o600 });
           await rename(tmp, path);
         } catch (err) {
           await unlink(tmp).catch(() => {});
