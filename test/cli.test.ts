@@ -382,7 +382,8 @@ t.test('ckv status and ckvctl status against real servers: the same exit status,
   // A new cluster forms once every voter is up (an empty server cannot tell a new cluster from one whose data it lost).
   c.startNode(2);
   c.startNode(3);
-  const lead = await c.waitForCoordinator();
+  // The highest id leads once it is up and caught up (the bully order): wait for that to settle.
+  const lead = await c.waitFor('server 3 to lead', async () => ((await c.waitForCoordinator()) === 3 ? 3 : undefined));
   r = await both();
   t.equal(r.ckv.code, 0, r.ckv.stderr);
   t.equal(r.ctl.code, 0, r.ctl.stderr);

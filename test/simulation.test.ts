@@ -65,6 +65,9 @@ const REGRESSIONS: Array<{ seed: number; nodes: number; set?: string[]; caught: 
   { seed: 56, nodes: 3, set: ['pageStale=0.3', 'snapshotPageItems=8'], caught: 'the same, with a stale page of keys' },
   { seed: 88, nodes: 5, caught: 'a catch-up member (its log cut by a repair) judged the cluster by a peer\'s older configuration, claimed and led without committed entries only another voter held' },
   { seed: 345, nodes: 3, caught: 'a wiped server judged by its command line\'s first voters (one since retired), so it never voted: no coordinator' },
+  { seed: 20196, nodes: 3, caught: 'a flipped bit in the last log record was cut as a torn tail: the server then voted without an entry it had acknowledged, and a committed entry was replaced (a whole record failing its checksum now makes it catch up)' },
+  { seed: 20734, nodes: 3, caught: 'a claimant with an old configuration and log could never win, yet the lower id with the best log kept deferring to it (a claim that times out with a better log among its promises now stands back)' },
+  { seed: 40446, nodes: 3, caught: 'an ack to an older coordinator, queued in the same turn as a truncation by a newer one, left after the truncation was durable: it claimed entries the disk no longer held (found by the new check that nothing leaves claiming durability it lacks)' },
   { seed: 5186, nodes: 3, set: ['faultWeights.wipe=10', 'faultWeights.flipLog=6', 'faultWeights.flipCheckpoint=6'], caught: 'the same, under many wipes and flipped bits' },
 ];
 

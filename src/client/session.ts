@@ -114,7 +114,7 @@ export async function saveToken(path: string, cluster: string, ts: number, warn:
         const id = opts.id ?? '';
         const had = Object.hasOwn(tokens, cluster) ? tokens[cluster]! : { ts: 0, id: '' };
         // Another identity's token (or one the caller found stale) is replaced, not kept as a maximum.
-        const foreign = opts.replace === true || (had.id !== '' && id !== '' && had.id !== id);
+        const foreign = (opts.replace === true && had.id !== id) || (had.id !== '' && id !== '' && had.id !== id);
         if (!foreign && had.ts >= ts && (had.id !== '' || id === '')) return;
         tokens[cluster] = { ts: foreign ? ts : Math.max(ts, had.ts), id: id || had.id };
         const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
@@ -132,7 +132,7 @@ export async function saveToken(path: string, cluster: string, ts: number, warn:
         await release();
       }
       const now = await readSessionEntry(path, cluster, () => {});
-      if ((opts.replace ? now.ts === ts : now.ts >= ts) && (opts.id === undefined || opts.id === '' || now.id === opts.id)) return;
+      if (now.ts >= ts && (opts.id === undefined || opts.id === '' || now.id === opts.id)) return;
     }
     warn(`session file ${path}: token ${ts} for "${cluster}" kept being overwritten`);
   } catch (err) {

@@ -443,6 +443,12 @@ export class Node {
     this.commitToSend = false;
     const committed = this.commit > this.handedOut ? this.log.slice(this.handedOut + 1, this.commit) : [];
     this.handedOut = this.commit;
+    // A Ready that persists a promise sends nothing before it is durable (a single voter
+    // claims and leads in one turn: its first appends must not outrun its promise).
+    if (this.out.state !== null && this.out.sendNow.length > 0) {
+      this.out.send = [...this.out.sendNow, ...this.out.send];
+      this.out.sendNow = [];
+    }
     const r: Ready = { ...this.out, committed, commit: this.commit, persistMark: { last: this.lastIndex(), gen: this.gen } };
     this.out = emptyReady();
     return r;
@@ -517,8 +523,10 @@ export class Node {
     this.gen++;
     this.persistedLast = Math.min(this.persistedLast, from - 1);
     this.matched = Math.min(this.matched, from - 1);
-    // Entries queued for append at or beyond `from` are dropped too.
+    // Entries queued for append at or beyond `from` are dropped too, and so are acks of them
+    // not sent yet (to an older coordinator): they would claim entries the disk will not hold.
     this.out.append = this.out.append.filter((e) => e.index < from);
+    this.out.send = this.out.send.filter((m) => m.t !== 'ack' || m.match < from);
     this.out.truncateFrom = this.out.truncateFrom === null ? from : Math.min(this.out.truncateFrom, from);
     if (this.broadcastUpTo >= from) this.broadcastUpTo = from - 1;
     // A configuration entry may have gone with the suffix.
@@ -620,7 +628,18 @@ export class Node {
         this.phase = { p: 'idle' };
         if (!this.coordinatorAlive() && this.canLead()) this.startElection();
         break;
-      case 'claiming':
+      case 'claiming': {
+        // A voter with a better log promised, but too few did for us: let it (a lower id) try,
+        // since it may win where we cannot (voters without data vote only for a log like theirs).
+        let better: { last: number; lastEpoch: number } | null = null;
+        for (const [id, p] of ph.promises) if (id !== this.id && newer(p, better ?? { last: this.lastIndex(), lastEpoch: this.lastEpoch() })) better = p;
+        if (better !== null) {
+          this.cannotLeadBelow = better.last;
+          this.cannotLeadUntil = this.now + STAND_BACK_TICKS;
+        }
+        this.abandonClaim('timed out');
+        break;
+      }
       case 'fetching':
         this.abandonClaim('timed out');
         break;

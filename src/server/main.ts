@@ -17,7 +17,7 @@ import type { Entry } from '../core/wire.js';
 import { SegmentLog } from '../storage/segment-log.js';
 import { FileStateFile } from '../storage/state-file.js';
 import { NatsTransport } from '../transport/nats.js';
-import { PeerSeal, compareIncarnations, loadClusterKey, newIncarnation } from '../transport/peer-auth.js';
+import { PeerSeal, loadClusterKey, newIncarnation } from '../transport/peer-auth.js';
 import { RepairNeeded } from './replica.js';
 import { Server, type CheckpointInstaller } from './server.js';
 import type { CheckpointStore } from '../storage/ports.js';
@@ -86,8 +86,8 @@ const USAGE = `usage: ckv-server --id N --cluster-key FILE [--data DIR] [--nats 
   --log-level LEVEL      pino level (env CKV_LOG_LEVEL; default info)
 `;
 
-/** How long a starting server listens for a live process with its id before it takes part. */
-const STARTUP_LISTEN_MS = 3 * PING_INTERVAL_TICKS * TICK_MS;
+/** How long a starting server waits for a live process with its id to answer (a live one answers in a round trip). */
+const STARTUP_PROBE_MS = 3 * PING_INTERVAL_TICKS * TICK_MS;
 
 /** Dropped peer messages: the first of each kind logged at once, then a count now and then (never one line each). */
 class DropReport {
@@ -207,25 +207,30 @@ async function main(): Promise<void> {
     const incarnation = newIncarnation(Date.now());
     const tlog = logger.child({ component: 'transport' });
     const drops = new DropReport(tlog);
-    let conflict: string | null = null;
     const transport = new NatsTransport(nc, cluster, id, new PeerSeal(key, incarnation), {
       dropped: (r) => {
-        if (r.reason === 'same-id') {
-          // Two live processes as one server: the one started later stops.
-          if (compareIncarnations(r.detail, incarnation) < 0) conflict ??= r.detail;
-          else drops.once('same-id', `another process runs as server ${id} (incarnation ${r.detail}, started after this one ${incarnation}); it will stop`);
-          return;
-        }
-        drops.add(r.reason, r.detail);
+        // Frames of another incarnation with our id: a replay of an earlier run of ours, or a
+        // duplicate that started while we did (a starting server asks first, below).
+        if (r.reason === 'same-id') drops.once('same-id', `peer messages in the name of server ${id} from another incarnation (${r.detail}): a replay, or a second process with this id`);
+        else drops.add(r.reason, r.detail);
       },
       sendFailed: (err) => drops.add('send failed', String((err as Error)?.message ?? err)),
       handlerFailed: (err) => tlog.error({ err }, 'a peer message handler failed'),
     });
+    let current: { close(): Promise<void> } = checkpoint;
     const teardown = async (): Promise<void> => {
       await transport.close().catch(() => undefined);
       await log.close().catch(() => undefined);
-      await checkpoint.close().catch(() => undefined);
+      await current.close().catch(() => undefined);
     };
+    // A live process already serving our id answers on our snapshot subject, sealed and bound
+    // to this request (a replay cannot answer it): then we refuse to run.
+    const other = await transport.requestSnapshot(id, JSON.stringify({ t: 'alive?' }), STARTUP_PROBE_MS).catch(() => null);
+    if (other !== null) {
+      logger.fatal({ incarnation }, `another live process already runs as server ${id} in cluster ${cluster}: refusing to run`);
+      logger.flush();
+      process.exit(1);
+    }
     let server: Server;
     try {
       server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data), removeDeadAfterMs, ...(retain !== undefined ? { retainEntries: retain } : {}) });
@@ -254,27 +259,15 @@ async function main(): Promise<void> {
       logger.flush();
       process.exitCode = 0;
     };
-    // Listen before taking part: a live process with our id shows in its heartbeats.
-    server.listen();
-    const listenUntil = Date.now() + STARTUP_LISTEN_MS;
-    while (Date.now() < listenUntil && conflict === null) await new Promise((r) => setTimeout(r, 10));
-    const refuse = (other: string): never => {
-      logger.fatal({ other, incarnation }, `another live process already runs as server ${id} in cluster ${cluster}: refusing to run`);
-      logger.flush();
-      process.exit(1);
-    };
-    if (conflict !== null) refuse(conflict);
-    const watch = setInterval(() => {
-      if (conflict !== null) refuse(conflict);
-    }, TICK_MS);
-    watch.unref();
+    current = server.store();
     if (key === null) logger.warn('running without a cluster key: peer messages are not authenticated (--insecure-peer-messages)');
     return new Promise<'repair'>((resolve) => {
       server.start((err) => {
         if (err instanceof RepairNeeded) {
           logger.error({ err: err.damage.message }, 'a damaged record: stopping to repair this data directory, then starting again as a catch-up member');
-          clearInterval(watch);
+          stop = null;
           void job.stop();
+          current = server.store();
           server.abort();
           void teardown().then(() => {
             repairDataDir(data, 'checkpoint', logger, err.damage.message);
@@ -308,6 +301,7 @@ async function openStores(data: string, logger: pino.Logger): Promise<{ log: Seg
     opened = await SegmentLog.open(join(data, 'log'), { warn: (m: string) => llog.warn(m) });
   }
   for (const w of opened.warnings) llog.warn(w);
+  if (opened.maybeLost) markCatchingUp(data, logger, 'the last log record failed its checksum and was cut');
   let checkpoint: LmdbCheckpoint;
   try {
     checkpoint = await LmdbCheckpoint.open(join(data, 'checkpoint'));
@@ -328,23 +322,34 @@ async function openStores(data: string, logger: pino.Logger): Promise<{ log: Seg
  */
 function repairDataDir(data: string, what: 'checkpoint' | 'log', logger: pino.Logger, why: string): void {
   const logDir = join(data, 'log');
+  // The flag first: a crash during the repair must not leave a shorter log without it.
+  markCatchingUp(data, logger, why);
   if (what === 'checkpoint') {
-    const aside = join(data, 'checkpoint-damaged');
-    rmSync(aside, { recursive: true, force: true });
-    if (existsSync(join(data, 'checkpoint'))) renameSync(join(data, 'checkpoint'), aside);
+    // The log first (it cannot stand without the checkpoint unless it reaches back to entry 1),
+    // then the checkpoint: a crash in between leaves a checkpoint with no log, which starts.
     const first = scanLog(logDir)[0]?.firstIndex;
     if (first !== undefined && first !== 1) {
       rmSync(join(data, 'log-damaged'), { recursive: true, force: true });
       renameSync(logDir, join(data, 'log-damaged'));
+      fsyncDir(data);
     }
+    const aside = join(data, 'checkpoint-damaged');
+    rmSync(aside, { recursive: true, force: true });
+    if (existsSync(join(data, 'checkpoint'))) renameSync(join(data, 'checkpoint'), aside);
   } else {
     repairLog(logDir);
   }
   fsyncDir(data);
+  logger.warn({ what, why }, `repaired the ${what} of this data directory: catching up from the peers before voting again`);
+}
+
+/** The state file says: catching up (this server may have lost what it acknowledged). */
+function markCatchingUp(data: string, logger: pino.Logger, why: string): void {
   const stateFile = join(data, 'state');
   const st = new FileStateFile(stateFile).read();
+  if (st.catchUp) return;
   writeStateSync(stateFile, { promised: st.promised, catchUp: true });
-  logger.warn({ what, why }, `repaired the ${what} of this data directory: catching up from the peers before voting again`);
+  logger.warn({ why }, 'catching up from the peers before voting again');
 }
 
 /** The state file, written durably and at once (the server is not running). */

@@ -434,6 +434,7 @@ export class Replica {
           return;
         }
         this.finish(r);
+        if (this.dead) return;
         if (this.swapping || !(this.again || this.node.hasOutput())) break;
       }
       this.pumping = false;
@@ -834,6 +835,11 @@ export class Replica {
     }
     // Anyone can publish here: drop what is not a well-formed offer or page request.
     if (typeof m !== 'object' || m === null || Array.isArray(m)) return;
+    // Another process starting with our id asks whether we are alive (see main.ts): yes.
+    if (m.t === 'alive?') {
+      respond?.(JSON.stringify({ t: 'alive', id: this.id }));
+      return;
+    }
     if (m.t === 'offer') {
       if (typeof m.from === 'number' && Number.isSafeInteger(m.from) && m.from >= 1 && m.from !== this.id) this.onOffer(m.from);
       return;

@@ -177,6 +177,11 @@ export class Server {
     else throw err;
   }
 
+  /** The checkpoint store in use now (a transfer may have swapped in another). */
+  store(): CheckpointStore {
+    return this.ckpt.store;
+  }
+
   /** Stop at once (the replica stopped on a fatal error): no more ticks, no more requests. */
   abort(): void {
     if (this.ticker) clearInterval(this.ticker);

@@ -235,7 +235,14 @@ export class LmdbCheckpoint implements CheckpointStore {
     } else if (raw[0] === 0x7b) {
       // Format 1 (no checksums): upgraded in one transaction, or read as it is.
       cp.sealed = false;
-      if (!readOnly) await cp.upgrade();
+      if (!readOnly) {
+        try {
+          await cp.upgrade();
+        } catch (err) {
+          await root.close();
+          throw new CheckpointDamagedError(dir, (err as Error).message);
+        }
+      }
     }
     try {
       cp.meta();

@@ -20,6 +20,12 @@ export interface LogOpenResult {
   entries: Entry[];
   /** Human-readable warnings, e.g. a torn tail that was cut. */
   warnings: string[];
+  /**
+   * A whole record at the end failed its checksum and was cut: it may have been written and
+   * fsync'd (and acknowledged) before its bytes went bad, so the server must catch up before
+   * it votes. (A record cut short is a write the crash interrupted: never acknowledged.)
+   */
+  maybeLost?: boolean;
 }
 
 /** The append-only event log. Appends are buffered until sync(). */

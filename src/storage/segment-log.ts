@@ -122,6 +122,7 @@ export class SegmentLog implements LogStore {
       fsyncDirSync(path.dirname(dir));
     }
     const warnings: string[] = [];
+    let maybeLost = false;
     const warn = (w: string): void => {
       warnings.push(w);
       opts.warn?.(w);
@@ -158,6 +159,7 @@ export class SegmentLog implements LogStore {
         if (parsed.bad !== null) {
           if (!(isLast && parsed.bad.tornLike)) throw new LogCorruptError(file, parsed.bad.offset, parsed.bad.reason);
           size = parsed.bad.offset;
+          if (parsed.bad.reason === 'record checksum mismatch') maybeLost = true;
           truncateFileSync(file, size);
           warn(
             `log: cut torn tail of ${file} at byte ${size} (${parsed.fileBytes - size} bytes dropped): ${parsed.bad.reason}`,
@@ -189,7 +191,7 @@ export class SegmentLog implements LogStore {
       fs.closeSync(dirFd);
       throw err;
     }
-    return { log, entries, warnings };
+    return { log, entries, warnings, ...(maybeLost ? { maybeLost } : {}) };
   }
 
   /** Index of the last entry (0 when empty). */

@@ -155,8 +155,9 @@ export class SimLog {
    * What a restart reads, as the segment log reads it: a damaged last record is a torn tail,
    * cut off with a warning; a damaged record anywhere else stops the open.
    */
-  open(): { entries: Entry[]; warnings: string[] } {
+  open(): { entries: Entry[]; warnings: string[]; maybeLost?: boolean } {
     const warnings: string[] = [];
+    let maybeLost = false;
     if (this.damaged.size > 0) {
       const first = Math.min(...this.damaged);
       if (first !== this.durable.last) throw new LogCorruptError(`sim log`, first, `record ${first} fails its checksum (not the last record)`);
@@ -164,8 +165,10 @@ export class SimLog {
       this.view = this.durable.clone();
       this.damaged.clear();
       warnings.push(`cut a torn tail at record ${first}`);
+      // A whole record failing its checksum (a flipped bit): it may have been acknowledged.
+      maybeLost = true;
     }
-    return { entries: this.durable.list.slice(), warnings };
+    return { entries: this.durable.list.slice(), warnings, ...(maybeLost ? { maybeLost } : {}) };
   }
 }
 
