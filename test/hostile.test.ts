@@ -3,7 +3,7 @@
 // --id, servers started without --voters, and a kill -9 of every server at once while
 // the coordinator is ahead of its followers.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -44,8 +44,9 @@ async function statuses(nc: NatsConnection, cluster: string): Promise<any[]> {
   return got.sort((a, b) => a.id - b.id);
 }
 
-t.test('forged and malformed peer messages change nothing and wedge nothing', async (t) => {
-  const c = new Cluster(3, { cluster: 'h1' });
+/** A running 3-server cluster with a coordinator and a NATS connection; both stopped (logs kept on a failure) at teardown. */
+async function upCluster(t: Test, cluster: string, opts: { extraArgs?: string[] } = {}): Promise<{ c: Cluster; nc: NatsConnection }> {
+  const c = new Cluster(3, { cluster, ...opts });
   await c.start();
   t.teardown(async () => {
     if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
@@ -54,6 +55,11 @@ t.test('forged and malformed peer messages change nothing and wedge nothing', as
   await c.waitForCoordinator();
   const nc = await connect({ servers: c.nats.url });
   t.teardown(() => nc.close());
+  return { c, nc };
+}
+
+t.test('forged and malformed peer messages change nothing and wedge nothing', async (t) => {
+  const { c, nc } = await upCluster(t, 'h1');
 
   const a = await write(nc, 'h1', { op: 'put', key: 'forged.append', value: 'GOOD', rid: 'good-1' });
   t.ok(a.ok, 'an acknowledged write');
@@ -118,15 +124,7 @@ t.test('forged and malformed peer messages change nothing and wedge nothing', as
 });
 
 t.test('a second process with the same --id refuses to run; the first goes on', async (t) => {
-  const c = new Cluster(3, { cluster: 'h2' });
-  await c.start();
-  t.teardown(async () => {
-    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
-    await c.stop();
-  });
-  await c.waitForCoordinator();
-  const nc = await connect({ servers: c.nats.url });
-  t.teardown(() => nc.close());
+  const { c, nc } = await upCluster(t, 'h2');
   // Server 2 again, with its own (empty) data directory.
   const dup = await runNode(SERVER_JS, ['--id', '2', '--data', `${c.dir}/dup-2`, '--nats', c.nats.url, '--cluster', 'h2', '--voters', '1,2,3', '--cluster-key', c.keyFile], { timeoutMs: 10_000 });
   t.equal(dup.code, 1, 'the second process exits with status 1');
@@ -157,15 +155,7 @@ t.test('servers started without --voters refuse to form one-server clusters', as
 t.test('kill -9 of every server at once, mid-stream, repeated: writes resume, nothing acknowledged is lost', async (t) => {
   // No checkpoint runs during the test: after the restart every follower's commit is far below
   // the coordinator's log, by more than one replication message (512 entries).
-  const c = new Cluster(3, { cluster: 'h4', extraArgs: ['--checkpoint-cron', '0 0 0 1 1 *'] });
-  await c.start();
-  t.teardown(async () => {
-    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
-    await c.stop();
-  });
-  await c.waitForCoordinator();
-  const nc = await connect({ servers: c.nats.url });
-  t.teardown(() => nc.close());
+  const { c, nc } = await upCluster(t, 'h4', { extraArgs: ['--checkpoint-cron', '0 0 0 1 1 *'] });
   const acked = new Map<string, string>();
   const recoveries: number[] = [];
   let lastTs = 0;
@@ -213,15 +203,7 @@ t.test('kill -9 of every server at once, mid-stream, repeated: writes resume, no
 });
 
 t.test('a wiped voter does not vote until caught up: a committed write survives', async (t) => {
-  const c = new Cluster(3, { cluster: 'h5' });
-  await c.start();
-  t.teardown(async () => {
-    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
-    await c.stop();
-  });
-  await c.waitForCoordinator();
-  const nc = await connect({ servers: c.nats.url });
-  t.teardown(() => nc.close());
+  const { c, nc } = await upCluster(t, 'h5');
   await write(nc, 'h5', { op: 'put', key: 'warm', value: 'up', rid: 'wipe-0' });
   // X is committed by servers 1 and 2 while 3 is down.
   await c.kill(3);
@@ -268,15 +250,7 @@ async function stopClean(c: Cluster, id: number): Promise<void> {
 }
 
 t.test('a damaged checkpoint is never served and repairs itself: a flipped byte, garbage, an empty file', async (t) => {
-  const c = new Cluster(3, { cluster: 'h6' });
-  await c.start();
-  t.teardown(async () => {
-    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
-    await c.stop();
-  });
-  await c.waitForCoordinator();
-  const nc = await connect({ servers: c.nats.url });
-  t.teardown(() => nc.close());
+  const { c, nc } = await upCluster(t, 'h6');
   const good = 'corruptme-0123456789';
   const w = await write(nc, 'h6', { op: 'put', key: 'victim', value: good, rid: 'victim-1' });
   for (let i = 0; i < 20; i++) await write(nc, 'h6', { op: 'put', key: `other.${i}`, value: `v${i}`, rid: `other-${i}` });
@@ -342,13 +316,7 @@ t.test('a damaged checkpoint is never served and repairs itself: a flipped byte,
 });
 
 t.test('a session token from an earlier cluster of the same name is dropped with a warning, not an error', async (t) => {
-  const c = new Cluster(3, { cluster: 'h7' });
-  await c.start();
-  t.teardown(async () => {
-    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
-    await c.stop();
-  });
-  await c.waitForCoordinator();
+  const { c } = await upCluster(t, 'h7');
   const session = join(c.dir, 'session.json');
   for (let i = 0; i < 30; i++) t.equal((await c.ckv(['--session', session, 'put', `s.${i}`, 'v'])).code, 0);
   const old = JSON.parse(readFileSync(session, 'utf8')).h7;

@@ -499,7 +499,8 @@ export class Replica {
 
   private onNotice(n: Notice): void {
     if (n.type === 'foreign') this.env.logger.warn({ from: n.from, cid: n.cid, ours: this.node.cid }, 'refusing peer traffic from another cluster identity (the same name and key?)');
-    else if (n.type === 'catchup') this.env.logger.warn(n, n.on ? 'catching up: this server lost data it may have acknowledged, so it does not vote until it holds what the cluster committed' : 'caught up: voting again');
+    // (A repair has already been warned about; an empty directory may be a new server or a lost one.)
+    else if (n.type === 'catchup') this.env.logger.info(n, n.on ? 'catching up: taking entries into an empty (or repaired) data directory; not voting until it holds what the servers with data report' : 'caught up: voting');
     else this.env.logger.info({ notice: n }, `members: ${n.type}`);
     this.env.observe?.({ t: 'notice', notice: n });
     this.env.publishMembers({ ...n, by: this.id });

@@ -13,7 +13,7 @@ import type { Entry, Reply } from '../core/wire.js';
 import type { CheckpointStore, LogStore, StateFile } from '../storage/ports.js';
 import type { ServerTransport } from '../transport/nats.js';
 import { subjects } from '../transport/subjects.js';
-import { CheckpointPort, Replica, type CheckpointTransfer, type ClientSubject, type ReplicaCheckpoint, type ReplicaEnv, type ReplicaOptions } from './replica.js';
+import { CheckpointPort, Replica, type CheckpointTransfer, type ClientSubject, type ReplicaEnv, type ReplicaOptions } from './replica.js';
 
 export { VERSION } from './replica.js';
 

@@ -83,7 +83,7 @@ export class NatsTransport implements ServerTransport {
           callback: (err, msg) => {
             if (err) return;
             const r = this.inbox.receive(msg.subject, msg.data);
-            if (!r.ok) return this.events.dropped(r);
+            if (!r.ok) return r.reason === 'own' ? undefined : this.events.dropped(r);
             try {
               handler(r.m);
             } catch (e) {

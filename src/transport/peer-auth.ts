@@ -122,7 +122,8 @@ export class ReplayGuard {
   }
 }
 
-export type Received = { ok: true; m: Msg } | { ok: false; reason: DropReason | 'invalid' | 'same-id'; detail: string };
+/** 'own': our own message, back on a broadcast subject (not a fault: nothing to report). */
+export type Received = { ok: true; m: Msg } | { ok: false; reason: DropReason | 'invalid' | 'same-id' | 'own'; detail: string };
 
 /**
  * Everything a server does with the bytes of a peer message before the replica sees it:
@@ -152,7 +153,7 @@ export class PeerInbox {
     if (m.from === this.self) {
       // Our own messages come back on broadcast subjects; another incarnation's mean a second process with our id.
       if (o.incarnation !== this.seal.incarnation) return { ok: false, reason: 'same-id', detail: o.incarnation };
-      return { ok: false, reason: 'replay', detail: 'our own message' };
+      return { ok: false, reason: 'own', detail: 'our own message' };
     }
     const g = this.guard.accept(m.from, o.incarnation, o.seq);
     if (g !== 'ok') return { ok: false, reason: g, detail: `from ${m.from}` };

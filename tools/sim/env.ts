@@ -6,7 +6,7 @@
 // file only implements the environment: every decision is the replica's.
 
 import type { Msg } from '../../src/core/messages.js';
-import { CheckpointPort, RepairNeeded, Replica, type Cancel, type CheckpointTransfer, type ClientSubject, type ReplicaCheckpoint, type ReplicaEnv, type ReplicaLog, type ReplicaLogger } from '../../src/server/replica.js';
+import { CheckpointPort, RepairNeeded, Replica, type Cancel, type CheckpointTransfer, type ClientSubject, type ReplicaEnv, type ReplicaLog, type ReplicaLogger } from '../../src/server/replica.js';
 import type { ChangeEvent } from '../../src/core/wire.js';
 import type { DurableState, Notice } from '../../src/core/node.js';
 import { PeerInbox, PeerSeal, newIncarnation } from '../../src/transport/peer-auth.js';

@@ -111,18 +111,15 @@ export class Faults {
       case 'remove':
         return this.removeVoter();
       case 'wipe': {
-        // One server without data at a time: a majority that lost its data has lost committed writes.
-        const live = ids.filter((i) => !sim.retired.has(i));
-        if (this.toRemove.size > 0 || live.some((i) => sim.inv.withoutData(i) || sim.disks.get(i)!.hasDamage())) return;
-        const i = this.target(live);
+        if (!this.mayLoseData()) return;
+        const i = this.target(ids.filter((x) => !sim.retired.has(x)));
         this.crash(i, 'kill -9, then its data directory is wiped', false);
         sim.disks.set(i, new SimDisk());
         sim.note(i, 'WIPED: restarts with an empty data directory');
         return this.restartLater(i);
       }
       case 'flipLog': {
-        // As with wipes: one server without data at a time.
-        if (this.toRemove.size > 0 || ids.some((x) => !sim.retired.has(x) && (sim.inv.withoutData(x) || sim.disks.get(x)!.hasDamage()))) return;
+        if (!this.mayLoseData()) return;
         const i = this.target(ids.filter((x) => !sim.retired.has(x)));
         const at = sim.disks.get(i)!.log.flip(r);
         if (at !== null) sim.note(i, `BIT FLIP in log record ${at}`);
@@ -131,7 +128,7 @@ export class Faults {
       case 'forge':
         return this.forge();
       case 'flipCheckpoint': {
-        if (this.toRemove.size > 0 || ids.some((x) => !sim.retired.has(x) && (sim.inv.withoutData(x) || sim.disks.get(x)!.hasDamage()))) return;
+        if (!this.mayLoseData()) return;
         const i = this.target(ids.filter((x) => !sim.retired.has(x)));
         const key = sim.disks.get(i)!.ckpt.flip(r);
         if (key !== null) sim.note(i, `BIT FLIP in checkpoint record ${key}`);
@@ -172,6 +169,20 @@ export class Faults {
     const ping: Msg = { ...({ t: 'ping', role: 'coordinator', coordinator: from.id, last: s.lastIndex(), lastEpoch: s.lastEpoch(), commit: s.commit, commitTs: s.commitTs, matched: s.lastIndex(), applied: s.commit, checkpoint: 0, voters: s.voters, uptimeTicks: 0 } as const), from: from.id, to: 0, cid: s.cid, epoch: s.epoch, clock: s.clock + jump };
     sim.note(0, `FORGE a claim of epoch +${jump} and a heartbeat of clock +${jump} in ${from.id}'s name`);
     for (const m of [claim, ping]) sim.net.send(from, m);
+  }
+
+  /** Every live server holds its data: none empty, catching up, or with damage not found yet. */
+  private everyoneHasData(): boolean {
+    const sim = this.sim;
+    return sim.ids.every((x) => sim.retired.has(x) || !(sim.inv.withoutData(x) || sim.disks.get(x)!.hasDamage()));
+  }
+
+  /**
+   * A server may lose data (a wipe, a flipped bit) only when every other has its data and no
+   * decommissioned server is still a voter: a majority that lost its data has lost writes.
+   */
+  private mayLoseData(): boolean {
+    return this.toRemove.size === 0 && this.everyoneHasData();
   }
 
   private up(): number[] {
@@ -328,8 +339,7 @@ export class Faults {
       const candidates = voters.filter((x) => x !== c.id);
       if (candidates.length < 2) return;
       v = this.r.pick(candidates);
-      const dataLess = this.sim.ids.some((x) => !this.sim.retired.has(x) && (this.sim.inv.withoutData(x) || this.sim.disks.get(x)!.hasDamage()));
-      if (this.sim.retired.size === 0 && voters.length >= 3 && !dataLess && this.r.chance(0.5)) {
+      if (this.sim.retired.size === 0 && voters.length >= 3 && this.everyoneHasData() && this.r.chance(0.5)) {
         this.retire(v);
         this.toRemove.add(v);
       }

@@ -282,7 +282,7 @@ export class Sim {
     else if (req.op === 'batch') for (const w of req.ops) if (w.op !== 'del' && w.value !== null) this.inv.issued.add(w.value);
     const acked = this.inv.ackedMax;
     const loss = this.healed ? 0 : this.p.clientLoss;
-    return this.net.clientRequest(s, op, req, (reply: Reply, by: number) => s.onReply(op, req, attempt, reply, by, acked), loss);
+    return this.net.clientRequest(req, (reply: Reply, by: number) => s.onReply(op, req, attempt, reply, by, acked), loss);
   }
 
   // ---- the run ----

@@ -10,7 +10,6 @@ import { SNAPSHOT_PAGE_TIMEOUT_MS } from '../../src/core/limits.js';
 import type { Reply, Request } from '../../src/core/wire.js';
 import { encodeReply } from '../../src/server/server.js';
 import type { ClientSubject } from '../../src/server/replica.js';
-import type { SessionOp, Session } from './client.js';
 import type { SimNode } from './env.js';
 import type { Sim } from './harness.js';
 import { fmtMsg } from './trace.js';
@@ -74,7 +73,7 @@ export class Network {
             const r = n.inbox.receive(subject, frame);
             if (!r.ok) {
               // Duplicates and a restarted sender's old messages are dropped; anything else is a bug.
-              if (r.reason !== 'replay' && r.reason !== 'stale-incarnation') throw new Error(`the transport refuses a message the core sent (${r.reason}: ${r.detail}): ${frame}`);
+              if (r.reason !== 'replay' && r.reason !== 'stale-incarnation' && r.reason !== 'own') throw new Error(`the transport refuses a message the core sent (${r.reason}: ${r.detail}): ${frame}`);
               return;
             }
             got = r.m;
@@ -117,7 +116,7 @@ export class Network {
    * A client request to one of the servers serving its subject (a NATS queue group), as JSON;
    * the reply comes back as the JSON the server encodes. False if no server serves it.
    */
-  clientRequest(s: Session, op: SessionOp, req: Request, onReply: (reply: Reply, by: number) => void, loss: number): boolean {
+  clientRequest(req: Request, onReply: (reply: Reply, by: number) => void, loss: number): boolean {
     const sim = this.sim;
     const r = sim.rng.client;
     const subject: ClientSubject = isWriteSubject(req) ? 'write' : 'read';
@@ -126,8 +125,6 @@ export class Network {
     const target = r.pick(up);
     if (r.chance(loss)) return true;
     const data = JSON.stringify(req);
-    void s;
-    void op;
     sim.at(target, sim.t + r.real(0.1, 2), () =>
       target.replica.request(subject, data, (reply) => {
         if (r.chance(loss)) return;
