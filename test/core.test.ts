@@ -295,6 +295,11 @@ t.test('peer messages: malformed ones are refused before they reach the core', a
   t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 9, entries: [] }), /commitTs is beyond/);
   t.match(peerMessageProblem({ ...head, t: 'append', prevIndex: 0, prevEpoch: 0, commit: 0, commitTs: 0, entries: [{ index: 1, epoch: 1, ts: 6, kind: 'noop' }] }), /beyond the sender's clock/);
   t.match(peerMessageProblem({ ...head, t: 'claim' }), /last/);
+  // A claim's configuration position is optional (older servers send none), but a number when there.
+  t.equal(peerMessageProblem({ ...head, t: 'claim', last: 3, lastEpoch: 1 }), null);
+  t.equal(peerMessageProblem({ ...head, t: 'claim', last: 3, lastEpoch: 1, cfgIndex: 2, cfgEpoch: 1 }), null);
+  t.match(peerMessageProblem({ ...head, t: 'claim', last: 3, lastEpoch: 1, cfgIndex: 'x', cfgEpoch: 1 }), /cfgIndex/);
+  t.match(peerMessageProblem({ ...head, t: 'claim', last: 3, lastEpoch: 1, cfgIndex: 2, cfgEpoch: -1 }), /cfgEpoch/);
   t.match(peerMessageProblem({ ...head, t: 'ping', role: 'king', coordinator: null, last: 0, lastEpoch: 0, commit: 0, commitTs: 0, matched: 0, applied: 0, checkpoint: 0, voters: [1], uptimeTicks: 0 }), /role/);
 });
 

@@ -69,6 +69,9 @@ const REGRESSIONS: Array<{ seed: number; nodes: number; set?: string[]; caught: 
   { seed: 20734, nodes: 3, caught: 'a claimant with an old configuration and log could never win, yet the lower id with the best log kept deferring to it (a claim that times out with a better log among its promises now stands back)' },
   { seed: 40446, nodes: 3, caught: 'an ack to an older coordinator, queued in the same turn as a truncation by a newer one, left after the truncation was durable: it claimed entries the disk no longer held (found by the new check that nothing leaves claiming durability it lacks)' },
   { seed: 5186, nodes: 3, set: ['faultWeights.wipe=10', 'faultWeights.flipLog=6', 'faultWeights.flipCheckpoint=6'], caught: 'the same, under many wipes and flipped bits' },
+  { seed: 61342, nodes: 3, caught: 'a wiped server judged only the newest (uncommitted) configuration and voted for a log lacking entries committed under the one before (the view now holds under every configuration in play); then the only log holding them was a removed voter that had compacted them (a claimant now installs its checkpoint and fetches on)' },
+  { seed: 61473, nodes: 3, caught: 'a catch-up voter counted the log of a removed server (entries no voter held, never committed) as one a claimant must cover: no claimant could, and with every server up there was no coordinator (a removed server whose newest configuration entry the claimant holds too is no longer counted)' },
+  { seed: 21191, nodes: 3, caught: 'a catch-up voter whose data was as old as a configuration with a voter since decommissioned waited for that voter forever (a configuration at or below the commit of a server whose newest configuration is committed is no longer in play)' },
 ];
 
 t.test('simulation: regression seeds', async (t) => {

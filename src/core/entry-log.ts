@@ -134,6 +134,15 @@ export class EntryLog {
     return this.baseConfig;
   }
 
+  /** Where the newest configuration entry in memory is; 0/0 when the configuration is the base's. */
+  configPosition(): { index: number; epoch: number } {
+    for (let i = this.last; i > this.base.index; i--) {
+      const e = this.at(i)!;
+      if (e.kind === 'config') return { index: e.index, epoch: e.epoch };
+    }
+    return { index: 0, epoch: 0 };
+  }
+
   /** A configuration entry above `index` (a change not yet committed when index is the commit). */
   configAbove(index: number): boolean {
     for (let i = this.last; i > index; i--) if (this.at(i)!.kind === 'config') return true;

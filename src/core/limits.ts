@@ -95,6 +95,12 @@ export const ALIVE_WAIT_TICKS = 3;
 export const ANNOUNCE_WAIT_TICKS = 12;
 /** Ticks a claim waits for promises (and fetches) before it starts over. */
 export const CLAIM_WAIT_TICKS = 10;
+/**
+ * Ticks a claimant waits for the checkpoint of the promiser with the best log when that
+ * promiser no longer holds the entries the claimant lacks (then it stands back, and a
+ * transfer still under way installs anyway).
+ */
+export const CLAIM_CHECKPOINT_WAIT_TICKS = 4 * CLAIM_WAIT_TICKS;
 /** Ticks a strong-read confirmation round may take. */
 export const CONFIRM_WAIT_TICKS = 10;
 /** A server bullies a live lower-id coordinator only after this long up and caught up. */

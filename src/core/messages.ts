@@ -30,6 +30,9 @@ export type Body =
       checkpoint: number;
       voters: number[];
       uptimeTicks: number;
+      /** Where the newest configuration entry in the sender's log is (absent or 0: below its log). */
+      cfgIndex?: number;
+      cfgEpoch?: number;
     }
   /** Replication: entries following (prevIndex, prevEpoch); commit is the coordinator's. */
   | { t: 'append'; prevIndex: number; prevEpoch: number; entries: Entry[]; commit: number; commitTs: number }
@@ -41,7 +44,7 @@ export type Body =
   | { t: 'election' }
   | { t: 'alive' }
   /** Claim of epoch `epoch`: asks every voter to promise it; with the claimant's log position. */
-  | { t: 'claim'; last: number; lastEpoch: number }
+  | { t: 'claim'; last: number; lastEpoch: number; cfgIndex?: number; cfgEpoch?: number }
   | { t: 'promise'; ok: boolean; last: number; lastEpoch: number; commit: number }
   /** The claimant fetches what it lacks from the most up-to-date promiser. */
   | { t: 'fetch'; start: number }

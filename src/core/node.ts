@@ -10,6 +10,7 @@ import {
   ALIVE_WAIT_TICKS,
   ANNOUNCE_WAIT_TICKS,
   AUTO_REMOVE_VOTERS_MIN,
+  CLAIM_CHECKPOINT_WAIT_TICKS,
   CLAIM_WAIT_TICKS,
   CLOCK_STEP_MAX,
   CONFIRM_WAIT_TICKS,
@@ -144,7 +145,18 @@ type Phase =
   | { p: 'electing'; until: number }
   | { p: 'waiting'; until: number }
   | { p: 'claiming'; epoch: number; until: number; promises: Map<number, { last: number; lastEpoch: number; commit: number }> }
-  | { p: 'fetching'; epoch: number; until: number; start: number; target: number; targetLast: number; targetCommit: number; promisers: number[] };
+  | {
+      p: 'fetching';
+      epoch: number;
+      until: number;
+      start: number;
+      target: number;
+      targetLast: number;
+      targetCommit: number;
+      promisers: number[];
+      /** The target compacted what we lack: we wait for its checkpoint, then fetch on. */
+      checkpoint: boolean;
+    };
 
 const NOT_COORDINATOR: Proposal = { ok: false, code: 'UNAVAILABLE', message: 'not the coordinator' };
 const retry = (message: string): Proposal => ({ ok: false, code: 'UNAVAILABLE', message });
@@ -299,27 +311,58 @@ export class Node {
 
   /**
    * What the voters heard lately say of their data: those without any (empty, or catching
-   * up; we count ourselves among them), those unheard, and the best log among those with data.
-   * The voters are those of the best log heard (a server without data may not know the
-   * configuration: its own is as old as its data).
+   * up; we count ourselves among them), those unheard, and the best log among those with data,
+   * under every configuration in play (a server without data may not know the configuration:
+   * its own is as old as its data).
+   *
+   * A server whose own newest configuration entry leaves it out, at the very position the
+   * claimant's newest one is (same index and epoch: the logs agree up to there), adds nothing
+   * the claimant lacks: the entries after that position were committed, if at all, by that
+   * configuration, without it. (Else a removed server holding entries no voter holds, never
+   * committed, would keep a server without data from ever voting.)
+   *
+   * A server with data whose newest configuration entry is committed (its commit reaches it)
+   * holds the committed log up to its commit: a configuration entry at or below that index in
+   * any other log is either that one (or an older one it replaced), or never committed, and so
+   * never committed anything. Only configurations from there on are in play. (Else a server
+   * whose data is as old as a voter since removed for good would wait for that voter forever.)
    */
-  private dataView(): DataView {
+  private dataView(claimant?: LogPosition): DataView {
     const lost = (p: NonNullable<PeerInfo['ping']>): boolean => p.role === 'catchup' || (p.last === 0 && p.checkpoint === 0 && p.cid === '');
-    // The configuration may be ours, or (our data being old) that of the best log a server
-    // reports: the view must hold for both.
-    let theirs: number[] | null = null;
-    let top = { last: 0, lastEpoch: 0 };
+    // The configurations in play: ours (unless we are empty: then it is only our command
+    // line's first voters) and every one a server with data reports. A committed entry may lie
+    // on a majority of an older configuration than the newest (one change at a time), so the
+    // view must be safe under each, and the best log is taken over the voters of all of them.
+    const withData: Array<NonNullable<PeerInfo['ping']>> = [];
+    let floor = 0;
+    let anchor: number[] | null = null;
     for (const peer of this.peers.values()) {
       const p = peer.ping;
-      if (!p || lost(p) || this.liveness(peer.id) === 'dead' || p.voters.length === 0) continue;
-      if (newer(p, top)) {
-        top = p;
-        theirs = p.voters;
+      if (!p || lost(p) || this.liveness(peer.id) === 'dead') continue;
+      withData.push(p);
+      if ((p.cfgIndex ?? 0) <= p.commit && p.commit > floor) {
+        floor = p.commit;
+        anchor = p.voters;
       }
     }
-    const view = (voters: number[]): DataView => {
-      // Committed entries are on a majority of voters: the best log among voters with data covers them.
-      const best = { last: 0, lastEpoch: 0 };
+    const configs: number[][] = [];
+    const seen = new Set<string>();
+    // `atMost`: the index of the configuration entry, or one above it (a configuration in a
+    // checkpoint lies at or below it).
+    const add = (voters: number[], atMost: number): void => {
+      const k = voters.join();
+      if (voters.length > 0 && (atMost >= floor || voters === anchor) && !seen.has(k)) {
+        seen.add(k);
+        configs.push(voters);
+      }
+    };
+    for (const p of withData) add(p.voters, (p.cfgIndex ?? 0) > 0 ? p.cfgIndex! : p.checkpoint);
+    const mine = this.log.configPosition().index;
+    if (!this.isEmpty()) add(this.voters, mine > 0 ? mine : this.log.offset);
+    if (configs.length === 0) add(this.voters, Infinity);
+    const best = { last: 0, lastEpoch: 0 };
+    let safe = true;
+    for (const voters of configs) {
       let without = 0;
       let unheard = 0;
       for (const v of voters) {
@@ -327,20 +370,15 @@ export class Node {
         if (v === this.id) without++;
         else if (!p || this.liveness(v) === 'dead') unheard++;
         else if (lost(p)) without++;
+        else if (claimant !== undefined && !p.voters.includes(v) && sameConfigEntry(p, claimant)) continue;
         else if (newer(p, best)) {
           best.last = p.last;
           best.lastEpoch = p.lastEpoch;
         }
       }
-      return { safe: unheard === 0 || without + unheard < Math.floor(voters.length / 2) + 1, best };
-    };
-    // An empty server's own configuration is only its command line's first voters: it knows
-    // none but what the servers with data report.
-    if (theirs !== null && this.isEmpty()) return view(theirs);
-    const mine = view(this.voters);
-    if (theirs === null || theirs.join() === this.voters.join()) return mine;
-    const other = view(theirs);
-    return { safe: mine.safe && other.safe, best: newer(other.best, mine.best) ? other.best : mine.best };
+      if (unheard > 0 && without + unheard >= Math.floor(voters.length / 2) + 1) safe = false;
+    }
+    return { safe, best };
   }
 
   /**
@@ -350,9 +388,9 @@ export class Node {
    * or has lost its data anyway: no voter is unheard, or the unheard and those without data
    * together are fewer than a majority. (A new cluster is the case where every voter is empty.)
    */
-  private mayVote(log: { last: number; lastEpoch: number }): boolean {
+  private mayVote(log: LogPosition): boolean {
     if (!this.withoutData()) return true;
-    const v = this.dataView();
+    const v = this.dataView(log);
     return v.safe && !newer(v.best, log);
   }
 
@@ -371,11 +409,11 @@ export class Node {
   /** A catch-up member whose log durably holds the coordinator's up to the best log heard is one no more. */
   private checkCatchUp(): void {
     if (!this.catchUp || !this.catchUpDurable || this.coordinator === null || this.role !== 'follower') return;
-    const v = this.dataView();
-    if (!v.safe) return;
     // The coordinator's own report too (it holds every committed entry), once we have heard it.
     const c = this.peers.get(this.coordinator)?.ping;
     if (!c || c.epoch !== this.epoch || c.role !== 'coordinator') return;
+    const v = this.dataView(c);
+    if (!v.safe) return;
     const target = Math.max(v.best.last, c.last, 1);
     if (Math.min(this.matched, this.persistedLast) < target || this.lastIndex() < target) return;
     this.catchUp = false;
@@ -582,7 +620,18 @@ export class Node {
       checkpoint: this.checkpointIndex,
       voters: this.voters,
       uptimeTicks: this.now - this.startTick,
+      ...this.configPosition(),
     });
+  }
+
+  private configPosition(): { cfgIndex: number; cfgEpoch: number } {
+    const c = this.log.configPosition();
+    return { cfgIndex: c.index, cfgEpoch: c.epoch };
+  }
+
+  /** Our log's end and newest configuration entry, as a claim states them. */
+  private logPosition(): LogPosition {
+    return { last: this.lastIndex(), lastEpoch: this.lastEpoch(), ...this.configPosition() };
   }
 
   private tickCoordinator(): void {
@@ -641,7 +690,13 @@ export class Node {
         break;
       }
       case 'fetching':
-        this.abandonClaim('timed out');
+        if (ph.checkpoint) {
+          // Claiming again would wait for the same transfer (which goes on and installs):
+          // stand back meanwhile, as when the target cannot send a checkpoint at all.
+          this.cannotLeadBelow = ph.targetCommit;
+          this.cannotLeadUntil = this.now + STAND_BACK_TICKS;
+          this.abandonClaim(`server ${ph.target}'s checkpoint did not arrive in time`);
+        } else this.abandonClaim('timed out');
         break;
     }
   }
@@ -671,7 +726,7 @@ export class Node {
   private startElection(): void {
     // Only voters elect (a learner that promised a claimant gets here when its wait ends),
     // and not while catching up or before a new cluster can form.
-    if (!this.isVoter(this.id) || !this.mayVote({ last: this.lastIndex(), lastEpoch: this.lastEpoch() })) {
+    if (!this.isVoter(this.id) || !this.mayVote(this.logPosition())) {
       this.phase = { p: 'idle' };
       return;
     }
@@ -686,7 +741,7 @@ export class Node {
   }
 
   private claim(): void {
-    if (!this.isVoter(this.id) || !this.mayVote({ last: this.lastIndex(), lastEpoch: this.lastEpoch() })) {
+    if (!this.isVoter(this.id) || !this.mayVote(this.logPosition())) {
       this.phase = { p: 'idle' };
       return;
     }
@@ -698,7 +753,7 @@ export class Node {
     const promises = new Map([[this.id, { last: this.lastIndex(), lastEpoch: this.lastEpoch(), commit: this.commit }]]);
     this.phase = { p: 'claiming', epoch, until: this.now + CLAIM_WAIT_TICKS, promises };
     this.out.notices.push({ type: 'election', epoch, phase: 'claim' });
-    this.send(BROADCAST, { t: 'claim', last: this.lastIndex(), lastEpoch: this.lastEpoch() });
+    this.send(BROADCAST, { t: 'claim', ...this.logPosition() });
     this.checkPromises();
   }
 
@@ -923,6 +978,14 @@ export class Node {
     this.checkpointAt = base.index;
     if (base.ts > this.clock) this.clock = base.ts;
     this.setConfig(this.log.configAt(this.lastIndex()));
+    const ph = this.phase;
+    if (ph.p === 'fetching' && ph.checkpoint) {
+      // Our claim waited for this: fetch the rest of the target's log.
+      ph.checkpoint = false;
+      ph.start = this.commit + 1;
+      ph.until = this.now + CLAIM_WAIT_TICKS;
+      this.send(ph.target, { t: 'fetch', start: ph.start });
+    }
     return keep;
   }
 
@@ -1210,7 +1273,7 @@ export class Node {
   private onElection(m: Extract<Msg, { t: 'election' }>): void {
     if (!this.isVoter(this.id) || m.from > this.id) return;
     // We could not win (or may not claim, being without data): let the lower ids elect.
-    if (this.role !== 'coordinator' && (!this.canLead() || !this.mayVote({ last: this.lastIndex(), lastEpoch: this.lastEpoch() }))) return;
+    if (this.role !== 'coordinator' && (!this.canLead() || !this.mayVote(this.logPosition()))) return;
     this.send(m.from, { t: 'alive' });
     if (this.role === 'coordinator') {
       this.sendPing();
@@ -1270,7 +1333,17 @@ export class Node {
       return;
     }
     const start = this.commit + 1;
-    this.phase = { p: 'fetching', epoch: ph.epoch, until: this.now + CLAIM_WAIT_TICKS, start, target: best, targetLast: b.last, targetCommit: b.commit, promisers: [...ph.promises.keys()] };
+    this.phase = {
+      p: 'fetching',
+      epoch: ph.epoch,
+      until: this.now + CLAIM_WAIT_TICKS,
+      start,
+      target: best,
+      targetLast: b.last,
+      targetCommit: b.commit,
+      promisers: [...ph.promises.keys()],
+      checkpoint: false,
+    };
     this.send(best, { t: 'fetch', start });
   }
 
@@ -1280,17 +1353,27 @@ export class Node {
     const compacted = m.start <= this.log.offset;
     const entries = compacted ? [] : this.slice(m.start, this.lastIndex());
     this.send(m.from, { t: 'fetched', start: m.start, entries, last: this.lastIndex(), compacted }, this.promised);
+    // What it lacks is in our checkpoint only: offer that (it holds committed entries only).
+    if (compacted) this.out.needSnapshot.push(m.from);
+  }
+
+  /** The server whose checkpoint our claim waits for (the driver accepts its offer), if any. */
+  claimCheckpointSource(): number | null {
+    return this.phase.p === 'fetching' && this.phase.checkpoint ? this.phase.target : null;
   }
 
   private onFetched(m: Extract<Msg, { t: 'fetched' }>): void {
     const ph = this.phase;
     if (ph.p !== 'fetching' || m.epoch !== ph.epoch || m.start !== ph.start || m.from !== ph.target) return;
     if (m.compacted) {
-      // Claiming again would fail the same way and depose whoever leads meanwhile: stand back
-      // (no claim, no `alive` to lower ids) until a coordinator brings us up to date.
-      this.cannotLeadBelow = ph.targetCommit;
-      this.cannotLeadUntil = this.now + STAND_BACK_TICKS;
-      this.abandonClaim(`server ${ph.target} no longer has the entries from ${ph.start}`);
+      // The target offers its checkpoint (committed entries only, so ours to install whatever
+      // becomes of this claim); once installed, restore() fetches on from after it. Waiting
+      // matters when the target cannot lead itself (say a voter whose removal is pending): no
+      // one else could bring us up to date.
+      if (!ph.checkpoint) {
+        ph.checkpoint = true;
+        ph.until = this.now + CLAIM_CHECKPOINT_WAIT_TICKS;
+      }
       return;
     }
     const fromIdx = m.start;
@@ -1382,6 +1465,19 @@ export class Node {
 interface DataView {
   safe: boolean;
   best: { last: number; lastEpoch: number };
+}
+
+/** A log's end, and where its newest configuration entry is (0: below the log held). */
+interface LogPosition {
+  last: number;
+  lastEpoch: number;
+  cfgIndex?: number;
+  cfgEpoch?: number;
+}
+
+/** Both logs hold the same newest configuration entry (so they agree up to it). */
+function sameConfigEntry(a: LogPosition, b: LogPosition): boolean {
+  return (a.cfgIndex ?? 0) > 0 && a.cfgIndex === b.cfgIndex && a.cfgEpoch === b.cfgEpoch;
 }
 
 /** p's log is more up to date than q's (higher last epoch, then higher index). */

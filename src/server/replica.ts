@@ -821,7 +821,7 @@ export class Replica {
     const last = this.lastOffer.get(follower);
     if (last !== undefined && now - last < SNAPSHOT_PAGE_TIMEOUT_MS) return;
     this.lastOffer.set(follower, now);
-    this.env.logger.info({ follower, checkpoint: this.node.checkpointIndex }, 'offering our checkpoint to a follower behind our log');
+    this.env.logger.info({ follower, checkpoint: this.node.checkpointIndex }, 'offering our checkpoint to a server behind our log');
     this.env.sendSnapshot(follower, JSON.stringify({ t: 'offer', from: this.id, index: this.node.checkpointIndex }));
   }
 
@@ -879,8 +879,10 @@ export class Replica {
   // ---- checkpoint transfer: pulling a peer's, then swapping it in ----
 
   private onOffer(from: number): void {
-    // Only our coordinator's offer counts (it is the one that found us behind its log).
-    if (this.transfer || this.closing || !this.env.transfer || this.node.role === 'coordinator' || this.node.coordinator !== from) return;
+    // Only the offer of our coordinator (it found us behind its log) or of the promiser whose
+    // log our claim fetches (it compacted what we lack) counts.
+    if (this.transfer || this.closing || !this.env.transfer || this.node.role === 'coordinator') return;
+    if (this.node.coordinator !== from && this.node.claimCheckpointSource() !== from) return;
     const t: Transfer = { from, incoming: null, phase: 'kv', after: null, meta: null, awaiting: 0, tries: 0, complete: false, swapStarted: false };
     this.transfer = t;
     this.env.logger.info({ from }, 'receiving a checkpoint');

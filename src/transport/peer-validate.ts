@@ -28,12 +28,19 @@ const NUMS: Record<string, string[]> = {
   tsr: ['seq', 'commitTs'],
 };
 
+/** Numeric fields a message type may carry (absent in older servers' messages). */
+const OPTIONAL_NUMS: Record<string, string[]> = {
+  ping: ['cfgIndex', 'cfgEpoch'],
+  claim: ['cfgIndex', 'cfgEpoch'],
+};
+
 /** Why `x` is not a well-formed peer message, or null when it is. */
 export function peerMessageProblem(x: unknown): string | null {
   if (typeof x !== 'object' || x === null || Array.isArray(x)) return 'not an object';
   const m = x as Record<string, unknown>;
   if (typeof m.t !== 'string' || !(m.t in NUMS)) return `unknown type ${JSON.stringify(m.t)}`;
   for (const f of ['from', 'to', 'epoch', 'clock', ...NUMS[m.t]!]) if (!nat(m[f])) return `${m.t}: ${f} is not a non-negative integer`;
+  for (const f of OPTIONAL_NUMS[m.t] ?? []) if (m[f] !== undefined && !nat(m[f])) return `${m.t}: ${f} is not a non-negative integer`;
   if ((m.from as number) < 1) return 'from must be a server id';
   if (typeof m.cid !== 'string' || (m.cid !== '' && !CLUSTER_ID_PATTERN.test(m.cid))) return `${m.t}: cid is not a cluster identity`;
   if (typeof m.commitTs === 'number' && m.commitTs > (m.clock as number)) return `${m.t}: commitTs is beyond the sender's clock`;
