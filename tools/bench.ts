@@ -1,126 +1,155 @@
 #!/usr/bin/env node
-// Benchmarks, reported as ratios against baselines measured in the same run
-// (this machine is noisy). Never a pass/fail test.
-//
-//   node dist/tools/bench.js [--nodes 1|3] [--ops N] [--jetstream] [--failover]
-//
-// Measures: sequential and 64-concurrent put and get against a ckv cluster of
-// real processes; raw NATS request/reply to a separate process (baseline);
-// optionally NATS JetStream KV (R1 on one nats-server, or R3 on a 3-node
-// nats-server cluster); the wall time of a one-shot `ckv get` against `node -e 0`;
-// and optionally the time writes take to resume after SIGKILL of the coordinator.
+// ckv's benchmark: ckv against baselines started in the same run (these
+// machines are noisy: only ratios within one run mean anything). A program,
+// never a pass/fail test. `node dist/tools/bench.js --help` for the options.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { newClusterKeyText } from '../src/transport/peer-auth.js';
+import { table, writeReport, ratios, type Row } from './bench/report.js';
+import { etcdBinary, Procs, startCkv, startEtcd, startJetStream, startRaw, type CkvCluster, type Target } from './bench/systems.js';
+import { describe, generate, keyName, measure, median, readWorkloadFile, type Op, type Result, type WorkloadSpec } from './bench/workload.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SERVER = join(ROOT, 'dist', 'src', 'server', 'main.js');
-const CLI = join(ROOT, 'dist', 'src', 'client', 'cli.js');
-const ECHO = join(ROOT, 'dist', 'tools', 'bench-echo.js');
-const CONCURRENCY = 64;
-const REQUEST_TIMEOUT_MS = 10_000;
+const CLI_BUNDLE = join(ROOT, 'dist', 'src', 'client', 'launch.cjs');
+const CLI_TREE = join(ROOT, 'dist', 'src', 'client', 'cli.js');
+const ECHO = join(ROOT, 'dist', 'tools', 'bench', 'echo.js');
 
-const { values } = parseArgs({
+const HELP = `usage: node dist/tools/bench.js [options]   (npm run bench -- [options])
+
+Systems (each started as real processes in this run, measured one at a time):
+  --systems LIST     raw,jetstream,etcd,ckv (default: all; etcd only if installed)
+  --nodes LIST       ckv cluster sizes (default 3)
+  --topology LIST    single (every ckv server on one nats-server) and/or cluster
+                     (one per node of a 3-node NATS cluster) (default single,cluster)
+Workload (every combination is run on every system):
+  --read LIST        percent of gets (default 0,100)
+  --clients LIST     operations in flight (default 1,64)
+  --values LIST      value bytes (default 100)
+  --keys N           distinct keys (default 1000)
+  --dist D           uniform or zipf:S, e.g. zipf:0.99 (default uniform)
+  --ops N            operations per run with 1 in flight; 4N with more (default 2000)
+  --workload FILE    replay FILE instead: lines "get,KEY" / "put,KEY,VALUE"
+  --reps N           repeat each run, report medians (default 1)
+Also:
+  --oneshot N        time N one-shot "ckv get" against "node -e 0" (default 10; 0: skip)
+  --failover         time until writes resume after SIGKILL of ckv's coordinator
+  --json             print the results as one JSON object instead of the table
+  --report DIR       write DIR/report.md and SVG charts (throughput, p99 by clients)`;
+
+const { values: o } = parseArgs({
   options: {
+    systems: { type: 'string', default: 'raw,jetstream,etcd,ckv' },
     nodes: { type: 'string', default: '3' },
+    topology: { type: 'string', default: 'single,cluster' },
+    read: { type: 'string', default: '0,100' },
+    clients: { type: 'string', default: '1,64' },
+    values: { type: 'string', default: '100' },
+    keys: { type: 'string', default: '1000' },
+    dist: { type: 'string', default: 'uniform' },
     ops: { type: 'string', default: '2000' },
-    jetstream: { type: 'boolean', default: false },
-    failover: { type: 'boolean', default: false },
+    workload: { type: 'string' },
+    reps: { type: 'string', default: '1' },
     oneshot: { type: 'string', default: '10' },
+    failover: { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+    report: { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
   },
 });
-const NODES = Number(values.nodes);
-const OPS = Number(values.ops);
-const procs: ChildProcess[] = [];
-const dir = mkdtempSync(join(tmpdir(), 'ckv-bench-'));
-const env = { ...process.env };
-delete env.NODE_EXTRA_CA_CERTS;
-
-interface Result {
-  name: string;
-  opsPerSec: number;
-  p50us: number;
-  p99us: number;
+if (o.help) {
+  process.stdout.write(`${HELP}\n`);
+  process.exit(0);
 }
 
-function startProc(cmd: string, args: string[], readyText: string | null, name: string): Promise<ChildProcess> {
-  return new Promise((res, rej) => {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-    procs.push(p);
-    let buf = '';
-    const timer = setTimeout(() => rej(new Error(`${name} did not start: ${buf.slice(-400)}`)), 15_000);
-    const on = (d: Buffer) => {
-      buf += d.toString();
-      if (readyText === null || buf.includes(readyText)) {
-        clearTimeout(timer);
-        res(p);
-      }
-    };
-    p.stdout!.on('data', on);
-    p.stderr!.on('data', on);
-    p.once('exit', (c) => rej(new Error(`${name} exited ${c}: ${buf.slice(-400)}`)));
-    if (readyText === null) on(Buffer.alloc(0));
-  });
+function usage(msg: string): never {
+  process.stderr.write(`bench: ${msg}\n${HELP}\n`);
+  process.exit(2);
+}
+function nums(name: string, s: string, min: number, max: number): number[] {
+  const xs = s.split(',').map((x) => Number(x.trim()));
+  if (xs.length === 0 || !xs.every((x) => Number.isInteger(x) && x >= min && x <= max)) usage(`--${name}: a comma-separated list of integers ${min}..${max}`);
+  return xs;
 }
 
-async function startNats(port: number, extra: string[] = []): Promise<void> {
-  await startProc('nats-server', ['-a', '127.0.0.1', '-p', String(port), ...extra], 'Server is ready', `nats-server:${port}`);
-}
+const systems = new Set(o.systems.split(','));
+for (const s of systems) if (!['raw', 'jetstream', 'etcd', 'ckv'].includes(s)) usage(`--systems: unknown system ${s}`);
+const topologies = o.topology.split(',') as Array<'single' | 'cluster'>;
+for (const t of topologies) if (t !== 'single' && t !== 'cluster') usage(`--topology: single or cluster, not ${t}`);
+const nodeCounts = nums('nodes', o.nodes, 1, 9);
+const [keys] = nums('keys', o.keys, 1, 10_000_000);
+const [ops] = nums('ops', o.ops, 1, 100_000_000);
+const [reps] = nums('reps', o.reps, 1, 100);
+const [oneshotN] = nums('oneshot', o.oneshot, 0, 1000);
+const distM = /^(uniform|zipf:(\d+(\.\d+)?))$/.exec(o.dist);
+if (!distM) usage('--dist: uniform or zipf:S');
+const fileOps: Op[] | null = o.workload ? readWorkloadFile(o.workload) : null;
 
-/** Run `total` operations with `conc` in flight; latency per op in µs. */
-async function measure(name: string, total: number, conc: number, op: (i: number) => Promise<void>): Promise<Result> {
-  const lat: number[] = [];
-  let next = 0;
-  const t0 = process.hrtime.bigint();
-  await Promise.all(
-    Array.from({ length: conc }, async () => {
-      while (next < total) {
-        const i = next++;
-        const s = process.hrtime.bigint();
-        await op(i);
-        lat.push(Number(process.hrtime.bigint() - s) / 1000);
-      }
-    }),
-  );
-  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-  lat.sort((a, b) => a - b);
-  return { name, opsPerSec: total / secs, p50us: lat[Math.floor(lat.length / 2)]!, p99us: lat[Math.floor(lat.length * 0.99)]! };
-}
-
-async function ckvRequest(nc: NatsConnection, subject: string, body: object): Promise<any> {
-  for (;;) {
-    try {
-      const r = await nc.request(subject, JSON.stringify(body), { timeout: REQUEST_TIMEOUT_MS });
-      const reply = JSON.parse(new TextDecoder().decode(r.data));
-      if (!reply.ok && reply.error?.code !== 'NOT_FOUND') {
-        if (reply.error?.code === 'UNAVAILABLE') continue;
-        throw new Error(`${subject}: ${JSON.stringify(reply.error)}`);
-      }
-      return reply;
-    } catch (err) {
-      if ((err as Error).message.includes('no responders')) {
-        await new Promise((r) => setTimeout(r, 20));
-        continue;
-      }
-      throw err;
-    }
+const specs: WorkloadSpec[] = [];
+for (const clients of nums('clients', o.clients, 1, 4096)) {
+  if (fileOps) {
+    specs.push({ readPct: 0, clients, valueBytes: 0, keys: 0, dist: 'uniform', zipfS: 0, ops: fileOps.length, file: { path: o.workload!, ops: fileOps } });
+    continue;
   }
+  for (const readPct of nums('read', o.read, 0, 100))
+    for (const valueBytes of nums('values', o.values, 0, 1024 * 1024))
+      specs.push({ readPct, clients, valueBytes, keys: keys!, dist: distM[2] ? 'zipf' : 'uniform', zipfS: distM[2] ? Number(distM[2]) : 0, ops: clients === 1 ? ops! : ops! * 4 });
 }
 
-function row(r: Result, base?: Result): string {
-  const ratio = base ? `${(r.opsPerSec / base.opsPerSec).toFixed(2)}x` : '';
-  return `${r.name.padEnd(44)} ${r.opsPerSec.toFixed(0).padStart(9)} ops/s  p50 ${(r.p50us / 1000).toFixed(2).padStart(7)} ms  p99 ${(r.p99us / 1000).toFixed(2).padStart(7)} ms  ${ratio}`;
+const env = { ...process.env };
+delete env.NODE_EXTRA_CA_CERTS; // adds ~70 ms to every Node start
+const dir = mkdtempSync(join(tmpdir(), 'ckv-bench-'));
+const procs = new Procs(dir, env);
+const rows: Row[] = [];
+const notes: string[] = [];
+const extra: Record<string, unknown> = {};
+
+const tty = process.stderr.isTTY === true;
+function progress(s: string, final = false): void {
+  if (o.json && !tty) return;
+  if (tty) process.stderr.write(`\r\x1b[K${s}${final ? '\n' : ''}`);
+  else if (final || !s.includes(' ops')) process.stderr.write(`${s}\n`);
+}
+function say(s: string): void {
+  notes.push(s);
+  if (!o.json) progress(s, true);
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
+/** Preload the keys the gets will ask for (every system gets the same). */
+async function preload(t: Target): Promise<void> {
+  const need = Math.max(...specs.filter((s) => s.readPct > 0 && !s.file).map((s) => s.keys), 0);
+  if (need === 0) return;
+  const value = 'v'.repeat(Math.max(...specs.map((s) => s.valueBytes)));
+  const load: Op[] = Array.from({ length: need }, (_, i) => ({ op: 'put', key: keyName(i), value }));
+  progress(`${t.name}: loading ${need} keys`);
+  const r = await measure(load, 64, (op) => t.run(op));
+  if (r.errors > 0) throw new Error(`${t.name}: ${r.errors} errors while loading keys`);
+}
+
+let runNo = 0;
+const runsTotal = (): number => specs.length * reps!;
+async function measureAll(t: Target): Promise<void> {
+  await preload(t);
+  for (const spec of specs) {
+    const results: Result[] = [];
+    const opsList = generate(spec);
+    for (let rep = 0; rep < reps!; rep++) {
+      const label = `[${++runNo}] ${t.name}: ${describe(spec)}${reps! > 1 ? ` (rep ${rep + 1}/${reps})` : ''}`;
+      progress(label);
+      results.push(await measure(opsList, spec.clients, (op) => t.run(op), (done) => progress(`${label}: ${done}/${opsList.length} ops`)));
+    }
+    const result: Result = {
+      opsPerSec: median(results.map((r) => r.opsPerSec)),
+      p50us: median(results.map((r) => r.p50us)),
+      p99us: median(results.map((r) => r.p99us)),
+      errors: results.reduce((a, r) => a + r.errors, 0),
+    };
+    rows.push({ workload: describe(spec), spec, system: t.name, result, reps: reps! });
+  }
 }
 
 function timeCmd(args: string[], n: number): number {
@@ -133,115 +162,99 @@ function timeCmd(args: string[], n: number): number {
   return median(ts);
 }
 
+async function oneShot(c: CkvCluster, url: string): Promise<void> {
+  progress('one-shot: timing node -e 0 and ckv get');
+  const common = ['--nats', url, '--cluster', c.cluster, '--no-session', 'get', 'bench.warmup'];
+  // Interleaved in rounds, so that drift in machine load hits all three alike.
+  const node: number[] = [];
+  const bundle: number[] = [];
+  const tree: number[] = [];
+  for (let i = 0; i < oneshotN!; i++) {
+    node.push(timeCmd(['-e', '0'], 1));
+    bundle.push(timeCmd([CLI_BUNDLE, ...common], 1));
+    tree.push(timeCmd([CLI_TREE, ...common], 1));
+  }
+  const [n, b, t] = [median(node), median(bundle), median(tree)];
+  extra.oneshot = { nodeMs: n, ckvGetMs: b, ckvGetUnbundledMs: t, runs: oneshotN };
+  say(`one-shot (median of ${oneshotN}): node -e 0 ${n.toFixed(0)} ms; ckv get ${b.toFixed(0)} ms (${(b / n).toFixed(2)}x); unbundled ${t.toFixed(0)} ms (${(t / n).toFixed(2)}x)`);
+}
+
+async function failover(c: CkvCluster): Promise<void> {
+  const st = await c.nc.request(`ckv.${c.cluster}.admin`, JSON.stringify({ op: 'status' }), { timeout: 2000 });
+  const coord = JSON.parse(new TextDecoder().decode(st.data)).status.coordinator as number;
+  const victim = c.servers.get(coord)!;
+  let i = 0;
+  const killedAt = Date.now();
+  victim.kill('SIGKILL');
+  for (;;) {
+    try {
+      const r = await c.nc.request(`ckv.${c.cluster}.write`, JSON.stringify({ op: 'put', key: 'bench.failover', value: String(i), rid: `f${process.pid}.${i++}`, timeout: 200 }), { timeout: 300 });
+      if (JSON.parse(new TextDecoder().decode(r.data)).ok) break;
+    } catch {
+      // no responders or timeout: keep trying
+    }
+    if (Date.now() - killedAt > 30_000) throw new Error('failover: writes did not resume within 30 s');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  extra.failoverMs = Date.now() - killedAt;
+  say(`failover: writes resumed ${Date.now() - killedAt} ms after SIGKILL of coordinator ${coord}`);
+}
+
+/** Run `f` with processes started meanwhile killed afterwards (one system at a time on the CPU). */
+async function alone(f: () => Promise<void>): Promise<void> {
+  const before = procs.all.length;
+  try {
+    await f();
+  } finally {
+    for (const p of procs.all.slice(before)) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  }
+}
+
 async function main(): Promise<void> {
-  const port = 14000 + Math.floor(Math.random() * 1000);
-  const url = `nats://127.0.0.1:${port}`;
-  await startNats(port);
-  const nc = await connect({ servers: url });
-  const lines: string[] = [];
-  const out = (s: string) => {
-    lines.push(s);
-    process.stdout.write(`${s}\n`);
-  };
-  out(`ckv bench: ${NODES} node(s), ${OPS} ops per run, concurrency 1 and ${CONCURRENCY}, node ${process.version}`);
-
-  // Baseline: raw request/reply to another process.
-  await startProc(process.execPath, [ECHO, url, 'bench.echo'], 'ready', 'echo');
-  const rawSeq = await measure('raw NATS request/reply, sequential', OPS, 1, async (i) => void (await nc.request('bench.echo', JSON.stringify({ op: 'get', key: `k${i}` }), { timeout: REQUEST_TIMEOUT_MS })));
-  const rawConc = await measure(`raw NATS request/reply, ${CONCURRENCY} concurrent`, OPS * 4, CONCURRENCY, async (i) => void (await nc.request('bench.echo', JSON.stringify({ op: 'get', key: `k${i}` }), { timeout: REQUEST_TIMEOUT_MS })));
-  out(row(rawSeq));
-  out(row(rawConc));
-
-  // ckv cluster of real processes.
-  const voters = Array.from({ length: NODES }, (_, i) => i + 1);
-  const key = join(dir, 'cluster.key');
-  writeFileSync(key, newClusterKeyText(), { mode: 0o600 });
-  for (const id of voters) {
-    await startProc(process.execPath, [SERVER, '--id', String(id), '--data', join(dir, `node-${id}`), '--nats', url, '--cluster', 'bench', '--voters', voters.join(','), '--cluster-key', key, '--log-level', 'warn'], null, `ckv-server ${id}`);
+  const url = await procs.nats();
+  say(`ckv bench, node ${process.version}, ${specs.length} workload(s) x ${reps} rep(s), fsync on for ckv (always) and etcd (default); JetStream KV at its default (no fsync before acknowledging)`);
+  const each = async (start: () => Promise<Target>): Promise<void> =>
+    alone(async () => {
+      const t = await start();
+      await measureAll(t);
+      await t.close();
+    });
+  if (systems.has('raw')) await each(() => startRaw(procs, url, ECHO));
+  if (systems.has('jetstream')) await each(() => startJetStream(procs));
+  if (systems.has('etcd')) {
+    const bin = etcdBinary();
+    if (bin) await each(() => startEtcd(procs, bin));
+    else say('etcd: not installed (Debian: apt-get install etcd-server); skipped');
   }
-  await ckvRequest(nc, 'ckv.bench.write', { op: 'put', key: 'warmup', value: 'x', rid: 'warmup' });
-  const value = 'v'.repeat(100);
-  const putSeq = await measure('ckv put, sequential', OPS, 1, async (i) => void (await ckvRequest(nc, 'ckv.bench.write', { op: 'put', key: `k${i}`, value, rid: `s${i}` })));
-  const putConc = await measure(`ckv put, ${CONCURRENCY} concurrent`, OPS * 4, CONCURRENCY, async (i) => void (await ckvRequest(nc, 'ckv.bench.write', { op: 'put', key: `k${i}`, value, rid: `c${i}` })));
-  const getSeq = await measure('ckv get (causal), sequential', OPS, 1, async (i) => void (await ckvRequest(nc, 'ckv.bench.read', { op: 'get', key: `k${i % OPS}` })));
-  const getConc = await measure(`ckv get (causal), ${CONCURRENCY} concurrent`, OPS * 4, CONCURRENCY, async (i) => void (await ckvRequest(nc, 'ckv.bench.read', { op: 'get', key: `k${i % OPS}` })));
-  out(row(putSeq, rawSeq));
-  out(row(putConc, rawConc));
-  out(row(getSeq, rawSeq));
-  out(row(getConc, rawConc));
-
-  // One-shot client start-up.
-  const n = Number(values.oneshot);
-  const nodeE = timeCmd(['-e', '0'], n);
-  const oneshot = timeCmd([CLI, '--nats', url, '--cluster', 'bench', '--no-session', 'get', 'k1'], n);
-  out(`one-shot: node -e 0 median ${nodeE.toFixed(0)} ms; ckv get median ${oneshot.toFixed(0)} ms (${(oneshot / nodeE).toFixed(2)}x, +${(oneshot - nodeE).toFixed(0)} ms)`);
-
-  if (values.jetstream) {
-    const { Kvm } = await import('@nats-io/kv');
-    const jsPorts = [port + 1, port + 2, port + 3];
-    const routePorts = jsPorts.map((p) => p + 100);
-    const replicas = NODES >= 3 ? 3 : 1;
-    if (replicas === 3) {
-      const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`).join(',');
-      await Promise.all(
-        jsPorts.map((p, i) =>
-          startNats(p, ['-js', '-sd', join(dir, `js-${i}`), '-n', `js${i}`, '--cluster_name', 'jsbench', '--cluster', `nats://127.0.0.1:${routePorts[i]}`, '--routes', routes]),
-        ),
-      );
-    } else {
-      await startNats(jsPorts[0]!, ['-js', '-sd', join(dir, 'js-0')]);
-    }
-    const jnc = await connect({ servers: `nats://127.0.0.1:${jsPorts[0]}` });
-    const kvm = new Kvm(jnc);
-    let kv!: Awaited<ReturnType<typeof kvm.create>>;
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      try {
-        kv = await kvm.create('bench', { replicas });
-        break;
-      } catch (err) {
-        if (Date.now() > deadline) throw err;
-        await new Promise((r) => setTimeout(r, 250));
-      }
-    }
-    await kv.put('warmup', 'x');
-    const jsPutSeq = await measure(`JetStream KV R${replicas} put, sequential`, OPS, 1, async (i) => void (await kv.put(`k${i}`, value)));
-    const jsPutConc = await measure(`JetStream KV R${replicas} put, ${CONCURRENCY} concurrent`, OPS * 4, CONCURRENCY, async (i) => void (await kv.put(`k${i}`, value)));
-    const jsGetConc = await measure(`JetStream KV R${replicas} get, ${CONCURRENCY} concurrent`, OPS * 4, CONCURRENCY, async (i) => void (await kv.get(`k${i % OPS}`)));
-    out(row(jsPutSeq));
-    out(row(jsPutConc));
-    out(row(jsGetConc));
-    out(`ckv vs JetStream KV R${replicas}: 64-concurrent put ${(putConc.opsPerSec / jsPutConc.opsPerSec).toFixed(2)}x; sequential put p50 ${(putSeq.p50us / 1000).toFixed(2)} ms vs ${(jsPutSeq.p50us / 1000).toFixed(2)} ms; get ${(getConc.opsPerSec / jsGetConc.opsPerSec).toFixed(2)}x`);
-    await jnc.close();
+  if (systems.has('ckv')) {
+    let first = true;
+    for (const nodes of nodeCounts)
+      for (const topology of topologies)
+        await alone(async () => {
+          const c = await startCkv(procs, SERVER, nodes, topology, url);
+          await measureAll(c.target);
+          if (first && topology === 'single' && oneshotN! > 0) await oneShot(c, url);
+          if (first && o.failover && nodes >= 3) await failover(c);
+          first = false;
+          await c.target.close();
+        });
   }
-
-  if (values.failover && NODES >= 3) {
-    const st = await nc.request('ckv.bench.admin', JSON.stringify({ op: 'status' }), { timeout: 2000 });
-    const coord = JSON.parse(new TextDecoder().decode(st.data)).status.coordinator as number;
-    const victim = procs[1 + coord]!; // procs: nats, echo, then servers 1..N
-    let i = 0;
-    const killedAt = Date.now();
-    victim.kill('SIGKILL');
-    for (;;) {
-      try {
-        const r = await nc.request('ckv.bench.write', JSON.stringify({ op: 'put', key: 'failover', value: String(i), rid: `f${i++}`, timeout: 200 }), { timeout: 300 });
-        if (JSON.parse(new TextDecoder().decode(r.data)).ok) break;
-      } catch {
-        // no responders or timeout: keep trying
-      }
-      await new Promise((r) => setTimeout(r, 5));
-    }
-    out(`failover: writes resumed ${Date.now() - killedAt} ms after SIGKILL of coordinator ${coord}`);
+  progress('', false);
+  if (o.json) process.stdout.write(`${JSON.stringify({ rows: rows.map(({ spec, ...r }) => ({ ...r, spec: { ...spec, file: spec.file?.path } })), ratios: ratios(rows), ...extra, notes })}\n`);
+  else process.stdout.write(`${table(rows)}\n`);
+  if (o.report) {
+    const files = writeReport(o.report, rows, notes);
+    if (!o.json) process.stdout.write(`report: ${files.map((f) => join(o.report!, f)).join(', ')}\n`);
   }
-  await nc.close();
 }
 
 main()
   .catch((err: Error) => {
-    process.stderr.write(`bench: ${err.stack}\n`);
+    process.stderr.write(`\nbench: ${err.stack}\n`);
     process.exitCode = 1;
   })
   .finally(() => {
-    for (const p of procs.reverse()) if (p.exitCode === null) p.kill('SIGKILL');
+    procs.killAll();
     rmSync(dir, { recursive: true, force: true });
+    process.exit();
   });

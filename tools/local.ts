@@ -13,7 +13,7 @@ import { newClusterKeyText } from '../src/transport/peer-auth.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SERVER = join(ROOT, 'dist', 'src', 'server', 'main.js');
-const CLI = join(ROOT, 'dist', 'src', 'client', 'cli.js');
+const CLI = join(ROOT, 'dist', 'src', 'client', 'launch.cjs');
 /** How long the cluster may take to elect a coordinator and answer. */
 const READY_TIMEOUT_MS = 20_000;
 
@@ -134,10 +134,10 @@ async function main(): Promise<void> {
   process.stdout.write(`
 The cluster is up. In another shell:
   export CKV_NATS=${natsUrl} CKV_CLUSTER=${cluster}
-  node dist/src/client/cli.js put greeting hi      # or: npx ckv put greeting hi
-  node dist/src/client/cli.js get greeting
-  node dist/src/client/cli.js watch ''             # change events
-  node dist/src/client/cli.js status
+  node dist/src/client/launch.cjs put greeting hi      # or: npx ckv put greeting hi
+  node dist/src/client/launch.cjs get greeting
+  node dist/src/client/launch.cjs watch ''             # change events
+  node dist/src/client/launch.cjs status
   node dist/tools/ckvctl.js log ls --data ${join(values.data!, 'node-1')}
 Ctrl-C stops everything.
 `);

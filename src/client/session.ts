@@ -13,9 +13,21 @@
 // after that writer had checked. After the lock is released the writer
 // re-reads and tries again if its token is missing (a stolen stale lock).
 
-import { mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import * as fs from 'node:fs';
+import { promisify } from 'node:util';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
+
+// fs with callbacks, promisified: node:fs/promises would load readline and streams,
+// a few milliseconds of every one-shot command's start.
+const readFile = promisify(fs.readFile);
+const writeFile = promisify(fs.writeFile);
+const mkdir = promisify(fs.mkdir);
+const rename = promisify(fs.rename);
+const unlink = promisify(fs.unlink);
+const stat = promisify(fs.stat);
+const openFd = promisify(fs.open);
+const closeFd = promisify(fs.close);
 
 /** How long a writer waits for the lock before writing without it, in ms (at most: saveToken's lockWaitMs). */
 const LOCK_WAIT_MS_MAX = 2_000;
@@ -146,8 +158,7 @@ async function lock(path: string, warn: Warn, waitMs: number): Promise<() => Pro
   const deadline = Date.now() + waitMs;
   for (;;) {
     try {
-      const fh = await open(lockPath, 'wx', 0o600);
-      await fh.close();
+      await closeFd(await openFd(lockPath, 'wx', 0o600));
       return () => unlink(lockPath).catch(() => {});
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;

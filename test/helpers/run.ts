@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const SERVER_JS = join(ROOT, 'dist', 'src', 'server', 'main.js');
-export const CLI_JS = join(ROOT, 'dist', 'src', 'client', 'cli.js');
+/** The one-shot CLI as users run it: the bundle `npm run build` makes (package.json "bin"). */
+export const CLI_JS = join(ROOT, 'dist', 'src', 'client', 'launch.cjs');
 export const CKVCTL_JS = join(ROOT, 'dist', 'tools', 'ckvctl.js');
 
 export const RUN_TIMEOUT_MS_DEFAULT = 30_000;
