@@ -289,6 +289,24 @@ t.test('verifyCheckpoint reports bad records', async (t) => {
   await again.close();
 });
 
+t.test('LmdbCheckpoint: a big write lets the event loop run while it checks and encodes', async (t) => {
+  const cp = await LmdbCheckpoint.open(path.join(tmpDir(t), 'checkpoint'));
+  const N = 5000;
+  const kv = Array.from({ length: N }, (_, i): [string, Rec] => [`k.${String(i).padStart(5, '0')}`, rec(`v${i}`, 1)]);
+  // The last record tells when it is first read (checked or encoded).
+  let lastRead = false;
+  const last = rec('last', 1);
+  kv[N - 1] = ['k.zzzzz', Object.defineProperty({ ...last }, 'value', { get: () => ((lastRead = true), last.value), enumerable: true })];
+  const writing = cp.write(delta(1, kv));
+  await new Promise((r) => setImmediate(r));
+  t.notOk(lastRead, 'a turn of the event loop came before the last record was reached');
+  await writing;
+  t.ok(lastRead);
+  t.equal(cp.counts().keys, N);
+  t.equal(cp.get('k.zzzzz')?.value, 'last');
+  await cp.close();
+});
+
 t.test('a file that is not an LMDB environment is refused before LMDB opens it', async (t) => {
   for (const [what, bytes] of [
     ['garbage', Buffer.alloc(64 * 1024, 0x5a)],

@@ -268,3 +268,28 @@ t.test('single node end to end', async (t) => {
     t.equal(g.value, 'green');
   });
 });
+
+t.test('a checkpoint starts once enough records changed, before the cron', async (t) => {
+  // The cron fires once a year: only the dirty-records trigger can checkpoint here.
+  const c = new Cluster(1, { cluster: 'dirty', extraArgs: ['--checkpoint-cron', '0 0 0 1 1 *'] });
+  await c.start();
+  t.teardown(() => c.stop());
+  await c.waitForCoordinator();
+  const nc = await connect({ servers: c.nats.url });
+  t.teardown(() => nc.close());
+  const status = async (): Promise<{ checkpoint: number; applied: number }> => (await req(nc, 'ckv.dirty.admin', { op: 'status' })).status;
+  t.equal((await status()).checkpoint, 0, 'no checkpoint yet');
+  // 3,000 keys in batches of 100: more than CHECKPOINT_DIRTY_RECORDS_TRIGGER (2048) records.
+  for (let b = 0; b < 30; b++) {
+    const ops = Array.from({ length: 100 }, (_, i) => ({ op: 'put', key: `d.${b}.${i}`, value: 'x' }));
+    const r = await req(nc, 'ckv.dirty.write', { op: 'batch', ops });
+    t.ok(r.ok, JSON.stringify(r.error));
+  }
+  const deadline = Date.now() + 10_000;
+  let s = await status();
+  while (s.checkpoint === 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    s = await status();
+  }
+  t.ok(s.checkpoint > 0, `checkpointed at ${s.checkpoint} of ${s.applied} without the cron`);
+});

@@ -4,7 +4,7 @@
 // never a pass/fail test. `node dist/tools/bench.js --help` for the options.
 
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,6 +38,11 @@ Workload (every combination is run on every system):
 Also:
   --oneshot N        time N one-shot "ckv get" against "node -e 0" (default 10; 0: skip)
   --failover         time until writes resume after SIGKILL of ckv's coordinator
+  --profile DIR      run the ckv servers with --cpu-prof, profiles in DIR (written on exit)
+  --scale N          only this: load N keys (100 B) into ckv 3 on one nats-server, then
+                     report checkpoint cost, put p99 during checkpoints against without,
+                     server RSS per million keys, and time to serving after a graceful
+                     restart and after kill -9 of every server
   --json             print the results as one JSON object instead of the table
   --report DIR       write DIR/report.md and SVG charts (throughput, p99 by clients)`;
 
@@ -56,6 +61,8 @@ const { values: o } = parseArgs({
     reps: { type: 'string', default: '1' },
     oneshot: { type: 'string', default: '10' },
     failover: { type: 'boolean', default: false },
+    profile: { type: 'string' },
+    scale: { type: 'string' },
     json: { type: 'boolean', default: false },
     report: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
@@ -85,6 +92,7 @@ const [keys] = nums('keys', o.keys, 1, 10_000_000);
 const [ops] = nums('ops', o.ops, 1, 100_000_000);
 const [reps] = nums('reps', o.reps, 1, 100);
 const [oneshotN] = nums('oneshot', o.oneshot, 0, 1000);
+const scaleN = o.scale === undefined ? 0 : nums('scale', o.scale, 1, 100_000_000)[0]!;
 const distM = /^(uniform|zipf:(\d+(\.\d+)?))$/.exec(o.dist);
 if (!distM) usage('--dist: uniform or zipf:S');
 const fileOps: Op[] | null = o.workload ? readWorkloadFile(o.workload) : null;
@@ -210,8 +218,91 @@ async function alone(f: () => Promise<void>): Promise<void> {
   }
 }
 
+function rssMb(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** Checkpoint cost, put p99 with and without a checkpoint running, RSS, restart times, with n keys. */
+async function scale(url: string, n: number): Promise<void> {
+  const c = await startCkv(procs, SERVER, 3, 'single', url, [], 'info');
+  const checkpoints: Array<{ id: number; end: number; ms: number; keys: number }> = [];
+  c.onLog((id, l) => {
+    if (l.msg === 'checkpoint written') checkpoints.push({ id, end: Number(l.time), ms: Number(l.ms), keys: Number(l.keys) });
+  });
+  const rss0 = [...c.servers.values()].map((p) => rssMb(p.pid!));
+  // Load in batches (BATCH_OPS_MAX ops each), 16 in flight.
+  const value = 'v'.repeat(100);
+  const BATCH = 100;
+  let next = 0;
+  const t0 = Date.now();
+  let rid = 0;
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      while (next < n) {
+        const from = next;
+        next = Math.min(n, next + BATCH);
+        const ops = [];
+        for (let i = from; i < next; i++) ops.push({ op: 'put', key: keyName(i), value });
+        for (;;) {
+          const r = JSON.parse(new TextDecoder().decode((await c.nc.request(`ckv.${c.cluster}.write`, JSON.stringify({ op: 'batch', ops, rid: `load.${process.pid}.${++rid}` }), { timeout: 30_000 })).data));
+          if (r.ok) break;
+          if (r.error?.code !== 'UNAVAILABLE') throw new Error(`load: ${JSON.stringify(r.error)}`);
+        }
+        if ((from / BATCH) % 50 === 0) progress(`scale: loaded ${next}/${n} keys`);
+      }
+    }),
+  );
+  const loadSecs = (Date.now() - t0) / 1000;
+  say(`scale: loaded ${n} keys of 100 B in ${loadSecs.toFixed(1)} s (${Math.round(n / loadSecs)} keys/s, batches of ${BATCH}, 16 in flight)`);
+  // Puts over the loaded keys, 64 in flight, for long enough to span cron checkpoints
+  // (every 10 s): each op's latency is set against whether the coordinator was checkpointing.
+  const st = JSON.parse(new TextDecoder().decode((await c.nc.request(`ckv.${c.cluster}.admin`, JSON.stringify({ op: 'status' }), { timeout: 2000 })).data));
+  const coord = st.status.coordinator as number;
+  const spans: Array<[number, number, number]> = [];
+  const until = Date.now() + 22_000;
+  let k = 0;
+  await Promise.all(
+    Array.from({ length: 64 }, async () => {
+      while (Date.now() < until) {
+        const s = Date.now();
+        const h = process.hrtime.bigint();
+        await c.target.run({ op: 'put', key: keyName((k++ * 7919) % n), value });
+        spans.push([s, Date.now(), Number(process.hrtime.bigint() - h) / 1000]);
+        if (spans.length % 2000 === 0) progress(`scale: puts during checkpoints: ${spans.length}`);
+      }
+    }),
+  );
+  const busy = checkpoints.filter((x) => x.id === coord).map((x) => [x.end - x.ms, x.end] as const);
+  const during = spans.filter(([s, e]) => busy.some(([b0, b1]) => s <= b1 && e >= b0)).map((x) => x[2]);
+  const outside = spans.filter(([s, e]) => !busy.some(([b0, b1]) => s <= b1 && e >= b0)).map((x) => x[2]);
+  const p99 = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length * 0.99)] ?? NaN;
+  const big = checkpoints.filter((x) => x.keys > 0).sort((a, b) => b.keys - a.keys)[0];
+  const rate = checkpoints.filter((x) => x.keys >= 1000);
+  const usPerKey = rate.length ? median(rate.map((x) => (x.ms * 1000) / x.keys)) : NaN;
+  say(`scale: checkpoints: largest ${big ? `${big.keys} keys in ${big.ms} ms` : 'none'}; median ${usPerKey.toFixed(1)} us per dirty key (${((usPerKey * 100_000) / 1e6).toFixed(2)} s per 100,000)`);
+  say(`scale: put p99 (64 in flight) while the coordinator checkpoints ${(p99(during) / 1000).toFixed(2)} ms (${during.length} ops) vs otherwise ${(p99(outside) / 1000).toFixed(2)} ms (${outside.length} ops): ${(p99(during) / p99(outside)).toFixed(2)}x`);
+  const rss = [...c.servers.values()].map((p) => rssMb(p.pid!));
+  say(`scale: server RSS ${rss.map((r) => r.toFixed(0)).join(', ')} MB with ${n} keys (at start ${rss0.map((r) => r.toFixed(0)).join(', ')} MB): ${(((median(rss) - median(rss0)) * 1e6) / n).toFixed(0)} MB per million keys`);
+  const graceful = await c.restart('SIGTERM', keyName(0));
+  const rssAfter = [...c.servers.values()].map((p) => rssMb(p.pid!));
+  say(`scale: restart after SIGTERM of every server: serving in ${graceful} ms; RSS then ${rssAfter.map((r) => r.toFixed(0)).join(', ')} MB`);
+  // Some writes after the last checkpoint, so that kill -9 leaves a log to replay.
+  for (let i = 0; i < 2000; i++) await c.target.run({ op: 'put', key: keyName(i), value: `${value}!` });
+  const killed = await c.restart('SIGKILL', keyName(0));
+  say(`scale: restart after kill -9 of every server: serving in ${killed} ms`);
+  extra.scale = { keys: n, loadSecs, checkpoints, usPerDirtyKey: usPerKey, p99DuringUs: p99(during), p99OutsideUs: p99(outside), rssMb: rss, rssStartMb: rss0, restartGracefulMs: graceful, restartKill9Ms: killed };
+  await c.target.close();
+}
+
 async function main(): Promise<void> {
   const url = await procs.nats();
+  if (scaleN > 0) {
+    await alone(() => scale(url, scaleN));
+    progress('', false);
+    if (o.json) process.stdout.write(`${JSON.stringify({ ...extra, notes })}\n`);
+    return;
+  }
   say(`ckv bench, node ${process.version}, ${specs.length} workload(s) x ${reps} rep(s), fsync on for ckv (always) and etcd (default); JetStream KV at its default (no fsync before acknowledging)`);
   const each = async (start: () => Promise<Target>): Promise<void> =>
     alone(async () => {
@@ -231,12 +322,14 @@ async function main(): Promise<void> {
     for (const nodes of nodeCounts)
       for (const topology of topologies)
         await alone(async () => {
-          const c = await startCkv(procs, SERVER, nodes, topology, url);
+          const c = await startCkv(procs, SERVER, nodes, topology, url, o.profile ? ['--cpu-prof', `--cpu-prof-dir=${resolve(o.profile)}`] : []);
           await measureAll(c.target);
           if (first && topology === 'single' && oneshotN! > 0) await oneShot(c, url);
           if (first && o.failover && nodes >= 3) await failover(c);
           first = false;
           await c.target.close();
+          // A profile is written when the process exits of itself.
+          if (o.profile) await Promise.all([...c.servers.values()].map((p) => new Promise((res) => (p.exitCode !== null ? res(null) : (p.once('exit', res), p.kill('SIGTERM'))))));
         });
   }
   progress('', false);

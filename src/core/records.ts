@@ -146,13 +146,27 @@ function nameProblem(s: unknown, what: string, maxBytes: number): string | null 
 
 /** Why `delta` cannot be applied on top of a checkpoint at `current`, or null. */
 export function deltaProblem(delta: CheckpointDelta, current: CheckpointMeta): string | null {
+  const steps = deltaProblemSteps(delta, current, Infinity);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/**
+ * deltaProblem in steps: yields after every `every` records checked, so that a writer can let
+ * the event loop run between them (a checkpoint of many keys would stall requests otherwise).
+ */
+export function* deltaProblemSteps(delta: CheckpointDelta, current: CheckpointMeta, every: number): Generator<void, string | null> {
   const mp = metaProblem(delta.meta);
   if (mp !== null) return mp;
   if (delta.meta.index < current.index) {
     return `delta goes back from index ${current.index} to ${delta.meta.index}`;
   }
   const seen = new Set<string>();
+  let n = 0;
   for (const [key, rec] of delta.kv) {
+    if (++n % every === 0) yield;
     const np = nameProblem(key, 'key', KEY_BYTES_MAX);
     if (np !== null) return np;
     if (seen.has(key)) return `key ${JSON.stringify(key)} appears twice in one delta`;
@@ -164,6 +178,7 @@ export function deltaProblem(delta: CheckpointDelta, current: CheckpointMeta): s
     }
   }
   for (const [rid, rec] of delta.ridsSet) {
+    if (++n % every === 0) yield;
     const np = nameProblem(rid, 'rid', RID_BYTES_MAX);
     if (np !== null) return np;
     const rp = ridRecordProblem(rec);

@@ -49,6 +49,11 @@ export class KvState {
     for (const [rid, rec] of base.rids()) this.rids.set(rid, rec);
   }
 
+  /** Records the next checkpoint would write: keys and request ids changed since the last one. */
+  get dirtyCount(): number {
+    return this.overlay.size + this.ridsAdded.size + this.ridsDeleted.size;
+  }
+
   /** Entries applied since the last checkpoint that took effect (memory use). */
   get overlaySize(): number {
     return this.overlay.size;

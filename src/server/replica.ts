@@ -14,6 +14,7 @@
 
 import { CkvError, ErrorCode } from '../core/errors.js';
 import {
+  CHECKPOINT_DIRTY_RECORDS_TRIGGER,
   CHECKPOINT_LOG_BYTES_TRIGGER,
   ENTRY_BYTES_MAX,
   ENTRY_ENVELOPE_BYTES_MAX,
@@ -455,7 +456,7 @@ export class Replica {
     this.apply(r.committed);
     this.node.advance(r);
     this.wakeWaiters();
-    if (this.env.log.bytesAfter(this.node.checkpointIndex) > this.checkpointBytes) this.checkpoint();
+    if (this.env.log.bytesAfter(this.node.checkpointIndex) > this.checkpointBytes || (this.st.dirtyCount >= CHECKPOINT_DIRTY_RECORDS_TRIGGER && !this.checkpointing)) this.checkpoint();
   }
 
   private carryOut(r: Ready): void {
@@ -1007,6 +1008,7 @@ export class Replica {
       done?.();
       return;
     }
+    const startedAt = this.env.now();
     const delta = this.st.takeDelta();
     this.checkpointing = true;
     if (done) this.afterCheckpoint.push(done);
@@ -1017,7 +1019,7 @@ export class Replica {
         this.st.release(delta);
         const first = this.node.checkpointed(delta.meta.index);
         this.env.log.removeBelow(first);
-        this.env.logger.debug({ index: delta.meta.index, keys: delta.kv.length }, 'checkpoint written');
+        this.env.logger.info({ index: delta.meta.index, keys: delta.kv.length, ms: Math.round(this.env.now() - startedAt) }, 'checkpoint written');
         this.env.observe?.({ t: 'checkpointed', index: delta.meta.index });
       });
       const waiting = this.afterCheckpoint;

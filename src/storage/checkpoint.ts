@@ -24,7 +24,7 @@ import { open, type Database, type RootDatabase } from 'lmdb';
 import { KEY_BYTES_MAX } from '../core/limits.js';
 import type { CheckpointStore } from './ports.js';
 import { crc32c } from './crc32c.js';
-import { CHECKPOINT_FORMAT, CorruptRecordError, deltaProblem, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord } from '../core/records.js';
+import { CHECKPOINT_FORMAT, CorruptRecordError, deltaProblem, deltaProblemSteps, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord } from '../core/records.js';
 
 export const CHECKPOINT_DIR_NAME = 'checkpoint';
 
@@ -71,6 +71,11 @@ const SEAL_BYTES = 9;
 function checksumOf(key: Buffer, body: Uint8Array, start = 0): number {
   return crc32c(body, crc32c(ZERO, crc32c(key)), start);
 }
+
+/** Records checked or encoded between two turns of the event loop in a checkpoint write. */
+const CHECKPOINT_SLICE_ITEMS = 1024;
+
+const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 function sealValue(key: Buffer, json: string): Buffer {
   const body = Buffer.from(json, 'utf8');
@@ -343,17 +348,32 @@ export class LmdbCheckpoint implements CheckpointStore {
   private async writeNow(delta: CheckpointDelta): Promise<void> {
     this.check();
     if (this.readOnly) throw new Error(`checkpoint ${this.dir} is open read-only`);
-    const p = deltaProblem(delta, this.meta());
-    if (p !== null) throw new Error(`checkpoint write: ${p}`);
-    // Encode everything first: nothing inside the batch may throw halfway.
-    const kvOps: Array<[Buffer, Buffer | null]> = delta.kv.map(([k, rec]) => {
+    // Check and encode everything first (nothing inside the batch may throw halfway), a slice
+    // at a time with the event loop let run in between: requests go on meanwhile.
+    const steps = deltaProblemSteps(delta, this.meta(), CHECKPOINT_SLICE_ITEMS);
+    for (;;) {
+      const r = steps.next();
+      if (r.done) {
+        if (r.value !== null) throw new Error(`checkpoint write: ${r.value}`);
+        break;
+      }
+      await yieldToLoop();
+    }
+    const kvOps: Array<[Buffer, Buffer | null]> = new Array(delta.kv.length);
+    for (let i = 0; i < delta.kv.length; i++) {
+      if (i > 0 && i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+      const [k, rec] = delta.kv[i]!;
       const key = Buffer.from(k, 'utf8');
-      return [key, rec === null ? null : sealValue(key, recJson(rec))];
-    });
-    const ridSets = delta.ridsSet.map(([rid, rec]): [Buffer, Buffer] => {
+      kvOps[i] = [key, rec === null ? null : sealValue(key, recJson(rec))];
+    }
+    const ridSets: Array<[Buffer, Buffer]> = new Array(delta.ridsSet.length);
+    for (let i = 0; i < delta.ridsSet.length; i++) {
+      if (i > 0 && i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+      const [rid, rec] = delta.ridsSet[i]!;
       const key = Buffer.from(rid, 'utf8');
-      return [key, sealValue(key, ridJson(rec))];
-    });
+      ridSets[i] = [key, sealValue(key, ridJson(rec))];
+    }
+    this.check();
     const ridDels = delta.ridsDel.map((rid) => Buffer.from(rid, 'utf8'));
     const meta = sealValue(META_KEY, metaJson(delta.meta));
     await this.root.batch(() => {

@@ -118,27 +118,50 @@ export interface CkvCluster {
   cluster: string;
   /** Server processes by id. */
   servers: Map<number, ChildProcess>;
+  /** Stop every server with `signal`, start them again on the same data: ms until `key` reads again. */
+  restart(signal: 'SIGTERM' | 'SIGKILL', key: string): Promise<number>;
+  /** Each server's log lines (pino JSON, on its stderr), as they come. */
+  onLog(f: (id: number, line: Record<string, unknown>) => void): void;
 }
 
 /**
  * ckv with `nodes` servers; topology 'single': all on the NATS server at `url`; 'cluster':
  * spread over a 3-node NATS cluster of their own (the client on its first node).
  */
-export async function startCkv(procs: Procs, serverJs: string, nodes: number, topology: 'single' | 'cluster', url: string, extra: string[] = []): Promise<CkvCluster> {
+export async function startCkv(procs: Procs, serverJs: string, nodes: number, topology: 'single' | 'cluster', url: string, nodeArgs: string[] = [], logLevel = 'warn'): Promise<CkvCluster> {
   const urls = topology === 'single' ? [url] : await procs.natsCluster(`ckvnats${procs.port()}`, false);
   const cluster = `bench${procs.port()}`;
   const voters = Array.from({ length: nodes }, (_, i) => i + 1);
   const key = join(procs.dir, `${cluster}.key`);
   writeFileSync(key, newClusterKeyText(), { mode: 0o600 });
   const servers = new Map<number, ChildProcess>();
-  for (const id of voters) {
+  const logHooks: Array<(id: number, line: Record<string, unknown>) => void> = [];
+  const spawnServer = async (id: number): Promise<void> => {
     const nats = urls[(id - 1) % urls.length]!;
-    const args = [serverJs, '--id', String(id), '--data', join(procs.dir, `${cluster}-${id}`), '--nats', nats, '--cluster', cluster, '--voters', voters.join(','), '--cluster-key', key, '--log-level', 'warn', ...extra];
-    servers.set(id, await procs.start(process.execPath, args, null, `ckv-server ${id}`));
-  }
+    const args = [...nodeArgs, serverJs, '--id', String(id), '--data', join(procs.dir, `${cluster}-${id}`), '--nats', nats, '--cluster', cluster, '--voters', voters.join(','), '--cluster-key', key, '--log-level', logLevel];
+    const p = await procs.start(process.execPath, args, null, `ckv-server ${id}`);
+    let rest = '';
+    p.stderr!.on('data', (d: Buffer) => {
+      const lines = (rest + d.toString()).split('\n');
+      rest = lines.pop()!;
+      for (const l of lines) {
+        if (!l.startsWith('{')) continue;
+        try {
+          const line = JSON.parse(l) as Record<string, unknown>;
+          for (const f of logHooks) f(id, line);
+        } catch {
+          // not a log line
+        }
+      }
+    });
+    servers.set(id, p);
+  };
+  for (const id of voters) await spawnServer(id);
   const nc = await connect({ servers: urls[0]! });
   const request = async (subject: string, body: object): Promise<void> => {
+    const deadline = Date.now() + REQUEST_TIMEOUT_MS;
     for (;;) {
+      if (Date.now() > deadline) throw new Error(`${subject}: no answer within ${REQUEST_TIMEOUT_MS} ms`);
       let reply: { ok: boolean; error?: { code: string; message: string } };
       try {
         reply = JSON.parse(dec.decode((await nc.request(subject, JSON.stringify(body), { timeout: REQUEST_TIMEOUT_MS })).data));
@@ -166,7 +189,25 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
     close: () => nc.close(),
   };
   await retrying('ckv: first write', () => target.run({ op: 'put', key: 'bench.warmup', value: 'x' }));
-  return { target, nc, cluster, servers };
+  const restart = async (signal: 'SIGTERM' | 'SIGKILL', probeKey: string): Promise<number> => {
+    await Promise.all(
+      [...servers.values()].map((p) => new Promise((res) => (p.exitCode !== null || p.signalCode !== null ? res(null) : (p.once('exit', res), p.kill(signal))))),
+    );
+    const t0 = Date.now();
+    await Promise.all(voters.map((id) => spawnServer(id)));
+    // Serving: a read of a key written before the stop is answered.
+    for (;;) {
+      try {
+        const r = JSON.parse(dec.decode((await nc.request(`ckv.${cluster}.read`, JSON.stringify({ op: 'get', key: probeKey }), { timeout: 1000 })).data));
+        if (r.ok) return Date.now() - t0;
+      } catch {
+        // not up yet
+      }
+      if (Date.now() - t0 > 120_000) throw new Error('restart: not serving within 120 s');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  return { target, nc, cluster, servers, restart, onLog: (f) => void logHooks.push(f) };
 }
 
 export async function startJetStream(procs: Procs): Promise<Target> {
