@@ -340,7 +340,8 @@ export class Node {
       const p = peer.ping;
       if (!p || lost(p) || this.liveness(peer.id) === 'dead') continue;
       withData.push(p);
-      if ((p.cfgIndex ?? 0) <= p.commit && p.commit > floor) {
+      // (A server of an older version says nothing of its configuration's position: unknown.)
+      if (p.cfgIndex !== undefined && p.cfgIndex <= p.commit && p.commit > floor) {
         floor = p.commit;
         anchor = p.voters;
       }
@@ -356,7 +357,7 @@ export class Node {
         configs.push(voters);
       }
     };
-    for (const p of withData) add(p.voters, (p.cfgIndex ?? 0) > 0 ? p.cfgIndex! : p.checkpoint);
+    for (const p of withData) add(p.voters, p.cfgIndex === undefined ? Infinity : p.cfgIndex > 0 ? p.cfgIndex : p.checkpoint);
     const mine = this.log.configPosition().index;
     if (!this.isEmpty()) add(this.voters, mine > 0 ? mine : this.log.offset);
     if (configs.length === 0) add(this.voters, Infinity);
