@@ -55,6 +55,13 @@ async function upCluster(t: Test, cluster: string, opts: { extraArgs?: string[] 
   await c.waitForCoordinator();
   const nc = await connect({ servers: c.nats.url });
   t.teardown(() => nc.close());
+  // A new cluster's followers take their first entries into empty directories, so they start
+  // as catch-up members (not voting) until a coordinator's ping shows them caught up: the
+  // tests below kill servers and need every one voting first.
+  await c.waitFor('every server voting', async () => {
+    const s = await statuses(nc, cluster);
+    return s.length === 3 && s.every((x) => x.role === 'follower' || x.role === 'coordinator') ? s : undefined;
+  });
   return { c, nc };
 }
 
