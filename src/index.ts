@@ -22,6 +22,7 @@ export {
   type Subscription,
 } from './client/client.js';
 export { defaultSessionPath, readToken, saveToken } from './client/session.js';
+export { resolveNatsAuth, NatsAuthUsageError, type NatsAuth } from './transport/nats-auth.js';
 export { ErrorCode, ERROR_CODES, type WireError } from './core/errors.js';
 export {
   KEY_BYTES_MAX,

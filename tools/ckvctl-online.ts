@@ -7,6 +7,7 @@ import { Client, type CkvError } from '../src/client/client.js';
 import { CLUSTER_DEFAULT, NATS_URL_DEFAULT } from '../src/core/limits.js';
 import { formatStatusTable, hasCoordinator, statusRows } from '../src/client/status-table.js';
 import { writeOut } from '../src/client/stdout.js';
+import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, splitUrlCredentials, type NatsAuth } from '../src/transport/nats-auth.js';
 
 const HELP = `usage: ckvctl status [--nats URL] [--cluster NAME] [--json] [--timeout MS]
 
@@ -16,12 +17,16 @@ daemon sees it), last/commit/applied/checkpoint index, and lag (entries behind
 the coordinator's commit). The coordinator (marked *) is the server that answered
 claiming the highest epoch; another still claiming the role shows as "coordinator
 (stale)". Exit 0 if a coordinator answered, 1 if servers answered but none is
-coordinator, 2 on usage errors, 3 if no server answered (as ckv status).`;
+coordinator, 2 on usage errors, 3 if no server answered (as ckv status), 5 if NATS
+refused the credentials.
+
+${NATS_AUTH_HELP}`;
 
 interface OnlineArgs {
   values: { nats?: string; cluster?: string; json?: boolean; timeout?: string; help?: boolean };
   positionals: string[];
   timeout: number;
+  auth: NatsAuth;
 }
 
 /** The flags both online commands take; an exit code instead when there is nothing to run. */
@@ -31,7 +36,7 @@ function parseOnline(argv: string[], cmd: string, help: string, defaultTimeoutMs
     parsed = parseArgs({
       args: argv,
       allowPositionals: !json,
-      options: { nats: { type: 'string' }, cluster: { type: 'string' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' }, ...(json ? { json: { type: 'boolean' as const } } : {}) },
+      options: { nats: { type: 'string' }, cluster: { type: 'string' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' }, ...NATS_AUTH_OPTIONS, ...(json ? { json: { type: 'boolean' as const } } : {}) },
       strict: true,
     }) as Pick<OnlineArgs, 'values' | 'positionals'>;
   } catch (err) {
@@ -47,19 +52,28 @@ function parseOnline(argv: string[], cmd: string, help: string, defaultTimeoutMs
     process.stderr.write(`ckvctl ${cmd}: --timeout must be a positive integer\n`);
     return 2;
   }
-  return { ...parsed, timeout };
+  let auth: NatsAuth;
+  try {
+    auth = resolveNatsAuth(parsed.values as Record<string, unknown>, process.env, splitUrlCredentials((parsed.values.nats ?? process.env.CKV_NATS ?? NATS_URL_DEFAULT).split(',')));
+  } catch (err) {
+    if (!(err instanceof NatsAuthUsageError)) throw err;
+    process.stderr.write(`ckvctl ${cmd}: ${err.message}\n`);
+    return 2;
+  }
+  return { ...parsed, timeout, auth };
 }
 
 async function connectOnline(cmd: string, a: OnlineArgs): Promise<Client | number> {
   try {
     return await Client.connect({
-      servers: a.values.nats ?? process.env.CKV_NATS ?? NATS_URL_DEFAULT,
+      servers: (a.values.nats ?? process.env.CKV_NATS ?? NATS_URL_DEFAULT).split(','),
+      auth: a.auth,
       cluster: a.values.cluster ?? process.env.CKV_CLUSTER ?? CLUSTER_DEFAULT,
       timeout: a.timeout,
     });
   } catch (err) {
-    process.stderr.write(`ckvctl ${cmd}: cannot connect to NATS: ${(err as Error).message}\n`);
-    return 3;
+    process.stderr.write(`ckvctl ${cmd}: ${(err as Error).message}\n`);
+    return (err as CkvError).code === 'AUTH' ? 5 : (err as CkvError).code === 'BAD_REQUEST' ? 2 : 3;
   }
 }
 

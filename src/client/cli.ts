@@ -19,6 +19,7 @@ import {
   VALUE_BYTES_MAX,
 } from '../core/limits.js';
 import { validateRequest } from '../core/validate.js';
+import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client } from './client.js';
 import { defaultSessionPath, readSessionEntry, saveToken } from './session.js';
@@ -31,6 +32,7 @@ const EXIT_NOT_FOUND = 1; // also a cas mismatch (del of a missing key is a succ
 const EXIT_USAGE = 2; // also a request the server rejects as malformed or too large
 const EXIT_UNAVAILABLE = 3; // no server could answer in time
 const EXIT_ERROR = 4; // any other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)
+const EXIT_AUTH = 5; // NATS refused the credentials or permissions: retrying will not help
 
 /** How long after its --timeout budget ckv may still be running (closing, saving the token, exiting). */
 const EXIT_MARGIN_MS = 200;
@@ -59,7 +61,8 @@ const EXIT_HELP = `Exit status:
      coordinator (status); del of a missing key is not an error (exit 0)
   2  usage error, or the server rejected the request (BAD_REQUEST, TOO_LARGE)
   3  unavailable: no server answered in time (UNAVAILABLE, TIMEOUT, NATS down)
-  4  other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)`;
+  4  other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)
+  5  NATS refused the credentials or their permissions (AUTH)`;
 
 const KEYS_HELP = `Keys: 1..${KEY_BYTES_MAX} characters of [-/_=.a-zA-Z0-9], dots separate tokens (no
 leading, trailing or doubled dot). Values: UTF-8 text up to ${VALUE_BYTES_MAX} bytes.`;
@@ -193,6 +196,7 @@ const OPTIONS = {
   from: { type: 'string' },
   absent: { type: 'boolean' },
   delete: { type: 'boolean' },
+  ...NATS_AUTH_OPTIONS,
 } as const;
 
 const COMMAND_FLAGS = new Set(Object.values(COMMANDS).flatMap((c) => c.flags));
@@ -207,6 +211,8 @@ ${lines.join('\n')}
 ${KEYS_HELP}
 
 ${FLAGS_HELP}
+
+${NATS_AUTH_HELP}
 
 ${EXIT_HELP}
 
@@ -295,6 +301,7 @@ interface Settings {
   args: string[];
   flags: Record<string, string | boolean | undefined>;
   servers: string[];
+  auth: NatsAuth;
   cluster: string;
   timeout: number;
   json: boolean;
@@ -331,6 +338,13 @@ function parse(argv: string[], env: NodeJS.ProcessEnv): Settings | { help: strin
     .map((s) => s.trim())
     .filter((s) => s);
   if (servers.length === 0) usage('--nats needs a URL');
+  let auth: NatsAuth;
+  try {
+    auth = resolveNatsAuth(flags, env, splitUrlCredentials(servers));
+  } catch (err) {
+    if (err instanceof NatsAuthUsageError) usage(err.message);
+    throw err;
+  }
   const cluster = typeof flags.cluster === 'string' ? flags.cluster : env.CKV_CLUSTER || CLUSTER_DEFAULT;
   if (!CLUSTER_NAME_PATTERN.test(cluster)) usage(CLUSTER_NAME_RULE);
   const timeout = typeof flags.timeout === 'string' ? parseNat(flags.timeout, '--timeout') : REQUEST_TIMEOUT_MS_DEFAULT;
@@ -353,6 +367,7 @@ function parse(argv: string[], env: NodeJS.ProcessEnv): Settings | { help: strin
     args,
     flags,
     servers,
+    auth,
     cluster,
     timeout,
     json: flags.json === true,
@@ -546,6 +561,8 @@ function exitFor(err: CkvError): number {
     case ErrorCode.UNAVAILABLE:
     case ErrorCode.TIMEOUT:
       return EXIT_UNAVAILABLE;
+    case ErrorCode.AUTH:
+      return EXIT_AUTH;
     default:
       return EXIT_ERROR;
   }
@@ -602,7 +619,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   watchdog.unref();
   // A watch runs until interrupted: the budget bounds its connecting and, from there, each replay.
   const budget = { timeout: s.timeout, connectBy: deadline, ...(s.command === 'watch' ? {} : { deadline }) };
-  const connect = () => Client.connect({ servers: s.servers, cluster: s.cluster, ...budget, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError);
+  const connect = () => Client.connect({ servers: s.servers, auth: s.auth, cluster: s.cluster, ...budget, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError);
   const [session, connected] = await Promise.all([s.sessionPath ? readSessionEntry(s.sessionPath, s.cluster) : Promise.resolve({ ts: 0, id: '' }), connect()]);
   let sessionToken = session.ts;
   if (s.command === 'watch') clearTimeout(watchdog);

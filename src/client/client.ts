@@ -5,6 +5,7 @@
 
 import type { NatsConnection } from '@nats-io/transport-node';
 import { CkvError, ErrorCode, ERROR_CODES, type WireError } from '../core/errors.js';
+import { isNatsAuthError, natsConnectionOptions, redactUrl, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 
 export { CkvError };
 import {
@@ -133,8 +134,10 @@ export interface ClientOptions {
 }
 
 export interface ConnectOptions extends ClientOptions {
-  /** NATS server URL(s). Default nats://127.0.0.1:4222. */
+  /** NATS server URL(s). Default nats://127.0.0.1:4222. nats://USER:PASSWORD@HOST is understood. */
   servers?: string | string[];
+  /** Credentials and TLS for NATS (see resolveNatsAuth); URL credentials count when this names none. */
+  auth?: NatsAuth;
   /** Connection name shown by NATS monitoring. */
   name?: string;
   /**
@@ -262,17 +265,29 @@ export class Client {
 
   /** Connect to NATS and return a client that owns (and on close() closes) the connection. */
   static async connect(opts: ConnectOptions = {}): Promise<Client> {
-    const servers = opts.servers ?? NATS_URL_DEFAULT;
+    const list = opts.servers ?? NATS_URL_DEFAULT;
+    let split: ReturnType<typeof splitUrlCredentials>;
+    try {
+      split = splitUrlCredentials(Array.isArray(list) ? list : list.split(','));
+    } catch (err) {
+      throw new CkvError(ErrorCode.BAD_REQUEST, (err as Error).message);
+    }
+    const { servers, ...fromUrl } = split;
+    const named = opts.auth !== undefined && (opts.auth.user !== undefined || opts.auth.token !== undefined || opts.auth.nkeySeed !== undefined || opts.auth.creds !== undefined);
+    const auth: NatsAuth = { ...(named ? {} : fromUrl.user !== undefined ? { user: fromUrl.user, pass: fromUrl.pass ?? '' } : fromUrl.token !== undefined ? { token: fromUrl.token } : {}), ...opts.auth };
+    const where = servers.map(redactUrl).join(',');
     // Loaded here, not at the top: the CLI's usage errors and --help never pay for the NATS library.
-    const { connectWithin } = await import('./nats-connect.js');
+    const { connectWithin, authenticators } = await import('./nats-connect.js');
     const by = Math.min(opts.connectBy ?? Infinity, opts.deadline ?? Infinity);
     const budget = Math.max(1, Math.floor(Math.min(opts.timeout ?? REQUEST_TIMEOUT_MS_DEFAULT, by - Date.now())));
     let nc: NatsConnection;
     try {
       // Reconnect forever: a long-lived client rides out NATS restarts (calls fail UNAVAILABLE meanwhile).
-      nc = await connectWithin({ servers, noAsyncTraces: true, maxReconnectAttempts: -1, ...(opts.name ? { name: opts.name } : {}) }, budget);
+      nc = await connectWithin({ servers, noAsyncTraces: true, maxReconnectAttempts: -1, ...(opts.name ? { name: opts.name } : {}), ...natsConnectionOptions(auth, authenticators) }, budget);
     } catch (err) {
-      throw new CkvError(ErrorCode.UNAVAILABLE, `cannot connect to NATS at ${String(servers)}: ${(err as Error).message}`, { cause: err });
+      // (The library's messages name no secret; the URLs are redacted.)
+      if (isNatsAuthError(err)) throw new CkvError(ErrorCode.AUTH, `NATS at ${where} refused the credentials: ${(err as Error).message}`, { cause: err });
+      throw new CkvError(ErrorCode.UNAVAILABLE, `cannot connect to NATS at ${where}: ${(err as Error).message}`, { cause: err });
     }
     const client = new Client(natsTransport(nc, { closeConnection: true }), opts);
     client.ownsTransport = true;

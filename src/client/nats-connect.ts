@@ -15,7 +15,10 @@
 // transport; it is loaded only when a client connects.
 
 import { createConnection, type Socket } from 'node:net';
-import { NatsConnectionImpl, ProtocolHandler, setTransportFactory, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import { credsAuthenticator, NatsConnectionImpl, nkeyAuthenticator, ProtocolHandler, setTransportFactory, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+
+/** The library's authenticator makers, for natsConnectionOptions (nats-auth.ts). */
+export const authenticators = { nkeyAuthenticator, credsAuthenticator };
 import { NodeTransport, nodeResolveHost } from '@nats-io/transport-node/lib/node_transport.js';
 
 /** NodeTransport that closes its socket also when it gives up before the connection is established. */

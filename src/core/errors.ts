@@ -10,6 +10,8 @@ export const ErrorCode = {
   TOKEN_AHEAD: 'TOKEN_AHEAD',
   COMPACTED: 'COMPACTED',
   INTERNAL: 'INTERNAL',
+  /** NATS refused the connection's credentials or permissions: not retryable. */
+  AUTH: 'AUTH',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

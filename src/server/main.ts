@@ -5,7 +5,8 @@
 import { existsSync, mkdirSync, openSync, fsyncSync, closeSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { connect } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, nkeyAuthenticator } from '@nats-io/transport-node';
+import { isNatsAuthError, NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, natsConnectionOptions, redactUrl, resolveNatsAuth, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 import { CronJob } from 'cron';
 import pino from 'pino';
 import { CHECKPOINT_CRON_DEFAULT, PEER_DROPS_REPORT_MS, PING_INTERVAL_TICKS, TICK_MS, CLUSTER_DEFAULT, CLUSTER_NAME_PATTERN, CLUSTER_NAME_RULE, LOG_RETAIN_ENTRIES, NATS_URL_DEFAULT } from '../core/limits.js';
@@ -72,7 +73,7 @@ const USAGE = `usage: ckv-server --id N --cluster-key FILE [--data DIR] [--nats 
 
   --id N                 this server's id, a positive integer (env CKV_ID)
   --data DIR             data directory (env CKV_DATA; default checkpoints/node-<id>)
-  --nats URL             NATS server (env CKV_NATS; default ${NATS_URL_DEFAULT})
+  --nats URL[,URL]       NATS server(s) (env CKV_NATS; default ${NATS_URL_DEFAULT})
   --cluster NAME         cluster name (env CKV_CLUSTER; default ${CLUSTER_DEFAULT})
   --voters 1,2,3         the first set of voters (env CKV_VOTERS); needed until the data directory holds a
                          configuration (a new cluster, or a new server's first start); ignored after that
@@ -84,6 +85,10 @@ const USAGE = `usage: ckv-server --id N --cluster-key FILE [--data DIR] [--nats 
   --remove-dead-after MS remove a voter dead this long, if the rest are a majority (env CKV_REMOVE_DEAD_AFTER; default 0: never)
   --retain-entries N     log entries kept below a checkpoint for lagging followers (env CKV_RETAIN_ENTRIES; default ${LOG_RETAIN_ENTRIES})
   --log-level LEVEL      pino level (env CKV_LOG_LEVEL; default info)
+
+${NATS_AUTH_HELP}
+
+Exit status: 0 stopped by SIGTERM/SIGINT; 1 another process serves this id; 2 usage; 5 NATS refused the credentials.
 `;
 
 /** How long a starting server waits for a live process with its id to answer (a live one answers in a round trip). */
@@ -137,6 +142,7 @@ async function main(): Promise<void> {
         'cluster-key': { type: 'string' },
         'insecure-peer-messages': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
+        ...NATS_AUTH_OPTIONS,
       },
       strict: true,
     }));
@@ -152,7 +158,20 @@ async function main(): Promise<void> {
   if (!Number.isSafeInteger(id) || id < 1) usage('--id must be a positive integer');
   const cluster = String(values.cluster ?? env.CKV_CLUSTER ?? CLUSTER_DEFAULT);
   if (!CLUSTER_NAME_PATTERN.test(cluster)) usage(`--cluster: ${CLUSTER_NAME_RULE}`);
-  const natsUrl = String(values.nats ?? env.CKV_NATS ?? NATS_URL_DEFAULT);
+  const natsList = String(values.nats ?? env.CKV_NATS ?? NATS_URL_DEFAULT).split(',').map((s) => s.trim()).filter((s) => s !== '');
+  if (natsList.length === 0) usage('--nats needs a URL');
+  let natsServers: string[];
+  let natsAuth: NatsAuth;
+  try {
+    const split = splitUrlCredentials(natsList);
+    natsServers = split.servers;
+    natsAuth = resolveNatsAuth(values, env, split);
+  } catch (err) {
+    if (err instanceof NatsAuthUsageError) usage(err.message);
+    throw err;
+  }
+  // For logs and messages: never a password.
+  const natsUrl = natsList.map(redactUrl).join(',');
   const data = String(values.data ?? env.CKV_DATA ?? join('checkpoints', `node-${id}`));
   const votersArg = values.voters ?? env.CKV_VOTERS;
   const voters = votersArg === undefined ? [] : String(votersArg).split(',').map((v) => Number(v.trim()));
@@ -203,7 +222,16 @@ async function main(): Promise<void> {
       usage('--voters is needed: this data directory holds no configuration yet (give the first voters, e.g. --voters 1,2,3, on every server)');
     }
     const stateFile = new FileStateFile(join(data, 'state'));
-    const nc = await connect({ servers: natsUrl, name: `ckv-server-${cluster}-${id}`, maxReconnectAttempts: -1 });
+    let nc: Awaited<ReturnType<typeof connect>>;
+    try {
+      nc = await connect({ servers: natsServers, name: `ckv-server-${cluster}-${id}`, maxReconnectAttempts: -1, ...natsConnectionOptions(natsAuth, { nkeyAuthenticator, credsAuthenticator }) });
+    } catch (err) {
+      if (isNatsAuthError(err)) {
+        process.stderr.write(`ckv-server: NATS at ${natsUrl} refused the credentials: ${(err as Error).message}\n`);
+        process.exit(5);
+      }
+      throw new Error(`cannot connect to NATS at ${natsUrl}: ${(err as Error).message}`);
+    }
     const incarnation = newIncarnation(Date.now());
     const tlog = logger.child({ component: 'transport' });
     const drops = new DropReport(tlog);

@@ -17,10 +17,20 @@ export class Cluster {
   readonly procs = new Map<number, ChildProcess>();
   readonly logs = new Map<number, string>();
   private extraArgs: string[];
+  private natsArgs: string[];
+  private serverEnv: Record<string, string>;
+  private clientEnv: Record<string, string>;
   /** The cluster's key (every server gets it unless a test says otherwise). */
   readonly keyFile: string;
 
-  constructor(nodes: number, opts: { cluster?: string; extraArgs?: string[] } = {}) {
+  /**
+   * natsArgs: extra nats-server arguments (a config with users, say); serverEnv and clientEnv:
+   * environment for the servers and for ckv() (their NATS credentials).
+   */
+  constructor(nodes: number, opts: { cluster?: string; extraArgs?: string[]; natsArgs?: string[]; serverEnv?: Record<string, string>; clientEnv?: Record<string, string> } = {}) {
+    this.natsArgs = opts.natsArgs ?? [];
+    this.serverEnv = opts.serverEnv ?? {};
+    this.clientEnv = opts.clientEnv ?? {};
     this.dir = mkdtempSync(join(tmpdir(), 'ckv-it-'));
     this.cluster = opts.cluster ?? 'it';
     this.voters = Array.from({ length: nodes }, (_, i) => i + 1);
@@ -31,7 +41,7 @@ export class Cluster {
 
   /** Start the nats-server and the given servers (default: every voter). */
   async start(ids: number[] = this.voters): Promise<void> {
-    this.nats = await startNatsServer();
+    this.nats = await startNatsServer(this.natsArgs);
     for (const id of ids) this.startNode(id);
   }
 
@@ -40,7 +50,7 @@ export class Cluster {
   }
 
   startNode(id: number, extra: string[] = []): ChildProcess {
-    const env = { ...process.env, CKV_LOG_LEVEL: 'info' };
+    const env = { ...process.env, CKV_LOG_LEVEL: 'info', ...this.serverEnv };
     delete env.NODE_EXTRA_CA_CERTS;
     const p = spawn(
       process.execPath,
@@ -68,7 +78,7 @@ export class Cluster {
 
   /** The ckv CLI against this cluster. */
   ckv(args: string[], opts: RunOptions = {}): Promise<RunResult> {
-    return runNode(CLI_JS, ['--nats', this.nats.url, '--cluster', this.cluster, ...args], opts);
+    return runNode(CLI_JS, ['--nats', this.nats.url, '--cluster', this.cluster, ...args], { ...opts, env: { ...this.clientEnv, ...opts.env } });
   }
 
   /** Poll `ckv status --json` until `pred` holds, bounded by a deadline. */

@@ -1,0 +1,157 @@
+// ckv, ckv-server and ckvctl against a nats-server that wants credentials:
+// users with passwords (flags, files, environment, the URL), a token, an NKey,
+// and TLS with a CA of our own. A refusal is AUTH (exit 5), fast, and no
+// secret appears in any output.
+
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { nkeys } from '@nats-io/transport-node';
+import { Cluster } from './helpers/cluster.js';
+import { startNatsServer } from './helpers/nats-server.js';
+import { CKVCTL_JS, CLI_JS, SERVER_JS, runNode } from './helpers/run.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'ckv-auth-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+const file = (name: string, text: string): string => {
+  const p = join(dir, name);
+  writeFileSync(p, text, { mode: 0o600 });
+  return p;
+};
+
+const SERVER_PASSWORD = 'srv-Secret-1';
+const CLIENT_PASSWORD = 'cli-Secret-2';
+
+t.test('users with passwords: servers and clients connect; a wrong password is AUTH, fast, never printed', async (t) => {
+  const conf = file('users.conf', `authorization { users = [ { user: ckvserver, password: "${SERVER_PASSWORD}" }, { user: alice, password: "${CLIENT_PASSWORD}" } ] }\n`);
+  const c = new Cluster(3, {
+    cluster: 'auth1',
+    natsArgs: ['-c', conf],
+    serverEnv: { CKV_NATS_USER: 'ckvserver', CKV_NATS_PASSWORD: SERVER_PASSWORD },
+    clientEnv: { CKV_NATS_USER: 'alice', CKV_NATS_PASSWORD: CLIENT_PASSWORD },
+  });
+  await c.start();
+  t.teardown(() => c.stop());
+  await c.waitForCoordinator();
+
+  let r = await c.ckv(['--no-session', 'put', 'a.b', 'v1']);
+  t.equal(r.code, 0, r.stderr);
+  // The password from a file, with the user as a flag (and no environment).
+  const pw = file('alice.pw', `${CLIENT_PASSWORD}\n`);
+  r = await c.ckv(['--no-session', '--nats-user', 'alice', '--nats-password-file', pw, 'get', 'a.b'], { env: { CKV_NATS_USER: undefined, CKV_NATS_PASSWORD: undefined } });
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, 'v1');
+  // In the URL.
+  const port = new URL(c.nats.url).port;
+  r = await runNode(CLI_JS, ['--nats', `nats://alice:${CLIENT_PASSWORD}@127.0.0.1:${port}`, '--cluster', 'auth1', '--no-session', 'get', 'a.b']);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, 'v1');
+
+  // Wrong password, in the URL and in the environment: AUTH, exit 5, at once, no secret shown.
+  for (const [what, args, env] of [
+    ['URL', ['--nats', `nats://alice:wrong-Pass-9@127.0.0.1:${port}`], {}],
+    ['environment', ['--nats', c.nats.url], { CKV_NATS_USER: 'alice', CKV_NATS_PASSWORD: 'wrong-Pass-9' }],
+  ] as const) {
+    r = await runNode(CLI_JS, [...args, '--cluster', 'auth1', '--no-session', '--timeout', '5000', 'get', 'a.b'], { env });
+    t.equal(r.code, 5, `${what}: exit 5 (${r.stderr.trim()})`);
+    t.match(r.stderr, /AUTH: NATS at .* refused the credentials/, `${what}: says so`);
+    t.notMatch(r.stderr + r.stdout, /wrong-Pass-9/, `${what}: the password is not printed`);
+    t.ok(r.ms < 3000, `${what}: not retried until the budget ends (${Math.round(r.ms)} ms)`);
+  }
+  // No credentials at all.
+  r = await runNode(CLI_JS, ['--nats', c.nats.url, '--cluster', 'auth1', '--no-session', 'get', 'a.b'], { env: { CKV_NATS_USER: undefined, CKV_NATS_PASSWORD: undefined } });
+  t.equal(r.code, 5, r.stderr);
+
+  // Usage errors name the problem, not the secret.
+  r = await runNode(CLI_JS, ['--nats', c.nats.url, '--nats-user', 'alice', '--no-session', 'get', 'a.b']);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /needs a password/);
+  r = await runNode(CLI_JS, ['--nats', c.nats.url, '--nats-creds', join(dir, 'none.creds'), '--no-session', 'get', 'a.b']);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /cannot read .*none\.creds: ENOENT/);
+
+  // ckvctl status with the same credentials; and with a wrong one, exit 5.
+  r = await runNode(CKVCTL_JS, ['status', '--nats', c.nats.url, '--cluster', 'auth1', '--json'], { env: { CKV_NATS_USER: 'alice', CKV_NATS_PASSWORD: CLIENT_PASSWORD } });
+  t.equal(r.code, 0, r.stderr);
+  t.equal(JSON.parse(r.stdout).servers.length, 3);
+  r = await runNode(CKVCTL_JS, ['status', '--nats', `nats://alice:wrong-Pass-9@127.0.0.1:${port}`, '--cluster', 'auth1']);
+  t.equal(r.code, 5, r.stderr);
+  t.notMatch(r.stderr, /wrong-Pass-9/);
+
+  // A server with a wrong password exits 5 and says why, without the password; its log never shows one.
+  const server = await runNode(
+    SERVER_JS,
+    ['--id', '9', '--data', join(dir, 'node-9'), '--nats', `nats://ckvserver:wrong-Pass-9@127.0.0.1:${port}`, '--cluster', 'auth1', '--voters', '1,2,3', '--cluster-key', c.keyFile],
+    { timeoutMs: 15_000 },
+  );
+  t.equal(server.code, 5, server.stderr);
+  t.match(server.stderr, /refused the credentials/);
+  t.notMatch(server.stderr + server.stdout, /wrong-Pass-9/);
+  for (const [id, log] of c.logs) t.notMatch(log, new RegExp(SERVER_PASSWORD), `server ${id}'s log holds no password`);
+});
+
+t.test('a token, and an NKey', async (t) => {
+  const user = nkeys.createUser();
+  const seed = new TextDecoder().decode(user.getSeed());
+  // nats-server takes one kind per config: the token for one server, the NKey for another.
+  const tokenNats = await startNatsServer(['--auth', 'tok-Secret-3']);
+  t.teardown(() => tokenNats.stop());
+  const nkeyNats = await startNatsServer(['-c', file('nkey.conf', `authorization { users = [ { nkey: ${user.getPublicKey()} } ] }\n`)]);
+  t.teardown(() => nkeyNats.stop());
+  // No ckv server listens: a connection that got in gets UNAVAILABLE (exit 3), a refused one AUTH (5).
+  const probe = (url: string, args: string[], env: Record<string, string | undefined> = {}) =>
+    runNode(CLI_JS, ['--nats', url, '--no-session', '--timeout', '800', ...args, 'get', 'k'], { env });
+  let r = await probe(tokenNats.url, ['--nats-token-file', file('tok', 'tok-Secret-3\n')]);
+  t.equal(r.code, 3, `token file: connected (${r.stderr.trim()})`);
+  r = await probe(tokenNats.url, [], { CKV_NATS_TOKEN: 'tok-Secret-3' });
+  t.equal(r.code, 3, `token in the environment: connected (${r.stderr.trim()})`);
+  r = await probe(`nats://tok-Secret-3@127.0.0.1:${tokenNats.port}`, []);
+  t.equal(r.code, 3, `token in the URL: connected (${r.stderr.trim()})`);
+  r = await probe(tokenNats.url, [], { CKV_NATS_TOKEN: 'not-it' });
+  t.equal(r.code, 5, 'a wrong token: AUTH');
+  t.notMatch(r.stderr, /not-it/);
+  r = await probe(nkeyNats.url, ['--nats-nkey', file('user.nk', `${seed}\n`)]);
+  t.equal(r.code, 3, `NKey seed: connected (${r.stderr.trim()})`);
+  r = await probe(nkeyNats.url, ['--nats-nkey', file('other.nk', `${new TextDecoder().decode(nkeys.createUser().getSeed())}\n`)]);
+  t.equal(r.code, 5, 'another NKey: AUTH');
+  r = await probe(nkeyNats.url, ['--nats-nkey', file('junk.nk', 'not a seed\n')]);
+  t.equal(r.code, 2, 'a file that holds no seed: usage error');
+  t.notMatch(r.stderr, /not a seed/, 'its contents are not printed');
+});
+
+t.test('TLS with a CA of our own', async (t) => {
+  // A CA and a server certificate for 127.0.0.1, made with openssl.
+  const ca = join(dir, 'ca.pem');
+  const caKey = join(dir, 'ca.key');
+  const cert = join(dir, 'server.pem');
+  const key = join(dir, 'server.key');
+  const csr = join(dir, 'server.csr');
+  // (DNS:localhost too: the NATS client checks 127.0.0.1 as the name "localhost".)
+  const ext = file('ext.cnf', 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  const ssl = (...args: string[]) => execFileSync('openssl', args, { stdio: 'ignore' });
+  ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', caKey, '-out', ca, '-days', '2', '-subj', '/CN=ckv test CA');
+  ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', csr, '-subj', '/CN=127.0.0.1');
+  ssl('x509', '-req', '-in', csr, '-CA', ca, '-CAkey', caKey, '-CAcreateserial', '-out', cert, '-days', '2', '-extfile', ext);
+  const c = new Cluster(1, {
+    cluster: 'tls1',
+    natsArgs: ['--tls', '--tlscert', cert, '--tlskey', key],
+    serverEnv: { CKV_TLS_CA: ca },
+    clientEnv: { CKV_TLS_CA: ca },
+  });
+  await c.start();
+  t.teardown(() => c.stop());
+  await c.waitForCoordinator();
+  let r = await c.ckv(['--no-session', 'put', 't.k', 'over-tls']);
+  t.equal(r.code, 0, r.stderr);
+  r = await c.ckv(['--no-session', '--tls-ca', ca, 'get', 't.k'], { env: { CKV_TLS_CA: undefined } });
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, 'over-tls');
+  // Without the CA the server's certificate is not trusted: no connection (and no hang).
+  r = await c.ckv(['--no-session', '--timeout', '2000', 'get', 't.k'], { env: { CKV_TLS_CA: undefined } });
+  t.not(r.code, 0, 'an untrusted certificate: refused');
+  t.ok(r.ms < 5000, `bounded by the budget (${Math.round(r.ms)} ms)`);
+  r = await c.ckv(['--no-session', '--tls-cert', cert, 'get', 't.k']);
+  t.equal(r.code, 2, '--tls-cert without --tls-key: usage error');
+});
