@@ -7,6 +7,7 @@
 // Exit codes: 0 ok, 1 problem found / different / not found, 2 usage error.
 // Imports only storage code and Node built-ins (no logger, no cron, no NATS).
 
+import { VERSION } from '../src/core/version.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -47,6 +48,8 @@ Options:
   --data DIR   the data directory (default: $CKV_DATA)
   --json       machine-readable output (dumps print one JSON object per line)
   -h, --help   this text
+
+--version prints the version.
 
 Exit codes: 0 ok, 1 problem found / different / not found, 2 usage error.
 `;
@@ -383,10 +386,15 @@ async function main(argv: string[]): Promise<number> {
       from: { type: 'string' },
       to: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
+      version: { type: 'boolean', default: false },
     },
   });
   if (values.help) {
     out(USAGE.trimEnd());
+    return EXIT_OK;
+  }
+  if (values.version) {
+    out(`ckvctl ${VERSION}`);
     return EXIT_OK;
   }
   const o: Opts = {

@@ -19,6 +19,7 @@ import {
   VALUE_BYTES_MAX,
 } from '../core/limits.js';
 import { validateRequest } from '../core/validate.js';
+import { VERSION } from '../core/version.js';
 import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client } from './client.js';
@@ -53,6 +54,7 @@ const FLAGS_HELP = `Flags (before or after the command):
   --print-token      on exit 0 or 1, print the new token on stderr as the last
                      line (a decimal number)
   -h, --help         help (also: ckv help COMMAND, ckv COMMAND --help)
+  --version          print the version
   --                 ends flags: "ckv put k -- -1" stores "-1"`;
 
 const EXIT_HELP = `Exit status:
@@ -197,6 +199,7 @@ const OPTIONS = {
   absent: { type: 'boolean' },
   delete: { type: 'boolean' },
   ...NATS_AUTH_OPTIONS,
+  version: { type: 'boolean' },
 } as const;
 
 const COMMAND_FLAGS = new Set(Object.values(COMMANDS).flatMap((c) => c.flags));
@@ -326,6 +329,7 @@ function parse(argv: string[], env: NodeJS.ProcessEnv): Settings | { help: strin
     return { help: commandHelp(args[0]!) };
   }
   if (flags.help) return { help: command && COMMANDS[command] ? commandHelp(command) : mainHelp() };
+  if (flags.version) return { help: `ckv ${VERSION}\n` };
   if (!command) usage('no command given');
   const spec = COMMANDS[command];
   if (!spec) usage(`unknown command "${command}"`);

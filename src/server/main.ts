@@ -20,6 +20,7 @@ import { FileStateFile } from '../storage/state-file.js';
 import { NatsTransport } from '../transport/nats.js';
 import { PeerSeal, loadClusterKey, newIncarnation } from '../transport/peer-auth.js';
 import { RepairNeeded } from './replica.js';
+import { VERSION } from '../core/version.js';
 import { Server, type CheckpointInstaller } from './server.js';
 import type { CheckpointStore } from '../storage/ports.js';
 
@@ -91,6 +92,18 @@ ${NATS_AUTH_HELP}
 Exit status: 0 stopped by SIGTERM/SIGINT; 1 another process serves this id; 2 usage; 5 NATS refused the credentials.
 `;
 
+/** How often a server waiting for its first NATS connection says so, in ms. */
+const NATS_WAIT_LOG_MS = 2_000;
+
+/** Log losing and regaining the NATS connection (the client reconnects by itself). */
+async function logNatsStatus(nc: { status(): AsyncIterable<{ type: string; server?: unknown }> }, logger: { warn(o: object, m: string): void; info(o: object, m: string): void }): Promise<void> {
+  for await (const s of nc.status()) {
+    const server = typeof s.server === 'string' ? redactUrl(s.server) : undefined;
+    if (s.type === 'disconnect') logger.warn({ server }, 'lost the NATS connection; reconnecting (requests and peer messages wait meanwhile)');
+    else if (s.type === 'reconnect') logger.info({ server }, 'reconnected to NATS');
+  }
+}
+
 /** How long a starting server waits for a live process with its id to answer (a live one answers in a round trip). */
 const STARTUP_PROBE_MS = 3 * PING_INTERVAL_TICKS * TICK_MS;
 
@@ -142,6 +155,7 @@ async function main(): Promise<void> {
         'cluster-key': { type: 'string' },
         'insecure-peer-messages': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean' },
         ...NATS_AUTH_OPTIONS,
       },
       strict: true,
@@ -151,6 +165,10 @@ async function main(): Promise<void> {
   }
   if (values.help) {
     process.stdout.write(USAGE);
+    return;
+  }
+  if (values.version) {
+    process.stdout.write(`ckv-server ${VERSION}\n`);
     return;
   }
   const env = process.env;
@@ -223,15 +241,26 @@ async function main(): Promise<void> {
     }
     const stateFile = new FileStateFile(join(data, 'state'));
     let nc: Awaited<ReturnType<typeof connect>>;
+    // No NATS yet (started first, or down): wait for it, saying so now and then.
+    const waiting = setInterval(() => logger.warn({ nats: natsUrl }, 'waiting for NATS: no server answers yet; retrying'), NATS_WAIT_LOG_MS);
     try {
-      nc = await connect({ servers: natsServers, name: `ckv-server-${cluster}-${id}`, maxReconnectAttempts: -1, ...natsConnectionOptions(natsAuth, { nkeyAuthenticator, credsAuthenticator }) });
+      nc = await connect({
+        servers: natsServers,
+        name: `ckv-server-${cluster}-${id}`,
+        maxReconnectAttempts: -1,
+        waitOnFirstConnect: true,
+        ...natsConnectionOptions(natsAuth, { nkeyAuthenticator, credsAuthenticator }),
+      });
     } catch (err) {
       if (isNatsAuthError(err)) {
         process.stderr.write(`ckv-server: NATS at ${natsUrl} refused the credentials: ${(err as Error).message}\n`);
         process.exit(5);
       }
       throw new Error(`cannot connect to NATS at ${natsUrl}: ${(err as Error).message}`);
+    } finally {
+      clearInterval(waiting);
     }
+    void logNatsStatus(nc, logger);
     const incarnation = newIncarnation(Date.now());
     const tlog = logger.child({ component: 'transport' });
     const drops = new DropReport(tlog);

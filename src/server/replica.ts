@@ -40,7 +40,9 @@ import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
 import type { ChangeEvent, Entry, KeyValue, NodeStatus, PeerStatus, Reply, Request, WriteOp, WriteResult } from '../core/wire.js';
 import { subjects } from '../transport/subjects.js';
 
-export const VERSION = '0.1.0';
+import { VERSION } from '../core/version.js';
+
+export { VERSION };
 
 // ---------------------------------------------------------------------------
 // The environment

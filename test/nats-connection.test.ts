@@ -1,17 +1,20 @@
-// ckv, ckv-server and ckvctl against a nats-server that wants credentials:
-// users with passwords (flags, files, environment, the URL), a token, an NKey,
-// and TLS with a CA of our own. A refusal is AUTH (exit 5), fast, and no
-// secret appears in any output.
+// How the programs connect to NATS. Against a nats-server that wants
+// credentials: users with passwords (flags, files, environment, the URL), a
+// token, an NKey, and TLS with a CA of our own; a refusal is AUTH (exit 5),
+// fast, and no secret appears in any output. A server started before NATS
+// waits for it, and says when it loses and regains its connection. --version.
 
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nkeys } from '@nats-io/transport-node';
 import { Cluster } from './helpers/cluster.js';
-import { startNatsServer } from './helpers/nats-server.js';
-import { CKVCTL_JS, CLI_JS, SERVER_JS, runNode } from './helpers/run.js';
+import { startNatsServer, stopProcess } from './helpers/nats-server.js';
+import { CKVCTL_JS, CLI_JS, ROOT, SERVER_JS, runNode, start } from './helpers/run.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ckv-auth-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -154,4 +157,55 @@ t.test('TLS with a CA of our own', async (t) => {
   t.ok(r.ms < 5000, `bounded by the budget (${Math.round(r.ms)} ms)`);
   r = await c.ckv(['--no-session', '--tls-cert', cert, 'get', 't.k']);
   t.equal(r.code, 2, '--tls-cert without --tls-key: usage error');
+});
+
+t.test('--version: every program says package.json\'s version', async (t) => {
+  const version = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version as string;
+  for (const [name, js] of [['ckv', CLI_JS], ['ckv-server', SERVER_JS], ['ckvctl', CKVCTL_JS]] as const) {
+    const r = await runNode(js, ['--version']);
+    t.equal(r.code, 0);
+    t.equal(r.stdout, `${name} ${version}\n`);
+  }
+});
+
+t.test('a server started before NATS waits for it; it says when it loses and regains NATS', async (t) => {
+  // A free port for the nats-server to come.
+  const port = await new Promise<number>((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(p));
+    });
+  });
+  const url = `nats://127.0.0.1:${port}`;
+  const server = start(process.execPath, [SERVER_JS, '--id', '1', '--voters', '1', '--data', join(dir, 'early'), '--nats', url, '--cluster', 'early', '--insecure-peer-messages'], { timeoutMs: 60_000 });
+  t.teardown(() => stopProcess(server.proc));
+  const logged = async (re: RegExp, what: string): Promise<void> => {
+    const deadline = Date.now() + 20_000;
+    while (!re.test(server.stderr())) {
+      if (Date.now() > deadline) throw new Error(`no log line: ${what}; stderr: ${server.stderr().slice(-500)}`);
+      if (server.proc.exitCode !== null) throw new Error(`the server exited ${server.proc.exitCode}: ${server.stderr().slice(-500)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  await logged(/waiting for NATS/, 'waiting for NATS');
+  t.equal(server.proc.exitCode, null, 'still running without NATS');
+  let nats = await startNatsServer(['-p', String(port)]);
+  t.teardown(() => nats.stop());
+  const put = async (value: string): Promise<void> => {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const r = await runNode(CLI_JS, ['--nats', url, '--cluster', 'early', '--no-session', '--timeout', '2000', 'put', 'k', value]);
+      if (r.code === 0) return;
+      if (Date.now() > deadline) throw new Error(`put ${value}: ${r.stderr}`);
+    }
+  };
+  await put('first');
+  t.pass('serving once NATS is up');
+  await nats.stop();
+  await logged(/lost the NATS connection/, 'lost NATS');
+  nats = await startNatsServer(['-p', String(port)]);
+  await logged(/reconnected to NATS/, 'reconnected');
+  await put('second');
+  const r = await runNode(CLI_JS, ['--nats', url, '--cluster', 'early', '--no-session', 'get', 'k']);
+  t.equal(r.stdout, 'second', 'and serving again');
 });
