@@ -209,3 +209,60 @@ t.test('a server started before NATS waits for it; it says when it loses and reg
   const r = await runNode(CLI_JS, ['--nats', url, '--cluster', 'early', '--no-session', 'get', 'k']);
   t.equal(r.stdout, 'second', 'and serving again');
 });
+
+t.test('tools/nats-secure.conf: a client identity reads, writes and watches; NATS refuses it the peer subjects', async (t) => {
+  // nats-server takes the two passwords from its environment (it inherits ours).
+  process.env.CKV_SERVER_PASSWORD = 'srv-Fence-5';
+  process.env.CKV_CLIENT_PASSWORD = 'cli-Fence-6';
+  t.teardown(() => {
+    delete process.env.CKV_SERVER_PASSWORD;
+    delete process.env.CKV_CLIENT_PASSWORD;
+  });
+  const c = new Cluster(3, {
+    cluster: 'fence',
+    natsArgs: ['-c', join(ROOT, 'tools', 'nats-secure.conf')],
+    serverEnv: { CKV_NATS_USER: 'ckv-server', CKV_NATS_PASSWORD: 'srv-Fence-5' },
+    clientEnv: { CKV_NATS_USER: 'ckv-client', CKV_NATS_PASSWORD: 'cli-Fence-6' },
+  });
+  await c.start();
+  t.teardown(() => c.stop());
+  await c.waitForCoordinator();
+
+  // The client identity: write, read, status, watch.
+  let r = await c.ckv(['--no-session', 'put', 'f.a', 'one']);
+  t.equal(r.code, 0, r.stderr);
+  r = await c.ckv(['--no-session', 'get', 'f.a']);
+  t.equal(r.stdout, 'one', r.stderr);
+  const watch = start(process.execPath, [CLI_JS, '--nats', c.nats.url, '--cluster', 'fence', '--no-session', 'watch', 'f.', '--from', '1', '--json'], {
+    env: { CKV_NATS_USER: 'ckv-client', CKV_NATS_PASSWORD: 'cli-Fence-6' },
+  });
+  t.teardown(() => stopProcess(watch.proc));
+  await watch.waitForStdout((o) => o.includes('"key":"f.a"'), 'the watch replays f.a');
+  r = await c.ckv(['--no-session', 'put', 'f.b', 'two']);
+  t.equal(r.code, 0, r.stderr);
+  await watch.waitForStdout((o) => o.includes('"key":"f.b"'), 'and follows with f.b');
+  t.pass('the client identity watches');
+
+  // The same identity on the peer subjects: NATS refuses every publish (and the subscription).
+  const { connect } = await import('@nats-io/transport-node');
+  const nc = await connect({ servers: c.nats.url, user: 'ckv-client', pass: 'cli-Fence-6' });
+  t.teardown(() => nc.close().catch(() => undefined));
+  const refused: string[] = [];
+  void (async () => {
+    for await (const s of nc.status()) if (s.type === 'error') refused.push(String((s as { error?: Error }).error?.message ?? ''));
+  })();
+  const before = JSON.parse((await c.ckv(['--no-session', 'status', '--json'])).stdout);
+  const forged = JSON.stringify({ t: 'claim', from: 9, to: 0, epoch: 1e9, clock: 1e9, cid: '', last: 1e9, lastEpoch: 1e9 });
+  for (const subject of ['ping', 'elect.all', 'repl.all', 'sync.1', 'snap.1']) nc.publish(`ckv.fence.${subject}`, forged);
+  nc.subscribe('ckv.fence.repl.all');
+  await nc.flush();
+  const deadline = Date.now() + 5000;
+  while (refused.length < 6 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.equal(refused.filter((m) => /permissions violation/i.test(m)).length, 6, `every publish and the subscription refused: ${JSON.stringify(refused)}`);
+  const after = JSON.parse((await c.ckv(['--no-session', 'status', '--json'])).stdout);
+  t.equal(after.coordinator, before.coordinator, 'the same coordinator');
+  const epochs = (s: { servers: Array<{ epoch: number }> }) => s.servers.map((x) => x.epoch);
+  t.same(epochs(after), epochs(before), 'no epoch moved');
+  r = await c.ckv(['--no-session', 'get', 'f.a']);
+  t.equal(r.stdout, 'one', 'the data unchanged');
+});
