@@ -2,9 +2,13 @@
 // npm start: a local cluster on loopback — a nats-server child process and
 // ckv-server processes with their data under checkpoints/ — shown working with
 // one put and get through the ckv CLI, stopped cleanly by Ctrl-C.
+// `npm start -- --secure`: nats-server runs tools/nats-secure.conf, the servers
+// and the CLI connect with their own identities (passwords kept under the data
+// directory), and clients are kept off the peer subjects.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -23,6 +27,7 @@ const { values } = parseArgs({
     port: { type: 'string', default: '4222' },
     cluster: { type: 'string', default: CLUSTER_DEFAULT },
     data: { type: 'string', default: join(ROOT, 'checkpoints') },
+    secure: { type: 'boolean', default: false },
   },
 });
 const nodes = Number(values.nodes);
@@ -36,9 +41,36 @@ function log(msg: string): void {
   process.stdout.write(`local: ${msg}\n`);
 }
 
+/** A password kept in a file under the data directory (made once); returns the file. */
+function passwordFile(name: string): string {
+  const path = join(values.data!, name);
+  if (!existsSync(path)) {
+    mkdirSync(values.data!, { recursive: true });
+    writeFileSync(path, `${randomBytes(18).toString('base64url')}\n`, { flag: 'wx', mode: 0o600 });
+  }
+  return path;
+}
+
+/** With --secure: the identities' password files, and the environment each side needs. */
+const secure = values.secure
+  ? (() => {
+      const server = passwordFile('nats-server.password');
+      const client = passwordFile('nats-client.password');
+      const read = (f: string): string => readFileSync(f, 'utf8').trim();
+      return {
+        server,
+        client,
+        natsEnv: { CKV_SERVER_PASSWORD: read(server), CKV_CLIENT_PASSWORD: read(client) },
+        serverEnv: { CKV_NATS_USER: 'ckv-server', CKV_NATS_PASSWORD_FILE: server },
+        clientEnv: { CKV_NATS_USER: 'ckv-client', CKV_NATS_PASSWORD_FILE: client },
+      };
+    })()
+  : null;
+
 function startNats(): Promise<ChildProcess> {
   return new Promise((resolveStart, reject) => {
-    const p = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const args = ['-a', '127.0.0.1', '-p', String(port), ...(secure ? ['-c', join(ROOT, 'tools', 'nats-secure.conf')] : [])];
+    const p = spawn('nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...secure?.natsEnv } });
     let buf = '';
     p.once('error', (err) => reject(new Error(`cannot start nats-server (run tools/setup.sh): ${err.message}`)));
     const onExit = (code: number | null) => reject(new Error(`nats-server exited (${code}): ${buf.slice(-500)}`));
@@ -69,6 +101,7 @@ function startServer(id: number, voters: number[], key: string): ChildProcess {
   mkdirSync(data, { recursive: true });
   const p = spawn(process.execPath, [SERVER, '--id', String(id), '--data', data, '--nats', natsUrl, '--cluster', cluster, '--voters', voters.join(','), '--cluster-key', key], {
     stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, ...secure?.serverEnv },
   });
   // Server logs are JSON lines (pino); show only warnings and errors here.
   p.stderr!.on('data', (d: Buffer) => {
@@ -83,7 +116,7 @@ function startServer(id: number, voters: number[], key: string): ChildProcess {
 }
 
 function ckv(args: string[]): { status: number | null; out: string } {
-  const r = spawnSync(process.execPath, [CLI, '--nats', natsUrl, '--cluster', cluster, '--no-session', ...args], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [CLI, '--nats', natsUrl, '--cluster', cluster, '--no-session', ...args], { encoding: 'utf8', env: { ...process.env, ...secure?.clientEnv } });
   return { status: r.status, out: (r.stdout + r.stderr).trim() };
 }
 
@@ -103,7 +136,7 @@ function stopAll(): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  log(`starting nats-server on ${natsUrl}`);
+  log(`starting nats-server on ${natsUrl}${secure ? ' with tools/nats-secure.conf (clients kept off the peer subjects)' : ''}`);
   children.push(await startNats());
   const voters = Array.from({ length: nodes }, (_, i) => i + 1);
   const key = clusterKey();
@@ -133,7 +166,7 @@ async function main(): Promise<void> {
   process.stdout.write(`${status.out}\n`);
   process.stdout.write(`
 The cluster is up. In another shell:
-  export CKV_NATS=${natsUrl} CKV_CLUSTER=${cluster}
+  export CKV_NATS=${natsUrl} CKV_CLUSTER=${cluster}${secure ? `\n  export CKV_NATS_USER=ckv-client CKV_NATS_PASSWORD_FILE=${secure.client}` : ''}
   node dist/src/client/launch.cjs put greeting hi      # or: npx ckv put greeting hi
   node dist/src/client/launch.cjs get greeting
   node dist/src/client/launch.cjs watch ''             # change events

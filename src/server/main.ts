@@ -96,8 +96,9 @@ Exit status: 0 stopped by SIGTERM/SIGINT; 1 another process serves this id; 2 us
 const NATS_WAIT_LOG_MS = 2_000;
 
 /** Log losing and regaining the NATS connection (the client reconnects by itself). */
-async function logNatsStatus(nc: { status(): AsyncIterable<{ type: string; server?: unknown }> }, logger: { warn(o: object, m: string): void; info(o: object, m: string): void }): Promise<void> {
+async function logNatsStatus(nc: { status(): AsyncIterable<{ type: string; server?: unknown }> }, logger: { warn(o: object, m: string): void; info(o: object, m: string): void }, quiet: () => boolean): Promise<void> {
   for await (const s of nc.status()) {
+    if (quiet()) continue;
     const server = typeof s.server === 'string' ? redactUrl(s.server) : undefined;
     if (s.type === 'disconnect') logger.warn({ server }, 'lost the NATS connection; reconnecting (requests and peer messages wait meanwhile)');
     else if (s.type === 'reconnect') logger.info({ server }, 'reconnected to NATS');
@@ -219,13 +220,16 @@ async function main(): Promise<void> {
   const logger = pino({ level, base: { node: id } }, pino.destination(2));
   mkdirSync(data, { recursive: true });
   let stop: ((signal: string) => Promise<void>) | null = null;
-  const stopOn = (signal: string) =>
-    (stop ?? (async () => process.exit(0)))(signal).catch((err: Error) => {
+  let signalled = false;
+  const stopOn = (signal: string) => {
+    signalled = true;
+    return (stop ?? (async () => process.exit(0)))(signal).catch((err: Error) => {
       // A failed final checkpoint loses nothing (the log has it all) but must not look clean.
       logger.error({ err }, 'error while stopping');
       logger.flush();
       process.exit(1);
     });
+  };
   process.on('SIGTERM', () => void stopOn('SIGTERM'));
   process.on('SIGINT', () => void stopOn('SIGINT'));
 
@@ -260,7 +264,8 @@ async function main(): Promise<void> {
     } finally {
       clearInterval(waiting);
     }
-    void logNatsStatus(nc, logger);
+    // (Once told to stop, NATS going away too, as with Ctrl-C on a terminal, is no news.)
+    void logNatsStatus(nc, logger, () => signalled);
     const incarnation = newIncarnation(Date.now());
     const tlog = logger.child({ component: 'transport' });
     const drops = new DropReport(tlog);
