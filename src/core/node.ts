@@ -707,6 +707,11 @@ export class Node {
    * is not enough: a coordinator that stepped down keeps pinging as a follower, and a follower
    * that kept treating it as alive would never elect (nor let lower ids elect: it answers alive).
    */
+  /** We lead, or hear a coordinator of our epoch lately (for readiness checks). */
+  hasLiveCoordinator(): boolean {
+    return this.coordinatorAlive();
+  }
+
   private coordinatorAlive(): boolean {
     return this.coordinator !== null && (this.coordinator === this.id || this.now - this.coordHeard <= DEAD_AFTER_TICKS);
   }

@@ -21,6 +21,7 @@ import { NatsTransport } from '../transport/nats.js';
 import { PeerSeal, loadClusterKey, newIncarnation } from '../transport/peer-auth.js';
 import { RepairNeeded } from './replica.js';
 import { VERSION } from '../core/version.js';
+import { ServerMetrics, serveMetrics } from './metrics.js';
 import { Server, type CheckpointInstaller } from './server.js';
 import type { CheckpointStore } from '../storage/ports.js';
 
@@ -86,6 +87,8 @@ const USAGE = `usage: ckv-server --id N --cluster-key FILE [--data DIR] [--nats 
   --remove-dead-after MS remove a voter dead this long, if the rest are a majority (env CKV_REMOVE_DEAD_AFTER; default 0: never)
   --retain-entries N     log entries kept below a checkpoint for lagging followers (env CKV_RETAIN_ENTRIES; default ${LOG_RETAIN_ENTRIES})
   --log-level LEVEL      pino level (env CKV_LOG_LEVEL; default info)
+  --metrics HOST:PORT    serve /metrics (Prometheus), /healthz and /readyz[?verbose] over HTTP
+                         (env CKV_METRICS; off by default; e.g. 127.0.0.1:9464)
 
 ${NATS_AUTH_HELP}
 
@@ -157,6 +160,7 @@ async function main(): Promise<void> {
         'insecure-peer-messages': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
+        metrics: { type: 'string' },
         ...NATS_AUTH_OPTIONS,
       },
       strict: true,
@@ -218,6 +222,16 @@ async function main(): Promise<void> {
   }
 
   const logger = pino({ level, base: { node: id } }, pino.destination(2));
+  // One registry for the process (a repair runs the server again: counters go on).
+  const metricsAddr = values.metrics ?? env.CKV_METRICS;
+  const metrics = metricsAddr ? new ServerMetrics() : null;
+  if (metrics) {
+    try {
+      await serveMetrics(String(metricsAddr), metrics);
+    } catch (err) {
+      usage(`--metrics: cannot serve on ${metricsAddr}: ${(err as Error).message}`);
+    }
+  }
   mkdirSync(data, { recursive: true });
   let stop: ((signal: string) => Promise<void>) | null = null;
   let signalled = false;
@@ -275,6 +289,7 @@ async function main(): Promise<void> {
         // duplicate that started while we did (a starting server asks first, below).
         if (r.reason === 'same-id') drops.once('same-id', `peer messages in the name of server ${id} from another incarnation (${r.detail}): a replay, or a second process with this id`);
         else drops.add(r.reason, r.detail);
+        metrics?.peerDropped(r.reason);
       },
       sendFailed: (err) => drops.add('send failed', String((err as Error)?.message ?? err)),
       handlerFailed: (err) => tlog.error({ err }, 'a peer message handler failed'),
@@ -295,7 +310,8 @@ async function main(): Promise<void> {
     }
     let server: Server;
     try {
-      server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data), removeDeadAfterMs, ...(retain !== undefined ? { retainEntries: retain } : {}) });
+      server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data), removeDeadAfterMs, ...(retain !== undefined ? { retainEntries: retain } : {}), ...(metrics ? { observe: (e) => metrics.observe(e), onSync: (ms) => metrics.fsync(ms) } : {}) });
+      metrics?.attach({ status: () => server.replica.status(), health: () => server.replica.health(), logBytes: () => log.bytesAfter(0), dataDir: data });
     } catch (err) {
       // A damaged record in what a start reads (the request-id table, the meta).
       if (!(err instanceof CorruptRecordError)) throw err;

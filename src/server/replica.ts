@@ -116,7 +116,9 @@ export interface ReplicaLogger {
 export type ReplicaEvent =
   | { t: 'ready'; ready: Ready }
   | { t: 'applied'; entry: Entry; result: Applied }
-  | { t: 'checkpointed'; index: number }
+  | { t: 'checkpointed'; index: number; ms: number; records: number }
+  /** A client request answered: its op ('invalid' when it did not parse), the reply's code, and how long it took. */
+  | { t: 'answered'; op: string; code: string; ms: number }
   | { t: 'installed'; index: number }
   | { t: 'notice'; notice: Notice };
 
@@ -382,6 +384,17 @@ export class Replica {
   /** A client request on one of the client subjects: raw bytes, as they came. */
   request(subject: ClientSubject, data: Uint8Array | string, respond: Respond): void {
     if (this.dead) return;
+    const observe = this.env.observe;
+    let op = 'invalid';
+    if (observe) {
+      // Measured from arrival to reply (waits for commit or a token included).
+      const startedAt = this.env.now();
+      const inner = respond;
+      respond = (reply) => {
+        observe({ t: 'answered', op, code: reply.ok ? 'OK' : reply.error.code, ms: this.env.now() - startedAt });
+        inner(reply);
+      };
+    }
     let req: Request;
     try {
       req = parseRequest(data);
@@ -390,6 +403,7 @@ export class Replica {
       this.fail(respond, e.code, e.message);
       return;
     }
+    op = req.op;
     this.safely(respond, () => this.dispatch(subject, req, respond));
   }
 
@@ -1022,7 +1036,7 @@ export class Replica {
         const first = this.node.checkpointed(delta.meta.index);
         this.env.log.removeBelow(first);
         this.env.logger.info({ index: delta.meta.index, keys: delta.kv.length, ms: Math.round(this.env.now() - startedAt) }, 'checkpoint written');
-        this.env.observe?.({ t: 'checkpointed', index: delta.meta.index });
+        this.env.observe?.({ t: 'checkpointed', index: delta.meta.index, ms: this.env.now() - startedAt, records: delta.kv.length + delta.ridsSet.length + delta.ridsDel.length });
       });
       const waiting = this.afterCheckpoint;
       this.afterCheckpoint = [];
@@ -1077,6 +1091,11 @@ export class Replica {
   }
 
   // ---- status ----
+
+  /** What readiness and metrics need beyond status(): whether a coordinator is heard, and whether we stopped. */
+  health(): { liveCoordinator: boolean; stopped: boolean } {
+    return { liveCoordinator: this.node.hasLiveCoordinator(), stopped: this.dead };
+  }
 
   status(): NodeStatus {
     const n = this.node;

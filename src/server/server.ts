@@ -13,7 +13,7 @@ import type { Entry, Reply } from '../core/wire.js';
 import type { CheckpointStore, LogStore, StateFile } from '../storage/ports.js';
 import type { ServerTransport } from '../transport/nats.js';
 import { subjects } from '../transport/subjects.js';
-import { CheckpointPort, Replica, type CheckpointTransfer, type ClientSubject, type ReplicaEnv, type ReplicaOptions } from './replica.js';
+import { CheckpointPort, Replica, type CheckpointTransfer, type ClientSubject, type ReplicaEnv, type ReplicaEvent, type ReplicaOptions } from './replica.js';
 
 export { VERSION } from './replica.js';
 
@@ -26,6 +26,9 @@ export interface ServerOptions extends Omit<ReplicaOptions, 'logEntries' | 'stat
   logger: Logger;
   /** Checkpoint transfer: swap in a checkpoint received from a peer (absent: this server cannot receive one). */
   installer?: CheckpointInstaller;
+  /** Metrics: what the replica does, and each log sync's duration in ms. */
+  observe?: (e: ReplicaEvent) => void;
+  onSync?: (ms: number) => void;
 }
 
 /** Builds a checkpoint from a peer's pages, then swaps it in place of the current one. */
@@ -124,7 +127,15 @@ export class Server {
         },
         append: (entries) => log.append(entries),
         truncateFrom: (from) => log.truncateFrom(from),
-        sync: (done) => void log.sync().then(done, die),
+        sync: (done) => {
+          const onSync = o.onSync;
+          if (!onSync) return void log.sync().then(done, die);
+          const startedAt = performance.now();
+          void log.sync().then(() => {
+            onSync(performance.now() - startedAt);
+            done();
+          }, die);
+        },
         removeBelow: (index) => void log.removeBelow(index).catch(die),
         bytesAfter: (index) => log.bytesAfter(index),
       },
@@ -133,6 +144,7 @@ export class Server {
       ...(transfer ? { transfer } : {}),
       logger: o.logger,
       fatal: die,
+      ...(o.observe ? { observe: o.observe } : {}),
     };
     const st = o.stateFile.read();
     this.replica = new Replica({ ...o, state: { promised: st.promised, catchUp: st.catchUp === true }, newClusterId: randomBytes(16).toString('base64url') }, env);
