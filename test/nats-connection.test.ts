@@ -3,15 +3,16 @@
 // token, an NKey, and TLS with a CA of our own; a refusal is AUTH (exit 5),
 // fast, and no secret appears in any output. A server started before NATS
 // waits for it, and says when it loses and regains its connection. --version.
+// Across machines: a 3-node NATS cluster, one ckv-server on each node.
 
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nkeys } from '@nats-io/transport-node';
+import { newClusterKeyText } from '../src/transport/peer-auth.js';
 import { Cluster } from './helpers/cluster.js';
 import { startNatsServer, stopProcess } from './helpers/nats-server.js';
 import { CKVCTL_JS, CLI_JS, ROOT, SERVER_JS, runNode, start } from './helpers/run.js';
@@ -265,4 +266,56 @@ t.test('tools/nats-secure.conf: a client identity reads, writes and watches; NAT
   t.same(epochs(after), epochs(before), 'no epoch moved');
   r = await c.ckv(['--no-session', 'get', 'f.a']);
   t.equal(r.stdout, 'one', 'the data unchanged');
+});
+
+const freePort = (): Promise<number> =>
+  new Promise((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(p));
+    });
+  });
+
+t.test('across machines: a 3-node NATS cluster, one ckv-server per node; a NATS node dies and comes back', async (t) => {
+  const client = [await freePort(), await freePort(), await freePort()];
+  const route = [await freePort(), await freePort(), await freePort()];
+  const routes = route.map((p) => `nats://127.0.0.1:${p}`).join(',');
+  const natsNode = (i: number) => startNatsServer(['-p', String(client[i]), '-n', `n${i}`, '--cluster_name', 'ckvnats', '--cluster', `nats://127.0.0.1:${route[i]}`, '--routes', routes]);
+  const nats = [await natsNode(0), await natsNode(1), await natsNode(2)];
+  t.teardown(() => Promise.all(nats.map((n) => n.stop())));
+  const key = file('machines.key', newClusterKeyText());
+  const servers = [1, 2, 3].map((id) =>
+    // Each server on its own NATS node only, as on its own machine.
+    start(process.execPath, [SERVER_JS, '--id', String(id), '--voters', '1,2,3', '--data', join(dir, `m-${id}`), '--nats', `nats://127.0.0.1:${client[id - 1]}`, '--cluster', 'mach', '--cluster-key', key], { timeoutMs: 120_000 }),
+  );
+  t.teardown(() => Promise.all(servers.map((s) => stopProcess(s.proc))));
+  // The client knows every node (CKV_NATS with three URLs).
+  const all = client.map((p) => `nats://127.0.0.1:${p}`).join(',');
+  const ckv = (args: string[]) => runNode(CLI_JS, ['--nats', all, '--cluster', 'mach', '--no-session', '--timeout', '3000', ...args]);
+  const until = async (what: string, f: () => Promise<boolean>): Promise<void> => {
+    const deadline = Date.now() + 30_000;
+    while (!(await f())) {
+      if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  await until('a first write', async () => (await ckv(['put', 'm.a', '1'])).code === 0);
+  const status = async () => JSON.parse((await ckv(['status', '--json'])).stdout || '{"servers":[]}');
+  await until('three servers in status', async () => (await status()).servers?.length === 3);
+  // The NATS node of one server dies: the other two are a majority and go on.
+  const st = await status();
+  const victim = (st.coordinator as number) === 3 ? 2 : 3;
+  await nats[victim - 1]!.stop();
+  await until('writes after a NATS node died', async () => (await ckv(['put', 'm.b', '2'])).code === 0);
+  t.equal((await ckv(['get', 'm.b'])).stdout, '2');
+  // It comes back (same port): its server reconnects and catches up.
+  nats[victim - 1] = await natsNode(victim - 1);
+  await until(`server ${victim} reconnected`, async () => /reconnected to NATS/.test(servers[victim - 1]!.stderr()));
+  await until(`server ${victim} caught up`, async () => {
+    const s = await status();
+    const me = s.servers?.find((x: { id: number }) => x.id === victim);
+    const lead = s.servers?.find((x: { id: number }) => x.id === s.coordinator);
+    return !!me && !!lead && me.applied >= lead.commit && me.commit > 0;
+  });
+  t.pass(`server ${victim} reconnected through its NATS node and caught up`);
 });
