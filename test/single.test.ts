@@ -3,7 +3,7 @@
 // SIGKILL durability, and bad input that must change nothing.
 
 import t from 'tap';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -292,4 +292,51 @@ t.test('a checkpoint starts once enough records changed, before the cron', async
     s = await status();
   }
   t.ok(s.checkpoint > 0, `checkpointed at ${s.checkpoint} of ${s.applied} without the cron`);
+});
+
+t.test('ckv export and import: a round trip; a bad line changes nothing', async (t) => {
+  const c = new Cluster(1, { cluster: 'exim' });
+  await c.start();
+  t.teardown(() => c.stop());
+  await c.waitForCoordinator();
+  const ckv = (args: string[], input?: string) => c.ckv(['--no-session', ...args], input === undefined ? {} : { input });
+  const values: Record<string, string> = { 'e.a': '1', 'e.b': 'two words', 'e.c': 'q"uote\nline', 'e.d': '' };
+  for (const [k, v] of Object.entries(values)) t.equal((await ckv(['put', k, '-'], v)).code, 0);
+  t.equal((await ckv(['put', 'other.x', 'x'])).code, 0);
+  let r = await ckv(['export', 'e.']);
+  t.equal(r.code, 0, r.stderr);
+  const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  t.same(lines, Object.entries(values).map(([key, value]) => ({ key, value })), 'every key of the prefix, in key order, values exact');
+  // Into other keys (from a file), then back (from stdin).
+  const dir = mkdtempSync(join(tmpdir(), 'ckv-exim-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const moved = r.stdout.replaceAll('"key":"e.', '"key":"f.');
+  writeFileSync(join(dir, 'f.jsonl'), moved);
+  r = await ckv(['import', join(dir, 'f.jsonl')]);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stderr, /imported 4 keys/);
+  r = await ckv(['export', 'f.']);
+  t.equal(r.stdout, moved, 'the same lines back');
+  // Many keys: more than one batch.
+  const many = Array.from({ length: 300 }, (_, i) => JSON.stringify({ key: `g.${String(i).padStart(3, '0')}`, value: `v${i}` })).join('\n') + '\n';
+  r = await ckv(['import', '--json'], many);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(JSON.parse(r.stdout).imported, 300);
+  r = await ckv(['export', 'g.']);
+  t.equal(r.stdout, many);
+  // A bad line anywhere: usage error naming it, and nothing written, not even the lines before it.
+  for (const [bad, why] of [
+    ['{"key":"bad key!","value":"x"}', /line 2: key may contain/],
+    ['not json', /line 2: not JSON/],
+    ['{"key":"h.b","value":1}', /line 2: expected/],
+    ['{"key":"h.b","value":"x","extra":1}', /line 2: expected/],
+  ] as const) {
+    r = await ckv(['import'], `{"key":"h.a","value":"1"}\n${bad}\n`);
+    t.equal(r.code, 2, `${bad}: usage error`);
+    t.match(r.stderr, why);
+    t.equal((await ckv(['get', 'h.a'])).code, 1, `${bad}: h.a not written`);
+  }
+  r = await ckv(['import', join(dir, 'none.jsonl')]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /cannot read .*ENOENT/);
 });

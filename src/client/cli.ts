@@ -3,9 +3,11 @@
 // It loads no server code; the NATS library is loaded only once the arguments
 // are known to be good (see Client.connect).
 
+import { readFile, statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ErrorCode } from '../core/errors.js';
 import {
+  BATCH_OPS_MAX,
   CLUSTER_DEFAULT,
   CLUSTER_NAME_PATTERN,
   CLUSTER_NAME_RULE,
@@ -22,7 +24,7 @@ import { validateRequest } from '../core/validate.js';
 import { VERSION } from '../core/version.js';
 import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
-import { CasMismatchError, CkvError, Client } from './client.js';
+import { CasMismatchError, CkvError, Client, type WriteAck } from './client.js';
 import { defaultSessionPath, readSessionEntry, saveToken } from './session.js';
 import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from './status-table.js';
 import { quietOnClosedStdout, stdoutClosed, writeOut } from './stdout.js';
@@ -134,6 +136,23 @@ per line (VALUE escaped as for mget).
 When more keys remain, stderr says how to continue (--start NEXT).
 --json: {"items":[{"key","value","rev"}...],"next","ts"}.`,
     flags: ['limit', 'start', 'all', 'keys', 'strong'],
+  },
+  export: {
+    usage: 'export [PREFIX]',
+    help: `Print every key that starts with PREFIX (default: every key) as JSON lines,
+{"key":K,"value":V}, in key order: what "ckv import" reads back. Pages are read one
+after another, each at least at the token of the one before: under concurrent writes
+the whole is not one snapshot.`,
+    flags: ['strong'],
+  },
+  import: {
+    usage: 'import [FILE]',
+    help: `Put every {"key":K,"value":V} line of FILE (default or "-": stdin), as "ckv
+export" writes them. Every line is checked before anything is written (a bad one is a
+usage error naming its line, and nothing changes); then batches of up to ${BATCH_OPS_MAX}
+keys, each exactly once. Should one fail, the batches before it stay written (importing
+again puts the same values). Stderr: how many keys. --json: {"imported","index","ts"}.`,
+    flags: [],
   },
   batch: {
     usage: 'batch JSON | batch -',
@@ -256,12 +275,31 @@ function check(req: Request): void {
   }
 }
 
-async function readStdin(what: string): Promise<string> {
+/** Bytes `ckv import` reads at most (it holds them all to check every line first). */
+const IMPORT_BYTES_MAX = 256 * 1024 * 1024;
+
+async function readImportFile(path: string): Promise<string> {
+  let bytes: Buffer;
+  try {
+    if (statSync(path).size > IMPORT_BYTES_MAX) usage(`import: ${path} is larger than ${IMPORT_BYTES_MAX} bytes`);
+    bytes = await new Promise<Buffer>((resolve, reject) => readFile(path, (err, b) => (err ? reject(err) : resolve(b))));
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    usage(`import: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    usage(`import: ${path} is not UTF-8 text`);
+  }
+}
+
+async function readStdin(what: string, max = REQUEST_BYTES_MAX): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > REQUEST_BYTES_MAX) usage(`${what} on stdin is larger than ${REQUEST_BYTES_MAX} bytes`);
+    if (size > max) usage(`${what} on stdin is larger than ${max} bytes`);
     chunks.push(chunk);
   }
   try {
@@ -472,6 +510,73 @@ async function prepare(s: Settings): Promise<Action> {
         } while (all && next !== null && !stdoutClosed());
         if (s.json) json({ items, next, ts: c.token });
         else if (next !== null && !stdoutClosed()) warn(`more keys: continue with --start ${next} (or use --all)`);
+        return EXIT_OK;
+      };
+    }
+    case 'export': {
+      arity(s, 0, 1);
+      const prefix = s.args[0] ?? '';
+      check({ op: 'list', prefix });
+      return async (c) => {
+        let next: string | null = null;
+        do {
+          const page = await c.list(prefix, { ...strong, limit: LIST_LIMIT_MAX, ...(next !== null ? { start: next } : {}) });
+          out(page.items.map((kv) => `${JSON.stringify({ key: kv.key, value: kv.value })}\n`).join(''));
+          next = page.next;
+        } while (next !== null && !stdoutClosed());
+        return EXIT_OK;
+      };
+    }
+    case 'import': {
+      arity(s, 0, 1);
+      const path = s.args[0] ?? '-';
+      const text = path === '-' ? await readStdin('import', IMPORT_BYTES_MAX) : await readImportFile(path);
+      const puts: WriteOp[] = [];
+      const lines = text.split('\n');
+      for (let i = 0; i < lines.length; i++) {
+        const line = lines[i]!.replace(/\r$/, '');
+        if (line.trim() === '') continue;
+        let x: unknown;
+        try {
+          x = JSON.parse(line);
+        } catch (err) {
+          usage(`import line ${i + 1}: not JSON: ${(err as Error).message}`);
+        }
+        const kv = x as { key?: unknown; value?: unknown };
+        if (typeof x !== 'object' || x === null || Array.isArray(x) || typeof kv.key !== 'string' || typeof kv.value !== 'string' || Object.keys(x).some((k) => k !== 'key' && k !== 'value')) {
+          usage(`import line ${i + 1}: expected {"key":K,"value":V} (strings)`);
+        }
+        try {
+          validateRequest({ op: 'put', key: kv.key, value: kv.value });
+        } catch (err) {
+          usage(`import line ${i + 1}: ${(err as Error).message}`);
+        }
+        puts.push({ op: 'put', key: kv.key, value: kv.value });
+      }
+      // Batches by count and by size (a request has a size limit too).
+      const batches: WriteOp[][] = [];
+      let cur: WriteOp[] = [];
+      let bytes = 0;
+      for (const op of puts) {
+        const size = Buffer.byteLength(JSON.stringify(op));
+        if (cur.length > 0 && (cur.length === BATCH_OPS_MAX || bytes + size > REQUEST_BYTES_MAX / 2)) {
+          batches.push(cur);
+          cur = [];
+          bytes = 0;
+        }
+        cur.push(op);
+        bytes += size;
+      }
+      if (cur.length > 0) batches.push(cur);
+      return async (c) => {
+        let imported = 0;
+        let last: WriteAck | null = null;
+        for (const b of batches) {
+          last = await c.batch(b);
+          imported += b.length;
+        }
+        if (s.json) json({ imported, index: last?.index ?? null, ts: c.token });
+        else warn(`imported ${imported} key${imported === 1 ? '' : 's'}`);
         return EXIT_OK;
       };
     }

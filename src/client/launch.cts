@@ -31,7 +31,13 @@ try {
 } catch {
   cachedData = undefined;
 }
-const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${source}\n})`, { filename: bundle, ...(cachedData ? { cachedData } : {}) });
+// A dynamic import() in the bundle (of a Node built-in) goes to Node's own loader.
+const importModuleDynamically = (vm as unknown as { constants?: { USE_MAIN_CONTEXT_DEFAULT_LOADER?: symbol } }).constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER;
+const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${source}\n})`, {
+  filename: bundle,
+  ...(cachedData ? { cachedData } : {}),
+  ...(importModuleDynamically ? { importModuleDynamically: importModuleDynamically as never } : {}),
+});
 if (cachedData === undefined || script.cachedDataRejected === true) {
   // After the run, when the functions it needed are compiled and can go in the cache too.
   process.once('exit', () => {
