@@ -384,14 +384,13 @@ export class Replica {
   /** A client request on one of the client subjects: raw bytes, as they came. */
   request(subject: ClientSubject, data: Uint8Array | string, respond: Respond): void {
     if (this.dead) return;
-    const observe = this.env.observe;
     let op = 'invalid';
-    if (observe) {
+    if (this.env.observe) {
       // Measured from arrival to reply (waits for commit or a token included).
       const startedAt = this.env.now();
       const inner = respond;
       respond = (reply) => {
-        observe({ t: 'answered', op, code: reply.ok ? 'OK' : reply.error.code, ms: this.env.now() - startedAt });
+        this.env.observe?.({ t: 'answered', op, code: reply.ok ? 'OK' : reply.error.code, ms: this.env.now() - startedAt });
         inner(reply);
       };
     }
