@@ -1,6 +1,6 @@
 // ckv-server --metrics: Prometheus text at /metrics, /healthz, /readyz, against
 // a real 3-server cluster; killing two of three turns the survivor's /readyz
-// to 503 within seconds, with the reason.
+// to 503 within seconds, with the reason, and its log says no coordinator is heard.
 
 import t from 'tap';
 import { createServer } from 'node:net';
@@ -72,4 +72,8 @@ t.test('metrics, health and readiness of a real cluster', async (t) => {
   t.match(ready.body, /\[-\]coordinator failed/, ready.body);
   t.equal((await get(ports[survivor - 1]!, '/healthz')).status, 200, 'but alive');
   t.equal(metric((await get(ports[survivor - 1]!, '/metrics')).body, 'ckv_server_has_coordinator'), 0);
+  // And its log says so once, after NO_COORDINATOR_WARN_MS (5 s).
+  const logDeadline = Date.now() + 15_000;
+  while (!/no coordinator heard/.test(c.logs.get(survivor) ?? '') && Date.now() < logDeadline) await new Promise((r) => setTimeout(r, 100));
+  t.equal((c.logs.get(survivor)!.match(/no coordinator heard/g) ?? []).length, 1, 'a warning in the survivor\'s log, once');
 });

@@ -38,6 +38,8 @@ export const HISTORY_LIMIT_MAX = 1000;
 /** Most events returned by one replay request. */
 export const REPLAY_EVENTS_MAX = 1000;
 
+/** A server logs a warning once no coordinator has been heard for this long, in ms. */
+export const NO_COORDINATOR_WARN_MS = 5_000;
 /** Log segment rotation size, in bytes. */
 export const SEGMENT_BYTES_MAX = 16 * 1024 * 1024;
 /** Log bytes since the last checkpoint that trigger one before the cron does. */

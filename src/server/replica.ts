@@ -15,6 +15,7 @@
 import { CkvError, ErrorCode } from '../core/errors.js';
 import {
   CHECKPOINT_DIRTY_RECORDS_TRIGGER,
+  NO_COORDINATOR_WARN_MS,
   CHECKPOINT_LOG_BYTES_TRIGGER,
   ENTRY_BYTES_MAX,
   ENTRY_ENVELOPE_BYTES_MAX,
@@ -276,6 +277,9 @@ export class Replica {
   private ckpt: ReplicaCheckpoint;
   private subjects: ReturnType<typeof subjects>;
   private started: number;
+  /** Since when no coordinator is heard (reset while one is), and whether we said so. */
+  private noCoordinatorSince: number;
+  private noCoordinatorWarned = false;
   private pumping = false;
   private again = false;
   private scheduled = false;
@@ -315,6 +319,7 @@ export class Replica {
     this.env = env;
     this.subjects = subjects(o.cluster);
     this.started = env.now();
+    this.noCoordinatorSince = this.started;
     this.checkpointBytes = o.checkpointBytes ?? CHECKPOINT_LOG_BYTES_TRIGGER;
     this.snapshotPageItems = o.snapshotPageItems ?? SNAPSHOT_PAGE_ITEMS_MAX;
     this.ckpt = env.checkpoint;
@@ -370,7 +375,21 @@ export class Replica {
     // While a received checkpoint is swapped in, the core holds still (no elections meanwhile).
     if (this.swapping || this.peersStopped || this.dead) return;
     this.guard(() => this.node.tick());
+    this.watchCoordinator();
     this.schedule();
+  }
+
+  /** Say when no coordinator has been heard for NO_COORDINATOR_WARN_MS, and when one is again. */
+  private watchCoordinator(): void {
+    const now = this.env.now();
+    if (this.node.hasLiveCoordinator()) {
+      if (this.noCoordinatorWarned) this.env.logger.info({ coordinator: this.node.coordinator, ms: Math.round(now - this.noCoordinatorSince) }, 'a coordinator again');
+      this.noCoordinatorSince = now;
+      this.noCoordinatorWarned = false;
+    } else if (!this.noCoordinatorWarned && now - this.noCoordinatorSince >= NO_COORDINATOR_WARN_MS) {
+      this.noCoordinatorWarned = true;
+      this.env.logger.warn({ ms: Math.round(now - this.noCoordinatorSince), role: this.node.shownRole() }, 'no coordinator heard: writes wait (no majority reachable, or an election cannot finish)');
+    }
   }
 
   /** A peer message (already validated by the transport). */
