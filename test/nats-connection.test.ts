@@ -319,3 +319,14 @@ t.test('across machines: a 3-node NATS cluster, one ckv-server per node; a NATS 
   });
   t.pass(`server ${victim} reconnected through its NATS node and caught up`);
 });
+
+t.test('URL credentials: split off and redacted, a raw "@" in a password too', async (t) => {
+  const { redactUrl, splitUrlCredentials } = await import('../src/transport/nats-auth.js');
+  t.equal(redactUrl('nats://a:p@ss@h:4222'), 'nats://***@h:4222');
+  t.same(splitUrlCredentials(['nats://a:p@ss@h:4222']), { servers: ['nats://h:4222'], user: 'a', pass: 'p@ss' });
+  t.same(splitUrlCredentials(['nats://a:p%3Ass@h']), { servers: ['nats://h'], user: 'a', pass: 'p:ss' });
+  t.same(splitUrlCredentials(['nats://tok@h', 'nats://tok@g']), { servers: ['nats://h', 'nats://g'], token: 'tok' });
+  t.equal(redactUrl('a:b@h:4222'), '***@h:4222', 'without a scheme too');
+  t.equal(redactUrl('nats://h:4222'), 'nats://h:4222');
+  t.throws(() => splitUrlCredentials(['nats://a:b@h', 'nats://a:c@g']), /different credentials/);
+});

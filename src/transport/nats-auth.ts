@@ -45,18 +45,30 @@ export class NatsAuthUsageError extends Error {
   override readonly name = 'NatsAuthUsageError';
 }
 
+/** scheme://, the user information (up to the authority's last "@"), and the rest; null without user information. */
+function userInfo(url: string): { scheme: string; info: string; rest: string } | null {
+  const m = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url);
+  const start = m ? m[0].length : 0;
+  const slash = url.indexOf('/', start);
+  const authority = url.slice(start, slash < 0 ? url.length : slash);
+  const at = authority.lastIndexOf('@');
+  if (at < 0) return null;
+  return { scheme: url.slice(0, start), info: authority.slice(0, at), rest: url.slice(start + at + 1) };
+}
+
 /** The URL with any user and password replaced by "***": for messages and logs. */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^@/]*@/i, '$1***@');
+  const u = userInfo(url);
+  return u ? `${u.scheme}***@${u.rest}` : url;
 }
 
 /** URLs for the NATS library (without credentials), and the credentials some carried. */
 export function splitUrlCredentials(urls: string[]): { servers: string[]; user?: string; pass?: string; token?: string } {
   let found: { user?: string; pass?: string; token?: string } | null = null;
   const servers = urls.map((u) => {
-    const m = /^([a-z][a-z0-9+.-]*:\/\/)([^@/]*)@(.*)$/i.exec(u);
+    const m = userInfo(u);
     if (!m) return u;
-    const info = m[2]!;
+    const info = m.info;
     const colon = info.indexOf(':');
     let here: { user?: string; pass?: string; token?: string };
     try {
@@ -66,7 +78,7 @@ export function splitUrlCredentials(urls: string[]): { servers: string[]; user?:
     }
     if (found && JSON.stringify(found) !== JSON.stringify(here)) throw new NatsAuthUsageError('--nats: the URLs carry different credentials; NATS takes one set for all servers');
     found = here;
-    return m[1]! + m[3]!;
+    return m.scheme + m.rest;
   });
   return { servers, ...(found ?? {}) };
 }
