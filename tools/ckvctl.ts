@@ -460,7 +460,9 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (e: unknown) => {
-    const usage = e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true;
+    // (Not every error's code is a string: LMDB's are numbers.)
+    const code = (e as { code?: unknown }).code;
+    const usage = e instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'));
     if (usage) {
       err(`ckvctl: ${(e as Error).message}`);
       err(`run 'ckvctl --help' for usage`);
