@@ -3,16 +3,8 @@
 // to 503 within seconds, with the reason, and its log says no coordinator is heard.
 
 import t from 'tap';
-import { createServer } from 'node:net';
 import { Cluster } from './helpers/cluster.js';
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const p = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(p));
-    });
-  });
+import { freePort } from './helpers/nats-server.js';
 
 async function get(port: number, path: string): Promise<{ status: number; body: string }> {
   const r = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(3000) });

@@ -8,13 +8,12 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nkeys } from '@nats-io/transport-node';
 import { newClusterKeyText } from '../src/transport/peer-auth.js';
 import { Cluster } from './helpers/cluster.js';
-import { startNatsServer, stopProcess } from './helpers/nats-server.js';
+import { freePort, startNatsServer, stopProcess } from './helpers/nats-server.js';
 import { CKVCTL_JS, CLI_JS, ROOT, SERVER_JS, runNode, start } from './helpers/run.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ckv-auth-'));
@@ -171,12 +170,7 @@ t.test('--version: every program says package.json\'s version', async (t) => {
 
 t.test('a server started before NATS waits for it; it says when it loses and regains NATS', async (t) => {
   // A free port for the nats-server to come.
-  const port = await new Promise<number>((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const p = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(p));
-    });
-  });
+  const port = await freePort();
   const url = `nats://127.0.0.1:${port}`;
   const server = start(process.execPath, [SERVER_JS, '--id', '1', '--voters', '1', '--data', join(dir, 'early'), '--nats', url, '--cluster', 'early', '--insecure-peer-messages'], { timeoutMs: 60_000 });
   t.teardown(() => stopProcess(server.proc));
@@ -267,14 +261,6 @@ t.test('tools/nats-secure.conf: a client identity reads, writes and watches; NAT
   r = await c.ckv(['--no-session', 'get', 'f.a']);
   t.equal(r.stdout, 'one', 'the data unchanged');
 });
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const p = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(p));
-    });
-  });
 
 t.test('across machines: a 3-node NATS cluster, one ckv-server per node; a NATS node dies and comes back', async (t) => {
   const client = [await freePort(), await freePort(), await freePort()];

@@ -7,7 +7,7 @@ import { Client, type CkvError } from '../src/client/client.js';
 import { CLUSTER_DEFAULT, NATS_URL_DEFAULT } from '../src/core/limits.js';
 import { formatStatusTable, hasCoordinator, statusRows } from '../src/client/status-table.js';
 import { writeOut } from '../src/client/stdout.js';
-import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, splitUrlCredentials, type NatsAuth } from '../src/transport/nats-auth.js';
+import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, type NatsAuth } from '../src/transport/nats-auth.js';
 
 const HELP = `usage: ckvctl status [--nats URL] [--cluster NAME] [--json] [--timeout MS]
 
@@ -54,7 +54,8 @@ function parseOnline(argv: string[], cmd: string, help: string, defaultTimeoutMs
   }
   let auth: NatsAuth;
   try {
-    auth = resolveNatsAuth(parsed.values as Record<string, unknown>, process.env, splitUrlCredentials((parsed.values.nats ?? process.env.CKV_NATS ?? NATS_URL_DEFAULT).split(',')));
+    // (Credentials in the URLs are Client.connect's to take.)
+    auth = resolveNatsAuth(parsed.values as Record<string, unknown>, process.env);
   } catch (err) {
     if (!(err instanceof NatsAuthUsageError)) throw err;
     process.stderr.write(`ckvctl ${cmd}: ${err.message}\n`);

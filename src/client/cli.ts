@@ -22,7 +22,7 @@ import {
 } from '../core/limits.js';
 import { validateRequest } from '../core/validate.js';
 import { VERSION } from '../core/version.js';
-import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
+import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, type NatsAuth } from '../transport/nats-auth.js';
 import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client, type WriteAck } from './client.js';
 import { defaultSessionPath, readSessionEntry, saveToken } from './session.js';
@@ -382,7 +382,8 @@ function parse(argv: string[], env: NodeJS.ProcessEnv): Settings | { help: strin
   if (servers.length === 0) usage('--nats needs a URL');
   let auth: NatsAuth;
   try {
-    auth = resolveNatsAuth(flags, env, splitUrlCredentials(servers));
+    // (Credentials in the URLs are Client.connect's to take.)
+    auth = resolveNatsAuth(flags, env);
   } catch (err) {
     if (err instanceof NatsAuthUsageError) usage(err.message);
     throw err;

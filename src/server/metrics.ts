@@ -39,16 +39,17 @@ export class ServerMetrics {
 
   constructor() {
     const r = [this.registry];
-    const gauge = (name: string, help: string, read: (s: NodeStatus, src: MetricsSource) => number): void =>
-      void new Gauge({
+    // Read on every scrape from the source attached.
+    const gauge = (name: string, help: string, read: (s: NodeStatus, src: MetricsSource) => number): void => {
+      const g: Gauge = new Gauge({
         name,
         help,
         registers: r,
-        collect: function (this: Gauge) {
-          if (self.source) this.set(read(self.source.status(), self.source));
+        collect: () => {
+          if (this.source) g.set(read(this.source.status(), this.source));
         },
       });
-    const self = this;
+    };
     gauge('ckv_server_is_coordinator', '1 if this server is the coordinator', (s) => (s.role === 'coordinator' ? 1 : 0));
     gauge('ckv_server_has_coordinator', '1 if this server leads or hears a coordinator of its epoch', (_s, src) => (src.health().liveCoordinator ? 1 : 0));
     gauge('ckv_epoch', 'the epoch this server is in', (s) => s.epoch);

@@ -2,6 +2,7 @@
 // Resolves once it listens; stop() kills it and waits for the exit.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 
 export interface NatsServer {
   url: string;
@@ -57,5 +58,15 @@ export function stopProcess(proc: ChildProcess, graceMs = 5_000): Promise<void> 
       resolve();
     });
     proc.kill('SIGTERM');
+  });
+}
+
+/** A loopback port free a moment ago (for a server to be started on it later). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(p));
+    });
   });
 }
