@@ -18,6 +18,8 @@ export {
   type WriteAck,
   type Watch,
   type WatchOptions,
+  type Snapshot,
+  type SnapshotOptions,
   type Transport,
   type Subscription,
 } from './client/client.js';

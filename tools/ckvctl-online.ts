@@ -2,7 +2,7 @@
 // daemons see it, and membership changes. Loaded only for `ckvctl status` and
 // `ckvctl member`, so offline commands never load NATS.
 
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { Client, type CkvError } from '../src/client/client.js';
 import { CLUSTER_DEFAULT, NATS_URL_DEFAULT } from '../src/core/limits.js';
 import { formatStatusTable, hasCoordinator, statusRows } from '../src/client/status-table.js';
@@ -22,21 +22,21 @@ refused the credentials.
 
 ${NATS_AUTH_HELP}`;
 
-interface OnlineArgs {
-  values: { nats?: string; cluster?: string; json?: boolean; timeout?: string; help?: boolean };
+export interface OnlineArgs {
+  values: { nats?: string; cluster?: string; json?: boolean; timeout?: string; help?: boolean; [extra: string]: unknown };
   positionals: string[];
   timeout: number;
   auth: NatsAuth;
 }
 
 /** The flags both online commands take; an exit code instead when there is nothing to run. */
-function parseOnline(argv: string[], cmd: string, help: string, defaultTimeoutMs: number, json: boolean): OnlineArgs | number {
+export function parseOnline(argv: string[], cmd: string, help: string, defaultTimeoutMs: number, spec: { json?: boolean; positionals?: boolean; options?: ParseArgsConfig['options'] }): OnlineArgs | number {
   let parsed: Pick<OnlineArgs, 'values' | 'positionals'>;
   try {
     parsed = parseArgs({
       args: argv,
-      allowPositionals: !json,
-      options: { nats: { type: 'string' }, cluster: { type: 'string' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' }, ...NATS_AUTH_OPTIONS, ...(json ? { json: { type: 'boolean' as const } } : {}) },
+      allowPositionals: spec.positionals === true,
+      options: { nats: { type: 'string' }, cluster: { type: 'string' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' }, ...NATS_AUTH_OPTIONS, ...(spec.json ? { json: { type: 'boolean' as const } } : {}), ...spec.options },
       strict: true,
     }) as Pick<OnlineArgs, 'values' | 'positionals'>;
   } catch (err) {
@@ -64,7 +64,7 @@ function parseOnline(argv: string[], cmd: string, help: string, defaultTimeoutMs
   return { ...parsed, timeout, auth };
 }
 
-async function connectOnline(cmd: string, a: OnlineArgs): Promise<Client | number> {
+export async function connectOnline(cmd: string, a: OnlineArgs): Promise<Client | number> {
   try {
     return await Client.connect({
       servers: (a.values.nats ?? process.env.CKV_NATS ?? NATS_URL_DEFAULT).split(','),
@@ -79,7 +79,7 @@ async function connectOnline(cmd: string, a: OnlineArgs): Promise<Client | numbe
 }
 
 export async function runStatus(argv: string[]): Promise<number> {
-  const a = parseOnline(argv, 'status', HELP, 2000, true);
+  const a = parseOnline(argv, 'status', HELP, 2000, { json: true });
   if (typeof a === 'number') return a;
   const client = await connectOnline('status', a);
   if (typeof client === 'number') return client;
@@ -107,7 +107,7 @@ is refused: stop it first. Exit 0 once the change is committed, 1 if refused,
 
 /** Run `ckvctl member add|remove ID`; resolves to the exit code. */
 export async function runMember(argv: string[]): Promise<number> {
-  const a = parseOnline(argv, 'member', MEMBER_HELP, 10_000, false);
+  const a = parseOnline(argv, 'member', MEMBER_HELP, 10_000, { positionals: true });
   if (typeof a === 'number') return a;
   const [verb, idText] = a.positionals;
   const id = Number(idText);

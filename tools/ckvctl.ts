@@ -37,6 +37,12 @@ Offline (a server's data directory; only 'log repair' changes anything):
   checkpoint verify           open read-only, decode every record, print the digest
   checkpoint diff DIR1 DIR2   compare two data directories' checkpoints
                               (exit 0 identical, 1 different)
+Backup and restore:
+  snapshot save FILE          a consistent copy of a running cluster (online; see
+                              'ckvctl snapshot save --help')
+  snapshot show FILE          check a snapshot file through and print what it holds
+  snapshot restore FILE --data DIR --id N --voters 1,2,3 [--token T]
+                              make a new cluster's data directory from it
 Setting up:
   keygen FILE                 make a new cluster key (32 random bytes, hex, mode 0600; never
                               overwrites): give it to every server with --cluster-key FILE
@@ -371,6 +377,10 @@ async function checkpointDiff(o: Opts, dir1: string, dir2: string): Promise<numb
 // ---------------------------------------------------------------------------
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'snapshot') {
+    // ---- backup and restore: ckvctl-snapshot.ts (save loads NATS, show and restore do not) ----
+    return (await import('./ckvctl-snapshot.js')).runSnapshot(argv.slice(1));
+  }
   if (argv[0] === 'status' || argv[0] === 'member') {
     // ---- online commands: implemented in ckvctl-online.ts (loaded only when used) ----
     const online = await import('./ckvctl-online.js');

@@ -19,7 +19,8 @@ import {
   REQUEST_TIMEOUT_MS_MAX,
 } from '../core/limits.js';
 import { validateRequest } from '../core/validate.js';
-import type { ChangeEvent, Consistency, KeyValue, NodeStatus, Reply, ReplyBody, Request, WriteOp } from '../core/wire.js';
+import type { CheckpointMeta } from '../core/records.js';
+import type { ChangeEvent, Consistency, KeyValue, NodeStatus, Reply, ReplyBody, Request, SnapshotPage, WriteOp } from '../core/wire.js';
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -195,6 +196,23 @@ export interface Watch extends AsyncIterableIterator<ChangeEvent> {
   stop(): void;
 }
 
+export interface SnapshotOptions {
+  /** The server whose checkpoint is read; default: the coordinator. */
+  server?: number;
+}
+
+/** One server's checkpoint, as a backup reads it: its meta and counts first, then its pages. */
+export interface Snapshot {
+  server: number;
+  meta: CheckpointMeta;
+  counts: { keys: number; rids: number };
+  /**
+   * Every key (phase "kv", in key order), then every remembered request id (phase "rids").
+   * Throws CkvError UNAVAILABLE if the server's checkpoint changed meanwhile (start again).
+   */
+  pages(): AsyncIterableIterator<{ phase: 'kv' | 'rids'; items: Array<[string, unknown]> }>;
+}
+
 export { CLUSTER_DEFAULT, NATS_URL_DEFAULT };
 /** Same rule as the server's cluster names (src/transport/subjects.ts). */
 
@@ -206,6 +224,8 @@ const SERVER_TIMEOUT_MARGIN_MS_MAX = 100;
 /** Backoff between attempts: doubles from MIN up to MAX, with jitter. */
 const RETRY_BACKOFF_MS_MIN = 20;
 const RETRY_BACKOFF_MS_MAX = 250;
+/** A strong read of this key (absent or not) fixes the token a snapshot must reach. */
+const SNAPSHOT_TOKEN_KEY = 'ckv-snapshot';
 /** status: gather replies for this long (servers answer independently). */
 export const STATUS_WINDOW_MS = 300;
 /** status: after a late first reply, wait this much longer for the others. */
@@ -415,6 +435,46 @@ export class Client {
         if (!RETRYABLE.has(e.code) || !(await this.backoff(attempt, deadline))) throw e;
       }
     }
+  }
+
+  /**
+   * A consistent copy of one server's state for a backup (ckvctl snapshot save): it holds
+   * every write acknowledged before the call (a strong read fixes the token the server must
+   * reach first), as the server's checkpoint at some index at or beyond it.
+   */
+  async snapshot(opts: SnapshotOptions = {}): Promise<Snapshot> {
+    let server = opts.server;
+    if (server !== undefined && (!Number.isSafeInteger(server) || server < 1)) throw new CkvError(ErrorCode.BAD_REQUEST, 'server ids are positive integers');
+    if (server === undefined) {
+      const coordinators = (await this.status()).filter((s) => s.role === 'coordinator').sort((a, b) => b.epoch - a.epoch);
+      if (coordinators.length === 0) throw new CkvError(ErrorCode.UNAVAILABLE, 'no server is coordinator now: name one with server');
+      server = coordinators[0]!.id;
+    }
+    await this.get(SNAPSHOT_TOKEN_KEY, { consistency: 'strong' });
+    const begun = await this.call(this.subject.admin, { op: 'snapshot', server });
+    const meta = begun.snapshot?.meta;
+    const counts = begun.snapshot?.counts;
+    if (!meta || !counts) throw new CkvError(ErrorCode.INTERNAL, `server ${server} began a snapshot without its meta`);
+    const from = server;
+    const call = (phase: 'kv' | 'rids', cursor: string | undefined): Promise<SnapshotPage> =>
+      this.call(this.subject.admin, { op: 'snapshot', server: from, phase, ...(cursor !== undefined ? { cursor } : {}) }).then((r) => {
+        const p = r.snapshot;
+        if (!p || !Array.isArray(p.items) || (p.next !== null && typeof p.next !== 'string')) throw new CkvError(ErrorCode.INTERNAL, `server ${from} sent a malformed snapshot page`);
+        if (p.meta.index !== meta.index || p.meta.epoch !== meta.epoch) throw new CkvError(ErrorCode.UNAVAILABLE, `server ${from}'s checkpoint moved from index ${meta.index} to ${p.meta.index} during the snapshot; start again`);
+        return p;
+      });
+    async function* pages(): AsyncGenerator<{ phase: 'kv' | 'rids'; items: Array<[string, unknown]> }> {
+      for (const phase of ['kv', 'rids'] as const) {
+        let cursor: string | undefined;
+        for (;;) {
+          const p = await call(phase, cursor);
+          yield { phase, items: p.items! };
+          if (p.next === null || p.next === undefined) break;
+          cursor = p.next;
+        }
+      }
+    }
+    return { server, meta, counts, pages };
   }
 
   /**

@@ -70,6 +70,8 @@ export interface CheckpointReader {
   range(prefix: string, start: string | undefined, limit: number): Array<[string, Rec]>;
   /** Every remembered request id (loaded once at start), in index order. */
   rids(): Array<[string, RidRecord]>;
+  /** How many keys and request ids it holds. */
+  counts(): { keys: number; rids: number };
 }
 
 // ---------------------------------------------------------------------------

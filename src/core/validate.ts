@@ -213,6 +213,20 @@ export function validateRequest(raw: unknown): Request {
     case 'status':
       checkFields(o, []);
       return { op: 'status' };
+    case 'snapshot': {
+      checkFields(o, ['server', 'phase', 'cursor']);
+      const server = checkNat(o.server, 'server');
+      if (server < 1) bad('server ids are positive integers');
+      if (o.phase === undefined) {
+        if (o.cursor !== undefined) bad('a snapshot cursor belongs to a phase ("kv" or "rids")');
+        return { op: 'snapshot', server, ...common };
+      }
+      if (o.phase !== 'kv' && o.phase !== 'rids') bad('phase must be "kv" or "rids"');
+      if (o.cursor === undefined) return { op: 'snapshot', server, phase: o.phase, ...common };
+      // kv pages go on after a key; rids pages at a position in the table.
+      const cursor = o.phase === 'kv' ? checkKey(o.cursor, 'cursor') : typeof o.cursor === 'string' && /^[0-9]{1,15}$/.test(o.cursor) ? o.cursor : bad('a rids cursor is a decimal position');
+      return { op: 'snapshot', server, phase: o.phase, cursor, ...common };
+    }
     case 'config': {
       checkFields(o, ['add', 'remove']);
       const add = o.add === undefined ? undefined : checkNat(o.add, 'add');

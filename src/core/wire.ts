@@ -2,6 +2,7 @@
 // log entries and change events. Validation of untrusted input is in validate.ts.
 
 import type { WireError } from './errors.js';
+import type { CheckpointMeta } from './records.js';
 
 /** A write operation, as it appears inside a request and inside a log entry. */
 export type WriteOp =
@@ -36,7 +37,15 @@ export type WriteRequest = Common &
     | { op: 'batch'; ops: WriteOp[]; rid?: string }
   );
 
-export type AdminRequest = { op: 'status' };
+/**
+ * Backup (ckvctl snapshot save): one server's checkpoint, page by page. Sent on the admin
+ * subject, which every server hears; only `server` answers. Without `phase` it begins: the
+ * server waits for the request's token, checkpoints what it has applied, and answers the
+ * checkpoint's meta and counts; then pages of `phase` follow each other by `cursor`.
+ */
+export type SnapshotRequest = Common & { op: 'snapshot'; server: number; phase?: 'kv' | 'rids'; cursor?: string };
+
+export type AdminRequest = { op: 'status' } | SnapshotRequest;
 
 /** Membership: add or remove one voter (on the write subject; the coordinator logs it). */
 export type ConfigRequest = Common & { op: 'config'; add?: number; remove?: number };
@@ -73,6 +82,19 @@ export interface ReplyBody {
   since?: number;
   /** status */
   status?: NodeStatus;
+  /** snapshot */
+  snapshot?: SnapshotPage;
+}
+
+/** A snapshot reply: the checkpoint's meta always (it must not change between pages); counts when beginning; items otherwise. */
+export interface SnapshotPage {
+  meta: CheckpointMeta;
+  counts?: { keys: number; rids: number };
+  phase?: 'kv' | 'rids';
+  /** kv: [key, {value, rev, ts}]; rids: [rid, {index, ts, result}]. */
+  items?: Array<[string, unknown]>;
+  /** The cursor of the next page of this phase; null after its last. */
+  next?: string | null;
 }
 
 /** A log entry. index and epoch place it; ts is its Lamport timestamp. */

@@ -38,7 +38,7 @@ import { Node, type DurableState, type Notice, type Proposal, type Ready } from 
 import { CorruptRecordError, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../core/records.js';
 import { KvState, type Applied } from '../core/state.js';
 import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
-import type { ChangeEvent, Entry, KeyValue, NodeStatus, PeerStatus, Reply, Request, WriteOp, WriteResult } from '../core/wire.js';
+import type { ChangeEvent, Entry, KeyValue, NodeStatus, PeerStatus, Reply, Request, SnapshotPage, WriteOp, WriteResult } from '../core/wire.js';
 import { subjects } from '../transport/subjects.js';
 
 import { VERSION } from '../core/version.js';
@@ -89,6 +89,9 @@ export class CheckpointPort<S extends CheckpointReader> implements ReplicaCheckp
   }
   rids(): Array<[string, RidRecord]> {
     return this.store.rids();
+  }
+  counts(): { keys: number; rids: number } {
+    return this.store.counts();
   }
   write(delta: CheckpointDelta, done: () => void): void {
     this.writer(this.store, delta, done);
@@ -608,10 +611,14 @@ export class Replica {
       this.reply(respond, { ok: true, ts: this.st.appliedTs, index: this.st.applied, status: this.status() });
       return;
     }
+    // Every server hears the admin subject: a snapshot request is for one of them.
+    if (req.op === 'snapshot' && subject === 'admin' && req.server !== this.id) return;
     if (this.closing) return this.fail(respond, ErrorCode.UNAVAILABLE, 'server is shutting down');
     // The old checkpoint is closed during the swap: nothing may read it.
     if (this.swapping) return this.fail(respond, ErrorCode.UNAVAILABLE, 'installing a checkpoint; retry');
-    if (subject === 'admin') return this.fail(respond, ErrorCode.BAD_REQUEST, `op ${req.op} does not belong on the admin subject`);
+    if ((subject === 'admin') !== (req.op === 'snapshot')) {
+      return this.fail(respond, ErrorCode.BAD_REQUEST, subject === 'admin' ? `op ${req.op} does not belong on the admin subject` : `snapshot goes to one server on ${this.subjects.admin}`);
+    }
     if (req.op === 'config') {
       if (subject !== 'write') return this.fail(respond, ErrorCode.BAD_REQUEST, `config goes to the coordinator on ${this.subjects.write}`);
       return this.onConfig(req, respond);
@@ -706,6 +713,8 @@ export class Replica {
         }
         return this.reply(respond, { ok: true, ts, index, events });
       }
+      case 'snapshot':
+        return this.answerSnapshot(req, respond);
       case 'history': {
         // Newest first while within the limits, then given oldest first. `since`: every change
         // to the key at an index >= since is here (older ones are not kept, or did not fit).
@@ -883,32 +892,65 @@ export class Replica {
     if (m.t !== 'page' || !respond || (m.after !== null && m.after !== undefined && typeof m.after !== 'string')) return;
     // Mid-swap our checkpoint store is closed: the requester retries.
     if (this.swapping) return;
-    // Hold our checkpoint still while a follower reads it. (The hold starts again only after
-    // a checkpoint has run, or after a quiet spell.)
-    const now = this.env.now();
-    if (this.holdStartedAt === 0 || now >= this.holdCheckpointUntil + SNAPSHOT_HOLD_MS) this.holdStartedAt = now;
-    this.holdCheckpointUntil = Math.min(now + SNAPSHOT_HOLD_MS, this.holdStartedAt + SNAPSHOT_HOLD_TOTAL_MS_MAX);
+    // Hold our checkpoint still while a follower reads it.
+    this.holdCheckpoint();
     const after = typeof m.after === 'string' ? m.after : undefined;
     this.guard(() => this.servePage(m.phase === 'rids' ? 'rids' : 'kv', after, respond));
   }
 
+  /** Hold our checkpoint still while someone reads it page by page. (The hold starts again only after a checkpoint has run, or after a quiet spell.) */
+  private holdCheckpoint(): void {
+    const now = this.env.now();
+    if (this.holdStartedAt === 0 || now >= this.holdCheckpointUntil + SNAPSHOT_HOLD_MS) this.holdStartedAt = now;
+    this.holdCheckpointUntil = Math.min(now + SNAPSHOT_HOLD_MS, this.holdStartedAt + SNAPSHOT_HOLD_TOTAL_MS_MAX);
+  }
+
   private servePage(phase: 'kv' | 'rids', after: string | undefined, respond: (reply: string) => void): void {
+    const page = this.checkpointPage(phase, after);
+    if (page !== null) respond(JSON.stringify({ ...page, after: after ?? null }));
+  }
+
+  /** One page of our checkpoint (null: a cursor out of range). */
+  private checkpointPage(phase: 'kv' | 'rids', after: string | undefined): Required<Pick<SnapshotPage, 'meta' | 'phase' | 'items' | 'next'>> | null {
     const meta = this.ckpt.meta();
     const max = this.snapshotPageItems;
     if (phase === 'rids') {
       const all = this.ckpt.rids();
       const startAt = after === undefined ? 0 : Number(after);
-      if (!Number.isSafeInteger(startAt) || startAt < 0) return;
+      if (!Number.isSafeInteger(startAt) || startAt < 0) return null;
       const items = all.slice(startAt, startAt + max);
       items.length = prefixWithin(items, SNAPSHOT_PAGE_BYTES_MAX);
       const next = startAt + items.length < all.length ? String(startAt + items.length) : null;
-      respond(JSON.stringify({ meta, phase: 'rids', after: after ?? null, items, next }));
-    } else {
-      const got = this.ckpt.range('', after, max);
-      const items = got.slice(0, prefixWithin(got, SNAPSHOT_PAGE_BYTES_MAX));
-      const next = items.length < got.length || got.length === max ? items[items.length - 1]![0] : null;
-      respond(JSON.stringify({ meta, phase: 'kv', after: after ?? null, items, next }));
+      return { meta, phase: 'rids', items, next };
     }
+    const got = this.ckpt.range('', after, max);
+    const items = got.slice(0, prefixWithin(got, SNAPSHOT_PAGE_BYTES_MAX));
+    const next = items.length < got.length || got.length === max ? items[items.length - 1]![0] : null;
+    return { meta, phase: 'kv', items, next };
+  }
+
+  /**
+   * A backup reads our checkpoint (ckvctl snapshot save). Beginning, it must hold everything
+   * we have applied (the request waited for its token): checkpoint first, then hold it still.
+   */
+  private answerSnapshot(req: Extract<Request, { op: 'snapshot' }>, respond: Respond): void {
+    if (req.phase !== undefined) {
+      this.holdCheckpoint();
+      const page = this.checkpointPage(req.phase, req.cursor);
+      if (page === null) return this.fail(respond, ErrorCode.BAD_REQUEST, `snapshot cursor ${JSON.stringify(req.cursor)} is out of range`);
+      return this.reply(respond, { ok: true, ts: this.st.appliedTs, index: this.st.applied, snapshot: page });
+    }
+    const want = this.st.applied;
+    this.checkpoint(() =>
+      this.safely(respond, () => {
+        if (this.dead) return;
+        const meta = this.ckpt.meta();
+        // Held by a follower's transfer (or swapping): the backup retries shortly.
+        if (meta.index < want) return this.fail(respond, ErrorCode.UNAVAILABLE, `this server's checkpoint (index ${meta.index}) is held by a transfer and does not hold index ${want} yet; retry`);
+        this.holdCheckpoint();
+        this.reply(respond, { ok: true, ts: this.st.appliedTs, index: this.st.applied, snapshot: { meta, counts: this.ckpt.counts() } });
+      }),
+    );
   }
 
   // ---- checkpoint transfer: pulling a peer's, then swapping it in ----

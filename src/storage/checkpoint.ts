@@ -158,11 +158,24 @@ export function compareKeys(a: string, b: string): number {
  * key/record in key order. Equal state gives an equal digest however it was built.
  */
 export function digestOf(index: number, entries: Iterable<[string, Rec]>): string {
-  const h = createHash('sha256');
-  h.update(DIGEST_PREFIX);
-  h.update(`index ${index}\n`);
-  for (const [key, rec] of entries) h.update(JSON.stringify([key, rec.value, rec.rev, rec.ts]) + '\n');
-  return h.digest('hex');
+  const d = new StateDigest(index);
+  for (const [key, rec] of entries) d.add(key, rec);
+  return d.hex();
+}
+
+/** digestOf, fed one key at a time (in key order): for states that arrive in pages. */
+export class StateDigest {
+  private readonly h = createHash('sha256');
+  constructor(index: number) {
+    this.h.update(DIGEST_PREFIX);
+    this.h.update(`index ${index}\n`);
+  }
+  add(key: string, rec: Rec): void {
+    this.h.update(JSON.stringify([key, rec.value, rec.rev, rec.ts]) + '\n');
+  }
+  hex(): string {
+    return this.h.digest('hex');
+  }
 }
 
 export interface CheckpointCounts {

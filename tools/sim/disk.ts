@@ -221,6 +221,9 @@ export class SimCheckpoint implements CheckpointReader {
   rids(): Array<[string, RidRecord]> {
     return [...this.ridMap].sort((a, b) => a[1].index - b[1].index);
   }
+  counts(): { keys: number; rids: number } {
+    return { keys: this.kv.size, rids: this.ridMap.size };
+  }
   /** One atomic write transaction. */
   write(delta: CheckpointDelta): void {
     if (delta.meta.index < this.m.index) simFail(`checkpoint going back from ${this.m.index} to ${delta.meta.index}`);
