@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { startNatsServer, stopProcess, type NatsServer } from './nats-server.js';
 import { newClusterKeyText } from '../../src/transport/peer-auth.js';
 import { CLI_JS, SERVER_JS, runNode, type RunOptions, type RunResult } from './run.js';
+import { duplicateKeys } from './json-keys.js';
 
 export class Cluster {
   nats!: NatsServer;
@@ -118,6 +119,18 @@ export class Cluster {
     return dir;
   }
 
+  /** Log lines (JSON) that name a key twice in one object: pino would print both, readers keep one. */
+  duplicateLogKeys(): string[] {
+    const bad: string[] = [];
+    for (const [id, text] of this.logs) {
+      for (const line of text.split('\n')) {
+        if (line.startsWith('{') && duplicateKeys(line).length > 0) bad.push(`server ${id}: ${line}`);
+      }
+    }
+    return bad;
+  }
+
+  /** Stop everything and remove the directory; throws (failing the test) if a server's log line repeated a key. */
   async stop(): Promise<void> {
     for (const p of this.procs.values()) {
       if (p.signalCode === null && p.exitCode === null) p.kill('SIGCONT');
@@ -125,6 +138,8 @@ export class Cluster {
     await Promise.all([...this.procs.values()].map((p) => stopProcess(p, 3000)));
     await this.nats?.stop();
     rmSync(this.dir, { recursive: true, force: true });
+    const dup = this.duplicateLogKeys();
+    if (dup.length > 0) throw new Error(`server log lines with a duplicate key:\n${dup.slice(0, 5).join('\n')}`);
   }
 }
 
