@@ -1,6 +1,6 @@
 // How the programs connect to NATS. Against a nats-server that wants
 // credentials: users with passwords (flags, files, environment, the URL), a
-// token, an NKey, and TLS with a CA of our own; a refusal is AUTH (exit 5),
+// token, an NKey, a .creds file (JWT), and TLS with a CA of our own; a refusal is AUTH (exit 5),
 // fast, and no secret appears in any output. A server started before NATS
 // waits for it, and says when it loses and regains its connection. --version.
 // Across machines: a 3-node NATS cluster, one ckv-server on each node.
@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { nkeys } from '@nats-io/transport-node';
 import { newClusterKeyText } from '../src/transport/peer-auth.js';
 import { Cluster } from './helpers/cluster.js';
+import { newOperator } from './helpers/nats-jwt.js';
 import { freePort, startNatsServer, stopProcess } from './helpers/nats-server.js';
 import { CKVCTL_JS, CLI_JS, ROOT, SERVER_JS, runNode, start } from './helpers/run.js';
 
@@ -122,6 +123,34 @@ t.test('a token, and an NKey', async (t) => {
   r = await probe(nkeyNats.url, ['--nats-nkey', file('junk.nk', 'not a seed\n')]);
   t.equal(r.code, 2, 'a file that holds no seed: usage error');
   t.notMatch(r.stderr, /not a seed/, 'its contents are not printed');
+});
+
+t.test('a .creds file (user JWT and seed) against a nats-server in operator mode', async (t) => {
+  const op = newOperator();
+  // The client's JWT carries NATS permissions of its own: the client subjects and inboxes only.
+  const client = op.userCreds('ckv-client', { pub: ['ckv.jwt1.read', 'ckv.jwt1.write', 'ckv.jwt1.admin', '_INBOX.>'], sub: ['_INBOX.>', 'ckv.jwt1.ev.>', 'ckv.jwt1.members'] });
+  const c = new Cluster(1, {
+    cluster: 'jwt1',
+    natsArgs: ['-c', file('operator.conf', op.config)],
+    serverEnv: { CKV_CREDS: file('server.creds', op.userCreds('ckv-server')) },
+    clientEnv: { CKV_CREDS: file('client.creds', client) },
+  });
+  await c.start();
+  t.teardown(() => c.stop());
+  await c.waitForCoordinator();
+  let r = await c.ckv(['--no-session', 'put', 'j.k', 'via-jwt']);
+  t.equal(r.code, 0, r.stderr);
+  r = await c.ckv(['--no-session', '--nats-creds', join(dir, 'client.creds'), 'get', 'j.k'], { env: { CKV_CREDS: undefined } });
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, 'via-jwt');
+  // A user of an account the server does not trust: AUTH, and the JWT is not printed.
+  const stranger = newOperator().userCreds('stranger');
+  r = await c.ckv(['--no-session', '--timeout', '3000', 'get', 'j.k'], { env: { CKV_CREDS: file('stranger.creds', stranger) } });
+  t.equal(r.code, 5, r.stderr);
+  t.notMatch(r.stderr, /BEGIN|eyJ/, 'no JWT or seed in the message');
+  // No credentials: AUTH.
+  r = await c.ckv(['--no-session', '--timeout', '3000', 'get', 'j.k'], { env: { CKV_CREDS: undefined } });
+  t.equal(r.code, 5, r.stderr);
 });
 
 t.test('TLS with a CA of our own', async (t) => {
