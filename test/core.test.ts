@@ -29,6 +29,9 @@ class ArrayCheckpoint implements CheckpointReader {
   rids(): Array<[string, RidRecord]> {
     return [];
   }
+  counts() {
+    return { keys: this.kv.length, rids: 0 };
+  }
 }
 
 function code(fn: () => unknown): string | undefined {
@@ -149,6 +152,75 @@ t.test('state machine: put, del, cas, batch atomicity, rids, overlay over checkp
   t.ok(s.overlaySize > 0);
   s.release(delta);
   t.equal(s.overlaySize, 0, 'the overlay empties once a checkpoint lands');
+});
+
+t.test('state machine: cas by revision, create, prefix delete (alone and inside a batch)', async (t) => {
+  const base = new ArrayCheckpoint(
+    [
+      ['job.1', { value: 'a', rev: 1, ts: 1 }],
+      ['job.2', { value: 'b', rev: 2, ts: 2 }],
+      ['jobs', { value: 'not under "job."', rev: 3, ts: 3 }],
+      ['other', { value: 'o', rev: 3, ts: 3 }],
+    ],
+    { format: CHECKPOINT_FORMAT, index: 3, epoch: 1, ts: 3, voters: [1], eventPrev: 3 },
+  );
+  const s = new KvState(base);
+  const w = (index: number, ops: Extract<Entry, { kind: 'write' }>['ops']): Entry => ({ index, epoch: 1, ts: index * 10, kind: 'write', ops });
+  // By revision: the key's rev must match; 0 means absent.
+  let r = s.apply(w(4, [{ op: 'cas', key: 'job.1', expectRev: 2, value: 'x' }]));
+  t.same(r.result, { ok: false, code: 'CAS_MISMATCH', failed: 0, current: 'a' }, 'a stale revision fails, even with the value unchanged');
+  r = s.apply(w(5, [{ op: 'cas', key: 'job.1', expectRev: 1, value: 'a2' }]));
+  t.same(r.result, { ok: true });
+  t.same(s.get('job.1'), { value: 'a2', rev: 5, ts: 50 });
+  // The ABA case a value compare cannot see: a → b → a leaves the value but not the revision.
+  s.apply(w(6, [{ op: 'put', key: 'other', value: 'o2' }]));
+  s.apply(w(7, [{ op: 'put', key: 'other', value: 'o' }]));
+  r = s.apply(w(8, [{ op: 'cas', key: 'other', expectRev: 3, value: 'late' }]));
+  t.equal(r.result?.ok, false, 'ABA: the old revision no longer matches');
+  r = s.apply(w(9, [{ op: 'cas', key: 'other', expect: 'o', value: 'by value' }]));
+  t.equal(r.result?.ok, true, 'while a compare by value still passes');
+  // create = cas at revision 0.
+  t.same(validateRequest({ op: 'create', key: 'new', value: 'v' }), { op: 'cas', key: 'new', expectRev: 0, value: 'v' });
+  r = s.apply(w(10, [{ op: 'cas', key: 'job.2', expectRev: 0, value: 'dup' }]));
+  t.same(r.result, { ok: false, code: 'CAS_MISMATCH', failed: 0, current: 'b' }, 'create of a present key fails');
+  // A prefix delete, inside a batch: sees what earlier ops did, and later ops see its effect.
+  r = s.apply(
+    w(11, [
+      { op: 'put', key: 'job.3', value: 'c' },
+      { op: 'delprefix', prefix: 'job.' },
+      { op: 'cas', key: 'job.1', expectRev: 0, value: 'fresh' },
+    ]),
+  );
+  t.same(r.result, { ok: true });
+  t.same(s.range('', undefined, 10).map((x) => `${x.key}=${x.value}`), ['job.1=fresh', 'jobs=not under "job."', 'other=by value']);
+  t.same(
+    r.events.map((e) => `${e.op} ${e.key}`),
+    ['del job.3', 'put job.1', 'del job.2'],
+    'one event per key changed (job.3 put then deleted is one del; job.1 deleted then created is one put), in the order keys were first changed',
+  );
+  r = s.apply(w(12, [{ op: 'delprefix', prefix: 'none.' }]));
+  t.same([r.result, r.events], [{ ok: true }, []], 'a prefix with no keys changes nothing');
+  r = s.apply(w(13, [{ op: 'delprefix', prefix: '' }, { op: 'cas', key: 'x', expect: 'no', value: 'y' }]));
+  t.equal(r.result?.ok, false);
+  t.equal(s.range('', undefined, 10).length, 3, 'a failed batch with a prefix delete deletes nothing');
+  r = s.apply(w(14, [{ op: 'delprefix', prefix: '' }]));
+  t.equal(s.range('', undefined, 10).length, 0, 'the empty prefix deletes every key');
+  t.equal(r.events.length, 3);
+  // Validation of the new ops.
+  t.equal(code(() => validateRequest({ op: 'cas', key: 'k', expect: 'a', expectRev: 1, value: 'v' })), ErrorCode.BAD_REQUEST, 'both expect and expectRev');
+  t.equal(code(() => validateRequest({ op: 'cas', key: 'k', expectRev: -1, value: 'v' })), ErrorCode.BAD_REQUEST, 'negative revision');
+  t.equal(code(() => validateRequest({ op: 'cas', key: 'k', expectRev: '3', value: 'v' })), ErrorCode.BAD_REQUEST, 'revision as a string');
+  t.equal(code(() => validateRequest({ op: 'delprefix' })), ErrorCode.BAD_REQUEST, 'prefix delete without a prefix');
+  t.equal(code(() => validateRequest({ op: 'delprefix', prefix: 'a..b' })), ErrorCode.BAD_REQUEST, 'a bad prefix');
+  t.equal(code(() => validateRequest({ op: 'create', key: 'k' })), ErrorCode.BAD_REQUEST, 'create without a value');
+  t.equal(code(() => validateRequest({ op: 'create', key: 'k', value: null })), ErrorCode.BAD_REQUEST, 'create with a null value');
+  t.same(validateRequest({ op: 'batch', ops: [{ op: 'create', key: 'a', value: '1' }, { op: 'delprefix', prefix: 'b.' }] }), {
+    op: 'batch',
+    ops: [
+      { op: 'cas', key: 'a', expectRev: 0, value: '1' },
+      { op: 'delprefix', prefix: 'b.' },
+    ],
+  });
 });
 
 /** Drive a single-voter node like the server does, synchronously. */

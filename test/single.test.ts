@@ -225,6 +225,59 @@ t.test('single node end to end', async (t) => {
     t.match(ev, { key: 'w.c', op: 'put', value: '3' });
   });
 
+  await t.test('revisions: create races, cas by revision (ABA), prefix delete with its events', async (t) => {
+    // Eight one-shot processes race to create the same key: exactly one wins.
+    const racers = await Promise.all(Array.from({ length: 8 }, (_, i) => c.ckv(['--no-session', 'create', 'rv.lock', `holder-${i}`])));
+    t.same(racers.map((r) => r.code).sort(), [0, 1, 1, 1, 1, 1, 1, 1], 'one create wins, the others exit 1');
+    const loser = racers.find((r) => r.code === 1)!;
+    t.match(loser.stderr, /rv\.lock: already exists \(it holds "holder-\d"\)/);
+    let r = await ckv(['get', '--json', 'rv.lock']);
+    const held = JSON.parse(r.stdout);
+    t.equal(held.value, `holder-${racers.findIndex((x) => x.code === 0)}`);
+    // ABA: change the value and back; the old revision no longer matches though the value does.
+    r = await ckv(['put', 'rv.lock', 'other']);
+    r = await ckv(['put', 'rv.lock', held.value]);
+    r = await ckv(['cas', '--rev', String(held.rev), 'rv.lock', 'stolen']);
+    t.equal(r.code, 1, 'a stale revision: mismatch');
+    r = await ckv(['get', '--json', 'rv.lock']);
+    const now = JSON.parse(r.stdout);
+    t.equal(now.value, held.value);
+    r = await ckv(['cas', '--json', '--rev', String(now.rev), 'rv.lock', 'mine']);
+    t.equal(r.code, 0, r.stderr);
+    const ack = JSON.parse(r.stdout);
+    r = await ckv(['get', '--json', 'rv.lock']);
+    t.equal(JSON.parse(r.stdout).rev, ack.index, 'the ack\'s index is the key\'s new revision');
+    r = await ckv(['cas', '--rev', '0', 'rv.fresh', 'v']);
+    t.equal(r.code, 0, '--rev 0: must be absent');
+    r = await ckv(['cas', '--rev', String(ack.index), '--delete', 'rv.lock']);
+    t.equal(r.code, 0, r.stderr);
+    t.equal((await ckv(['get', 'rv.lock'])).code, 1, 'deleted at its revision');
+    t.equal((await ckv(['cas', '--rev', 'x', 'rv.lock', 'v'])).code, 2, 'a revision that is not a number: usage error');
+    t.equal((await ckv(['cas', '--rev', '1', '--absent', 'rv.lock', 'v'])).code, 2, '--rev with --absent: usage error');
+
+    // del --prefix: one entry, one event per key, nothing outside the prefix.
+    r = await ckv(['batch', JSON.stringify([{ op: 'put', key: 'tmp.a', value: '1' }, { op: 'put', key: 'tmp.b.c', value: '2' }, { op: 'put', key: 'tmpx', value: 'kept' }, { op: 'create', key: 'tmp.d', value: '3' }])]);
+    t.equal(r.code, 0, r.stderr);
+    const sub = nc.subscribe('ckv.one.ev.tmp.>', { max: 3 });
+    const events = (async () => {
+      const got: any[] = [];
+      for await (const m of sub) got.push(JSON.parse(dec.decode(m.data)));
+      return got;
+    })();
+    await nc.flush();
+    r = await ckv(['del', '--prefix', '--json', 'tmp.']);
+    t.equal(r.code, 0, r.stderr);
+    const del = JSON.parse(r.stdout);
+    const evs = await events;
+    t.same(evs.map((e) => [e.op, e.key, e.index]), [['del', 'tmp.a', del.index], ['del', 'tmp.b.c', del.index], ['del', 'tmp.d', del.index]], 'one del event per key, all at the one entry');
+    r = await ckv(['list', '--keys', 'tmp']);
+    t.equal(r.stdout.trim(), 'tmpx', 'only the key outside the prefix is left');
+    r = await ckv(['del', '--prefix', 'a..b']);
+    t.equal(r.code, 2, 'a bad prefix: usage error');
+    const raw = await req(nc, W, { op: 'delprefix', rid: 'dp-1' });
+    t.equal(raw.error.code, 'BAD_REQUEST', 'a prefix delete must say its prefix');
+  });
+
   await t.test('SIGKILL during a stream of writes loses no acknowledged write', async (t) => {
     const acked: string[] = [];
     let stop = false;

@@ -136,8 +136,10 @@ function entryLine(e: Entry): string[] {
             return `put ${op.key}=${JSON.stringify(op.value)}`;
           case 'del':
             return `del ${op.key}`;
+          case 'delprefix':
+            return `delprefix ${JSON.stringify(op.prefix)}`;
           case 'cas':
-            return `cas ${op.key} expect=${JSON.stringify(op.expect)} value=${JSON.stringify(op.value)}`;
+            return `cas ${op.key} ${'expectRev' in op ? `expectRev=${op.expectRev}` : `expect=${JSON.stringify(op.expect)}`} value=${JSON.stringify(op.value)}`;
         }
       });
       detail = (e.rid !== undefined ? `rid=${e.rid} ` : '') + ops.join('; ');

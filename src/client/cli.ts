@@ -99,23 +99,36 @@ Prints nothing; --json: {"index","ts"}.`,
     flags: [],
   },
   del: {
-    usage: 'del KEY',
+    usage: 'del KEY | del --prefix PREFIX',
     help: `Delete KEY. Deleting a key that is absent changes nothing and is not an
 error (exit 0), as with etcdctl del and consul kv delete.
+  --prefix   delete every key that starts with PREFIX, as one log entry (all or
+             none; "" means every key and must be given as such)
 Prints nothing; --json: {"index","ts"}.`,
+    flags: ['prefix'],
+  },
+  create: {
+    usage: 'create KEY VALUE',
+    help: `Put KEY only if it is absent. VALUE "-" reads stdin. If KEY exists nothing is
+written, stderr says what it holds, and the exit status is 1 (a lock file's
+"mkdir": exactly one of several racing scripts succeeds).
+Prints nothing; --json: {"index","ts"} (index is the key's revision).`,
     flags: [],
   },
   cas: {
-    usage: 'cas KEY EXPECTED NEW | cas --absent KEY NEW | cas --delete KEY EXPECTED',
+    usage: 'cas KEY EXPECTED NEW | cas --rev REV KEY NEW | cas --absent KEY NEW | cas --delete KEY EXPECTED',
     help: `Compare-and-set: set KEY to NEW only if it holds EXPECTED.
+  --rev REV  compare revisions instead of values: KEY's revision (the "rev" that
+             get --json prints; 0 = absent) must be REV, so a value changed and
+             changed back (ABA) does not match; EXPECTED is not given
   --absent   expect KEY to be absent (create-if-absent); EXPECTED is not given
   --delete   delete KEY on a match instead of setting it; NEW is not given
 (--absent --delete KEY succeeds only if KEY is absent, and changes nothing.)
 One of EXPECTED or NEW may be "-" (stdin). On a mismatch nothing is written,
 stderr says what KEY holds now, and the exit status is 1.
-Prints nothing; --json: {"index","ts"}, or on a mismatch
-{"error":{"code","message"},"current","ts"}.`,
-    flags: ['absent', 'delete'],
+Prints nothing; --json: {"index","ts"} (index is the key's new revision), or on a
+mismatch {"error":{"code","message"},"current","ts"}.`,
+    flags: ['absent', 'delete', 'rev'],
   },
   mget: {
     usage: 'mget KEY...',
@@ -159,9 +172,11 @@ again puts the same values). Stderr: how many keys. --json: {"imported","index",
     help: `Apply several writes atomically, as one log entry. The argument (or stdin,
 for "-") is a JSON array of ops:
   [{"op":"put","key":"a","value":"1"}, {"op":"del","key":"b"},
-   {"op":"cas","key":"c","expect":null,"value":"x"}]
-(cas: expect null = must be absent, value null = delete). If a cas does not
-match, nothing is applied and the exit status is 1.
+   {"op":"cas","key":"c","expect":null,"value":"x"}, {"op":"create","key":"d","value":"y"},
+   {"op":"cas","key":"e","expectRev":41,"value":"z"}, {"op":"delprefix","prefix":"tmp."}]
+(cas: expect null = must be absent, value null = delete; expectRev compares the
+revision, 0 = absent). If a cas or create does not match, nothing is applied and
+the exit status is 1.
 Prints nothing; --json: {"index","ts"}.`,
     flags: [],
   },
@@ -217,6 +232,8 @@ const OPTIONS = {
   from: { type: 'string' },
   absent: { type: 'boolean' },
   delete: { type: 'boolean' },
+  rev: { type: 'string' },
+  prefix: { type: 'boolean' },
   ...NATS_AUTH_OPTIONS,
   version: { type: 'boolean' },
 } as const;
@@ -461,20 +478,40 @@ async function prepare(s: Settings): Promise<Action> {
     }
     case 'del': {
       arity(s, 1, 1);
+      if (s.flags.prefix === true) {
+        const prefix = s.args[0]!;
+        check({ op: 'delprefix', prefix });
+        return async (c) => printAck(s, await c.delPrefix(prefix));
+      }
       const key = s.args[0]!;
       check({ op: 'del', key });
       return async (c) => printAck(s, await c.del(key));
     }
+    case 'create': {
+      arity(s, 2, 2);
+      const key = s.args[0]!;
+      check({ op: 'del', key });
+      const value = await arg(s.args[1]!, 'value');
+      check({ op: 'create', key, value });
+      return async (c) => printAck(s, await c.create(key, value));
+    }
     case 'cas': {
+      const rev = typeof s.flags.rev === 'string' ? parseNat(s.flags.rev, '--rev') : undefined;
       const absent = s.flags.absent === true;
+      if (rev !== undefined && absent) usage('--rev and --absent contradict each other (--rev 0 means absent)');
       const del = s.flags.delete === true;
-      const n = 1 + (absent ? 0 : 1) + (del ? 0 : 1);
+      const byValue = !absent && rev === undefined;
+      const n = 1 + (byValue ? 1 : 0) + (del ? 0 : 1);
       arity(s, n, n);
       const key = s.args[0]!;
       check({ op: 'del', key });
       let i = 1;
-      const expect = absent ? null : await arg(s.args[i++]!, 'expected value');
+      const expect = byValue ? await arg(s.args[i++]!, 'expected value') : null;
       const value = del ? null : await arg(s.args[i++]!, 'new value');
+      if (rev !== undefined) {
+        check({ op: 'cas', key, expectRev: rev, value });
+        return async (c) => printAck(s, await c.casRev(key, rev, value));
+      }
       check({ op: 'cas', key, expect, value });
       return async (c) => printAck(s, await c.cas(key, expect, value));
     }
@@ -684,7 +721,8 @@ function report(s: Settings, err: CkvError, c: Client | null, sessionToken: numb
       json({ error: { code: err.code, message: err.message }, ...(err.current !== undefined ? { current: err.current } : {}), failed: err.failed, ts: c?.token ?? 0 });
     } else {
       const now = err.current === undefined ? '' : err.current === null ? ' (it is absent)' : ` (it holds ${JSON.stringify(err.current.length > 200 ? err.current.slice(0, 200) + '…' : err.current)})`;
-      warn(`cas mismatch${s.command === 'batch' ? ` at ops[${err.failed}]` : ''}: ${err.message}${now}`);
+      if (s.command === 'create') warn(`${s.args[0] ?? ''}: already exists${now}`);
+      else warn(`cas mismatch${s.command === 'batch' ? ` at ops[${err.failed}]` : ''}: ${err.message}${now}`);
     }
   } else if (err.code === ErrorCode.NOT_FOUND) {
     if (s.json) json({ error: { code: err.code, message: err.message }, ts: c?.token ?? 0 });

@@ -415,6 +415,25 @@ export class Client {
   }
 
   /** Several writes as one log entry: all applied, or none (a failing cas fails them all). */
+  /**
+   * Compare-and-set by revision: only if `key`'s revision (the log index of its last change,
+   * `rev` of a read) is `rev`; 0 means absent. value null deletes. Unlike a compare of values
+   * it sees a change that was changed back (ABA). CasMismatchError otherwise.
+   */
+  casRev(key: string, rev: number, value: string | null): Promise<WriteAck> {
+    return this.write({ op: 'cas', key, expectRev: rev, value });
+  }
+
+  /** Put only if `key` is absent (CasMismatchError if it exists). The ack's index is the key's revision. */
+  create(key: string, value: string): Promise<WriteAck> {
+    return this.write({ op: 'cas', key, expectRev: 0, value });
+  }
+
+  /** Delete every key that starts with `prefix` ("" = every key), as one log entry. */
+  delPrefix(prefix: string): Promise<WriteAck> {
+    return this.write({ op: 'delprefix', prefix });
+  }
+
   batch(ops: WriteOp[]): Promise<WriteAck> {
     return this.write({ op: 'batch', ops });
   }

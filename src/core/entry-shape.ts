@@ -14,7 +14,8 @@ const ENTRY_FIELDS: Record<Entry['kind'], readonly string[]> = {
 const OP_FIELDS: Record<WriteOp['op'], readonly string[]> = {
   put: ['op', 'key', 'value'],
   del: ['op', 'key'],
-  cas: ['op', 'key', 'expect', 'value'],
+  delprefix: ['op', 'prefix'],
+  cas: ['op', 'key', 'expect', 'expectRev', 'value'],
 };
 
 function isObject(x: unknown): x is Record<string, unknown> {
@@ -42,15 +43,22 @@ function keyProblem(key: unknown): string | null {
 function opProblem(raw: unknown, i: number): string | null {
   if (!isObject(raw)) return `ops[${i}] is not an object`;
   const op = raw.op;
-  if (op !== 'put' && op !== 'del' && op !== 'cas') return `ops[${i}].op is ${JSON.stringify(op)}`;
+  if (op !== 'put' && op !== 'del' && op !== 'cas' && op !== 'delprefix') return `ops[${i}].op is ${JSON.stringify(op)}`;
   const extra = unknownField(raw, OP_FIELDS[op]);
   if (extra !== null) return `ops[${i}] has unknown field "${extra}"`;
+  if (op === 'delprefix') {
+    if (typeof raw.prefix !== 'string' || raw.prefix.length > KEY_BYTES_MAX) return `ops[${i}].prefix is not a string of at most KEY_BYTES_MAX (${KEY_BYTES_MAX})`;
+    return null;
+  }
   const kp = keyProblem(raw.key);
   if (kp !== null) return `ops[${i}]: ${kp}`;
   if (op === 'put' && typeof raw.value !== 'string') return `ops[${i}].value is not a string`;
   if (op === 'cas') {
-    if (raw.expect !== null && typeof raw.expect !== 'string') return `ops[${i}].expect is not a string or null`;
-    if (raw.value !== null && typeof raw.value !== 'string') return `ops[${i}].value is not a string or null`;
+    // Exactly one of expect (by value) and expectRev (by revision).
+    if (('expect' in raw) === ('expectRev' in raw)) return `ops[${i}] (cas) has not exactly one of expect and expectRev`;
+    if ('expect' in raw && raw.expect !== null && typeof raw.expect !== 'string') return `ops[${i}].expect is not a string or null`;
+    if ('expectRev' in raw && !isNat(raw.expectRev)) return `ops[${i}].expectRev is not a non-negative integer`;
+    if (!('value' in raw) || (raw.value !== null && typeof raw.value !== 'string')) return `ops[${i}].value is not a string or null`;
   }
   return null;
 }

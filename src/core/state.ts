@@ -6,6 +6,9 @@ import { RIDS_RETAINED_MAX } from './limits.js';
 import type { ChangeEvent, Entry, KeyValue, WriteOp, WriteResult } from './wire.js';
 import { CHECKPOINT_FORMAT, type CheckpointDelta, type CheckpointReader, type Rec, type RidRecord } from './records.js';
 
+/** Keys read per page when a prefix delete gathers its keys. */
+const PREFIX_SCAN_PAGE_KEYS = 1024;
+
 /** A value or a tombstone in the overlay (tombstones hide what the checkpoint holds). */
 type Slot = { rec: Rec } | { rec: null; rev: number };
 
@@ -157,13 +160,21 @@ export class KvState {
     };
     for (let i = 0; i < ops.length; i++) {
       const op = ops[i]!;
+      if (op.op === 'delprefix') {
+        // Every key under the prefix as of this op (earlier ops of the batch included), in key order.
+        for (const key of this.keysWithPrefix(op.prefix, changes)) {
+          if (current(key) !== undefined) changes.set(key, { rec: null, rev: index });
+        }
+        continue;
+      }
       let value: string | null;
       if (op.op === 'put') value = op.value;
       else if (op.op === 'del') value = null;
       else {
         const cur = current(op.key);
         const curValue = cur === undefined ? null : cur.value;
-        if (curValue !== op.expect) {
+        const matches = 'expectRev' in op ? (cur === undefined ? 0 : cur.rev) === op.expectRev : curValue === op.expect;
+        if (!matches) {
           return { result: { ok: false, code: 'CAS_MISMATCH', failed: i, current: curValue }, changes: new Map() };
         }
         value = op.value;
@@ -177,6 +188,20 @@ export class KvState {
       }
     }
     return { result: { ok: true }, changes };
+  }
+
+  /** Keys starting with `prefix` in the state or among `changes` (present or not), sorted. */
+  private keysWithPrefix(prefix: string, changes: Map<string, Slot>): string[] {
+    const keys = new Set<string>();
+    for (let start: string | undefined; ; ) {
+      const page = this.range(prefix, start, PREFIX_SCAN_PAGE_KEYS);
+      for (const kv of page) keys.add(kv.key);
+      if (page.length < PREFIX_SCAN_PAGE_KEYS) break;
+      start = page[page.length - 1]!.key;
+    }
+    for (const k of changes.keys()) if (k.startsWith(prefix)) keys.add(k);
+    // Keys are ASCII (their pattern): UTF-16 order is byte order.
+    return [...keys].sort();
   }
 
   private remember(rid: string, rec: RidRecord): void {

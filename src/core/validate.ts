@@ -107,16 +107,24 @@ function checkWriteOp(raw: unknown, where: string): WriteOp {
     case 'del':
       checkFields(o, ['key', 'rid']);
       return { op: 'del', key: checkKey(o.key) };
-    case 'cas':
-      checkFields(o, ['key', 'expect', 'value', 'rid']);
-      if (!('expect' in o)) bad('cas needs "expect" (a string, or null for "must be absent")');
+    case 'delprefix':
+      checkFields(o, ['prefix', 'rid']);
+      // '' deletes every key: it must be said, not left out.
+      if (typeof o.prefix !== 'string') bad('delprefix needs "prefix", a string ("" for every key)');
+      return { op: 'delprefix', prefix: checkPrefix(o.prefix) };
+    case 'create':
+      // Stored as what it is: a cas that wants the key absent (revision 0).
+      checkFields(o, ['key', 'value', 'rid']);
+      return { op: 'cas', key: checkKey(o.key), expectRev: 0, value: checkValue(o.value) };
+    case 'cas': {
+      checkFields(o, ['key', 'expect', 'expectRev', 'value', 'rid']);
+      if (('expect' in o) === ('expectRev' in o)) bad('cas needs exactly one of "expect" (a value, or null for "must be absent") and "expectRev" (a revision, 0 for "must be absent")');
       if (!('value' in o)) bad('cas needs "value" (a string, or null to delete)');
-      return {
-        op: 'cas',
-        key: checkKey(o.key),
-        expect: checkNullableValue(o.expect, 'expect'),
-        value: checkNullableValue(o.value, 'value'),
-      };
+      const key = checkKey(o.key);
+      const value = checkNullableValue(o.value, 'value');
+      if ('expectRev' in o) return { op: 'cas', key, expectRev: checkNat(o.expectRev, 'expectRev'), value };
+      return { op: 'cas', key, expect: checkNullableValue(o.expect, 'expect'), value };
+    }
     default:
       bad(`${where}: unknown write op ${JSON.stringify(o.op)}`);
   }
@@ -197,6 +205,8 @@ export function validateRequest(raw: unknown): Request {
     }
     case 'put':
     case 'del':
+    case 'delprefix':
+    case 'create':
     case 'cas':
       return { ...checkWriteOp(o, 'request'), ...rid(), ...common };
     case 'batch': {
@@ -240,8 +250,8 @@ export function validateRequest(raw: unknown): Request {
   }
 }
 
-export function isWrite(r: Request): r is Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }> {
-  return r.op === 'put' || r.op === 'del' || r.op === 'cas' || r.op === 'batch';
+export function isWrite(r: Request): r is Extract<Request, { op: 'put' | 'del' | 'delprefix' | 'cas' | 'create' | 'batch' }> {
+  return r.op === 'put' || r.op === 'del' || r.op === 'delprefix' || r.op === 'cas' || r.op === 'create' || r.op === 'batch';
 }
 
 export function requestTimeoutMs(r: Request): number {

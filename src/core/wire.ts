@@ -8,8 +8,12 @@ import type { CheckpointMeta } from './records.js';
 export type WriteOp =
   | { op: 'put'; key: string; value: string }
   | { op: 'del'; key: string }
+  /** Every key that starts with prefix ('' = every key), deleted as one op of one entry. */
+  | { op: 'delprefix'; prefix: string }
   /** expect null: the key must be absent. value null: delete on success. */
-  | { op: 'cas'; key: string; expect: string | null; value: string | null };
+  | { op: 'cas'; key: string; expect: string | null; value: string | null }
+  /** By revision: the key's rev (the log index of its last change) must be expectRev; 0 = absent. (`create` is this with 0.) */
+  | { op: 'cas'; key: string; expectRev: number; value: string | null };
 
 export type Consistency = 'causal' | 'strong';
 
@@ -34,6 +38,8 @@ export type ReadRequest = Common &
 export type WriteRequest = Common &
   (
     | (WriteOp & { rid?: string })
+    /** Put only if the key is absent: validated into a cas at revision 0 (it is logged as one). */
+    | { op: 'create'; key: string; value: string; rid?: string }
     | { op: 'batch'; ops: WriteOp[]; rid?: string }
   );
 

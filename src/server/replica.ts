@@ -225,7 +225,7 @@ export function restartPlan(meta: CheckpointMeta, entries: Entry[]): RestartPlan
 // ---------------------------------------------------------------------------
 // The replica
 
-type WriteRequest = Extract<Request, { op: 'put' | 'del' | 'cas' | 'batch' }>;
+type WriteRequest = Extract<Request, { op: 'put' | 'del' | 'delprefix' | 'cas' | 'create' | 'batch' }>;
 
 interface PendingWrite {
   index: number;
@@ -1246,13 +1246,17 @@ function parsePage(raw: Uint8Array | string, phase: 'kv' | 'rids', after: string
   return p as Page;
 }
 
-function stripWrite(req: WriteOp & { rid?: string; after?: number; timeout?: number }): WriteOp {
+function stripWrite(req: Exclude<WriteRequest, { op: 'batch' }>): WriteOp {
   switch (req.op) {
+    case 'create':
+      return { op: 'cas', key: req.key, expectRev: 0, value: req.value };
     case 'put':
       return { op: 'put', key: req.key, value: req.value };
     case 'del':
       return { op: 'del', key: req.key };
+    case 'delprefix':
+      return { op: 'delprefix', prefix: req.prefix };
     case 'cas':
-      return { op: 'cas', key: req.key, expect: req.expect, value: req.value };
+      return 'expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value } : { op: 'cas', key: req.key, expect: req.expect, value: req.value };
   }
 }

@@ -17,14 +17,17 @@ export class EntryDecodeError extends Error {
 }
 
 function opJson(op: WriteOp): string {
-  const key = JSON.stringify(op.key);
   switch (op.op) {
     case 'put':
-      return `{"op":"put","key":${key},"value":${JSON.stringify(op.value)}}`;
+      return `{"op":"put","key":${JSON.stringify(op.key)},"value":${JSON.stringify(op.value)}}`;
     case 'del':
-      return `{"op":"del","key":${key}}`;
+      return `{"op":"del","key":${JSON.stringify(op.key)}}`;
+    case 'delprefix':
+      return `{"op":"delprefix","prefix":${JSON.stringify(op.prefix)}}`;
     case 'cas':
-      return `{"op":"cas","key":${key},"expect":${JSON.stringify(op.expect)},"value":${JSON.stringify(op.value)}}`;
+      return 'expectRev' in op
+        ? `{"op":"cas","key":${JSON.stringify(op.key)},"expectRev":${op.expectRev},"value":${JSON.stringify(op.value)}}`
+        : `{"op":"cas","key":${JSON.stringify(op.key)},"expect":${JSON.stringify(op.expect)},"value":${JSON.stringify(op.value)}}`;
   }
 }
 

@@ -18,7 +18,11 @@ export type SessionOp =
   /** One key: get; more: mget. */
   | { t: 'get'; keys: string[]; strong: boolean }
   | { t: 'cas'; key: string; expect: string | null; value: string | null }
+  /** By revision (0: must be absent). */
+  | { t: 'casRev'; key: string; rev: number; value: string | null }
+  | { t: 'create'; key: string; value: string }
   | { t: 'del'; key: string }
+  | { t: 'delprefix'; prefix: string }
   | { t: 'list'; prefix: string; start?: string; limit: number; strong: boolean }
   | { t: 'history'; key: string; limit: number }
   | { t: 'replay'; from: number; limit: number }
@@ -49,6 +53,8 @@ export interface ClientHost {
   readonly mainKeys: string[];
   readonly noiseKeys: string[];
   readonly issuing: boolean;
+  /** Share of ops that are data-model ops (Params.dataOps). */
+  readonly dataOps: number;
 }
 
 interface InFlight {
@@ -79,7 +85,7 @@ export interface SessionStats {
 export function isFinal(op: SessionOp, reply: Reply): boolean {
   if (reply.ok) return true;
   const code = reply.error.code;
-  if (code === 'CAS_MISMATCH') return op.t === 'cas' || op.t === 'retry';
+  if (code === 'CAS_MISMATCH') return op.t === 'cas' || op.t === 'casRev' || op.t === 'create' || op.t === 'retry';
   if (code === 'NOT_FOUND') return op.t === 'get';
   if (code === 'COMPACTED') return op.t === 'replay';
   return false;
@@ -105,8 +111,9 @@ export class Session {
   /** Token passes received before the current request was issued: the next op recorded follows them. */
   private carried: Array<[number, number]> = [];
   readonly edgesIn: Array<[fromSession: number, fromOp: number, toOp: number]> = [];
-  /** Last value seen per noise key, for cas. */
+  /** Last value and revision seen per noise key, for cas (0: absent). */
   private seen = new Map<string, string | null>();
+  private seenRev = new Map<string, number>();
   /** Writes acknowledged to this session, for resending their rid. */
   private ackedWrites: Array<{ rid: string; ops: WriteOp[] }> = [];
   readonly stats: SessionStats = { writes: 0, acked: 0, reads: 0, readsDone: 0, readsGivenUp: 0, retries: 0, tokenAhead: 0, bogus: 0, bogusRejected: 0, pages: 0, resent: 0 };
@@ -131,8 +138,17 @@ export class Session {
     const rng = this.host.rng;
     const main = this.host.mainKeys;
     const noise = this.host.noiseKeys;
-    const x = rng.float();
     const uniq = (): string => `s${this.id}.${++this.seq}`;
+    // (No draw at all when dataOps is 0: see Params.dataOps.)
+    if (this.host.dataOps > 0 && rng.chance(this.host.dataOps)) {
+      const y = rng.float();
+      const key = rng.pick(noise);
+      if (y < 0.5) this.start({ t: 'casRev', key, rev: this.seenRev.get(key) ?? 0, value: rng.chance(0.2) ? null : uniq() });
+      else if (y < 0.8) this.start({ t: 'create', key, value: uniq() });
+      else this.start({ t: 'delprefix', prefix: rng.pick(['n.', 'n.1', 'n.', 'x.']) });
+      return;
+    }
+    const x = rng.float();
     let op: SessionOp;
     if (x < 0.33) op = { t: 'put', key: rng.pick(main), value: uniq() };
     else if (x < 0.4) {
@@ -215,8 +231,12 @@ export class Session {
         if (op.t === 'put') ops = [{ op: 'put', key: op.key, value: op.value }];
         else if (op.t === 'batch') ops = op.puts.map(([key, value]) => ({ op: 'put', key, value }));
         else if (op.t === 'cas') ops = [{ op: 'cas', key: op.key, expect: op.expect, value: op.value }];
+        else if (op.t === 'casRev') ops = [{ op: 'cas', key: op.key, expectRev: op.rev, value: op.value }];
+        else if (op.t === 'create') ops = [{ op: 'cas', key: op.key, expectRev: 0, value: op.value }];
+        else if (op.t === 'delprefix') ops = [{ op: 'delprefix', prefix: op.prefix }];
         else ops = [{ op: 'del', key: op.key }];
-        req = ops.length === 1 ? { ...ops[0]!, rid } : { op: 'batch', ops, rid };
+        // create goes on the wire as itself (the server stores it as a cas at revision 0).
+        req = op.t === 'create' ? { op: 'create', key: op.key, value: op.value, rid } : ops.length === 1 ? { ...ops[0]!, rid } : { op: 'batch', ops, rid };
         this.stats.writes++;
         // Writes enter the history when issued: they may take effect even if never acknowledged.
         if (op.t === 'put') this.record({ kind: 'w', key: op.key, value: op.value, label: `c${this.id}:w(${op.key},${op.value})` });
@@ -317,23 +337,45 @@ export class Session {
       this.host.onAck(this, b.rid, reply.index!);
       if (op.t !== 'retry') this.ackedWrites.push({ rid: b.rid, ops: opsOf(b.req) });
       if (this.ackedWrites.length > 20) this.ackedWrites.shift();
-      if (op.t === 'cas') {
+      if (op.t === 'cas' || op.t === 'casRev' || op.t === 'create') {
         const r = resultOf(reply)!;
         this.seen.set(op.key, r.ok ? op.value : r.current);
-      } else if (op.t === 'del') this.seen.set(op.key, null);
+        // A write's index is the key's new revision; after a mismatch it is unknown until read.
+        if (r.ok) this.seenRev.set(op.key, op.value === null ? 0 : reply.index!);
+        else this.seenRev.delete(op.key);
+      } else if (op.t === 'del') {
+        this.seen.set(op.key, null);
+        this.seenRev.set(op.key, 0);
+      } else if (op.t === 'delprefix') {
+        for (const k of this.host.noiseKeys) {
+          if (!k.startsWith(op.prefix)) continue;
+          this.seen.set(k, null);
+          this.seenRev.set(k, 0);
+        }
+      }
     } else {
       this.stats.readsDone++;
       if (op.t === 'list' || op.t === 'history' || op.t === 'replay') this.stats.pages++;
       if (op.t === 'get') {
         op.keys.forEach((k, i) => {
           const v = valueRead(reply, i);
-          if (this.host.noiseKeys.includes(k)) this.seen.set(k, v);
+          if (this.host.noiseKeys.includes(k)) {
+            this.seen.set(k, v);
+            this.seenRev.set(k, revRead(reply, i));
+          }
           else this.record({ kind: 'r', key: k, value: v, label: `c${this.id}:r(${k})=${v ?? 'init'}@${reply.index}` });
         });
       }
     }
     this.idle(this.host.rng.range(1, 120));
   }
+}
+
+/** The revision a get or mget reply gives for its i-th key (0: absent). */
+function revRead(reply: Reply, i: number): number {
+  if (!reply.ok) return 0;
+  if (reply.values) return reply.values[i]?.rev ?? 0;
+  return reply.rev ?? 0;
 }
 
 /** The value a get or mget reply gives for its i-th key (null: absent). */
@@ -347,7 +389,9 @@ function opsOf(req: Request): WriteOp[] {
   if (req.op === 'batch') return req.ops;
   if (req.op === 'put') return [{ op: 'put', key: req.key, value: req.value }];
   if (req.op === 'del') return [{ op: 'del', key: req.key }];
-  if (req.op === 'cas') return [{ op: 'cas', key: req.key, expect: req.expect, value: req.value }];
+  if (req.op === 'cas') return [{ ...req }].map((r) => ('expectRev' in r ? { op: 'cas' as const, key: r.key, expectRev: r.expectRev, value: r.value } : { op: 'cas' as const, key: r.key, expect: r.expect, value: r.value }));
+  if (req.op === 'create') return [{ op: 'cas', key: req.key, expectRev: 0, value: req.value }];
+  if (req.op === 'delprefix') return [{ op: 'delprefix', prefix: req.prefix }];
   throw new Error(`not a write: ${req.op}`);
 }
 
@@ -361,8 +405,14 @@ export function describeOp(op: SessionOp): string {
       return `${op.strong ? 'strong ' : ''}get ${op.keys.join(',')}`;
     case 'cas':
       return `cas ${op.key} ${op.expect}->${op.value}`;
+    case 'casRev':
+      return `cas ${op.key} rev${op.rev}->${op.value}`;
+    case 'create':
+      return `create ${op.key}=${op.value}`;
     case 'del':
       return `del ${op.key}`;
+    case 'delprefix':
+      return `delprefix ${op.prefix}`;
     case 'list':
       return `${op.strong ? 'strong ' : ''}list ${op.prefix}* from ${op.start ?? '-'} limit ${op.limit}`;
     case 'history':

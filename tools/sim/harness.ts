@@ -269,6 +269,7 @@ export class Sim {
       },
       mainKeys: this.mainKeys,
       noiseKeys: this.noiseKeys,
+      dataOps: this.p.dataOps,
       get issuing() {
         return sim.issuing;
       },
@@ -277,9 +278,9 @@ export class Sim {
 
   private clientSend(s: Session, op: SessionOp, req: Request, attempt: number): boolean {
     // Remember every value a write carries: a read may return only these.
-    if (req.op === 'put') this.inv.issued.add(req.value);
+    if (req.op === 'put' || req.op === 'create') this.inv.issued.add(req.value);
     else if (req.op === 'cas' && req.value !== null) this.inv.issued.add(req.value);
-    else if (req.op === 'batch') for (const w of req.ops) if (w.op !== 'del' && w.value !== null) this.inv.issued.add(w.value);
+    else if (req.op === 'batch') for (const w of req.ops) if ((w.op === 'put' || w.op === 'cas') && w.value !== null) this.inv.issued.add(w.value);
     const acked = this.inv.ackedMax;
     const loss = this.healed ? 0 : this.p.clientLoss;
     return this.net.clientRequest(req, (reply: Reply, by: number) => s.onReply(op, req, attempt, reply, by, acked), loss);

@@ -93,14 +93,20 @@ export class Model {
       if (changes.has(k)) return changes.get(k)?.value ?? null;
       return this.cur.get(k)?.value ?? null;
     };
+    const rev = (k: string): number => (changes.has(k) ? (changes.get(k)?.rev ?? 0) : (this.cur.get(k)?.rev ?? 0));
     for (let i = 0; i < e.ops.length; i++) {
       const op: WriteOp = e.ops[i]!;
+      if (op.op === 'delprefix') {
+        const keys = [...new Set([...this.cur.keys(), ...changes.keys()])].filter((k) => k.startsWith(op.prefix)).sort();
+        for (const k of keys) if (value(k) !== null) changes.set(k, null);
+        continue;
+      }
       let next: string | null;
       if (op.op === 'put') next = op.value;
       else if (op.op === 'del') next = null;
       else {
         const now = value(op.key);
-        if (now !== op.expect) return { result: { ok: false, code: 'CAS_MISMATCH', failed: i, current: now }, changes: new Map() };
+        if ('expectRev' in op ? rev(op.key) !== op.expectRev : now !== op.expect) return { result: { ok: false, code: 'CAS_MISMATCH', failed: i, current: now }, changes: new Map() };
         next = op.value;
       }
       if (next === null) {
@@ -158,6 +164,6 @@ export function showEntry(e: Entry | undefined): string {
   const head = `#${e.index}/e${e.epoch}/ts${e.ts}`;
   if (e.kind === 'noop') return `${head} noop`;
   if (e.kind === 'config') return `${head} config ${e.voters.join(',')}`;
-  const ops = e.ops.map((o) => (o.op === 'put' ? `put ${o.key}=${o.value}` : o.op === 'del' ? `del ${o.key}` : `cas ${o.key} ${o.expect}->${o.value}`));
+  const ops = e.ops.map((o) => (o.op === 'put' ? `put ${o.key}=${o.value}` : o.op === 'del' ? `del ${o.key}` : o.op === 'delprefix' ? `delprefix ${o.prefix}` : `cas ${o.key} ${'expectRev' in o ? `rev${o.expectRev}` : o.expect}->${o.value}`));
   return `${head} ${e.rid ?? ''} [${ops.join('; ')}]`;
 }

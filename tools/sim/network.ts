@@ -138,7 +138,7 @@ export class Network {
 
 /** Writes, config and strong reads go on the write subject (to the coordinator). */
 export function isWriteSubject(req: Request): boolean {
-  if (req.op === 'put' || req.op === 'del' || req.op === 'cas' || req.op === 'batch' || req.op === 'config') return true;
+  if (req.op === 'put' || req.op === 'del' || req.op === 'delprefix' || req.op === 'cas' || req.op === 'create' || req.op === 'batch' || req.op === 'config') return true;
   return 'consistency' in req && req.consistency === 'strong';
 }
 

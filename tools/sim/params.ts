@@ -62,6 +62,12 @@ export interface Params {
   pageStale: number;
   /** Peer messages travel as JSON through the transport's validation (else as frozen objects). */
   wire: boolean;
+  /**
+   * Share of client ops that are data-model ops (cas by revision, create, prefix delete).
+   * Not drawn from the seed: at 0 a run makes exactly the draws it made before these ops
+   * existed, so the regression seeds found earlier replay as they were (they set it to 0).
+   */
+  dataOps: number;
 }
 
 /** Faults that are off unless asked for: each finds a hole not closed yet (see the notes in test/simulation.test.ts). */
@@ -121,6 +127,7 @@ export function drawParams(pr: Rng, enabled: readonly FaultKind[] = []): Params 
     pageDup: pr.pick([0, 0.1, 0.3]),
     pageStale: pr.pick([0, 0.05, 0.2]),
     wire: pr.chance(0.5),
+    dataOps: 0.08,
   };
   if (pr.chance(0.3)) {
     p.membership = true;
