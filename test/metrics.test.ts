@@ -68,4 +68,18 @@ t.test('metrics, health and readiness of a real cluster', async (t) => {
   const logDeadline = Date.now() + 15_000;
   while (!/no coordinator heard/.test(c.logs.get(survivor) ?? '') && Date.now() < logDeadline) await new Promise((r) => setTimeout(r, 100));
   t.equal((c.logs.get(survivor)!.match(/no coordinator heard/g) ?? []).length, 1, 'a warning in the survivor\'s log, once');
+
+  // SIGTERM stops it, metrics listener and its kept-alive connections included (it once
+  // lingered forever, still answering /readyz).
+  const p = c.procs.get(survivor)!;
+  const exited = new Promise<number | null>((resolve) => p.once('exit', (code) => resolve(code)));
+  const started = Date.now();
+  p.kill('SIGTERM');
+  const code = await Promise.race([exited, new Promise<'lingered'>((r) => setTimeout(() => r('lingered'), 10_000))]);
+  t.equal(code, 0, `SIGTERM: exit 0 (after ${Date.now() - started} ms)`);
+  const after = await fetch(`http://127.0.0.1:${ports[survivor - 1]}/healthz`, { signal: AbortSignal.timeout(2000) }).then(
+    () => 'answered',
+    () => 'refused',
+  );
+  t.equal(after, 'refused', 'the metrics port is closed');
 });

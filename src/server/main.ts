@@ -225,9 +225,10 @@ async function main(): Promise<void> {
   // One registry for the process (a repair runs the server again: counters go on).
   const metricsAddr = values.metrics ?? env.CKV_METRICS;
   const metrics = metricsAddr ? new ServerMetrics() : null;
+  let metricsHttp: Awaited<ReturnType<typeof serveMetrics>> | null = null;
   if (metrics) {
     try {
-      await serveMetrics(String(metricsAddr), metrics);
+      metricsHttp = await serveMetrics(String(metricsAddr), metrics);
     } catch (err) {
       usage(`--metrics: cannot serve on ${metricsAddr}: ${(err as Error).message}`);
     }
@@ -333,9 +334,14 @@ async function main(): Promise<void> {
       logger.info({ signal }, 'stopping: finishing in-flight work and checkpointing');
       void job.stop();
       await server.close();
+      // The metrics listener would keep the process alive (and answering /readyz) after it stopped.
+      metricsHttp?.closeAllConnections();
+      metricsHttp?.close();
       logger.info('stopped');
       logger.flush();
       process.exitCode = 0;
+      // Nothing else should hold the loop now; if something does, exit anyway.
+      setTimeout(() => process.exit(0), STOPPED_EXIT_MS_MAX).unref();
     };
     current = server.store();
     if (key === null) logger.warn('running without a cluster key: peer messages are not authenticated (--insecure-peer-messages)');
@@ -443,6 +449,9 @@ function writeStateSync(file: string, state: { promised: number; catchUp: boolea
   renameSync(tmp, file);
   fsyncDir(dirname(file));
 }
+
+/** After a clean stop, the process exits by itself at once; should a handle linger, this long at most. */
+const STOPPED_EXIT_MS_MAX = 2_000;
 
 main().catch((err: Error) => {
   process.stderr.write(`ckv-server: ${err.stack ?? err.message}\n`);
