@@ -19,6 +19,7 @@ import { CHECKPOINT_FORMAT, metaProblem, recProblem, ridRecordProblem, type Chec
 import { CLUSTER_DEFAULT, CLUSTER_ID_PATTERN, KEY_BYTES_MAX, RID_BYTES_MAX } from '../src/core/limits.js';
 import { VERSION } from '../src/core/version.js';
 import { writeOut } from '../src/client/stdout.js';
+import { NATS_AUTH_HELP } from '../src/transport/nats-auth.js';
 import { CHECKPOINT_DIR_NAME, LmdbCheckpoint, StateDigest, compareKeys } from '../src/storage/checkpoint.js';
 
 /** Version of the snapshot file's layout (its header says). */
@@ -34,7 +35,7 @@ read first fixes the token the server must reach; the server then checkpoints an
 holds that checkpoint still while it is read, page by page). FILE is written as
 FILE.part, fsync'd and renamed. --timeout bounds each request (default 10000 ms).
 Exit 0 saved, 1 failed, 2 usage error, 3 no server answered, 5 NATS refused the
-credentials.`;
+credentials. The client identity of tools/nats-secure.conf may save (the admin subject).`;
 
 const RESTORE_HELP = `usage: ckvctl snapshot restore FILE --data DIR --id N --voters 1,2,3 [--token TEXT]
 
@@ -189,7 +190,7 @@ function fsyncDir(dir: string): void {
 
 export async function runSnapshotSave(argv: string[]): Promise<number> {
   const online = await import('./ckvctl-online.js');
-  const a = online.parseOnline(argv, 'snapshot save', SAVE_HELP, 10_000, { positionals: true, options: { server: { type: 'string' } } });
+  const a = online.parseOnline(argv, 'snapshot save', `${SAVE_HELP}\n\n${NATS_AUTH_HELP}`, 10_000, { positionals: true, options: { server: { type: 'string' } } });
   if (typeof a === 'number') return a;
   if (a.positionals.length !== 1) {
     process.stderr.write(`ckvctl snapshot save: give one FILE\n${SAVE_HELP}\n`);
@@ -379,15 +380,25 @@ export async function runSnapshotRestore(argv: string[]): Promise<number> {
     writeOut(
       `restored ${s.kv.length} keys and ${s.rids.length} request ids at index ${meta.index} into ${data}\n` +
         `new cluster identity ${cluster} (the same for every voter restored from this file with --voters ${voters.join(',')}${values.token ? ' and this --token' : ''})\n` +
-        `start it with: ckv-server --id ${id} --voters ${voters.join(',')} --data ${data}\n`,
+        `start it with: ckv-server --id ${id} --voters ${voters.join(',')} --data ${data} --cluster-key KEYFILE [--cluster NAME] [--nats URL]\n` +
+        `(KEYFILE: the new cluster's key, from ckvctl keygen, the same for all its servers; the old cluster's works too)\n`,
     );
   }
   return 0;
 }
 
+const SNAPSHOT_HELP = `usage: ckvctl snapshot save|show|restore ... (each takes --help)
+
+  save FILE       a consistent copy of a running cluster, holding every write
+                  acknowledged before it started
+  show FILE       check a snapshot file through and print what it holds
+  restore FILE --data DIR --id N --voters 1,2,3 [--token T]
+                  make a new cluster's data directory from it`;
+
 /** `ckvctl snapshot …`: resolves to the exit code; usage errors exit 2. */
 export async function runSnapshot(argv: string[]): Promise<number> {
   const [verb, ...rest] = argv;
+  if (verb === '--help' || verb === '-h' || verb === 'help') return writeOut(`${SNAPSHOT_HELP}\n`), 0;
   try {
     switch (verb) {
       case 'save':

@@ -35,8 +35,10 @@ Offline (a server's data directory; only 'log repair' changes anything):
   checkpoint get KEY          one key's value, rev and ts (exit 1 if absent)
   checkpoint dump             every key in key order
   checkpoint verify           open read-only, decode every record, print the digest
-  checkpoint diff DIR1 DIR2   compare two data directories' checkpoints
-                              (exit 0 identical, 1 different)
+  checkpoint diff DIR1 DIR2   compare two data directories' checkpoints: every key's
+                              record and the meta (index, epoch, ts, voters), not the
+                              cluster identity nor the request ids (exit 0 identical,
+                              1 different)
 Backup and restore:
   snapshot save FILE          a consistent copy of a running cluster (online; see
                               'ckvctl snapshot save --help')
@@ -353,8 +355,11 @@ async function checkpointDiff(o: Opts, dir1: string, dir2: string): Promise<numb
       if (o.json) {
         json({ identical, left: { dir: a.dir, meta: ma }, right: { dir: b.dir, meta: mb }, metaDiffers: metaDiff, keys });
       } else {
-        out(`left:  ${a.dir} (index ${ma.index})`);
-        out(`right: ${b.dir} (index ${mb.index})`);
+        // (The cluster identity and the exactly-once table are shown, not compared: a restored
+        // cluster holds the same state under a new identity.)
+        const side = (c: LmdbCheckpoint, m: CheckpointMeta): string => `${c.dir} (index ${m.index}, identity ${m.cluster ?? '-'}, ${c.counts().rids} request ids)`;
+        out(`left:  ${side(a, ma)}`);
+        out(`right: ${side(b, mb)}`);
         for (const f of metaDiff) {
           out(`meta.${f} differs: ${JSON.stringify(ma[f])} vs ${JSON.stringify(mb[f])}`);
         }

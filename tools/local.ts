@@ -21,17 +21,48 @@ const CLI = join(ROOT, 'dist', 'src', 'client', 'launch.cjs');
 /** How long the cluster may take to elect a coordinator and answer. */
 const READY_TIMEOUT_MS = 20_000;
 
-const { values } = parseArgs({
-  options: {
-    nodes: { type: 'string', default: '3' },
-    port: { type: 'string', default: '4222' },
-    cluster: { type: 'string', default: CLUSTER_DEFAULT },
-    data: { type: 'string', default: join(ROOT, 'checkpoints') },
-    secure: { type: 'boolean', default: false },
-  },
-});
+const USAGE = `usage: npm start -- [--nodes N] [--port PORT] [--cluster NAME] [--data DIR] [--secure] [--metrics PORT]
+(or: node dist/tools/local.js ..., which does not build first)
+
+  --nodes N        ckv-server processes (default 3)
+  --port PORT      the nats-server's client port on 127.0.0.1 (default 4222)
+  --cluster NAME   cluster name (default ${CLUSTER_DEFAULT})
+  --data DIR       data directories, cluster key and passwords (default checkpoints/)
+  --secure         nats-server runs tools/nats-secure.conf: a server and a client identity,
+                   clients kept off the peer subjects (passwords kept under DIR)
+  --metrics PORT   server N serves /metrics, /healthz, /readyz on 127.0.0.1:PORT+N-1`;
+
+let parsed;
+try {
+  parsed = parseArgs({
+    options: {
+      nodes: { type: 'string', default: '3' },
+      port: { type: 'string', default: '4222' },
+      cluster: { type: 'string', default: CLUSTER_DEFAULT },
+      data: { type: 'string', default: join(ROOT, 'checkpoints') },
+      secure: { type: 'boolean', default: false },
+      metrics: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+} catch (err) {
+  process.stderr.write(`local: ${(err as Error).message}\n${USAGE}\n`);
+  process.exit(2);
+}
+const { values } = parsed;
+if (values.help) {
+  process.stdout.write(`${USAGE}\n`);
+  process.exit(0);
+}
 const nodes = Number(values.nodes);
 const port = Number(values.port);
+const metricsBase = values.metrics === undefined ? null : Number(values.metrics);
+for (const [name, n] of [['--nodes', nodes], ['--port', port], ['--metrics', metricsBase ?? 1]] as const) {
+  if (!Number.isSafeInteger(n) || n < 1 || n > 65535) {
+    process.stderr.write(`local: ${name} takes a positive integer\n${USAGE}\n`);
+    process.exit(2);
+  }
+}
 const cluster = values.cluster!;
 const natsUrl = `nats://127.0.0.1:${port}`;
 const children: ChildProcess[] = [];
@@ -99,9 +130,13 @@ function clusterKey(): string {
 function startServer(id: number, voters: number[], key: string): ChildProcess {
   const data = join(values.data!, `node-${id}`);
   mkdirSync(data, { recursive: true });
-  const p = spawn(process.execPath, [SERVER, '--id', String(id), '--data', data, '--nats', natsUrl, '--cluster', cluster, '--voters', voters.join(','), '--cluster-key', key], {
+  const metrics = metricsBase === null ? [] : ['--metrics', `127.0.0.1:${metricsBase + id - 1}`];
+  // (CKV_METRICS from our environment would make every server listen on the same port.)
+  const env: NodeJS.ProcessEnv = { ...process.env, ...secure?.serverEnv };
+  delete env.CKV_METRICS;
+  const p = spawn(process.execPath, [SERVER, '--id', String(id), '--data', data, '--nats', natsUrl, '--cluster', cluster, '--voters', voters.join(','), '--cluster-key', key, ...metrics], {
     stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, ...secure?.serverEnv },
+    env,
   });
   // Server logs are JSON lines (pino); show only warnings and errors here.
   p.stderr!.on('data', (d: Buffer) => {
@@ -143,6 +178,8 @@ async function main(): Promise<void> {
   for (const id of voters) children.push(startServer(id, voters, key));
   log(`started ${nodes} ckv-server processes (voters ${voters.join(',')}), data under ${values.data}`);
   process.on('SIGINT', () => {
+    // (A terminal's Ctrl-C reaches every process of the group; a second one changes nothing.)
+    if (stopping) return;
     log('stopping (servers checkpoint and exit)');
     void stopAll().then(() => log('stopped'));
   });
@@ -164,14 +201,21 @@ async function main(): Promise<void> {
   log(`ckv put hello world -> ${put.out || 'ok'}`);
   log(`ckv get hello       -> ${get.out}`);
   process.stdout.write(`${status.out}\n`);
+  const metricsLines = metricsBase === null ? '' : `\nMetrics: ${voters.map((id) => `http://127.0.0.1:${metricsBase + id - 1}/metrics`).join(' ')} (and /healthz, /readyz?verbose)`;
+  const secureLines = secure
+    ? `\nNATS identities (tools/nats-secure.conf): clients ckv-client, password in ${secure.client};
+servers ckv-server, password in ${secure.server}. To run nats-server yourself with this config:
+  CKV_SERVER_PASSWORD=$(cat ${secure.server}) CKV_CLIENT_PASSWORD=$(cat ${secure.client}) nats-server -c ${join(ROOT, 'tools', 'nats-secure.conf')}`
+    : '';
   process.stdout.write(`
-The cluster is up. In another shell:
+The cluster is up (cluster key: ${key}).${metricsLines}${secureLines}
+In another shell:
   export CKV_NATS=${natsUrl} CKV_CLUSTER=${cluster}${secure ? `\n  export CKV_NATS_USER=ckv-client CKV_NATS_PASSWORD_FILE=${secure.client}` : ''}
-  node dist/src/client/launch.cjs put greeting hi      # or: npx ckv put greeting hi
-  node dist/src/client/launch.cjs get greeting
-  node dist/src/client/launch.cjs watch ''             # change events
-  node dist/src/client/launch.cjs status
-  node dist/tools/ckvctl.js log ls --data ${join(values.data!, 'node-1')}
+  node ${CLI} put greeting hi      # or, in the repository: npx ckv put greeting hi
+  node ${CLI} get greeting
+  node ${CLI} watch ''             # change events
+  node ${CLI} status
+  node ${join(ROOT, 'dist', 'tools', 'ckvctl.js')} log ls --data ${join(values.data!, 'node-1')}
 Ctrl-C stops everything.
 `);
 }

@@ -641,7 +641,7 @@ async function prepare(s: Settings): Promise<Action> {
         if (s.json) json({ ...h, ts: c.token });
         else {
           out(h.events.map(eventLine).join(''));
-          warn(`complete from log index ${h.since} (read at ${h.index})`);
+          warn(`history complete from log index ${h.since} (read at ${h.index})`);
         }
         return EXIT_OK;
       };
