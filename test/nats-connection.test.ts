@@ -186,6 +186,26 @@ t.test('TLS with a CA of our own', async (t) => {
   t.ok(r.ms < 5000, `bounded by the budget (${Math.round(r.ms)} ms)`);
   r = await c.ckv(['--no-session', '--tls-cert', cert, 'get', 't.k']);
   t.equal(r.code, 2, '--tls-cert without --tls-key: usage error');
+
+  // Mutual TLS: a nats-server that verifies client certificates (signed by the same CA).
+  const clientCert = join(dir, 'client.pem');
+  const clientKey = join(dir, 'client.key');
+  const clientCsr = join(dir, 'client.csr');
+  ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', clientKey, '-out', clientCsr, '-subj', '/CN=ckv client');
+  ssl('x509', '-req', '-in', clientCsr, '-CA', ca, '-CAkey', caKey, '-CAcreateserial', '-out', clientCert, '-days', '2');
+  const m = new Cluster(1, {
+    cluster: 'tls2',
+    natsArgs: ['--tlsverify', '--tlscert', cert, '--tlskey', key, '--tlscacert', ca],
+    serverEnv: { CKV_TLS_CA: ca, CKV_TLS_CERT: clientCert, CKV_TLS_KEY: clientKey },
+    clientEnv: { CKV_TLS_CA: ca },
+  });
+  await m.start();
+  t.teardown(() => m.stop());
+  r = await m.ckv(['--no-session', '--tls-cert', clientCert, '--tls-key', clientKey, '--timeout', '10000', 'put', 'm.k', 'mutual']);
+  t.equal(r.code, 0, `a client certificate: in (${r.stderr.trim()})`);
+  r = await m.ckv(['--no-session', '--timeout', '2000', 'get', 'm.k']);
+  t.not(r.code, 0, 'no client certificate: refused');
+  t.ok(r.ms < 5000, `bounded (${Math.round(r.ms)} ms)`);
 });
 
 t.test('--version: every program says package.json\'s version', async (t) => {
