@@ -511,7 +511,7 @@ t.test('watch', async (t) => {
     fake.publishEvent('w', log.find((e) => e.key === 'd')!); // another subject: not delivered to us anyway
     const got = await take(w, 4);
     t.same(got.map(key), ['2:users.a', '4:users.b', '6:users.c', '8:users.b']);
-    t.match(fake.seen.read[0], { op: 'replay', from: 2 }, 'from the last index seen (it may have been a partial batch)');
+    t.match(fake.seen.read[0], { op: 'replay', from: 2, prefix: 'users.' }, 'from the last index seen (it may have been a partial batch), of the prefix only');
     await w.return!();
   });
 
@@ -523,13 +523,82 @@ t.test('watch', async (t) => {
     w.stop();
   });
 
-  t.test('a replay that hits COMPACTED ends the iterator with that error', async (t) => {
+  t.test('a replay that hits COMPACTED at every try ends the iterator with that error', async (t) => {
     fake.on.read = () => fail(5, 'COMPACTED');
     const w = c.watch('', { from: 1 });
     const err = await w.next().catch((e: unknown) => e);
     t.type(err, CkvError);
     t.equal((err as CkvError).code, 'COMPACTED');
+    t.ok(fake.seen.read.length > 1, `other servers were asked (${fake.seen.read.length} tries)`);
     t.same(await w.next(), { value: undefined, done: true });
+  });
+
+  t.test('COMPACTED from one server (it restarted), the events from another: the watch goes on', async (t) => {
+    const handler = replayHandler(1000);
+    let n = 0;
+    fake.on.read = (r) => (++n <= 2 ? fail(5, 'COMPACTED') : handler(r));
+    const w = c.watch('users.b', { from: 1 });
+    t.same((await take(w, 2)).map(key), ['4:users.b', '8:users.b']);
+    t.match(fake.seen.read[2], { op: 'replay', from: 1, key: 'users.b' });
+    w.stop();
+  });
+
+  // Current values as the fake holds them at index 7 (users.b absent: deleted at 4), in pages of 1.
+  const listHandler = (r: Record<string, unknown>) => {
+    const items = [
+      { key: 'users.a', value: 'v2', rev: 2 },
+      { key: 'users.c', value: 'v6', rev: 6 },
+    ].filter((kv) => kv.key.startsWith(r.prefix as string) && (r.start === undefined || kv.key >= (r.start as string)));
+    // The first page is read at index 5, the second at 7 (the cluster moved on between them).
+    const index = r.start === undefined ? 5 : 7;
+    return ok(100 + index, { index, items: items.slice(0, 1), next: items[1]?.key ?? null });
+  };
+
+  t.test('initial: the current values, a mark in order, then the changes since, none twice', async (t) => {
+    const replay = replayHandler(1000);
+    applied = 9;
+    fake.on.read = (r) => (r.op === 'list' ? listHandler(r) : replay(r));
+    const marks: Array<[number, number]> = [];
+    let consumed = 0;
+    const w = c.watch('users.', { initial: true, onInitial: (i) => marks.push([i, consumed]) });
+    const got: ChangeEvent[] = [];
+    while (got.length < 3) {
+      got.push(...(await take(w, 1)));
+      consumed++;
+    }
+    t.same(
+      got.map((e) => [key(e), e.initial ?? false]),
+      [
+        ['2:users.a', true],
+        ['6:users.c', true],
+        ['8:users.b', false],
+      ],
+      'users.c at 6 was read with its value (page 2, at 7): its event is not given again; 8 is new',
+    );
+    t.same(marks, [[7, 2]], 'the mark comes after the two initial values were consumed, with the index they reach');
+    t.match(fake.seen.read.find((r) => r.op === 'replay'), { from: 6, prefix: 'users.' }, 'the changes since the first page (read at 5)');
+    t.throws(() => c.watch('x', { initial: true, from: 3 }), { code: 'BAD_REQUEST' });
+    w.stop();
+  });
+
+  t.test('resync: the events are gone at every server, so the watch starts again from the current values', async (t) => {
+    const replay = replayHandler(1000);
+    applied = 9;
+    // Events up to 5 are gone everywhere (every server restarted).
+    fake.on.read = (r) => (r.op === 'list' ? listHandler(r) : (r.from as number) <= 5 ? fail(109, 'COMPACTED') : replay(r));
+    const marks: number[] = [];
+    const w = c.watch('users.', { from: 1, resync: true, onInitial: (i) => marks.push(i) });
+    const got = await take(w, 3);
+    t.same(
+      got.map((e) => [key(e), e.initial ?? false]),
+      [
+        ['2:users.a', true],
+        ['6:users.c', true],
+        ['8:users.b', false],
+      ],
+    );
+    t.same(marks, [7]);
+    w.stop();
   });
 
   t.test('for-await and close() end watches', async (t) => {

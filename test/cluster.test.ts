@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Cluster, parseStatus, type StatusRow } from './helpers/cluster.js';
-import { CKVCTL_JS, runNode } from './helpers/run.js';
+import { CKVCTL_JS, CLI_JS, runNode, start } from './helpers/run.js';
 
 const dec = new TextDecoder();
 
@@ -285,4 +285,64 @@ t.test('three-node cluster', async (t) => {
       t.equal(d.code, 0, `checkpoint of ${follower} identical to ${id}'s: ${d.stdout}${d.stderr}`);
     }
   });
+});
+
+t.test('watches that do not stop: after every server restarted, from a restarted one, and from current values', async (t) => {
+  const c = new Cluster(3, { cluster: 'wt' });
+  await c.start();
+  t.teardown(async () => {
+    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
+    await c.stop();
+  });
+  await c.waitForCoordinator();
+  const ckv = (args: string[]) => c.ckv(['--no-session', ...args]);
+  const watchers: Array<ReturnType<typeof start>> = [];
+  t.teardown(() => {
+    for (const w of watchers) w.proc.kill('SIGKILL');
+  });
+  const watch = (args: string[]) => {
+    const w = start(process.execPath, [CLI_JS, '--nats', c.nats.url, '--cluster', 'wt', '--no-session', 'watch', ...args], { timeoutMs: 60_000 });
+    watchers.push(w);
+    return w;
+  };
+  t.equal((await ckv(['put', 'w.a', '1'])).code, 0);
+  t.equal((await ckv(['put', 'w.b', '2'])).code, 0);
+  t.equal((await ckv(['put', 'other', 'x'])).code, 0);
+
+  // Every server restarts (SIGTERM: each checkpoints): the events before lived in memory only.
+  await Promise.all(c.voters.map((id) => c.kill(id, 'SIGTERM')));
+  for (const id of c.voters) c.startNode(id);
+  await c.waitForCoordinator();
+  let r = await ckv(['watch', 'w.', '--from', '1', '--timeout', '5000']);
+  t.equal(r.code, 4, 'the events are gone at every server: exit 4');
+  t.match(r.stderr, /COMPACTED/);
+
+  // --resync: the current values instead, then live changes.
+  const resync = watch(['w.', '--from', '1', '--resync']);
+  await resync.waitForStdout((s) => /\tput\tw\.a\t1\n/.test(s) && /\tput\tw\.b\t2\n/.test(s), 'the current values');
+  // --initial: the same, and a mark on stderr where they end.
+  const initial = watch(['w.', '--initial']);
+  await initial.waitForStdout((s) => s.split('\n').filter(Boolean).length === 2, 'two current values');
+  await c.waitFor('the initial mark', async () => (/current values end here/.test(initial.stderr()) ? true : undefined), 10_000);
+  const put = await ckv(['put', '--json', 'w.c', '3']);
+  const cIndex = JSON.parse(put.stdout).index as number;
+  for (const w of [resync, initial]) await w.waitForStdout((s) => s.includes(`${cIndex}\t`) && /\tput\tw\.c\t3\n/.test(s), 'the live change after the current values');
+  t.notMatch(resync.stdout() + initial.stdout(), /other/, 'only keys under the prefix');
+
+  // One follower restarts: it lacks the events from w.c on; others have them, and are asked.
+  const status = JSON.parse((await ckv(['status', '--json'])).stdout);
+  const follower = status.servers.find((s: { role: string }) => s.role === 'follower').id as number;
+  await c.kill(follower, 'SIGTERM');
+  c.startNode(follower);
+  await c.waitFor('the follower back', async () => {
+    const s = JSON.parse((await ckv(['status', '--json'])).stdout);
+    return s.servers.find((x: { id: number; applied: number }) => x.id === follower && x.applied >= cIndex) ? true : undefined;
+  });
+  for (let i = 0; i < 4; i++) {
+    const w = watch(['w.c', '--from', String(cIndex)]);
+    await w.waitForStdout((s) => /\tput\tw\.c\t3\n/.test(s), `the event at ${cIndex} (try ${i + 1})`);
+    w.proc.kill('SIGINT');
+    const done = await w.done;
+    t.equal(done.code, 0, `try ${i + 1}: replayed from a server that has the events, then stopped cleanly`);
+  }
 });

@@ -192,15 +192,23 @@ they started); stderr says from which log index the history is complete.
     flags: ['limit'],
   },
   watch: {
-    usage: 'watch [TARGET] [--from INDEX]',
+    usage: 'watch [TARGET] [--from INDEX | --initial] [--resync]',
     help: `Print change events until interrupted (Ctrl-C), one line per event:
   INDEX<TAB>TS<TAB>put<TAB>KEY<TAB>VALUE     (VALUE escaped as for mget)
   INDEX<TAB>TS<TAB>del<TAB>KEY
 TARGET "" or absent: every key; ending in ".": every key under it ("users."
 matches users.a and users.a.b); otherwise exactly that key.
   --from INDEX  first replay the events from log index INDEX, then go live
---json: one event object per line.`,
-    flags: ['from'],
+  --initial     first print every current value under TARGET (as put lines whose
+                INDEX is the key's revision), then a line on stderr where they
+                end, then the changes that follow (no gap, as NATS KV watchers)
+  --resync      if the events needed are gone at every server (COMPACTED, e.g.
+                after every server restarted), print the current values again
+                (as --initial) and go on, instead of exiting 4
+A server lacking the events asked for is not the end: others are asked.
+--json: one event object per line (initial values carry "initial":true; the end
+of them is {"initialEnd":INDEX}).`,
+    flags: ['from', 'initial', 'resync'],
   },
   status: {
     usage: 'status',
@@ -234,6 +242,8 @@ const OPTIONS = {
   delete: { type: 'boolean' },
   rev: { type: 'string' },
   prefix: { type: 'boolean' },
+  initial: { type: 'boolean' },
+  resync: { type: 'boolean' },
   ...NATS_AUTH_OPTIONS,
   version: { type: 'boolean' },
 } as const;
@@ -651,6 +661,7 @@ async function prepare(s: Settings): Promise<Action> {
       const target = s.args[0] ?? '';
       if (target !== '') check({ op: 'get', key: target.endsWith('.') ? target.slice(0, -1) : target });
       const from = typeof s.flags.from === 'string' ? parseNat(s.flags.from, '--from') : undefined;
+      if (from !== undefined && s.flags.initial === true) usage('--from and --initial contradict each other');
       return (c) => watch(s, c, target, from);
     }
     case 'status': {
@@ -675,7 +686,11 @@ function printAck(s: Settings, ack: { index: number; ts: number }): number {
 }
 
 async function watch(s: Settings, c: Client, target: string, from: number | undefined): Promise<number> {
-  const w = c.watch(target, from !== undefined ? { from } : {});
+  const onInitial = (index: number): void => {
+    if (s.json) json({ initialEnd: index });
+    else warn(`(current values end here; changes after index ${index} follow)`);
+  };
+  const w = c.watch(target, { ...(from !== undefined ? { from } : {}), ...(s.flags.initial === true ? { initial: true } : {}), ...(s.flags.resync === true ? { resync: true } : {}), onInitial });
   const stop = () => w.stop();
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);

@@ -13,6 +13,7 @@ import {
   CLUSTER_NAME_PATTERN,
   CLUSTER_NAME_RULE,
   LIST_LIMIT_DEFAULT,
+  LIST_LIMIT_MAX,
   NATS_URL_DEFAULT,
   REPLAY_EVENTS_MAX,
   REQUEST_TIMEOUT_MS_DEFAULT,
@@ -189,6 +190,19 @@ export interface WriteAck {
 export interface WatchOptions {
   /** Replay events from this log index first, then go live with no gap and no duplicate. */
   from?: number;
+  /**
+   * First every current value under the target, as events marked `initial: true` (index =
+   * the key's rev), then the changes that follow, with no gap (as NATS KV watchers do). Not
+   * with from.
+   */
+  initial?: boolean;
+  /** Called (in order with the events: after the last initial one is consumed) once the initial values are all out, with the index they were read at. */
+  onInitial?: (index: number) => void;
+  /**
+   * If the events the watch needs are gone at every server (COMPACTED), start again from the
+   * current values (as with initial, onInitial called again) instead of failing.
+   */
+  resync?: boolean;
 }
 
 /** An async iterator of change events; stop() (or breaking out of for-await) ends it. */
@@ -232,6 +246,10 @@ export const STATUS_WINDOW_MS = 300;
 const STATUS_GRACE_MS = 50;
 /** A watch stops taking live events while this many wait for the consumer (replay fills the gap later). */
 const WATCH_BUFFER_EVENTS_MAX = 10_000;
+/** A replay refused as COMPACTED is asked again (the read queue group picks a server at random) this often. */
+const WATCH_COMPACTED_TRIES_MAX = 6;
+/** Resyncs in a row (the current values read, then their follow-up compacted again) before a watch gives up. */
+const WATCH_RESYNC_TRIES_MAX = 3;
 /** Random bytes in a request id: 128 bits, 22 base64url characters (within RID_BYTES_MAX). */
 const RID_RANDOM_BYTES = 16;
 
@@ -513,9 +531,10 @@ export class Client {
       check({ op: 'get', key }); // the same rules as keys
     }
     if (opts.from !== undefined && !isNat(opts.from)) throw new CkvError(ErrorCode.BAD_REQUEST, 'from must be a non-negative integer');
+    if (opts.initial && opts.from !== undefined) throw new CkvError(ErrorCode.BAD_REQUEST, 'a watch starts from current values (initial) or from an index (from), not both');
     const subject = target === '' ? `${this.subject.ev}.>` : target.endsWith('.') ? `${this.subject.ev}.${target}>` : `${this.subject.ev}.${target}`;
-    const match = target === '' ? () => true : target.endsWith('.') ? (k: string) => k.startsWith(target) : (k: string) => k === target;
-    const w = new WatchImpl(this.watchPort(), subject, match, opts.from, () => this.watches.delete(w));
+    const only: WatchFilter = target === '' ? {} : target.endsWith('.') ? { prefix: target } : { key: target };
+    const w = new WatchImpl(this.watchPort(), subject, only, opts, () => this.watches.delete(w));
     this.watches.add(w);
     return w;
   }
@@ -536,9 +555,26 @@ export class Client {
     return {
       subscribe: (subject, onMsg) => this.transport.subscribe(subject, onMsg),
       flush: () => this.transport.flush(),
-      replay: async (from, after) => {
-        const r = await this.call(this.subject.read, { op: 'replay', from, limit: REPLAY_EVENTS_MAX }, after);
-        return { events: r.events ?? [], index: r.index };
+      replay: async (from, after, only) => {
+        // A server that restarted since keeps events only from then on: another may have them.
+        for (let tries = 1; ; tries++) {
+          try {
+            const r = await this.call(this.subject.read, { op: 'replay', from, limit: REPLAY_EVENTS_MAX, ...only }, after);
+            return { events: r.events ?? [], index: r.index };
+          } catch (err) {
+            if (!(err instanceof CkvError) || err.code !== ErrorCode.COMPACTED || tries >= WATCH_COMPACTED_TRIES_MAX) throw err;
+          }
+        }
+      },
+      current: async (only, start) => {
+        if (only.key !== undefined) {
+          // (mget, not get: an absent key is an ok reply, with the index it was read at.)
+          const r = await this.call(this.subject.read, { op: 'mget', keys: [only.key] });
+          const kv = r.values?.[0] ?? null;
+          return { items: kv ? [kv] : [], next: null, index: r.index, ts: r.ts };
+        }
+        const r = await this.call(this.subject.read, { op: 'list', prefix: only.prefix ?? '', ...(start !== undefined ? { start } : {}), limit: LIST_LIMIT_MAX });
+        return { items: r.items ?? [], next: r.next ?? null, index: r.index, ts: r.ts };
       },
       observe: (ts) => this.observe(ts),
     };
@@ -669,43 +705,60 @@ function consistency(opts: ReadOptions): { consistency?: Consistency } {
 // ---------------------------------------------------------------------------
 // Watch
 
+/** What a watch follows: one key, a prefix, or (neither) every key. */
+type WatchFilter = { key?: string; prefix?: string };
+
 interface WatchPort {
   subscribe(subject: string, onMsg: (data: Uint8Array) => void): Subscription;
   flush(): Promise<void>;
-  /** One page of events from index from, from a server that holds token after. */
-  replay(from: number, after: number): Promise<{ events: ChangeEvent[]; index: number }>;
+  /** One page of events from index from (of the key or prefix only), from a server that holds token after. */
+  replay(from: number, after: number, only: WatchFilter): Promise<{ events: ChangeEvent[]; index: number }>;
+  /** One page of current values (from start, inclusive), and the index it was read at. */
+  current(only: WatchFilter, start: string | undefined): Promise<{ items: KeyValue[]; next: string | null; index: number; ts: number }>;
   observe(ts: number): void;
+}
+
+/** Marks, in the stream, where a watch's initial values end (see WatchOptions.onInitial). */
+interface InitialEnd {
+  initialEnd: number;
 }
 
 /**
  * Live events from a subscription, merged with replayed ones. Emitted events
  * are in log order, each (index, key) once. The subscription starts before any
- * replay, so nothing falls between them.
+ * replay or read of current values, so nothing falls between them.
  */
 class WatchImpl implements Watch {
   private readonly client: WatchPort;
-  private readonly match: (key: string) => boolean;
+  private readonly only: WatchFilter;
+  private readonly opts: WatchOptions;
   private readonly sub: Subscription;
   private readonly onStop: () => void;
   /** Live events not yet looked at. */
   private incoming: ChangeEvent[] = [];
-  /** Events ready for the consumer. */
-  private ready: ChangeEvent[] = [];
+  /** Events (and initial-end marks) ready for the consumer. */
+  private ready: Array<ChangeEvent | InitialEnd> = [];
   /** Every index <= settled is done: its events for us were emitted. -1: unknown yet. */
   private settled: number;
   /** The index being emitted (a batch has several events) and its keys emitted so far. */
   private atIndex = -1;
   private keysAtIndex = new Set<string>();
+  /**
+   * After current values were read (page by page, at indexes up to `through`): each key's
+   * rev as read. An event at or below it is already in the value given.
+   */
+  private listed: { revs: Map<string, number>; through: number } | null = null;
   private failure: CkvError | null = null;
   private stopped = false;
   private wakePump: (() => void) | null = null;
   private wakeConsumer: (() => void) | null = null;
 
-  constructor(client: WatchPort, subject: string, match: (key: string) => boolean, from: number | undefined, onStop: () => void) {
+  constructor(client: WatchPort, subject: string, only: WatchFilter, opts: WatchOptions, onStop: () => void) {
     this.client = client;
-    this.match = match;
+    this.only = only;
+    this.opts = opts;
     this.onStop = onStop;
-    this.settled = from === undefined ? -1 : Math.max(0, from - 1);
+    this.settled = opts.from === undefined ? -1 : Math.max(0, opts.from - 1);
     this.sub = client.subscribe(subject, (data) => {
       if (this.stopped) return;
       // A full buffer drops the event; the next one's prev shows the gap and replay fills it.
@@ -715,7 +768,7 @@ class WatchImpl implements Watch {
       this.incoming.push(e);
       this.wake('pump');
     });
-    void this.pump(from !== undefined);
+    void this.pump();
   }
 
   [Symbol.asyncIterator](): this {
@@ -727,6 +780,10 @@ class WatchImpl implements Watch {
       const e = this.ready.shift();
       if (e) {
         this.wake('pump'); // there is room again
+        if ('initialEnd' in e) {
+          this.opts.onInitial?.(e.initialEnd);
+          continue;
+        }
         return { value: e, done: false };
       }
       if (this.failure) {
@@ -765,17 +822,27 @@ class WatchImpl implements Watch {
     return new Promise((resolve) => (this.wakePump = resolve));
   }
 
-  private async pump(replayFirst: boolean): Promise<void> {
+  private matches(key: string): boolean {
+    return this.only.key !== undefined ? key === this.only.key : this.only.prefix !== undefined ? key.startsWith(this.only.prefix) : true;
+  }
+
+  private async pump(): Promise<void> {
     try {
       await this.client.flush(); // the server has our subscription: live events from here on reach us
-      if (replayFirst) await this.fill(Infinity, 0);
+      if (this.opts.initial) {
+        await this.loadCurrent();
+        // Only the coordinator publishes events: one it applied after the first page was read
+        // may have gone out before we subscribed. Replay catches up; if those events are gone
+        // the current values are read again (the caller asked for them anyway).
+        await this.fill(Infinity, 0, true);
+      } else if (this.opts.from !== undefined) await this.fill(Infinity, 0);
       while (!this.stopped) {
         if (this.incoming.length === 0 || this.ready.length >= WATCH_BUFFER_EVENTS_MAX) {
           await this.waitPump();
           continue;
         }
         const e = this.incoming.shift()!;
-        if (!this.match(e.key) || this.seen(e)) continue;
+        if (!this.matches(e.key) || this.seen(e)) continue;
         // Entries after the last we know of produced events we did not get (in a
         // key or prefix watch, maybe for other keys only): replay tells.
         const high = Math.max(this.settled, this.atIndex);
@@ -790,20 +857,63 @@ class WatchImpl implements Watch {
   }
 
   /**
+   * Every current value under the watch, page by page (each page at least at the token of
+   * the one before), as initial events; then the changes since the first page follow.
+   */
+  private async loadCurrent(): Promise<void> {
+    const revs = new Map<string, number>();
+    let first = -1;
+    let through = -1;
+    for (let start: string | undefined; !this.stopped; ) {
+      while (this.ready.length >= WATCH_BUFFER_EVENTS_MAX && !this.stopped) await this.waitPump();
+      const page = await this.client.current(this.only, start);
+      if (first < 0) first = page.index;
+      through = Math.max(through, page.index);
+      this.client.observe(page.ts);
+      for (const kv of page.items) {
+        if (!this.matches(kv.key) || revs.has(kv.key)) continue;
+        revs.set(kv.key, kv.rev);
+        this.ready.push({ index: kv.rev, ts: page.ts, op: 'put', key: kv.key, value: kv.value, prev: 0, initial: true });
+      }
+      this.wake('consumer');
+      if (page.next === null) break;
+      start = page.next;
+    }
+    this.settled = Math.max(this.settled, first);
+    this.atIndex = -1;
+    this.keysAtIndex.clear();
+    this.listed = { revs, through };
+    this.ready.push({ initialEnd: through });
+    this.wake('consumer');
+  }
+
+  /**
    * Replay from settled + 1 through index through (Infinity: until caught up),
    * from a server that holds token after.
    */
-  private async fill(through: number, after: number): Promise<void> {
+  private async fill(through: number, after: number, resync = this.opts.resync === true): Promise<void> {
     let from = this.settled + 1;
+    let resyncs = 0;
     while (!this.stopped) {
       while (this.ready.length >= WATCH_BUFFER_EVENTS_MAX && !this.stopped) await this.waitPump();
-      const { events, index } = await this.client.replay(from, after);
+      let page: { events: ChangeEvent[]; index: number };
+      try {
+        page = await this.client.replay(from, after, this.only);
+      } catch (err) {
+        // Gone at every server that answered: start again from the current values, if asked to.
+        if (!(err instanceof CkvError) || err.code !== ErrorCode.COMPACTED || !resync || ++resyncs > WATCH_RESYNC_TRIES_MAX) throw err;
+        await this.loadCurrent();
+        if (this.settled >= through) return;
+        from = this.settled + 1;
+        continue;
+      }
+      const { events, index } = page;
       let last = -1;
       for (const e of events) {
         if (!isEvent(e) || e.index < from) continue;
         if (e.index > through) return this.settle(through);
         last = e.index;
-        if (this.match(e.key) && !this.seen(e)) this.emit(e);
+        if (this.matches(e.key) && !this.seen(e)) this.emit(e);
       }
       // Nothing more at that server: all it has applied is settled.
       if (last < 0) return this.settle(Math.min(through, index));
@@ -817,9 +927,11 @@ class WatchImpl implements Watch {
 
   private settle(index: number): void {
     if (index > this.settled) this.settled = index;
+    if (this.listed && this.settled >= this.listed.through) this.listed = null;
   }
 
   private seen(e: ChangeEvent): boolean {
+    if (this.listed && e.index <= this.listed.through && e.index <= (this.listed.revs.get(e.key) ?? -1)) return true;
     return e.index <= this.settled || (e.index === this.atIndex && this.keysAtIndex.has(e.key));
   }
 

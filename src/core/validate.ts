@@ -191,11 +191,13 @@ export function validateRequest(raw: unknown): Request {
       return { op: 'list', prefix, ...(start ? { start } : {}), limit, ...(consistency ? { consistency } : {}), ...common };
     }
     case 'replay': {
-      checkFields(o, ['from', 'limit']);
+      checkFields(o, ['from', 'limit', 'key', 'prefix']);
       const from = checkNat(o.from, 'from');
       const limit = o.limit === undefined ? REPLAY_EVENTS_MAX : checkNat(o.limit, 'limit');
       if (limit < 1 || limit > REPLAY_EVENTS_MAX) bad(`limit must be 1..${REPLAY_EVENTS_MAX}`);
-      return { op: 'replay', from, limit, ...common };
+      if (o.key !== undefined && o.prefix !== undefined) bad('replay takes a key or a prefix, not both');
+      const only = o.key !== undefined ? { key: checkKey(o.key) } : o.prefix !== undefined ? { prefix: checkPrefix(o.prefix) } : {};
+      return { op: 'replay', from, limit, ...only, ...common };
     }
     case 'history': {
       checkFields(o, ['key', 'limit']);

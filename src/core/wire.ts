@@ -29,8 +29,8 @@ export type ReadRequest = Common &
     | { op: 'get'; key: string; consistency?: Consistency }
     | { op: 'mget'; keys: string[]; consistency?: Consistency }
     | { op: 'list'; prefix: string; start?: string; limit?: number; consistency?: Consistency }
-    /** Change events from a log index, for observers that saw a gap. */
-    | { op: 'replay'; from: number; limit?: number }
+    /** Change events from a log index, for observers that saw a gap; only one key's, or a prefix's, when given. */
+    | { op: 'replay'; from: number; limit?: number; key?: string; prefix?: string }
     /** A key's recent changes (those this server still keeps), oldest first. */
     | { op: 'history'; key: string; limit?: number }
   );
@@ -124,6 +124,8 @@ export interface ChangeEvent {
   value?: string;
   /** Index of the previous entry that produced events (0 if none): lets an observer see a gap. */
   prev: number;
+  /** Only in a client's watch with `initial`: a current value (index is its rev), not a change. */
+  initial?: true;
 }
 
 /** catchup: a server that lost data it may have acknowledged; it neither votes nor leads until it holds what the cluster had committed when it came back. */

@@ -705,6 +705,7 @@ export class Replica {
         let bytes = 0;
         for (const ev of this.events) {
           if (ev.index < from) continue;
+          if ((req.key !== undefined && ev.key !== req.key) || (req.prefix !== undefined && !ev.key.startsWith(req.prefix))) continue;
           // Whole entries only: a page ends between indexes, at the count or byte bound.
           const full = events.length >= limit || bytes > REPLAY_PAGE_BYTES_MAX;
           if (full && ev.index !== events[events.length - 1]!.index) break;
