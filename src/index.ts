@@ -16,6 +16,7 @@ export {
   type History,
   type HistoryOptions,
   type WriteAck,
+  type WriteOptions,
   type Watch,
   type WatchOptions,
   type Snapshot,
@@ -23,6 +24,7 @@ export {
   type Transport,
   type Subscription,
 } from './client/client.js';
+export { LockHeldError, LOCK_TTL_MS_DEFAULT, type Lock, type LockOptions } from './client/lock.js';
 export { defaultSessionPath, readToken, saveToken } from './client/session.js';
 export { resolveNatsAuth, NatsAuthUsageError, type NatsAuth } from './transport/nats-auth.js';
 export { ErrorCode, ERROR_CODES, type WireError } from './core/errors.js';
@@ -38,5 +40,7 @@ export {
   HISTORY_LIMIT_MAX,
   REQUEST_TIMEOUT_MS_DEFAULT,
   REQUEST_TIMEOUT_MS_MAX,
+  TTL_MS_MIN,
+  TTL_MS_MAX,
 } from './core/limits.js';
 export type * from './core/wire.js';

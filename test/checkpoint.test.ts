@@ -415,3 +415,30 @@ t.test('compareKeys is UTF-8 byte order', async (t) => {
   t.same([...words].sort(compareKeys), bytes);
   t.equal(compareKeys('same', 'same'), 0);
 });
+
+t.test('the ttl index: keys with a time to live are found after a reopen without a scan, and leave it when rewritten without', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  const meta = (index: number): CheckpointMeta => ({ format: CHECKPOINT_FORMAT, index, epoch: 1, ts: index, voters: [1], eventPrev: 0 });
+  let cp = await LmdbCheckpoint.open(dir);
+  await cp.write({ kv: [['a', { value: '1', rev: 1, ts: 1, ttl: 5000 }], ['b', { value: '2', rev: 2, ts: 2 }], ['c', { value: '3', rev: 3, ts: 3, ttl: 60_000 }]], ridsSet: [], ridsDel: [], meta: meta(3) });
+  t.same(cp.ttlKeys().sort(), [['a', { rev: 1, ttl: 5000 }], ['c', { rev: 3, ttl: 60_000 }]]);
+  await cp.close();
+  cp = await LmdbCheckpoint.open(dir);
+  t.same(cp.ttlKeys().sort(), [['a', { rev: 1, ttl: 5000 }], ['c', { rev: 3, ttl: 60_000 }]], 'after a reopen');
+  t.same(cp.get('a'), { value: '1', rev: 1, ts: 1, ttl: 5000 }, 'the record keeps its ttl');
+  // Rewritten without a ttl, deleted, or given one: the index follows.
+  await cp.write({ kv: [['a', { value: '1b', rev: 4, ts: 4 }], ['b', { value: '2b', rev: 5, ts: 5, ttl: 100 }], ['c', null]], ridsSet: [], ridsDel: [], meta: meta(5) });
+  t.same(cp.ttlKeys(), [['b', { rev: 5, ttl: 100 }]]);
+  await cp.close();
+  cp = await LmdbCheckpoint.open(dir, { readOnly: true });
+  t.same(cp.ttlKeys(), [['b', { rev: 5, ttl: 100 }]], 'read-only, after a reopen');
+  const m = new MemCheckpoint();
+  await m.write({ kv: [['x', { value: '1', rev: 1, ts: 1, ttl: 50 }], ['y', { value: '2', rev: 1, ts: 1 }]], ridsSet: [], ridsDel: [], meta: meta(1) });
+  t.same(m.ttlKeys(), [['x', { rev: 1, ttl: 50 }]], 'MemCheckpoint agrees');
+  t.rejects(cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(6) }), /read-only/);
+  await cp.close();
+  // A ttl out of range is a damaged record, as anything else would be.
+  const w = await LmdbCheckpoint.open(path.join(tmpDir(t), 'checkpoint'));
+  await t.rejects(w.write({ kv: [['k', { value: 'v', rev: 1, ts: 1, ttl: 0 }]], ridsSet: [], ridsDel: [], meta: meta(1) }), /ttl/);
+  await w.close();
+});

@@ -1,9 +1,10 @@
 // Three real ckv-server processes on a real nats-server: read-your-writes
 // across one-shot clients and servers, SIGKILL of the coordinator during
-// writes, SIGSTOP/SIGCONT of a follower, and catch-up by checkpoint transfer.
+// writes, SIGSTOP/SIGCONT of a follower, catch-up by checkpoint transfer, watches that
+// go on after every server restarted, and locks and elections held by scripts.
 
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -345,4 +346,69 @@ t.test('watches that do not stop: after every server restarted, from a restarted
     const done = await w.done;
     t.equal(done.code, 0, `try ${i + 1}: replayed from a server that has the events, then stopped cleanly`);
   }
+});
+
+t.test('locks and elections for scripts: contention, fencing tokens, a holder killed with SIGKILL', async (t) => {
+  const c = new Cluster(3, { cluster: 'lk' });
+  await c.start();
+  const dir = mkdtempSync(join(tmpdir(), 'ckv-lock-'));
+  const orphans: number[] = [];
+  t.teardown(async () => {
+    for (const pid of orphans) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
+    await c.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await c.waitForCoordinator();
+  const base = [CLI_JS, '--nats', c.nats.url, '--cluster', 'lk', '--no-session'];
+
+  // Six scripts contend for one lock: never two inside at once (mkdir fails if one is), each
+  // runs once, and the fencing tokens they are given strictly increase in the order they ran.
+  const critical = `mkdir "${dir}/inside" || { echo OVERLAP >> "${dir}/log"; exit 9; }; echo "$CKV_FENCE $CKV_LOCK_KEY" >> "${dir}/log"; sleep 0.2; rmdir "${dir}/inside"`;
+  const runs = await Promise.all(Array.from({ length: 6 }, () => runNode(base[0]!, [...base.slice(1), 'lock', 'deploy', '--ttl', '3s', '--', 'sh', '-c', critical], { timeoutMs: 30_000 })));
+  t.same(runs.map((r) => r.code), [0, 0, 0, 0, 0, 0], runs.map((r) => r.stderr).join(''));
+  const lines = readFileSync(join(dir, 'log'), 'utf8').trim().split('\n');
+  t.notOk(lines.includes('OVERLAP'), 'never two holders at once');
+  t.equal(lines.length, 6, 'each ran once');
+  const fences = lines.map((l) => Number(l.split(' ')[0]));
+  t.ok(fences.every((f, i) => i === 0 || f > fences[i - 1]!), `fencing tokens strictly increase: ${fences.join(' ')}`);
+  t.ok(lines.every((l) => l.endsWith(' locks.deploy')));
+  t.equal((await runNode(base[0]!, [...base.slice(1), 'get', 'locks.deploy'])).code, 1, 'released: the key is gone');
+
+  // The command's status is ckv's; held, --no-wait exits 1 at once.
+  let r = await runNode(base[0]!, [...base.slice(1), 'lock', 'st', '--', 'sh', '-c', 'exit 7']);
+  t.equal(r.code, 7, "ckv lock exits with the command's status");
+
+  // A holder killed with SIGKILL: its lock is free again after its ttl, not before.
+  const holder = start(process.execPath, [...base, 'lock', 'job', '--ttl', '1500ms', '--', 'sh', '-c', `echo "$$ $CKV_FENCE" > "${dir}/held"; exec sleep 30`], { timeoutMs: 60_000 });
+  await c.waitFor('the holder inside', async () => (existsSync(join(dir, 'held')) && readFileSync(join(dir, 'held'), 'utf8').includes(' ') ? true : undefined));
+  const [shPid, firstFence] = readFileSync(join(dir, 'held'), 'utf8').trim().split(' ').map(Number);
+  orphans.push(shPid!);
+  r = await runNode(base[0]!, [...base.slice(1), 'lock', 'job', '--no-wait', '--', 'true']);
+  t.equal(r.code, 1, 'held: --no-wait exits 1');
+  t.match(r.stderr, /locks\.job is held by/);
+  holder.proc.kill('SIGKILL');
+  const killedAt = Date.now();
+  r = await runNode(base[0]!, [...base.slice(1), 'lock', 'job', '--wait', '10s', '--', 'sh', '-c', 'echo "$CKV_FENCE"'], { timeoutMs: 20_000 });
+  const waited = Date.now() - killedAt;
+  t.equal(r.code, 0, r.stderr);
+  t.ok(Number(r.stdout.trim()) > firstFence!, `a larger fencing token (${r.stdout.trim()} > ${firstFence})`);
+  // Refreshed every 500 ms, so it was good for at least 1000 ms after the kill.
+  t.ok(waited >= 900, `not taken before the ttl ran out (${waited} ms after the kill)`);
+
+  // Elections: an observer sees each leader, and the gap between them.
+  const observer = start(process.execPath, [...base, 'elect', '--observe', 'db'], { timeoutMs: 60_000 });
+  await observer.waitForStdout((s) => s === '\n', 'nobody leads yet');
+  r = await runNode(base[0]!, [...base.slice(1), 'elect', 'db', 'host-a:5432', '--', 'sh', '-c', 'sleep 0.3; echo "$CKV_LOCK_KEY"']);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout.trim(), 'elections.db');
+  await observer.waitForStdout((s) => s === '\nhost-a:5432\n\n', 'the leader, then nobody once it stepped down');
+  observer.proc.kill('SIGINT');
+  t.equal((await observer.done).code, 0);
 });

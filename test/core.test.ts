@@ -7,6 +7,7 @@ import { ErrorCode, CkvError } from '../src/core/errors.js';
 import { KEY_BYTES_MAX, VALUE_BYTES_MAX, BATCH_OPS_MAX } from '../src/core/limits.js';
 import { Node, type Ready } from '../src/core/node.js';
 import { KvState } from '../src/core/state.js';
+import { TtlClock } from '../src/core/ttl-clock.js';
 import { parseRequest, keyProblem, validateRequest } from '../src/core/validate.js';
 import type { Entry } from '../src/core/wire.js';
 import type { CheckpointMeta, CheckpointReader, Rec, RidRecord } from '../src/core/records.js';
@@ -31,6 +32,9 @@ class ArrayCheckpoint implements CheckpointReader {
   }
   counts() {
     return { keys: this.kv.length, rids: 0 };
+  }
+  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
+    return this.kv.filter(([, r]) => r.ttl !== undefined).map(([k, r]) => [k, { rev: r.rev, ttl: r.ttl! }]);
   }
 }
 
@@ -221,6 +225,52 @@ t.test('state machine: cas by revision, create, prefix delete (alone and inside 
       { op: 'delprefix', prefix: 'b.' },
     ],
   });
+});
+
+t.test('time to live: records keep it, an expiry deletes only the record it was armed for, clients cannot expire', async (t) => {
+  const s = new KvState(new ArrayCheckpoint());
+  const w = (index: number, ops: Extract<Entry, { kind: 'write' }>['ops']): Entry => ({ index, epoch: 1, ts: index, kind: 'write', ops });
+  s.apply(w(1, [{ op: 'put', key: 'a', value: '1', ttl: 1000 }]));
+  s.apply(w(2, [{ op: 'put', key: 'b', value: '2', ttl: 500 }, { op: 'put', key: 'c', value: '3' }]));
+  t.same(s.get('a'), { value: '1', rev: 1, ts: 1, ttl: 1000 });
+  t.same(s.ttlKeys().sort(), [['a', { rev: 1, ttl: 1000 }], ['b', { rev: 2, ttl: 500 }]]);
+  // A refresh (a write since) wins over an expiry armed for the old record.
+  s.apply(w(3, [{ op: 'cas', key: 'a', expectRev: 1, value: '1', ttl: 1000 }]));
+  let r = s.apply(w(4, [{ op: 'expire', key: 'a', rev: 1 }, { op: 'expire', key: 'b', rev: 2 }, { op: 'expire', key: 'c', rev: 2 }]));
+  t.same(r.events.map((e) => `${e.op} ${e.key}`), ['del b'], 'a (refreshed) and c (no ttl) stay; b expires');
+  t.equal(s.get('a')?.rev, 3);
+  t.equal(s.get('c')?.value, '3');
+  // A put without a ttl ends the countdown.
+  s.apply(w(5, [{ op: 'put', key: 'a', value: 'forever' }]));
+  t.same(s.ttlKeys(), []);
+  r = s.apply(w(6, [{ op: 'expire', key: 'a', rev: 3 }]));
+  t.same(r.events, [], 'an expiry of a record since replaced changes nothing');
+  // Validation: clients cannot send expire; a ttl is 50 ms..7 days, and never on a delete.
+  t.equal(code(() => validateRequest({ op: 'expire', key: 'a', rev: 1 })), ErrorCode.BAD_REQUEST, 'expire from a client');
+  t.equal(code(() => validateRequest({ op: 'batch', ops: [{ op: 'expire', key: 'a', rev: 1 }] })), ErrorCode.BAD_REQUEST, 'expire inside a batch');
+  t.equal(code(() => validateRequest({ op: 'put', key: 'a', value: 'v', ttl: 10 })), ErrorCode.BAD_REQUEST, 'ttl too short');
+  t.equal(code(() => validateRequest({ op: 'put', key: 'a', value: 'v', ttl: 8 * 24 * 3600 * 1000 })), ErrorCode.BAD_REQUEST, 'ttl too long');
+  t.equal(code(() => validateRequest({ op: 'put', key: 'a', value: 'v', ttl: 1.5 })), ErrorCode.BAD_REQUEST, 'ttl not an integer');
+  t.equal(code(() => validateRequest({ op: 'cas', key: 'a', expect: 'v', value: null, ttl: 1000 })), ErrorCode.BAD_REQUEST, 'a deleting cas with a ttl');
+  t.same(validateRequest({ op: 'create', key: 'a', value: 'v', ttl: 1000 }), { op: 'cas', key: 'a', expectRev: 0, value: 'v', ttl: 1000 });
+});
+
+t.test('TtlClock: due after the ttl in whole ticks plus one, re-armed and disarmed keys skipped', async (t) => {
+  const c = new TtlClock();
+  c.arm('a', 1, 100); // 100 ms = 2 ticks, +1: due at tick 3
+  c.arm('b', 2, 120); // 3 ticks, +1: due at tick 4
+  c.arm('c', 3, 50);
+  c.disarm('c');
+  t.same(c.tick(), []);
+  t.same(c.tick(), []);
+  t.same(c.tick(), [{ key: 'a', rev: 1 }]);
+  c.arm('b', 5, 50); // re-armed (a refresh) at tick 3: due at tick 5, not 4
+  t.same(c.tick(), [], 'the old countdown of b is gone');
+  t.same(c.tick(), [{ key: 'b', rev: 5 }]);
+  t.equal(c.size, 0);
+  c.arm('d', 6, 50);
+  c.clear();
+  t.same([c.tick(), c.tick(), c.tick()], [[], [], []], 'cleared');
 });
 
 /** Drive a single-voter node like the server does, synchronously. */

@@ -3,8 +3,8 @@
 // loads) into one minified CommonJS file, dist/src/client/ckv-bundle.cjs, which
 // dist/src/client/launch.cjs (package.json "bin") runs with V8's code cache.
 // Node built-ins that a plain nats:// request never uses (tls, dns, and the
-// crypto module tweetnacl asks for, needed only for nkeys) are loaded on first
-// use instead of at start. Run by `npm run build`; `npm run bench` times the
+// crypto module tweetnacl asks for, needed only for nkeys; os and child_process,
+// for lock and elect) are loaded on first use instead of at start. Run by `npm run build`; `npm run bench` times the
 // result (one-shot row) against `node -e 0` and against the unbundled CLI.
 
 import { build, type Plugin } from 'esbuild';
@@ -34,7 +34,7 @@ module.exports = new Proxy({}, {
 const lazyBuiltins: Plugin = {
   name: 'lazy-builtins',
   setup(b) {
-    b.onResolve({ filter: /^(node:)?(tls|dns|crypto)$/ }, (a) => {
+    b.onResolve({ filter: /^(node:)?(tls|dns|crypto|os|child_process)$/ }, (a) => {
       const name = a.path.replace(/^node:/, '');
       if (a.namespace === 'lazy') return { path: `node:${name}`, external: true };
       // Only tweetnacl's require('crypto') (its random source, for nkeys) is put off.

@@ -135,11 +135,13 @@ function entryLine(e: Entry): string[] {
       const ops = e.ops.map((op) => {
         switch (op.op) {
           case 'put':
-            return `put ${op.key}=${JSON.stringify(op.value)}`;
+            return `put ${op.key}=${JSON.stringify(op.value)}${op.ttl !== undefined ? ` ttl=${op.ttl}ms` : ''}`;
           case 'del':
             return `del ${op.key}`;
           case 'delprefix':
             return `delprefix ${JSON.stringify(op.prefix)}`;
+          case 'expire':
+            return `expire ${op.key} rev=${op.rev}`;
           case 'cas':
             return `cas ${op.key} ${'expectRev' in op ? `expectRev=${op.expectRev}` : `expect=${JSON.stringify(op.expect)}`} value=${JSON.stringify(op.value)}`;
         }
@@ -312,7 +314,7 @@ interface KeyDiff {
 }
 
 function sameRec(a: Rec, b: Rec): boolean {
-  return a.value === b.value && a.rev === b.rev && a.ts === b.ts;
+  return a.value === b.value && a.rev === b.rev && a.ts === b.ts && a.ttl === b.ttl;
 }
 
 function sameMeta(a: CheckpointMeta, b: CheckpointMeta): Array<keyof CheckpointMeta> {

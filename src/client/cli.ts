@@ -3,7 +3,10 @@
 // It loads no server code; the NATS library is loaded only once the arguments
 // are known to be good (see Client.connect).
 
+// (The bundle loads child_process and os on first use: one-shot commands do not pay for them.)
+import { spawn } from 'node:child_process';
 import { readFile, statSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { parseArgs } from 'node:util';
 import { ErrorCode } from '../core/errors.js';
 import {
@@ -23,8 +26,9 @@ import {
 import { validateRequest } from '../core/validate.js';
 import { VERSION } from '../core/version.js';
 import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, type NatsAuth } from '../transport/nats-auth.js';
-import type { ChangeEvent, KeyValue, Request, WriteOp } from '../core/wire.js';
+import type { ChangeEvent, KeyValue, Request, ClientWriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client, type WriteAck } from './client.js';
+import { LOCK_TTL_MS_DEFAULT, LockHeldError, type Lock } from './lock.js';
 import { defaultSessionPath, readSessionEntry, saveToken } from './session.js';
 import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from './status-table.js';
 import { quietOnClosedStdout, stdoutClosed, writeOut } from './stdout.js';
@@ -36,6 +40,9 @@ const EXIT_USAGE = 2; // also a request the server rejects as malformed or too l
 const EXIT_UNAVAILABLE = 3; // no server could answer in time
 const EXIT_ERROR = 4; // any other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)
 const EXIT_AUTH = 5; // NATS refused the credentials or permissions: retrying will not help
+
+/** Commands that run until done or interrupted: --timeout bounds each of their requests, not them. */
+const LONG_RUNNING = new Set(['watch', 'lock', 'elect']);
 
 /** How long after its --timeout budget ckv may still be running (closing, saving the token, exiting). */
 const EXIT_MARGIN_MS = 200;
@@ -93,10 +100,16 @@ terminal. A missing key prints "not found" on stderr and exits 1.
     flags: ['strong'],
   },
   put: {
-    usage: 'put KEY VALUE',
+    usage: 'put KEY VALUE [--ttl DURATION]',
     help: `Set KEY to VALUE. VALUE "-" reads the value from stdin (exact bytes, UTF-8).
+  --ttl DURATION  delete KEY once DURATION has passed since this write (500ms,
+                  30s, 5m, 2h; a bare number is seconds): decided by the coordinator
+                  and written to the log, never early, late by at most about a tick
+                  (or, across a change of coordinator, by up to the whole DURATION:
+                  the new one starts the countdown again). A later write to KEY
+                  without --ttl keeps it.
 Prints nothing; --json: {"index","ts"}.`,
-    flags: [],
+    flags: ['ttl'],
   },
   del: {
     usage: 'del KEY | del --prefix PREFIX',
@@ -108,12 +121,13 @@ Prints nothing; --json: {"index","ts"}.`,
     flags: ['prefix'],
   },
   create: {
-    usage: 'create KEY VALUE',
+    usage: 'create KEY VALUE [--ttl DURATION]',
     help: `Put KEY only if it is absent. VALUE "-" reads stdin. If KEY exists nothing is
 written, stderr says what it holds, and the exit status is 1 (a lock file's
 "mkdir": exactly one of several racing scripts succeeds).
+--ttl as for put.
 Prints nothing; --json: {"index","ts"} (index is the key's revision).`,
-    flags: [],
+    flags: ['ttl'],
   },
   cas: {
     usage: 'cas KEY EXPECTED NEW | cas --rev REV KEY NEW | cas --absent KEY NEW | cas --delete KEY EXPECTED',
@@ -128,7 +142,7 @@ One of EXPECTED or NEW may be "-" (stdin). On a mismatch nothing is written,
 stderr says what KEY holds now, and the exit status is 1.
 Prints nothing; --json: {"index","ts"} (index is the key's new revision), or on a
 mismatch {"error":{"code","message"},"current","ts"}.`,
-    flags: ['absent', 'delete', 'rev'],
+    flags: ['absent', 'delete', 'rev', 'ttl'],
   },
   mget: {
     usage: 'mget KEY...',
@@ -210,6 +224,31 @@ A server lacking the events asked for is not the end: others are asked.
 of them is {"initialEnd":INDEX}).`,
     flags: ['from', 'initial', 'resync'],
   },
+  lock: {
+    usage: 'lock NAME [--ttl DURATION] [--wait DURATION | --no-wait] -- CMD [ARGS...]',
+    help: `Run CMD while holding the lock NAME, and exit with CMD's status: a script that
+must not run twice at once (ckv lock deploy -- ./deploy.sh). The lock is the key
+locks.NAME, created only if absent, with a time to live (--ttl, default 10s) that
+ckv refreshes every third of it while CMD runs, and deletes when CMD exits. If ckv
+is killed, the lock expires after its ttl (never sooner). CMD gets CKV_FENCE, the
+fencing token: the revision that acquired the lock, larger than every earlier
+holder's (pass it to what the lock protects, so that a late holder is refused),
+and CKV_LOCK_KEY. Held by another, ckv waits (--wait DURATION at most; --no-wait:
+not at all) and exits 1 if it stays held. Should the lock be lost while CMD runs
+(not refreshed for 5/6 of its ttl, or deleted), CMD is sent SIGTERM. SIGINT and
+SIGTERM to ckv are passed on to CMD.`,
+    flags: ['ttl', 'wait', 'no-wait'],
+  },
+  elect: {
+    usage: 'elect NAME VALUE [--ttl DURATION] -- CMD [ARGS...] | elect --observe NAME',
+    help: `Campaign to lead NAME, then run CMD as the leader, with VALUE (say, this host's
+address) in the key elections.NAME for others to see; exits with CMD's status. The
+same mechanism as lock (ttl, refresh, CKV_FENCE, SIGTERM if leadership is lost),
+waiting as long as it takes.
+  --observe   print the leader's VALUE now and each time a new one takes over,
+              until interrupted (an empty line while nobody leads)`,
+    flags: ['ttl', 'observe'],
+  },
   status: {
     usage: 'status',
     help: `Show every server that answers within ~300 ms: a table with one line per
@@ -241,9 +280,13 @@ const OPTIONS = {
   absent: { type: 'boolean' },
   delete: { type: 'boolean' },
   rev: { type: 'string' },
+  ttl: { type: 'string' },
   prefix: { type: 'boolean' },
   initial: { type: 'boolean' },
   resync: { type: 'boolean' },
+  wait: { type: 'string' },
+  'no-wait': { type: 'boolean' },
+  observe: { type: 'boolean' },
   ...NATS_AUTH_OPTIONS,
   version: { type: 'boolean' },
 } as const;
@@ -286,6 +329,15 @@ class UsageError extends Error {}
 
 function usage(message: string): never {
   throw new UsageError(message);
+}
+
+/** A duration: 500ms, 30s, 5m, 2h, or a bare number of seconds; in ms. */
+function parseDuration(s: string, what: string): number {
+  const m = /^(\d+)(ms|s|m|h)?$/.exec(s);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m?.[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  const ms = m ? Number(m[1]) * unit : NaN;
+  if (!Number.isSafeInteger(ms) || ms <= 0) usage(`${what} takes a duration such as 500ms, 30s, 5m or 2h, got "${s}"`);
+  return ms;
 }
 
 function parseNat(s: string, what: string): number {
@@ -448,6 +500,10 @@ function parse(argv: string[], env: NodeJS.ProcessEnv): Settings | { help: strin
   };
 }
 
+function ttlFlag(s: Settings): { ttl?: number } {
+  return typeof s.flags.ttl === 'string' ? { ttl: parseDuration(s.flags.ttl, '--ttl') } : {};
+}
+
 function arity(s: Settings, min: number, max: number): void {
   if (s.args.length < min || s.args.length > max) usage(`usage: ckv ${COMMANDS[s.command]!.usage}`);
 }
@@ -472,7 +528,7 @@ async function prepare(s: Settings): Promise<Action> {
       check({ op: 'get', key });
       return async (c) => {
         const kv = await c.get(key, strong);
-        if (s.json) json({ key, value: kv?.value ?? null, ...(kv ? { rev: kv.rev } : {}), ts: c.token });
+        if (s.json) json({ key, value: kv?.value ?? null, ...(kv ? { rev: kv.rev } : {}), ...(kv?.ttl !== undefined ? { ttl: kv.ttl } : {}), ts: c.token });
         else if (kv) out(process.stdout.isTTY ? kv.value + '\n' : kv.value);
         if (!kv && !s.json) warn(`${key}: not found`);
         return kv ? EXIT_OK : EXIT_NOT_FOUND;
@@ -483,8 +539,9 @@ async function prepare(s: Settings): Promise<Action> {
       const key = s.args[0]!;
       check({ op: 'del', key }); // the key first: a clear error before reading stdin
       const value = await arg(s.args[1]!, 'value');
-      check({ op: 'put', key, value });
-      return async (c) => printAck(s, await c.put(key, value));
+      const opts = ttlFlag(s);
+      check({ op: 'put', key, value, ...opts });
+      return async (c) => printAck(s, await c.put(key, value, opts));
     }
     case 'del': {
       arity(s, 1, 1);
@@ -502,8 +559,9 @@ async function prepare(s: Settings): Promise<Action> {
       const key = s.args[0]!;
       check({ op: 'del', key });
       const value = await arg(s.args[1]!, 'value');
-      check({ op: 'create', key, value });
-      return async (c) => printAck(s, await c.create(key, value));
+      const opts = ttlFlag(s);
+      check({ op: 'create', key, value, ...opts });
+      return async (c) => printAck(s, await c.create(key, value, opts));
     }
     case 'cas': {
       const rev = typeof s.flags.rev === 'string' ? parseNat(s.flags.rev, '--rev') : undefined;
@@ -518,12 +576,13 @@ async function prepare(s: Settings): Promise<Action> {
       let i = 1;
       const expect = byValue ? await arg(s.args[i++]!, 'expected value') : null;
       const value = del ? null : await arg(s.args[i++]!, 'new value');
+      const opts = ttlFlag(s);
       if (rev !== undefined) {
-        check({ op: 'cas', key, expectRev: rev, value });
-        return async (c) => printAck(s, await c.casRev(key, rev, value));
+        check({ op: 'cas', key, expectRev: rev, value, ...opts });
+        return async (c) => printAck(s, await c.casRev(key, rev, value, opts));
       }
-      check({ op: 'cas', key, expect, value });
-      return async (c) => printAck(s, await c.cas(key, expect, value));
+      check({ op: 'cas', key, expect, value, ...opts });
+      return async (c) => printAck(s, await c.cas(key, expect, value, opts));
     }
     case 'mget': {
       if (s.args.length === 0) usage(`usage: ckv ${COMMANDS.mget!.usage}`);
@@ -579,7 +638,7 @@ async function prepare(s: Settings): Promise<Action> {
       arity(s, 0, 1);
       const path = s.args[0] ?? '-';
       const text = path === '-' ? await readStdin('import', IMPORT_BYTES_MAX) : await readImportFile(path);
-      const puts: WriteOp[] = [];
+      const puts: ClientWriteOp[] = [];
       const lines = text.split('\n');
       for (let i = 0; i < lines.length; i++) {
         const line = lines[i]!.replace(/\r$/, '');
@@ -602,8 +661,8 @@ async function prepare(s: Settings): Promise<Action> {
         puts.push({ op: 'put', key: kv.key, value: kv.value });
       }
       // Batches by count and by size (a request has a size limit too).
-      const batches: WriteOp[][] = [];
-      let cur: WriteOp[] = [];
+      const batches: ClientWriteOp[][] = [];
+      let cur: ClientWriteOp[] = [];
       let bytes = 0;
       for (const op of puts) {
         const size = Buffer.byteLength(JSON.stringify(op));
@@ -631,9 +690,9 @@ async function prepare(s: Settings): Promise<Action> {
     case 'batch': {
       arity(s, 1, 1);
       const text = await arg(s.args[0]!, 'batch');
-      let ops: WriteOp[];
+      let ops: ClientWriteOp[];
       try {
-        ops = JSON.parse(text) as WriteOp[];
+        ops = JSON.parse(text) as ClientWriteOp[];
       } catch (err) {
         usage(`batch is not valid JSON: ${(err as Error).message}`);
       }
@@ -663,6 +722,29 @@ async function prepare(s: Settings): Promise<Action> {
       const from = typeof s.flags.from === 'string' ? parseNat(s.flags.from, '--from') : undefined;
       if (from !== undefined && s.flags.initial === true) usage('--from and --initial contradict each other');
       return (c) => watch(s, c, target, from);
+    }
+    case 'lock':
+    case 'elect': {
+      const observe = s.command === 'elect' && s.flags.observe === true;
+      if (observe) {
+        arity(s, 1, 1);
+        const key = `elections.${s.args[0]!}`;
+        check({ op: 'get', key });
+        return (c) => observeLeader(s, c, key);
+      }
+      const fixed = s.command === 'lock' ? 1 : 2;
+      if (s.args.length < fixed + 1) usage(`usage: ckv ${COMMANDS[s.command]!.usage}`);
+      const name = s.args[0]!;
+      const key = `${s.command === 'lock' ? 'locks' : 'elections'}.${name}`;
+      check({ op: 'get', key });
+      const ttl = typeof s.flags.ttl === 'string' ? parseDuration(s.flags.ttl, '--ttl') : LOCK_TTL_MS_DEFAULT;
+      if (s.flags.wait !== undefined && s.flags['no-wait'] === true) usage('--wait and --no-wait contradict each other');
+      const wait = s.flags['no-wait'] === true ? 0 : typeof s.flags.wait === 'string' ? parseDuration(s.flags.wait, '--wait') : undefined;
+      const value = s.command === 'elect' ? s.args[1]! : undefined;
+      if (value !== undefined) check({ op: 'create', key, value, ttl });
+      else check({ op: 'create', key, value: 'x', ttl });
+      const cmd = s.args.slice(fixed);
+      return (c) => runWhileHeld(c, cmd, () => (s.command === 'lock' ? c.lock(name, { ttl, ...(wait !== undefined ? { wait } : {}) }) : c.elect(name, value!, { ttl })));
     }
     case 'status': {
       arity(s, 0, 0);
@@ -700,6 +782,69 @@ async function watch(s: Settings, c: Client, target: string, from: number | unde
     for await (const e of w) {
       if (s.json) json(e);
       else out(eventLine(e));
+    }
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
+  return EXIT_OK;
+}
+
+/** Hold the lock while CMD runs; CMD's exit status (128+N for signal N, 127 if it cannot start). */
+async function runWhileHeld(c: Client, cmd: string[], take: () => Promise<Lock>): Promise<number> {
+  let lock: Lock;
+  try {
+    lock = await take();
+  } catch (err) {
+    if (!(err instanceof LockHeldError)) throw err;
+    warn(err.message);
+    return EXIT_NOT_FOUND;
+  }
+  const child = spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit', env: { ...process.env, CKV_FENCE: String(lock.fence), CKV_LOCK_KEY: lock.key } });
+  const forward = (sig: NodeJS.Signals) => () => void child.kill(sig);
+  const onSignal = { SIGINT: forward('SIGINT'), SIGTERM: forward('SIGTERM'), SIGHUP: forward('SIGHUP') };
+  for (const [sig, fn] of Object.entries(onSignal)) process.on(sig, fn);
+  const code = await new Promise<number>((resolve) => {
+    child.once('error', (err) => {
+      warn(`cannot run ${cmd[0]}: ${err.message}`);
+      resolve(127);
+    });
+    child.once('exit', (status, signal) => resolve(status ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0)));
+    void lock.lost.then((e) => {
+      warn(`lost ${lock.key}: ${e.message}; stopping ${cmd[0]} (SIGTERM)`);
+      child.kill('SIGTERM');
+    });
+  });
+  for (const [sig, fn] of Object.entries(onSignal)) process.off(sig, fn);
+  await lock.release().catch((err: Error) => warn(`could not release ${lock.key} (it expires after its ttl): ${err.message}`));
+  return code;
+}
+
+/** elect --observe: the leader's value now and at every change, until interrupted. */
+async function observeLeader(s: Settings, c: Client, key: string): Promise<number> {
+  let shown: string | null | undefined;
+  const show = (v: string | null): void => {
+    if (v === shown) return;
+    shown = v;
+    if (s.json) json({ leader: v });
+    else out(`${v ?? ''}\n`);
+  };
+  let initialEnd = false;
+  const w = c.watch(key, {
+    initial: true,
+    onInitial: () => {
+      initialEnd = true;
+      if (shown === undefined) show(null);
+    },
+  });
+  const stop = () => w.stop();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  process.stdout.on('error', stop);
+  try {
+    for await (const e of w) {
+      if (e.op === 'put') show(e.value ?? '');
+      else if (initialEnd) show(null);
     }
   } finally {
     process.off('SIGINT', stop);
@@ -780,12 +925,14 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
     process.exit(process.exitCode ?? EXIT_UNAVAILABLE);
   }, Math.max(deadline - Date.now(), 0) + EXIT_MARGIN_MS);
   watchdog.unref();
-  // A watch runs until interrupted: the budget bounds its connecting and, from there, each replay.
-  const budget = { timeout: s.timeout, connectBy: deadline, ...(s.command === 'watch' ? {} : { deadline }) };
+  // A watch (or a lock held while a command runs) runs until done: the budget bounds its
+  // connecting and, from there, each request.
+  const longRunning = LONG_RUNNING.has(s.command) || (s.command === 'elect' && s.flags.observe === true);
+  const budget = { timeout: s.timeout, connectBy: deadline, ...(longRunning ? {} : { deadline }) };
   const connect = () => Client.connect({ servers: s.servers, auth: s.auth, cluster: s.cluster, ...budget, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError);
   const [session, connected] = await Promise.all([s.sessionPath ? readSessionEntry(s.sessionPath, s.cluster) : Promise.resolve({ ts: 0, id: '' }), connect()]);
   let sessionToken = session.ts;
-  if (s.command === 'watch') clearTimeout(watchdog);
+  if (longRunning) clearTimeout(watchdog);
   if (connected instanceof Error) return report(s, connected instanceof CkvError ? connected : new CkvError(ErrorCode.UNAVAILABLE, String(connected)), null, sessionToken);
   let c = connected;
   c.observe(sessionToken);
@@ -816,7 +963,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
     await c.close();
   }
   // A busy session lock is waited for only within the exit margin (then the write goes ahead unlocked).
-  const lockWait = s.command === 'watch' ? {} : { lockWaitMs: deadline - Date.now() + EXIT_MARGIN_MS / 2 };
+  const lockWait = longRunning ? {} : { lockWaitMs: deadline - Date.now() + EXIT_MARGIN_MS / 2 };
   const newIdentity = c.clusterId !== '' && c.clusterId !== session.id;
   if (s.sessionPath && (c.token > sessionToken || newIdentity)) await saveToken(s.sessionPath, s.cluster, c.token, undefined, { ...lockWait, id: c.clusterId, replace: dropped });
   if (s.printToken && (code === EXIT_OK || code === EXIT_NOT_FOUND)) process.stderr.write(`${c.token}\n`);

@@ -4,6 +4,9 @@
 // loads the NATS library only when it really connects.
 
 import type { NatsConnection } from '@nats-io/transport-node';
+// (The CLI's bundle loads os on first use: tools/bundle-cli.ts.)
+import { hostname } from 'node:os';
+import { acquire, LOCK_TTL_MS_DEFAULT, type Lock, type LockOptions } from './lock.js';
 import { CkvError, ErrorCode, ERROR_CODES, type WireError } from '../core/errors.js';
 import { isNatsAuthError, natsConnectionOptions, redactUrl, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 
@@ -21,7 +24,7 @@ import {
 } from '../core/limits.js';
 import { validateRequest } from '../core/validate.js';
 import type { CheckpointMeta } from '../core/records.js';
-import type { ChangeEvent, Consistency, KeyValue, NodeStatus, Reply, ReplyBody, Request, SnapshotPage, WriteOp } from '../core/wire.js';
+import type { ChangeEvent, Consistency, KeyValue, NodeStatus, Reply, ReplyBody, Request, SnapshotPage, ClientWriteOp } from '../core/wire.js';
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -179,6 +182,19 @@ export interface ListPage {
   items: KeyValue[];
   /** Pass as `start` for the next page; null when this was the last. */
   next: string | null;
+}
+
+export interface WriteOptions {
+  /**
+   * Time to live in ms: the coordinator deletes the key once this long has passed since it
+   * applied the write (a write to the key since counts anew), never sooner; a coordinator
+   * that takes over starts the countdown again. TTL_MS_MIN..TTL_MS_MAX.
+   */
+  ttl?: number;
+}
+
+function ttlOf(opts: WriteOptions): { ttl?: number } {
+  return opts.ttl !== undefined ? { ttl: opts.ttl } : {};
 }
 
 /** Where a write landed: its log index and Lamport timestamp. */
@@ -372,7 +388,7 @@ export class Client {
     try {
       const r = await this.read({ op: 'get', key, ...consistency(opts) }, opts);
       if (typeof r.value !== 'string') return null;
-      return { key, value: r.value, rev: r.rev ?? 0 };
+      return { key, value: r.value, rev: r.rev ?? 0, ...(r.ttl !== undefined ? { ttl: r.ttl } : {}) };
     } catch (err) {
       if (err instanceof CkvError && err.code === ErrorCode.NOT_FOUND) return null;
       throw err;
@@ -416,8 +432,9 @@ export class Client {
     return { index: r.index, ts: r.ts };
   }
 
-  put(key: string, value: string): Promise<WriteAck> {
-    return this.write({ op: 'put', key, value });
+  /** Set key. With ttl (ms) the key is deleted once that long has passed since the write (never sooner). */
+  put(key: string, value: string, opts: WriteOptions = {}): Promise<WriteAck> {
+    return this.write({ op: 'put', key, value, ...ttlOf(opts) });
   }
 
   del(key: string): Promise<WriteAck> {
@@ -428,8 +445,8 @@ export class Client {
    * Set key to value if it holds expect. expect null: the key must be absent;
    * value null: delete it. Throws CasMismatchError otherwise.
    */
-  cas(key: string, expect: string | null, value: string | null): Promise<WriteAck> {
-    return this.write({ op: 'cas', key, expect, value });
+  cas(key: string, expect: string | null, value: string | null, opts: WriteOptions = {}): Promise<WriteAck> {
+    return this.write({ op: 'cas', key, expect, value, ...ttlOf(opts) });
   }
 
   /** Several writes as one log entry: all applied, or none (a failing cas fails them all). */
@@ -438,13 +455,33 @@ export class Client {
    * `rev` of a read) is `rev`; 0 means absent. value null deletes. Unlike a compare of values
    * it sees a change that was changed back (ABA). CasMismatchError otherwise.
    */
-  casRev(key: string, rev: number, value: string | null): Promise<WriteAck> {
-    return this.write({ op: 'cas', key, expectRev: rev, value });
+  casRev(key: string, rev: number, value: string | null, opts: WriteOptions = {}): Promise<WriteAck> {
+    return this.write({ op: 'cas', key, expectRev: rev, value, ...ttlOf(opts) });
   }
 
   /** Put only if `key` is absent (CasMismatchError if it exists). The ack's index is the key's revision. */
-  create(key: string, value: string): Promise<WriteAck> {
-    return this.write({ op: 'cas', key, expectRev: 0, value });
+  create(key: string, value: string, opts: WriteOptions = {}): Promise<WriteAck> {
+    return this.write({ op: 'cas', key, expectRev: 0, value, ...ttlOf(opts) });
+  }
+
+  /**
+   * Hold the lock NAME (the key locks.NAME, with a ttl, refreshed while held): resolves once
+   * acquired, with its fencing token; LockHeldError if it is held and opts.wait ran out.
+   */
+  async lock(name: string, opts: LockOptions = {}): Promise<Lock> {
+    return this.holdKey(`locks.${name}`, opts.value ?? `${hostname()}:${process.pid}`, opts);
+  }
+
+  /** Campaign to lead NAME (the key elections.NAME holds the leader's value): resolves once we lead. */
+  elect(name: string, value: string, opts: Omit<LockOptions, 'value'> = {}): Promise<Lock> {
+    return this.holdKey(`elections.${name}`, value, opts);
+  }
+
+  private holdKey(key: string, value: string, opts: LockOptions): Promise<Lock> {
+    this.checkOpen();
+    check({ op: 'create', key, value, ttl: opts.ttl ?? LOCK_TTL_MS_DEFAULT });
+    if (opts.wait !== undefined && (!Number.isSafeInteger(opts.wait) || opts.wait < 0)) throw new CkvError(ErrorCode.BAD_REQUEST, 'wait must be a non-negative number of ms');
+    return acquire(this, key, value, opts);
   }
 
   /** Delete every key that starts with `prefix` ("" = every key), as one log entry. */
@@ -452,7 +489,7 @@ export class Client {
     return this.write({ op: 'delprefix', prefix });
   }
 
-  batch(ops: WriteOp[]): Promise<WriteAck> {
+  batch(ops: ClientWriteOp[]): Promise<WriteAck> {
     return this.write({ op: 'batch', ops });
   }
 
@@ -584,7 +621,7 @@ export class Client {
     return this.call(opts.consistency === 'strong' ? this.subject.write : this.subject.read, req);
   }
 
-  private write(op: WriteOp | { op: 'batch'; ops: WriteOp[] }): Promise<WriteAck> {
+  private write(op: ClientWriteOp | { op: 'batch'; ops: ClientWriteOp[] }): Promise<WriteAck> {
     // One rid per logical write, reused by every retry: the server applies it at most once.
     const req = { ...op, rid: randomToken(RID_RANDOM_BYTES) } as Request;
     return this.call(this.subject.write, req).then((r) => ({ index: r.index, ts: r.ts }));

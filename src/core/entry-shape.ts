@@ -2,7 +2,7 @@
 // process (the log on disk, a peer's replication message): anything that is
 // not exactly an Entry is named and refused before the core sees it.
 
-import { BATCH_OPS_MAX, CLUSTER_ID_PATTERN, KEEP_OUT_MAX, KEY_BYTES_MAX, RID_BYTES_MAX } from './limits.js';
+import { BATCH_OPS_MAX, CLUSTER_ID_PATTERN, KEEP_OUT_MAX, KEY_BYTES_MAX, RID_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN } from './limits.js';
 import type { Entry, WriteOp } from './wire.js';
 
 const ENTRY_FIELDS: Record<Entry['kind'], readonly string[]> = {
@@ -12,10 +12,11 @@ const ENTRY_FIELDS: Record<Entry['kind'], readonly string[]> = {
 };
 
 const OP_FIELDS: Record<WriteOp['op'], readonly string[]> = {
-  put: ['op', 'key', 'value'],
+  put: ['op', 'key', 'value', 'ttl'],
   del: ['op', 'key'],
   delprefix: ['op', 'prefix'],
-  cas: ['op', 'key', 'expect', 'expectRev', 'value'],
+  cas: ['op', 'key', 'expect', 'expectRev', 'value', 'ttl'],
+  expire: ['op', 'key', 'rev'],
 };
 
 function isObject(x: unknown): x is Record<string, unknown> {
@@ -43,7 +44,7 @@ function keyProblem(key: unknown): string | null {
 function opProblem(raw: unknown, i: number): string | null {
   if (!isObject(raw)) return `ops[${i}] is not an object`;
   const op = raw.op;
-  if (op !== 'put' && op !== 'del' && op !== 'cas' && op !== 'delprefix') return `ops[${i}].op is ${JSON.stringify(op)}`;
+  if (op !== 'put' && op !== 'del' && op !== 'cas' && op !== 'delprefix' && op !== 'expire') return `ops[${i}].op is ${JSON.stringify(op)}`;
   const extra = unknownField(raw, OP_FIELDS[op]);
   if (extra !== null) return `ops[${i}] has unknown field "${extra}"`;
   if (op === 'delprefix') {
@@ -53,6 +54,11 @@ function opProblem(raw: unknown, i: number): string | null {
   const kp = keyProblem(raw.key);
   if (kp !== null) return `ops[${i}]: ${kp}`;
   if (op === 'put' && typeof raw.value !== 'string') return `ops[${i}].value is not a string`;
+  if (op === 'expire' && (!isNat(raw.rev) || raw.rev < 1)) return `ops[${i}].rev is not a positive integer`;
+  if (raw.ttl !== undefined) {
+    if (!isNat(raw.ttl) || raw.ttl < TTL_MS_MIN || raw.ttl > TTL_MS_MAX) return `ops[${i}].ttl is not ${TTL_MS_MIN}..${TTL_MS_MAX} ms`;
+    if (raw.value === null) return `ops[${i}] deletes: it has no ttl`;
+  }
   if (op === 'cas') {
     // Exactly one of expect (by value) and expectRev (by revision).
     if (('expect' in raw) === ('expectRev' in raw)) return `ops[${i}] (cas) has not exactly one of expect and expectRev`;

@@ -90,6 +90,9 @@ export const PEER_DROPS_REPORT_MS = 60_000;
 
 /** One protocol tick, in milliseconds. All protocol timing is counted in ticks. */
 export const TICK_MS = 50;
+/** A key's time to live, in ms: at least one tick, at most a week. */
+export const TTL_MS_MIN = 50;
+export const TTL_MS_MAX = 7 * 24 * 3600 * 1000;
 /** Heartbeat period, in ticks. */
 export const PING_INTERVAL_TICKS = 2;
 /** Silence after which a peer is suspected, then dead, in ticks. */

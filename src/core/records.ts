@@ -3,7 +3,7 @@
 // writes, and the synchronous read port). Storage implements these; the core
 // owns them.
 
-import { CLUSTER_ID_PATTERN, KEY_BYTES_MAX, RID_BYTES_MAX } from './limits.js';
+import { CLUSTER_ID_PATTERN, KEY_BYTES_MAX, RID_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN } from './limits.js';
 import type { WriteResult } from './wire.js';
 
 /** Layout version of a checkpoint (its meta carries it). */
@@ -27,6 +27,8 @@ export interface Rec {
   rev: number;
   /** Lamport ts of that write. */
   ts: number;
+  /** Time to live in ms, counted from that write (the coordinator expires it). */
+  ttl?: number;
 }
 
 /** What the exactly-once table remembers of one request id. */
@@ -72,6 +74,8 @@ export interface CheckpointReader {
   rids(): Array<[string, RidRecord]>;
   /** How many keys and request ids it holds. */
   counts(): { keys: number; rids: number };
+  /** Every key that has a time to live, with the revision and ttl of its record. */
+  ttlKeys(): Array<[key: string, rec: { rev: number; ttl: number }]>;
 }
 
 // ---------------------------------------------------------------------------
@@ -111,11 +115,12 @@ export function metaProblem(x: unknown): string | null {
 
 export function recProblem(x: unknown): string | null {
   if (!isObject(x)) return 'record is not an object';
-  const extra = extraField(x, ['value', 'rev', 'ts']);
+  const extra = extraField(x, ['value', 'rev', 'ts', 'ttl']);
   if (extra !== null) return `record has unknown field "${extra}"`;
   if (typeof x.value !== 'string') return 'record value is not a string';
   if (!isNat(x.rev) || x.rev < 1) return 'record rev is not a positive integer';
   if (!isNat(x.ts)) return 'record ts is not a non-negative integer';
+  if (x.ttl !== undefined && (!isNat(x.ttl) || x.ttl < TTL_MS_MIN || x.ttl > TTL_MS_MAX)) return `record ttl is not ${TTL_MS_MIN}..${TTL_MS_MAX} ms`;
   return null;
 }
 

@@ -108,7 +108,7 @@ export class KvState {
           pi++;
         }
         cursor = key;
-        if (rec !== null) out.push({ key, value: rec.value, rev: rec.rev });
+        if (rec !== null) out.push(rec.ttl !== undefined ? { key, value: rec.value, rev: rec.rev, ttl: rec.ttl } : { key, value: rec.value, rev: rec.rev });
       }
     }
   }
@@ -167,6 +167,12 @@ export class KvState {
         }
         continue;
       }
+      if (op.op === 'expire') {
+        // Only the record the expiry was armed for: a write since (a refresh) wins.
+        const cur = current(op.key);
+        if (cur !== undefined && cur.rev === op.rev && cur.ttl !== undefined) changes.set(op.key, { rec: null, rev: index });
+        continue;
+      }
       let value: string | null;
       if (op.op === 'put') value = op.value;
       else if (op.op === 'del') value = null;
@@ -184,10 +190,19 @@ export class KvState {
         if (current(op.key) === undefined) continue;
         changes.set(op.key, { rec: null, rev: index });
       } else {
-        changes.set(op.key, { rec: { value, rev: index, ts } });
+        const ttl = op.op === 'del' ? undefined : op.ttl;
+        changes.set(op.key, { rec: ttl !== undefined ? { value, rev: index, ts, ttl } : { value, rev: index, ts } });
       }
     }
     return { result: { ok: true }, changes };
+  }
+
+  /** Every key with a time to live, with its record's rev and ttl (the coordinator arms its expiry from these). */
+  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
+    const out: Array<[string, { rev: number; ttl: number }]> = [];
+    for (const [k, r] of this.base.ttlKeys()) if (!this.overlay.has(k)) out.push([k, r]);
+    for (const [k, s] of this.overlay) if (s.rec !== null && s.rec.ttl !== undefined) out.push([k, { rev: s.rec.rev, ttl: s.rec.ttl }]);
+    return out;
   }
 
   /** Keys starting with `prefix` in the state or among `changes` (present or not), sorted. */

@@ -19,9 +19,8 @@ import {
   REQUEST_TIMEOUT_MS_DEFAULT,
   REQUEST_TIMEOUT_MS_MAX,
   RID_BYTES_MAX,
-  VALUE_BYTES_MAX,
-} from './limits.js';
-import type { Consistency, Request, WriteOp } from './wire.js';
+  VALUE_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN } from './limits.js';
+import type { Consistency, Request, WriteOp, ClientWriteOp } from './wire.js';
 
 const KEY_CHARS = /^[-/_=.a-zA-Z0-9]+$/;
 const PREFIX_CHARS = /^[-/_=.a-zA-Z0-9]*$/;
@@ -79,6 +78,14 @@ function checkNullableValue(value: unknown, what: string): string | null {
   return checkValue(value, what);
 }
 
+/** A time to live in ms, when given (a delete has none). */
+function checkTtl(ttl: unknown, deletes: boolean): { ttl?: number } {
+  if (ttl === undefined) return {};
+  if (deletes) bad('a delete takes no ttl');
+  if (typeof ttl !== 'number' || !Number.isSafeInteger(ttl) || ttl < TTL_MS_MIN || ttl > TTL_MS_MAX) bad(`ttl must be ${TTL_MS_MIN}..${TTL_MS_MAX} ms`);
+  return { ttl };
+}
+
 function checkNat(n: unknown, what: string): number {
   if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) bad(`${what} must be a non-negative integer`);
   return n;
@@ -97,13 +104,13 @@ function checkFields(o: Record<string, unknown>, allowed: string[]): void {
   }
 }
 
-function checkWriteOp(raw: unknown, where: string): WriteOp {
+function checkWriteOp(raw: unknown, where: string): ClientWriteOp {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad(`${where} must be an object`);
   const o = raw as Record<string, unknown>;
   switch (o.op) {
     case 'put':
-      checkFields(o, ['key', 'value', 'rid']);
-      return { op: 'put', key: checkKey(o.key), value: checkValue(o.value) };
+      checkFields(o, ['key', 'value', 'ttl', 'rid']);
+      return { op: 'put', key: checkKey(o.key), value: checkValue(o.value), ...checkTtl(o.ttl, false) };
     case 'del':
       checkFields(o, ['key', 'rid']);
       return { op: 'del', key: checkKey(o.key) };
@@ -114,16 +121,17 @@ function checkWriteOp(raw: unknown, where: string): WriteOp {
       return { op: 'delprefix', prefix: checkPrefix(o.prefix) };
     case 'create':
       // Stored as what it is: a cas that wants the key absent (revision 0).
-      checkFields(o, ['key', 'value', 'rid']);
-      return { op: 'cas', key: checkKey(o.key), expectRev: 0, value: checkValue(o.value) };
+      checkFields(o, ['key', 'value', 'ttl', 'rid']);
+      return { op: 'cas', key: checkKey(o.key), expectRev: 0, value: checkValue(o.value), ...checkTtl(o.ttl, false) };
     case 'cas': {
-      checkFields(o, ['key', 'expect', 'expectRev', 'value', 'rid']);
+      checkFields(o, ['key', 'expect', 'expectRev', 'value', 'ttl', 'rid']);
       if (('expect' in o) === ('expectRev' in o)) bad('cas needs exactly one of "expect" (a value, or null for "must be absent") and "expectRev" (a revision, 0 for "must be absent")');
       if (!('value' in o)) bad('cas needs "value" (a string, or null to delete)');
       const key = checkKey(o.key);
       const value = checkNullableValue(o.value, 'value');
-      if ('expectRev' in o) return { op: 'cas', key, expectRev: checkNat(o.expectRev, 'expectRev'), value };
-      return { op: 'cas', key, expect: checkNullableValue(o.expect, 'expect'), value };
+      const ttl = checkTtl(o.ttl, value === null);
+      if ('expectRev' in o) return { op: 'cas', key, expectRev: checkNat(o.expectRev, 'expectRev'), value, ...ttl };
+      return { op: 'cas', key, expect: checkNullableValue(o.expect, 'expect'), value, ...ttl };
     }
     default:
       bad(`${where}: unknown write op ${JSON.stringify(o.op)}`);

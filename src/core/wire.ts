@@ -6,14 +6,23 @@ import type { CheckpointMeta } from './records.js';
 
 /** A write operation, as it appears inside a request and inside a log entry. */
 export type WriteOp =
-  | { op: 'put'; key: string; value: string }
+  /** ttl (ms): the key is deleted once that long has passed since the coordinator applied this write (see Expiry). */
+  | { op: 'put'; key: string; value: string; ttl?: number }
   | { op: 'del'; key: string }
   /** Every key that starts with prefix ('' = every key), deleted as one op of one entry. */
   | { op: 'delprefix'; prefix: string }
   /** expect null: the key must be absent. value null: delete on success. */
-  | { op: 'cas'; key: string; expect: string | null; value: string | null }
+  | { op: 'cas'; key: string; expect: string | null; value: string | null; ttl?: number }
   /** By revision: the key's rev (the log index of its last change) must be expectRev; 0 = absent. (`create` is this with 0.) */
-  | { op: 'cas'; key: string; expectRev: number; value: string | null };
+  | { op: 'cas'; key: string; expectRev: number; value: string | null; ttl?: number }
+  /**
+   * Written by the coordinator only (never accepted from a client): key's time to live, set
+   * by the write at rev, has passed. Deletes the key if rev is still its revision.
+   */
+  | { op: 'expire'; key: string; rev: number };
+
+/** What a client may ask for (not expire: only the coordinator writes those, into the log). */
+export type ClientWriteOp = Exclude<WriteOp, { op: 'expire' }>;
 
 export type Consistency = 'causal' | 'strong';
 
@@ -37,10 +46,10 @@ export type ReadRequest = Common &
 
 export type WriteRequest = Common &
   (
-    | (WriteOp & { rid?: string })
+    | (ClientWriteOp & { rid?: string })
     /** Put only if the key is absent: validated into a cas at revision 0 (it is logged as one). */
-    | { op: 'create'; key: string; value: string; rid?: string }
-    | { op: 'batch'; ops: WriteOp[]; rid?: string }
+    | { op: 'create'; key: string; value: string; ttl?: number; rid?: string }
+    | { op: 'batch'; ops: ClientWriteOp[]; rid?: string }
   );
 
 /**
@@ -63,6 +72,8 @@ export interface KeyValue {
   value: string;
   /** Log index of the write that set this value. */
   rev: number;
+  /** Its time to live in ms, if it was written with one (counted from that write). */
+  ttl?: number;
 }
 
 /** Replies always carry ts (the causal token) and, when ok, the applied index. */
@@ -78,6 +89,8 @@ export interface ReplyBody {
   /** get */
   value?: string;
   rev?: number;
+  /** get: the key's time to live in ms, if it has one (counted from the write at rev) */
+  ttl?: number;
   /** mget: one per key, null where absent */
   values?: (KeyValue | null)[];
   /** list */

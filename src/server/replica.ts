@@ -14,6 +14,7 @@
 
 import { CkvError, ErrorCode } from '../core/errors.js';
 import {
+  BATCH_OPS_MAX,
   CHECKPOINT_DIRTY_RECORDS_TRIGGER,
   NO_COORDINATOR_WARN_MS,
   CHECKPOINT_LOG_BYTES_TRIGGER,
@@ -37,6 +38,7 @@ import type { Msg } from '../core/messages.js';
 import { Node, type DurableState, type Notice, type Proposal, type Ready } from '../core/node.js';
 import { CorruptRecordError, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../core/records.js';
 import { KvState, type Applied } from '../core/state.js';
+import { TtlClock } from '../core/ttl-clock.js';
 import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
 import type { ChangeEvent, Entry, KeyValue, NodeStatus, PeerStatus, Reply, Request, SnapshotPage, WriteOp, WriteResult } from '../core/wire.js';
 import { subjects } from '../transport/subjects.js';
@@ -92,6 +94,9 @@ export class CheckpointPort<S extends CheckpointReader> implements ReplicaCheckp
   }
   counts(): { keys: number; rids: number } {
     return this.store.counts();
+  }
+  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
+    return this.store.ttlKeys();
   }
   write(delta: CheckpointDelta, done: () => void): void {
     this.writer(this.store, delta, done);
@@ -301,6 +306,9 @@ export class Replica {
   private eventsFloor: number;
   private serving = { read: false, write: false, admin: false };
   private checkpointing = false;
+  /** Keys' countdowns, while we are coordinator (ttlLeading). */
+  private ttl = new TtlClock();
+  private ttlLeading = false;
   private afterCheckpoint: Array<() => void> = [];
   private checkpointBytes: number;
   private snapshotPageItems: number;
@@ -379,7 +387,32 @@ export class Replica {
     if (this.swapping || this.peersStopped || this.dead) return;
     this.guard(() => this.node.tick());
     this.watchCoordinator();
+    this.guard(() => this.expireDue());
     this.schedule();
+  }
+
+  /**
+   * The coordinator counts down keys' times to live and proposes the expiry of those due
+   * (see TtlClock); other servers count nothing.
+   */
+  private expireDue(): void {
+    if (this.node.role !== 'coordinator' || this.closing) {
+      if (this.ttlLeading) this.ttl.clear();
+      this.ttlLeading = false;
+      return;
+    }
+    if (!this.ttlLeading) {
+      this.ttlLeading = true;
+      this.ttl.clear();
+      for (const [key, r] of this.st.ttlKeys()) this.ttl.arm(key, r.rev, r.ttl);
+    }
+    const due = this.ttl.tick();
+    for (let i = 0; i < due.length; i += BATCH_OPS_MAX) {
+      const chunk = due.slice(i, i + BATCH_OPS_MAX);
+      const p = this.node.propose(chunk.map(({ key, rev }) => ({ op: 'expire' as const, key, rev })));
+      // (Only while coordinator, checked above; should it fail anyway, those keys try again.)
+      if (!p.ok) for (const { key, rev } of chunk) this.ttl.arm(key, rev, TICK_MS);
+    }
   }
 
   /** Say when no coordinator has been heard for NO_COORDINATOR_WARN_MS, and when one is again. */
@@ -562,6 +595,12 @@ export class Replica {
       for (const ev of res.events) {
         this.events.push(ev);
         if (lead) this.env.publishEvent(ev);
+        if (this.ttlLeading) {
+          // A put's record is in the overlay now: its ttl, if any, counts from here.
+          const rec = ev.op === 'put' ? this.st.get(ev.key) : undefined;
+          if (rec !== undefined && rec.ttl !== undefined) this.ttl.arm(ev.key, rec.rev, rec.ttl);
+          else this.ttl.disarm(ev.key);
+        }
       }
       const p = this.pendingByIndex.get(e.index);
       if (!p) continue;
@@ -667,12 +706,12 @@ export class Replica {
       case 'get': {
         const rec = this.st.get(req.key);
         if (!rec) return this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.NOT_FOUND, message: `key ${req.key} not found` } });
-        return this.reply(respond, { ok: true, ts, index, value: rec.value, rev: rec.rev });
+        return this.reply(respond, { ok: true, ts, index, value: rec.value, rev: rec.rev, ...(rec.ttl !== undefined ? { ttl: rec.ttl } : {}) });
       }
       case 'mget': {
         const values = req.keys.map((key) => {
           const rec = this.st.get(key);
-          return rec ? { key, value: rec.value, rev: rec.rev } : null;
+          return rec ? { key, value: rec.value, rev: rec.rev, ...(rec.ttl !== undefined ? { ttl: rec.ttl } : {}) } : null;
         });
         return this.reply(respond, { ok: true, ts, index, values });
       }
@@ -1248,16 +1287,17 @@ function parsePage(raw: Uint8Array | string, phase: 'kv' | 'rids', after: string
 }
 
 function stripWrite(req: Exclude<WriteRequest, { op: 'batch' }>): WriteOp {
+  const ttl = 'ttl' in req && req.ttl !== undefined ? { ttl: req.ttl } : {};
   switch (req.op) {
     case 'create':
-      return { op: 'cas', key: req.key, expectRev: 0, value: req.value };
+      return { op: 'cas', key: req.key, expectRev: 0, value: req.value, ...ttl };
     case 'put':
-      return { op: 'put', key: req.key, value: req.value };
+      return { op: 'put', key: req.key, value: req.value, ...ttl };
     case 'del':
       return { op: 'del', key: req.key };
     case 'delprefix':
       return { op: 'delprefix', prefix: req.prefix };
     case 'cas':
-      return 'expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value } : { op: 'cas', key: req.key, expect: req.expect, value: req.value };
+      return 'expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value, ...ttl } : { op: 'cas', key: req.key, expect: req.expect, value: req.value, ...ttl };
   }
 }

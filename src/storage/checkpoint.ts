@@ -36,7 +36,8 @@ export class CheckpointDamagedError extends Error {
   }
 }
 const META_KEY = Buffer.from('meta', 'utf8');
-const DB_NAMES = ['kv', 'rids', 'meta'] as const;
+/** (ttl came later: a read-only open of an older checkpoint finds none, and reads it as empty.) */
+const DB_NAMES = ['kv', 'rids', 'meta', 'ttl'] as const;
 const DIGEST_PREFIX = 'ckv-checkpoint-digest-v1\n';
 
 export function emptyMeta(): CheckpointMeta {
@@ -45,7 +46,16 @@ export function emptyMeta(): CheckpointMeta {
 
 // Canonical JSON with a fixed field order.
 function recJson(r: Rec): string {
-  return `{"value":${JSON.stringify(r.value)},"rev":${r.rev},"ts":${r.ts}}`;
+  return `{"value":${JSON.stringify(r.value)},"rev":${r.rev},"ts":${r.ts}${r.ttl !== undefined ? `,"ttl":${r.ttl}` : ''}}`;
+}
+
+/** An entry of the ttl index: which keys have a time to live (so a new coordinator finds them without a scan). */
+function ttlEntryProblem(x: unknown): string | null {
+  const o = x as { rev?: unknown; ttl?: unknown };
+  if (typeof o !== 'object' || o === null || Object.keys(o).length !== 2) return 'ttl entry is not {rev, ttl}';
+  if (!Number.isSafeInteger(o.rev) || (o.rev as number) < 1) return 'ttl entry rev is not a positive integer';
+  if (!Number.isSafeInteger(o.ttl) || (o.ttl as number) < 1) return 'ttl entry ttl is not a positive integer';
+  return null;
 }
 
 function ridJson(r: RidRecord): string {
@@ -171,7 +181,8 @@ export class StateDigest {
     this.h.update(`index ${index}\n`);
   }
   add(key: string, rec: Rec): void {
-    this.h.update(JSON.stringify([key, rec.value, rec.rev, rec.ts]) + '\n');
+    // (A ttl only when set: digests of states without one stay what they were.)
+    this.h.update(JSON.stringify(rec.ttl !== undefined ? [key, rec.value, rec.rev, rec.ts, rec.ttl] : [key, rec.value, rec.rev, rec.ts]) + '\n');
   }
   hex(): string {
     return this.h.digest('hex');
@@ -200,19 +211,23 @@ export class LmdbCheckpoint implements CheckpointStore {
   private readonly kv: Database<Bytes, Bytes>;
   private readonly ridsDb: Database<Bytes, Bytes>;
   private readonly metaDb: Database<Bytes, Bytes>;
+  /** Keys with a time to live (null: an older read-only checkpoint without the database). */
+  private readonly ttlDb: Database<Bytes, Bytes> | null;
+  private ttlIndex = new Map<string, { rev: number; ttl: number }>();
   /** Writes run one at a time, in call order. */
   private chain: Promise<void> = Promise.resolve();
   private closed = false;
   /** Values carry checksums (format 2); false while a format-1 checkpoint is read as it is. */
   private sealed = true;
 
-  private constructor(dir: string, readOnly: boolean, root: RootDatabase<Bytes, Bytes>, dbs: Database<Bytes, Bytes>[]) {
+  private constructor(dir: string, readOnly: boolean, root: RootDatabase<Bytes, Bytes>, dbs: Array<Database<Bytes, Bytes> | undefined>) {
     this.dir = dir;
     this.readOnly = readOnly;
     this.root = root;
     this.kv = dbs[0]!;
     this.ridsDb = dbs[1]!;
     this.metaDb = dbs[2]!;
+    this.ttlDb = dbs[3] ?? null;
   }
 
   /** Open (creating unless read-only) the LMDB environment in `dir` (the server uses `<data>/checkpoint`). */
@@ -233,9 +248,13 @@ export class LmdbCheckpoint implements CheckpointStore {
     if (bad !== null) throw new CheckpointDamagedError(dir, bad);
     const enc = { keyEncoding: 'binary', encoding: 'binary' } as const;
     const root = open<Bytes, Bytes>({ path: dir, maxDbs: DB_NAMES.length + 1, readOnly, ...enc });
-    const dbs: Database<Bytes, Bytes>[] = [];
+    const dbs: Array<Database<Bytes, Bytes> | undefined> = [];
     for (const name of DB_NAMES) {
       const db = root.openDB<Bytes, Bytes>({ name, ...enc }) as Database<Bytes, Bytes> | undefined;
+      if (db === undefined && name === 'ttl' && readOnly) {
+        dbs.push(undefined);
+        continue;
+      }
       if (db === undefined) {
         await root.close();
         throw new Error(`checkpoint ${dir} has no "${name}" database`);
@@ -264,6 +283,7 @@ export class LmdbCheckpoint implements CheckpointStore {
     }
     try {
       cp.meta();
+      cp.loadTtlIndex();
     } catch (err) {
       await root.close();
       throw new CheckpointDamagedError(dir, (err as Error).message);
@@ -273,6 +293,20 @@ export class LmdbCheckpoint implements CheckpointStore {
 
   private check(): void {
     if (this.closed) throw new Error(`checkpoint ${this.dir} is closed`);
+  }
+
+  private loadTtlIndex(): void {
+    this.ttlIndex.clear();
+    if (this.ttlDb === null) return;
+    for (const { key, value } of this.ttlDb.getRange({})) {
+      const k = key.toString('utf8');
+      this.ttlIndex.set(k, decodeValue<{ rev: number; ttl: number }>(key, value, true, `ttl entry of key ${JSON.stringify(k)}`, ttlEntryProblem));
+    }
+  }
+
+  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
+    this.check();
+    return [...this.ttlIndex];
   }
 
   meta(): CheckpointMeta {
@@ -373,11 +407,15 @@ export class LmdbCheckpoint implements CheckpointStore {
       await yieldToLoop();
     }
     const kvOps: Array<[Buffer, Buffer | null]> = new Array(delta.kv.length);
+    // The ttl index follows the records: set for a record with a ttl, removed where one had it.
+    const ttlOps: Array<[string, Buffer, Buffer | null, { rev: number; ttl: number } | null]> = [];
     for (let i = 0; i < delta.kv.length; i++) {
       if (i > 0 && i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
       const [k, rec] = delta.kv[i]!;
       const key = Buffer.from(k, 'utf8');
       kvOps[i] = [key, rec === null ? null : sealValue(key, recJson(rec))];
+      if (rec !== null && rec.ttl !== undefined) ttlOps.push([k, key, sealValue(key, `{"rev":${rec.rev},"ttl":${rec.ttl}}`), { rev: rec.rev, ttl: rec.ttl }]);
+      else if (this.ttlIndex.has(k)) ttlOps.push([k, key, null, null]);
     }
     const ridSets: Array<[Buffer, Buffer]> = new Array(delta.ridsSet.length);
     for (let i = 0; i < delta.ridsSet.length; i++) {
@@ -396,8 +434,16 @@ export class LmdbCheckpoint implements CheckpointStore {
       }
       for (const k of ridDels) void this.ridsDb.remove(k);
       for (const [k, v] of ridSets) void this.ridsDb.put(k, v);
+      for (const [, k, v] of ttlOps) {
+        if (v === null) void this.ttlDb!.remove(k);
+        else void this.ttlDb!.put(k, v);
+      }
       void this.metaDb.put(META_KEY, meta);
     });
+    for (const [k, , , t] of ttlOps) {
+      if (t !== null) this.ttlIndex.set(k, t);
+      else this.ttlIndex.delete(k);
+    }
     // The batch resolves when committed (visible); durable once flushed.
     await this.root.flushed;
   }
@@ -489,6 +535,12 @@ export class MemCheckpoint implements CheckpointStore {
     return { keys: this.keys.length, rids: this.ridMap.size };
   }
 
+  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
+    const out: Array<[string, { rev: number; ttl: number }]> = [];
+    for (const [k, r] of this.map) if (r.ttl !== undefined) out.push([k, { rev: r.rev, ttl: r.ttl }]);
+    return out;
+  }
+
   write(delta: CheckpointDelta): Promise<void> {
     const p = deltaProblem(delta, this.metaValue);
     if (p !== null) return Promise.reject(new Error(`checkpoint write: ${p}`));
@@ -501,7 +553,7 @@ export class MemCheckpoint implements CheckpointStore {
         }
       } else {
         if (!had) this.keys.splice(this.lowerBound(key, false), 0, key);
-        this.map.set(key, Object.freeze({ value: rec.value, rev: rec.rev, ts: rec.ts }));
+        this.map.set(key, Object.freeze(rec.ttl !== undefined ? { value: rec.value, rev: rec.rev, ts: rec.ts, ttl: rec.ttl } : { value: rec.value, rev: rec.rev, ts: rec.ts }));
       }
     }
     for (const rid of delta.ridsDel) this.ridMap.delete(rid);

@@ -19,16 +19,22 @@ export class EntryDecodeError extends Error {
 function opJson(op: WriteOp): string {
   switch (op.op) {
     case 'put':
-      return `{"op":"put","key":${JSON.stringify(op.key)},"value":${JSON.stringify(op.value)}}`;
+      return `{"op":"put","key":${JSON.stringify(op.key)},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}}`;
+    case 'expire':
+      return `{"op":"expire","key":${JSON.stringify(op.key)},"rev":${op.rev}}`;
     case 'del':
       return `{"op":"del","key":${JSON.stringify(op.key)}}`;
     case 'delprefix':
       return `{"op":"delprefix","prefix":${JSON.stringify(op.prefix)}}`;
     case 'cas':
       return 'expectRev' in op
-        ? `{"op":"cas","key":${JSON.stringify(op.key)},"expectRev":${op.expectRev},"value":${JSON.stringify(op.value)}}`
-        : `{"op":"cas","key":${JSON.stringify(op.key)},"expect":${JSON.stringify(op.expect)},"value":${JSON.stringify(op.value)}}`;
+        ? `{"op":"cas","key":${JSON.stringify(op.key)},"expectRev":${op.expectRev},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}}`
+        : `{"op":"cas","key":${JSON.stringify(op.key)},"expect":${JSON.stringify(op.expect)},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}}`;
   }
+}
+
+function ttlJson(ttl: number | undefined): string {
+  return ttl === undefined ? '' : `,"ttl":${ttl}`;
 }
 
 /**

@@ -8,7 +8,7 @@
 // (a retry whose first reply was lost), and writes only unique values. Every
 // answer is checked at once (invariants.ts); the histories go to the causal checker.
 
-import type { Reply, Request, WriteOp, WriteResult } from '../../src/core/wire.js';
+import type { ClientWriteOp, Reply, Request, WriteOp, WriteResult } from '../../src/core/wire.js';
 import type { HOp, History } from './checker.js';
 import type { Rng } from './prng.js';
 
@@ -19,15 +19,17 @@ export type SessionOp =
   | { t: 'get'; keys: string[]; strong: boolean }
   | { t: 'cas'; key: string; expect: string | null; value: string | null }
   /** By revision (0: must be absent). */
-  | { t: 'casRev'; key: string; rev: number; value: string | null }
-  | { t: 'create'; key: string; value: string }
+  | { t: 'casRev'; key: string; rev: number; value: string | null; ttl?: number }
+  | { t: 'create'; key: string; value: string; ttl?: number }
+  /** A put with a time to live (noise keys only: they expire). */
+  | { t: 'putTtl'; key: string; value: string; ttl: number }
   | { t: 'del'; key: string }
   | { t: 'delprefix'; prefix: string }
   | { t: 'list'; prefix: string; start?: string; limit: number; strong: boolean }
   | { t: 'history'; key: string; limit: number }
   | { t: 'replay'; from: number; limit: number }
   /** The same request id again, after its write was acknowledged: the first result comes back. */
-  | { t: 'retry'; rid: string; ops: WriteOp[] }
+  | { t: 'retry'; rid: string; ops: ClientWriteOp[] }
   /** A request carrying a token no write of this cluster has (from the future, or another cluster). */
   | { t: 'bogus'; write: boolean; key: string; after: number };
 
@@ -115,7 +117,7 @@ export class Session {
   private seen = new Map<string, string | null>();
   private seenRev = new Map<string, number>();
   /** Writes acknowledged to this session, for resending their rid. */
-  private ackedWrites: Array<{ rid: string; ops: WriteOp[] }> = [];
+  private ackedWrites: Array<{ rid: string; ops: ClientWriteOp[] }> = [];
   readonly stats: SessionStats = { writes: 0, acked: 0, reads: 0, readsDone: 0, readsGivenUp: 0, retries: 0, tokenAhead: 0, bogus: 0, bogusRejected: 0, pages: 0, resent: 0 };
   sessions: Session[] = [];
 
@@ -143,8 +145,12 @@ export class Session {
     if (this.host.dataOps > 0 && rng.chance(this.host.dataOps)) {
       const y = rng.float();
       const key = rng.pick(noise);
-      if (y < 0.5) this.start({ t: 'casRev', key, rev: this.seenRev.get(key) ?? 0, value: rng.chance(0.2) ? null : uniq() });
-      else if (y < 0.8) this.start({ t: 'create', key, value: uniq() });
+      const ttl = (): { ttl?: number } => (rng.chance(0.4) ? { ttl: rng.pick([60, 150, 400, 1000]) } : {});
+      if (y < 0.35) {
+        const value = rng.chance(0.2) ? null : uniq();
+        this.start({ t: 'casRev', key, rev: this.seenRev.get(key) ?? 0, value, ...(value !== null ? ttl() : {}) });
+      } else if (y < 0.6) this.start({ t: 'create', key, value: uniq(), ...ttl() });
+      else if (y < 0.85) this.start({ t: 'putTtl', key, value: uniq(), ttl: rng.pick([60, 150, 400, 1000]) });
       else this.start({ t: 'delprefix', prefix: rng.pick(['n.', 'n.1', 'n.', 'x.']) });
       return;
     }
@@ -227,16 +233,17 @@ export class Session {
         break;
       default: {
         rid = newRid();
-        let ops: WriteOp[];
+        let ops: ClientWriteOp[];
         if (op.t === 'put') ops = [{ op: 'put', key: op.key, value: op.value }];
         else if (op.t === 'batch') ops = op.puts.map(([key, value]) => ({ op: 'put', key, value }));
         else if (op.t === 'cas') ops = [{ op: 'cas', key: op.key, expect: op.expect, value: op.value }];
-        else if (op.t === 'casRev') ops = [{ op: 'cas', key: op.key, expectRev: op.rev, value: op.value }];
-        else if (op.t === 'create') ops = [{ op: 'cas', key: op.key, expectRev: 0, value: op.value }];
+        else if (op.t === 'casRev') ops = [{ op: 'cas', key: op.key, expectRev: op.rev, value: op.value, ...(op.ttl !== undefined ? { ttl: op.ttl } : {}) }];
+        else if (op.t === 'create') ops = [{ op: 'cas', key: op.key, expectRev: 0, value: op.value, ...(op.ttl !== undefined ? { ttl: op.ttl } : {}) }];
+        else if (op.t === 'putTtl') ops = [{ op: 'put', key: op.key, value: op.value, ttl: op.ttl }];
         else if (op.t === 'delprefix') ops = [{ op: 'delprefix', prefix: op.prefix }];
         else ops = [{ op: 'del', key: op.key }];
         // create goes on the wire as itself (the server stores it as a cas at revision 0).
-        req = op.t === 'create' ? { op: 'create', key: op.key, value: op.value, rid } : ops.length === 1 ? { ...ops[0]!, rid } : { op: 'batch', ops, rid };
+        req = op.t === 'create' ? { op: 'create', key: op.key, value: op.value, ...(op.ttl !== undefined ? { ttl: op.ttl } : {}), rid } : ops.length === 1 ? { ...ops[0]!, rid } : { op: 'batch', ops, rid };
         this.stats.writes++;
         // Writes enter the history when issued: they may take effect even if never acknowledged.
         if (op.t === 'put') this.record({ kind: 'w', key: op.key, value: op.value, label: `c${this.id}:w(${op.key},${op.value})` });
@@ -343,6 +350,9 @@ export class Session {
         // A write's index is the key's new revision; after a mismatch it is unknown until read.
         if (r.ok) this.seenRev.set(op.key, op.value === null ? 0 : reply.index!);
         else this.seenRev.delete(op.key);
+      } else if (op.t === 'putTtl') {
+        this.seen.set(op.key, op.value);
+        this.seenRev.set(op.key, reply.index!);
       } else if (op.t === 'del') {
         this.seen.set(op.key, null);
         this.seenRev.set(op.key, 0);
@@ -385,12 +395,13 @@ export function valueRead(reply: Reply, i: number): string | null {
   return reply.value ?? null;
 }
 
-function opsOf(req: Request): WriteOp[] {
+function opsOf(req: Request): ClientWriteOp[] {
+  const ttl = 'ttl' in req && req.ttl !== undefined ? { ttl: req.ttl } : {};
   if (req.op === 'batch') return req.ops;
-  if (req.op === 'put') return [{ op: 'put', key: req.key, value: req.value }];
+  if (req.op === 'put') return [{ op: 'put', key: req.key, value: req.value, ...ttl }];
   if (req.op === 'del') return [{ op: 'del', key: req.key }];
-  if (req.op === 'cas') return [{ ...req }].map((r) => ('expectRev' in r ? { op: 'cas' as const, key: r.key, expectRev: r.expectRev, value: r.value } : { op: 'cas' as const, key: r.key, expect: r.expect, value: r.value }));
-  if (req.op === 'create') return [{ op: 'cas', key: req.key, expectRev: 0, value: req.value }];
+  if (req.op === 'cas') return ['expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value, ...ttl } : { op: 'cas', key: req.key, expect: req.expect, value: req.value, ...ttl }];
+  if (req.op === 'create') return [{ op: 'cas', key: req.key, expectRev: 0, value: req.value, ...ttl }];
   if (req.op === 'delprefix') return [{ op: 'delprefix', prefix: req.prefix }];
   throw new Error(`not a write: ${req.op}`);
 }
@@ -406,9 +417,11 @@ export function describeOp(op: SessionOp): string {
     case 'cas':
       return `cas ${op.key} ${op.expect}->${op.value}`;
     case 'casRev':
-      return `cas ${op.key} rev${op.rev}->${op.value}`;
+      return `cas ${op.key} rev${op.rev}->${op.value}${op.ttl !== undefined ? ` ttl${op.ttl}` : ''}`;
     case 'create':
-      return `create ${op.key}=${op.value}`;
+      return `create ${op.key}=${op.value}${op.ttl !== undefined ? ` ttl${op.ttl}` : ''}`;
+    case 'putTtl':
+      return `put ${op.key}=${op.value} ttl${op.ttl}`;
     case 'del':
       return `del ${op.key}`;
     case 'delprefix':

@@ -224,6 +224,11 @@ export class SimCheckpoint implements CheckpointReader {
   counts(): { keys: number; rids: number } {
     return { keys: this.kv.size, rids: this.ridMap.size };
   }
+  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
+    const out: Array<[string, { rev: number; ttl: number }]> = [];
+    for (const [k, r] of this.kv) if (r.ttl !== undefined && !this.damaged.has(k)) out.push([k, { rev: r.rev, ttl: r.ttl }]);
+    return out;
+  }
   /** One atomic write transaction. */
   write(delta: CheckpointDelta): void {
     if (delta.meta.index < this.m.index) simFail(`checkpoint going back from ${this.m.index} to ${delta.meta.index}`);

@@ -19,6 +19,7 @@
 // consistent (the bad patterns of Bouajjani et al.).
 
 import type { Msg } from '../../src/core/messages.js';
+import { TICK_MS } from '../../src/core/limits.js';
 import type { Entry, ChangeEvent, Reply, Request } from '../../src/core/wire.js';
 import type { ReplicaEvent } from '../../src/server/replica.js';
 import { restartPlan } from '../../src/server/replica.js';
@@ -45,6 +46,8 @@ export function fail(msg: string): never {
 
 /** After healing, a write must commit within this much simulated time. */
 export const LIVENESS_AFTER_HEAL_MS = 6_000;
+/** After healing, a key with a ttl may outlive it by this much (an election or two, each starting countdowns anew, and the commit). */
+const EXPIRY_LATE_MS_MAX = 3_000;
 
 export class Invariants {
   readonly model: Model;
@@ -57,6 +60,8 @@ export class Invariants {
   ackedAfterHeal = 0;
   /** Servers an operator asked to add (back): only these may leave a keepOut list. */
   readonly operatorAdds = new Set<number>();
+  /** When each committed index was first seen committed (sim time). */
+  private committedAt: number[] = [];
   /** When the first entry committed after healing was seen (liveness). */
   firstCommitAfterHeal: number | null = null;
   private lastAtHeal = -1;
@@ -174,6 +179,8 @@ export class Invariants {
       if (i !== this.model.last + 1) fail(`node ${n.id}: commit ${s.commit} but the committed log is known only to ${this.model.last}`);
       const prev = this.model.entry(i - 1);
       if (prev && e.ts <= prev.ts) fail(`timestamps do not increase along the committed log: ${showEntry(prev)} then ${showEntry(e)}`);
+      if (e.kind === 'write') this.checkExpiries(e);
+      this.committedAt[i] = this.sim.t;
       this.model.push(e);
       if (this.sim.healed && this.firstCommitAfterHeal === null && i > this.lastAtHeal) this.firstCommitAfterHeal = this.sim.t;
       this.sim.trace.add(this.sim.t, n.id, () => `committed ${showEntry(e)}`);
@@ -472,8 +479,37 @@ export class Invariants {
     });
   }
 
+  /**
+   * Never early: an expiry that deletes a record commits no sooner than its ttl after the
+   * record's write committed, counted in ticks of the coordinator (which may run fast by the
+   * drift, and each tick may be 2 ms short: the contract is in the coordinator's ticks).
+   */
+  private checkExpiries(e: Extract<Entry, { kind: 'write' }>): void {
+    for (const op of e.ops) {
+      if (op.op !== 'expire') continue;
+      const rec = this.model.cur.get(op.key);
+      if (!rec || rec.rev !== op.rev || rec.ttl === undefined) continue; // a no-op: refreshed or deleted since
+      const since = this.sim.t - this.committedAt[op.rev]!;
+      // (Armed for one tick more than the ttl, in the middle of a tick: at least the ttl in whole ticks.)
+      const min = Math.ceil(rec.ttl / TICK_MS) * (TICK_MS * (1 - this.sim.p.drift) - 2);
+      if (since < min) fail(`${showEntry(e)} expires ${op.key} (written at ${op.rev} with ttl ${rec.ttl} ms) ${Math.round(since)} ms after that write committed: early (at least ${Math.round(min)} ms)`);
+    }
+  }
+
+  /** Bounded late: once healed and quiet, a key whose time passed (with room for a new coordinator's fresh countdown) is gone. */
+  private checkExpiredAtEnd(): void {
+    const sim = this.sim;
+    for (const [key, rec] of this.model.cur) {
+      if (rec.ttl === undefined) continue;
+      const from = Math.max(this.committedAt[rec.rev]!, sim.healAt);
+      const late = sim.t - from - rec.ttl * (1 + sim.p.drift);
+      if (late > EXPIRY_LATE_MS_MAX) fail(`liveness: ${key} (written at ${rec.rev} with ttl ${rec.ttl} ms) has not expired ${Math.round(sim.t - from)} ms after ${from === sim.healAt ? 'healing' : 'its write committed'}; servers: ${sim.describeServers()}`);
+    }
+  }
+
   finalChecks(sessions: Session[]): void {
     const sim = this.sim;
+    this.checkExpiredAtEnd();
     // Liveness: after healing, writes commit again within a bound.
     const writesAfterHeal = sessions.some((s) => s.stats.writes > 0);
     if (writesAfterHeal && sim.stopAt > sim.healAt + LIVENESS_AFTER_HEAL_MS) {

@@ -19,7 +19,8 @@ interface KeyHistory {
 export class Model {
   /** The committed log: log[i - 1] is entry i. */
   readonly log: Entry[] = [];
-  private cur = new Map<string, Rec>();
+  /** The state after the committed log (read only outside). */
+  readonly cur = new Map<string, Rec>();
   private hist = new Map<string, KeyHistory>();
   readonly rids = new Map<string, ModelRid>();
   /** Request ids in the order of their first application. */
@@ -101,6 +102,11 @@ export class Model {
         for (const k of keys) if (value(k) !== null) changes.set(k, null);
         continue;
       }
+      if (op.op === 'expire') {
+        const now = changes.has(op.key) ? changes.get(op.key) : this.cur.get(op.key);
+        if (now && now.rev === op.rev && now.ttl !== undefined) changes.set(op.key, null);
+        continue;
+      }
       let next: string | null;
       if (op.op === 'put') next = op.value;
       else if (op.op === 'del') next = null;
@@ -112,7 +118,8 @@ export class Model {
       if (next === null) {
         if (value(op.key) !== null) changes.set(op.key, null);
       } else {
-        changes.set(op.key, { value: next, rev: e.index, ts: e.ts });
+        const ttl = op.op === 'del' ? undefined : op.ttl;
+        changes.set(op.key, ttl === undefined ? { value: next, rev: e.index, ts: e.ts } : { value: next, rev: e.index, ts: e.ts, ttl });
       }
     }
     for (const [k, rec] of changes) {
@@ -152,7 +159,7 @@ export function sameEntry(a: Entry, b: Entry): boolean {
 
 export function sameRec(a: Rec | null | undefined, b: Rec | null | undefined): boolean {
   if (!a || !b) return !a && !b;
-  return a.value === b.value && a.rev === b.rev && a.ts === b.ts;
+  return a.value === b.value && a.rev === b.rev && a.ts === b.ts && a.ttl === b.ttl;
 }
 
 export function sameResult(a: WriteResult | undefined, b: WriteResult | undefined): boolean {
@@ -164,6 +171,16 @@ export function showEntry(e: Entry | undefined): string {
   const head = `#${e.index}/e${e.epoch}/ts${e.ts}`;
   if (e.kind === 'noop') return `${head} noop`;
   if (e.kind === 'config') return `${head} config ${e.voters.join(',')}`;
-  const ops = e.ops.map((o) => (o.op === 'put' ? `put ${o.key}=${o.value}` : o.op === 'del' ? `del ${o.key}` : o.op === 'delprefix' ? `delprefix ${o.prefix}` : `cas ${o.key} ${'expectRev' in o ? `rev${o.expectRev}` : o.expect}->${o.value}`));
+  const ops = e.ops.map((o) =>
+    o.op === 'put'
+      ? `put ${o.key}=${o.value}${o.ttl !== undefined ? ` ttl${o.ttl}` : ''}`
+      : o.op === 'del'
+        ? `del ${o.key}`
+        : o.op === 'delprefix'
+          ? `delprefix ${o.prefix}`
+          : o.op === 'expire'
+            ? `expire ${o.key}@${o.rev}`
+            : `cas ${o.key} ${'expectRev' in o ? `rev${o.expectRev}` : o.expect}->${o.value}${o.ttl !== undefined ? ` ttl${o.ttl}` : ''}`,
+  );
   return `${head} ${e.rid ?? ''} [${ops.join('; ')}]`;
 }
