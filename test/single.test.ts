@@ -278,6 +278,32 @@ t.test('single node end to end', async (t) => {
     t.equal(raw.error.code, 'BAD_REQUEST', 'a prefix delete must say its prefix');
   });
 
+  await t.test('ckv run: a file of operations in order, one reply per line; a bad line runs nothing', async (t) => {
+    const script = ['# a comment', 'put,run.a,1', 'put,run.b,x,y', 'get,run.b', '', 'get,run.none', '{"op":"cas","key":"run.a","expect":"1","value":"2"}', '{"op":"create","key":"run.a","value":"3"}', '{"op":"mget","keys":["run.a","run.b"]}', 'del,run.a', 'get,run.a'].join('\n');
+    let r = await c.ckv(['--no-session', 'run', '-'], { input: script });
+    t.equal(r.code, 1, 'not found and a failed create are results: exit 1 at the end');
+    const replies = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    t.equal(replies.length, 9, 'one reply per request line');
+    t.same(replies.map((x) => x.ok), [true, true, true, false, true, false, true, true, false]);
+    t.equal(replies[2].value, 'x,y', 'a value keeps its commas');
+    t.equal(replies[3].error.code, 'NOT_FOUND');
+    t.equal(replies[5].error.code, 'CAS_MISMATCH');
+    t.equal(replies[5].current, '2', 'the failed create says what the key holds');
+    t.same(replies[6].values.map((v: any) => v.value), ['2', 'x,y']);
+    t.ok(replies.every((x, i) => i === 0 || x.ts >= replies[i - 1].ts), 'each line reads at least what the one before wrote');
+    // A bad line anywhere: a usage error naming it, and nothing runs.
+    r = await c.ckv(['--no-session', 'run', '-'], { input: 'put,run.c,1\nfrobnicate,x\n' });
+    t.equal(r.code, 2);
+    t.match(r.stderr, /run line 2/);
+    r = await c.ckv(['--no-session', 'run', '-'], { input: 'put,run.c,1\n{"op":"put","key":"a..b","value":"x"}\n' });
+    t.equal(r.code, 2);
+    t.match(r.stderr, /run line 2: .*dot/);
+    r = await c.ckv(['--no-session', 'get', 'run.c']);
+    t.equal(r.code, 1, 'the good line before a bad one did not run');
+    r = await c.ckv(['--no-session', 'run', '-'], { input: '{"op":"status"}\n' });
+    t.equal(r.code, 2, 'admin requests are not for run');
+  });
+
   await t.test('SIGKILL during a stream of writes loses no acknowledged write', async (t) => {
     const acked: string[] = [];
     let stop = false;

@@ -42,7 +42,7 @@ const EXIT_ERROR = 4; // any other server error (TOKEN_AHEAD, COMPACTED, INTERNA
 const EXIT_AUTH = 5; // NATS refused the credentials or permissions: retrying will not help
 
 /** Commands that run until done or interrupted: --timeout bounds each of their requests, not them. */
-const LONG_RUNNING = new Set(['watch', 'lock', 'elect']);
+const LONG_RUNNING = new Set(['watch', 'lock', 'elect', 'run']);
 
 /** How long after its --timeout budget ckv may still be running (closing, saving the token, exiting). */
 const EXIT_MARGIN_MS = 200;
@@ -224,6 +224,20 @@ A server lacking the events asked for is not the end: others are asked.
 of them is {"initialEnd":INDEX}).`,
     flags: ['from', 'initial', 'resync'],
   },
+  run: {
+    usage: 'run FILE',
+    help: `Run one request per line of FILE ("-" or absent: stdin), in order, in one process,
+each carrying the token of the one before (a file of operations replays in causal
+order), and print one JSON reply per line ({"ok":true,...} or {"ok":false,"error":...}).
+A line is either the simple format of load-test drivers:
+  get,KEY      put,KEY,VALUE (VALUE: the rest of the line)      del,KEY
+or a JSON request of the wire protocol, e.g. {"op":"cas","key":"a","expectRev":4,"value":"x"}.
+Empty lines and lines starting with # are skipped. Every line is checked first: a bad
+one is a usage error naming it, and nothing runs. A not-found or a cas mismatch is a
+result (the run goes on; exit 1 at the end); no server answering stops it (exit 3).
+--timeout bounds each request.`,
+    flags: [],
+  },
   lock: {
     usage: 'lock NAME [--ttl DURATION] [--wait DURATION | --no-wait] -- CMD [ARGS...]',
     help: `Run CMD while holding the lock NAME, and exit with CMD's status: a script that
@@ -357,19 +371,19 @@ function check(req: Request): void {
 /** Bytes `ckv import` reads at most (it holds them all to check every line first). */
 const IMPORT_BYTES_MAX = 256 * 1024 * 1024;
 
-async function readImportFile(path: string): Promise<string> {
+async function readTextFile(path: string, what: string): Promise<string> {
   let bytes: Buffer;
   try {
-    if (statSync(path).size > IMPORT_BYTES_MAX) usage(`import: ${path} is larger than ${IMPORT_BYTES_MAX} bytes`);
+    if (statSync(path).size > IMPORT_BYTES_MAX) usage(`${what}: ${path} is larger than ${IMPORT_BYTES_MAX} bytes`);
     bytes = await new Promise<Buffer>((resolve, reject) => readFile(path, (err, b) => (err ? reject(err) : resolve(b))));
   } catch (err) {
     if (err instanceof UsageError) throw err;
-    usage(`import: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    usage(`${what}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
-    usage(`import: ${path} is not UTF-8 text`);
+    usage(`${what}: ${path} is not UTF-8 text`);
   }
 }
 
@@ -637,7 +651,7 @@ async function prepare(s: Settings): Promise<Action> {
     case 'import': {
       arity(s, 0, 1);
       const path = s.args[0] ?? '-';
-      const text = path === '-' ? await readStdin('import', IMPORT_BYTES_MAX) : await readImportFile(path);
+      const text = path === '-' ? await readStdin('import', IMPORT_BYTES_MAX) : await readTextFile(path, 'import');
       const puts: ClientWriteOp[] = [];
       const lines = text.split('\n');
       for (let i = 0; i < lines.length; i++) {
@@ -723,6 +737,13 @@ async function prepare(s: Settings): Promise<Action> {
       if (from !== undefined && s.flags.initial === true) usage('--from and --initial contradict each other');
       return (c) => watch(s, c, target, from);
     }
+    case 'run': {
+      arity(s, 0, 1);
+      const path = s.args[0] ?? '-';
+      const text = path === '-' ? await readStdin('run', IMPORT_BYTES_MAX) : await readTextFile(path, 'run');
+      const reqs = parseScript(text);
+      return (c) => runScript(c, reqs);
+    }
     case 'lock':
     case 'elect': {
       const observe = s.command === 'elect' && s.flags.observe === true;
@@ -788,6 +809,57 @@ async function watch(s: Settings, c: Client, target: string, from: number | unde
     process.off('SIGTERM', stop);
   }
   return EXIT_OK;
+}
+
+/** The requests of a `ckv run` file, every line checked (a usage error names the first bad one). */
+function parseScript(text: string): Array<Record<string, unknown>> {
+  const reqs: Array<Record<string, unknown>> = [];
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!.replace(/\r$/, '');
+    if (line.trim() === '' || line.startsWith('#')) continue;
+    let req: Record<string, unknown>;
+    if (line.startsWith('{')) {
+      try {
+        req = JSON.parse(line) as Record<string, unknown>;
+      } catch (err) {
+        usage(`run line ${i + 1}: not JSON: ${(err as Error).message}`);
+      }
+    } else {
+      const [op, key, ...rest] = line.split(',');
+      if (op === 'get' && key !== undefined && rest.length === 0) req = { op: 'get', key };
+      else if (op === 'del' && key !== undefined && rest.length === 0) req = { op: 'del', key };
+      else if (op === 'put' && key !== undefined && rest.length > 0) req = { op: 'put', key, value: rest.join(',') };
+      else usage(`run line ${i + 1}: expected get,KEY  put,KEY,VALUE  del,KEY  or a JSON request`);
+    }
+    try {
+      const v = validateRequest(req);
+      if (v.op === 'status' || v.op === 'snapshot') usage(`run line ${i + 1}: ${v.op} is not for run`);
+    } catch (err) {
+      if (err instanceof UsageError) throw err;
+      usage(`run line ${i + 1}: ${(err as Error).message}`);
+    }
+    reqs.push(req);
+  }
+  return reqs;
+}
+
+/** ckv run: each request in turn, one reply per line. */
+async function runScript(c: Client, reqs: Array<Record<string, unknown>>): Promise<number> {
+  let code = EXIT_OK;
+  for (const req of reqs) {
+    try {
+      const { cluster: _cluster, ...reply } = await c.request(req);
+      out(JSON.stringify(reply) + '\n');
+    } catch (err) {
+      if (!(err instanceof CkvError)) throw err;
+      const mismatch = err instanceof CasMismatchError ? { ...(err.current !== undefined ? { current: err.current } : {}), failed: err.failed } : {};
+      out(JSON.stringify({ ok: false, error: { code: err.code, message: err.message }, ...mismatch, ts: c.token }) + '\n');
+      if (err.code === ErrorCode.NOT_FOUND || err.code === ErrorCode.CAS_MISMATCH) code = EXIT_NOT_FOUND;
+      else return exitFor(err);
+    }
+  }
+  return code;
 }
 
 /** Hold the lock while CMD runs; CMD's exit status (128+N for signal N, 127 if it cannot start). */

@@ -22,7 +22,7 @@ import {
   REQUEST_TIMEOUT_MS_DEFAULT,
   REQUEST_TIMEOUT_MS_MAX,
 } from '../core/limits.js';
-import { validateRequest } from '../core/validate.js';
+import { isWrite, validateRequest } from '../core/validate.js';
 import type { CheckpointMeta } from '../core/records.js';
 import type { ChangeEvent, Consistency, KeyValue, NodeStatus, Reply, ReplyBody, Request, SnapshotPage, ClientWriteOp } from '../core/wire.js';
 
@@ -482,6 +482,27 @@ export class Client {
     check({ op: 'create', key, value, ttl: opts.ttl ?? LOCK_TTL_MS_DEFAULT });
     if (opts.wait !== undefined && (!Number.isSafeInteger(opts.wait) || opts.wait < 0)) throw new CkvError(ErrorCode.BAD_REQUEST, 'wait must be a non-negative number of ms');
     return acquire(this, key, value, opts);
+  }
+
+  /**
+   * Any read or write of the wire protocol (README), checked here as the server checks it,
+   * sent on its subject (writes and strong reads to the coordinator) and retried like the
+   * methods above (a write keeps one rid across retries; its own, if it carries one).
+   * Resolves with the ok reply; a failed one throws its CkvError (CasMismatchError for a cas).
+   */
+  async request(req: Record<string, unknown>): Promise<OkReply & ReplyBody> {
+    let r: Request;
+    try {
+      r = validateRequest(req);
+    } catch (err) {
+      const e = err as { code?: ErrorCode; message: string };
+      throw new CkvError(e.code ?? ErrorCode.BAD_REQUEST, e.message);
+    }
+    if (r.op === 'status' || r.op === 'snapshot') throw new CkvError(ErrorCode.BAD_REQUEST, `${r.op} has its own method (status(), snapshot())`);
+    const write = isWrite(r) || r.op === 'config';
+    const strong = 'consistency' in r && r.consistency === 'strong';
+    const body = write && !('rid' in req) ? { ...req, rid: randomToken(RID_RANDOM_BYTES) } : req;
+    return this.call(write || strong ? this.subject.write : this.subject.read, body as Request);
   }
 
   /** Delete every key that starts with `prefix` ("" = every key), as one log entry. */
