@@ -402,6 +402,16 @@ t.test('locks and elections for scripts: contention, fencing tokens, a holder ki
   // Refreshed every 500 ms, so it was good for at least 1000 ms after the kill.
   t.ok(waited >= 900, `not taken before the ttl ran out (${waited} ms after the kill)`);
 
+  // A lock taken away while its command runs (here: deleted by someone): the command gets
+  // SIGTERM (SIGKILL a second later), and ckv exits 4 whatever the command made of it.
+  const victim = start(process.execPath, [...base, 'lock', 'gone', '--ttl', '1500ms', '--', 'sh', '-c', `trap 'echo got-term > "${dir}/term"; exit 0' TERM; echo in > "${dir}/gone"; while true; do sleep 0.05; done`], { timeoutMs: 30_000 });
+  await c.waitFor('the victim inside', async () => (existsSync(join(dir, 'gone')) ? true : undefined));
+  t.equal((await runNode(base[0]!, [...base.slice(1), 'del', 'locks.gone'])).code, 0);
+  const v = await victim.done;
+  t.equal(v.code, 4, `a lost lock: exit 4 (${v.stderr.trim()})`);
+  t.match(v.stderr, /lost locks\.gone/);
+  t.ok(existsSync(join(dir, 'term')), 'the command was sent SIGTERM');
+
   // Elections: an observer sees each leader, and the gap between them.
   const observer = start(process.execPath, [...base, 'elect', '--observe', 'db'], { timeoutMs: 60_000 });
   await observer.waitForStdout((s) => s === '\n', 'nobody leads yet');

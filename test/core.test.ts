@@ -4,7 +4,7 @@
 import t from 'tap';
 import { CHECKPOINT_FORMAT } from '../src/core/records.js';
 import { ErrorCode, CkvError } from '../src/core/errors.js';
-import { KEY_BYTES_MAX, VALUE_BYTES_MAX, BATCH_OPS_MAX } from '../src/core/limits.js';
+import { KEY_BYTES_MAX, VALUE_BYTES_MAX, BATCH_OPS_MAX, PREFIX_DELETE_KEYS_MAX } from '../src/core/limits.js';
 import { Node, type Ready } from '../src/core/node.js';
 import { KvState } from '../src/core/state.js';
 import { TtlClock } from '../src/core/ttl-clock.js';
@@ -482,4 +482,25 @@ t.test('membership: an operator removal is in the log, so a new coordinator keep
   drive(n);
   t.same(n.voters, [1, 2]);
   t.same(n.keepOut, [], 'and the add lifts the keep-out');
+});
+
+t.test('prefix delete: at most PREFIX_DELETE_KEYS_MAX keys per entry, the first in key order, as of the batch so far', async (t) => {
+  const n = PREFIX_DELETE_KEYS_MAX + 5;
+  const keys = Array.from({ length: n }, (_, i) => `p.${String(i).padStart(5, '0')}`);
+  // Half in the checkpoint, half written since (the overlay), and one more in the same batch.
+  const base = new ArrayCheckpoint(
+    keys.filter((_, i) => i % 2 === 0).map((k, i) => [k, { value: 'v', rev: i + 1, ts: i + 1 }]),
+    { format: CHECKPOINT_FORMAT, index: n, epoch: 1, ts: n, voters: [1], eventPrev: 0 },
+  );
+  const s = new KvState(base);
+  const w = (index: number, ops: Extract<Entry, { kind: 'write' }>['ops']): Entry => ({ index, epoch: 1, ts: index, kind: 'write', ops });
+  let i = n;
+  for (const k of keys.filter((_, j) => j % 2 === 1)) s.apply(w(++i, [{ op: 'put', key: k, value: 'v' }]));
+  const r = s.apply(w(++i, [{ op: 'del', key: keys[0]! }, { op: 'put', key: 'p.-first', value: 'x' }, { op: 'delprefix', prefix: 'p.' }]));
+  t.equal(r.events.length, PREFIX_DELETE_KEYS_MAX + 1, 'the del of the first key, then 1000 deletes');
+  const left = s.range('p.', undefined, 100).map((x) => x.key);
+  // keys[0] was already gone; p.-first sorts first ('-' < '0'): the 1000 are it and keys[1..999].
+  t.same(left, keys.slice(PREFIX_DELETE_KEYS_MAX), 'the last keys in key order are left');
+  s.apply(w(++i, [{ op: 'delprefix', prefix: 'p.' }]));
+  t.same(s.range('p.', undefined, 100), [], 'a second entry deletes the rest');
 });

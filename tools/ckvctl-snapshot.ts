@@ -159,6 +159,7 @@ export async function readSnapshotFile(file: string): Promise<SnapshotContents> 
       const rp = ridRecordProblem(o.r);
       if (rp !== null) fail(`request id ${JSON.stringify(o.i)}: ${rp}`);
       if (seenRids.has(o.i)) fail(`request id ${JSON.stringify(o.i)} appears twice`);
+      if ((o.r as RidRecord).index > header.meta.index) fail(`request id ${JSON.stringify(o.i)} is beyond the snapshot's index ${header.meta.index}`);
       seenRids.add(o.i);
       rids.push([o.i, o.r as RidRecord]);
     } else {
@@ -219,7 +220,7 @@ export async function runSnapshotSave(argv: string[]): Promise<number> {
       } catch (err) {
         const e = err as { code?: unknown; message: string };
         fs.rmSync(part, { force: true });
-        if (e.code === 'UNAVAILABLE' && / during the snapshot/.test(e.message) && attempt < SAVE_TRIES_MAX) {
+        if (e.code === 'UNAVAILABLE' && / during the snapshot|held by a transfer/.test(e.message) && attempt < SAVE_TRIES_MAX) {
           process.stderr.write(`ckvctl snapshot save: ${e.message}\n`);
           continue;
         }

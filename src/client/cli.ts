@@ -28,7 +28,7 @@ import { VERSION } from '../core/version.js';
 import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, type NatsAuth } from '../transport/nats-auth.js';
 import type { ChangeEvent, KeyValue, Request, ClientWriteOp } from '../core/wire.js';
 import { CasMismatchError, CkvError, Client, type WriteAck } from './client.js';
-import { LOCK_TTL_MS_DEFAULT, LockHeldError, type Lock } from './lock.js';
+import { LOCK_TTL_MS_DEFAULT, LOCK_TTL_MS_MIN, LockHeldError, type Lock } from './lock.js';
 import { defaultSessionPath, readSessionEntry, saveToken } from './session.js';
 import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from './status-table.js';
 import { quietOnClosedStdout, stdoutClosed, writeOut } from './stdout.js';
@@ -43,6 +43,8 @@ const EXIT_AUTH = 5; // NATS refused the credentials or permissions: retrying wi
 
 /** Commands that run until done or interrupted: --timeout bounds each of their requests, not them. */
 const LONG_RUNNING = new Set(['watch', 'lock', 'elect', 'run']);
+/** After a lock is lost, CMD gets SIGTERM, then SIGKILL this much later (well within the 1/6 of a ttl left). */
+const LOST_KILL_GRACE_MS = 1_000;
 
 /** How long after its --timeout budget ckv may still be running (closing, saving the token, exiting). */
 const EXIT_MARGIN_MS = 200;
@@ -115,8 +117,9 @@ Prints nothing; --json: {"index","ts"}.`,
     usage: 'del KEY | del --prefix PREFIX',
     help: `Delete KEY. Deleting a key that is absent changes nothing and is not an
 error (exit 0), as with etcdctl del and consul kv delete.
-  --prefix   delete every key that starts with PREFIX, as one log entry (all or
-             none; "" means every key and must be given as such)
+  --prefix   delete every key that starts with PREFIX ("" means every key and must
+             be given as such): up to 1000 keys per log entry, each entry all or
+             none, entries sent until none is left
 Prints nothing; --json: {"index","ts"}.`,
     flags: ['prefix'],
   },
@@ -249,8 +252,12 @@ fencing token: the revision that acquired the lock, larger than every earlier
 holder's (pass it to what the lock protects, so that a late holder is refused),
 and CKV_LOCK_KEY. Held by another, ckv waits (--wait DURATION at most; --no-wait:
 not at all) and exits 1 if it stays held. Should the lock be lost while CMD runs
-(not refreshed for 5/6 of its ttl, or deleted), CMD is sent SIGTERM. SIGINT and
-SIGTERM to ckv are passed on to CMD.`,
+(not refreshed for 5/6 of its ttl, or deleted), CMD is sent SIGTERM, SIGKILL a
+second later, and ckv exits 4. SIGINT, SIGTERM and SIGHUP to ckv are passed on to
+CMD. If ckv itself is killed with SIGKILL, CMD is not: run both in one process
+group and kill the group (a terminal's Ctrl-C, systemd and timeout(1) do). The
+--ttl is at least 1s. A cluster restored from a backup goes on from the backup's
+index: fencing tokens issued since the backup was made are not seen again in order.`,
     flags: ['ttl', 'wait', 'no-wait'],
   },
   elect: {
@@ -759,6 +766,7 @@ async function prepare(s: Settings): Promise<Action> {
       const key = `${s.command === 'lock' ? 'locks' : 'elections'}.${name}`;
       check({ op: 'get', key });
       const ttl = typeof s.flags.ttl === 'string' ? parseDuration(s.flags.ttl, '--ttl') : LOCK_TTL_MS_DEFAULT;
+      if (ttl < LOCK_TTL_MS_MIN) usage(`a lock's --ttl is at least ${LOCK_TTL_MS_MIN / 1000}s`);
       if (s.flags.wait !== undefined && s.flags['no-wait'] === true) usage('--wait and --no-wait contradict each other');
       const wait = s.flags['no-wait'] === true ? 0 : typeof s.flags.wait === 'string' ? parseDuration(s.flags.wait, '--wait') : undefined;
       const value = s.command === 'elect' ? s.args[1]! : undefined;
@@ -872,6 +880,7 @@ async function runWhileHeld(c: Client, cmd: string[], take: () => Promise<Lock>)
     warn(err.message);
     return EXIT_NOT_FOUND;
   }
+  let lost = false;
   const child = spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit', env: { ...process.env, CKV_FENCE: String(lock.fence), CKV_LOCK_KEY: lock.key } });
   const forward = (sig: NodeJS.Signals) => () => void child.kill(sig);
   const onSignal = { SIGINT: forward('SIGINT'), SIGTERM: forward('SIGTERM'), SIGHUP: forward('SIGHUP') };
@@ -883,13 +892,17 @@ async function runWhileHeld(c: Client, cmd: string[], take: () => Promise<Lock>)
     });
     child.once('exit', (status, signal) => resolve(status ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0)));
     void lock.lost.then((e) => {
-      warn(`lost ${lock.key}: ${e.message}; stopping ${cmd[0]} (SIGTERM)`);
+      lost = true;
+      warn(`lost ${lock.key}: ${e.message}; stopping ${cmd[0]} (SIGTERM, then SIGKILL after ${LOST_KILL_GRACE_MS} ms)`);
       child.kill('SIGTERM');
+      // Another may take the lock once its ttl runs out: CMD must not outlive it for long.
+      setTimeout(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'), LOST_KILL_GRACE_MS).unref();
     });
   });
   for (const [sig, fn] of Object.entries(onSignal)) process.off(sig, fn);
   await lock.release().catch((err: Error) => warn(`could not release ${lock.key} (it expires after its ttl): ${err.message}`));
-  return code;
+  // (A lost lock is never a success, whatever CMD made of its SIGTERM.)
+  return lost ? EXIT_ERROR : code;
 }
 
 /** elect --observe: the leader's value now and at every change, until interrupted. */

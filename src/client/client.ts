@@ -6,7 +6,7 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 // (The CLI's bundle loads os on first use: tools/bundle-cli.ts.)
 import { hostname } from 'node:os';
-import { acquire, LOCK_TTL_MS_DEFAULT, type Lock, type LockOptions } from './lock.js';
+import { acquire, LOCK_TTL_MS_DEFAULT, LOCK_TTL_MS_MIN, type Lock, type LockOptions } from './lock.js';
 import { CkvError, ErrorCode, ERROR_CODES, type WireError } from '../core/errors.js';
 import { isNatsAuthError, natsConnectionOptions, redactUrl, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 
@@ -212,7 +212,10 @@ export interface WatchOptions {
    * with from.
    */
   initial?: boolean;
-  /** Called (in order with the events: after the last initial one is consumed) once the initial values are all out, with the index they were read at. */
+  /**
+   * Called in order with the events, once the initial values and the changes read meanwhile
+   * are out, with the index they reach: every later event is at an index above it.
+   */
   onInitial?: (index: number) => void;
   /**
    * If the events the watch needs are gone at every server (COMPACTED), start again from the
@@ -254,6 +257,8 @@ const SERVER_TIMEOUT_MARGIN_MS_MAX = 100;
 /** Backoff between attempts: doubles from MIN up to MAX, with jitter. */
 const RETRY_BACKOFF_MS_MIN = 20;
 const RETRY_BACKOFF_MS_MAX = 250;
+/** delPrefix gives up after this many entries (a billion keys), should writers keep adding under the prefix. */
+const PREFIX_DELETE_ROUNDS_MAX = 1_000_000;
 /** A strong read of this key (absent or not) fixes the token a snapshot must reach. */
 const SNAPSHOT_TOKEN_KEY = 'ckv-snapshot';
 /** status: gather replies for this long (servers answer independently). */
@@ -479,7 +484,9 @@ export class Client {
 
   private holdKey(key: string, value: string, opts: LockOptions): Promise<Lock> {
     this.checkOpen();
-    check({ op: 'create', key, value, ttl: opts.ttl ?? LOCK_TTL_MS_DEFAULT });
+    const ttl = opts.ttl ?? LOCK_TTL_MS_DEFAULT;
+    if (!Number.isSafeInteger(ttl) || ttl < LOCK_TTL_MS_MIN) throw new CkvError(ErrorCode.BAD_REQUEST, `a lock's ttl is at least ${LOCK_TTL_MS_MIN} ms`);
+    check({ op: 'create', key, value, ttl });
     if (opts.wait !== undefined && (!Number.isSafeInteger(opts.wait) || opts.wait < 0)) throw new CkvError(ErrorCode.BAD_REQUEST, 'wait must be a non-negative number of ms');
     return acquire(this, key, value, opts);
   }
@@ -505,9 +512,17 @@ export class Client {
     return this.call(write || strong ? this.subject.write : this.subject.read, body as Request);
   }
 
-  /** Delete every key that starts with `prefix` ("" = every key), as one log entry. */
-  delPrefix(prefix: string): Promise<WriteAck> {
-    return this.write({ op: 'delprefix', prefix });
+  /**
+   * Delete every key that starts with `prefix` ("" = every key). One entry deletes up to
+   * PREFIX_DELETE_KEYS_MAX of them, atomically; more take further entries, sent until a read
+   * (at the token of the last) finds none left. Resolves with the last entry's ack.
+   */
+  async delPrefix(prefix: string): Promise<WriteAck> {
+    for (let round = 1; ; round++) {
+      const ack = await this.write({ op: 'delprefix', prefix });
+      const left = await this.list(prefix, { limit: 1 });
+      if (left.items.length === 0 || round >= PREFIX_DELETE_ROUNDS_MAX) return ack;
+    }
   }
 
   batch(ops: ClientWriteOp[]): Promise<WriteAck> {
@@ -940,9 +955,9 @@ class WatchImpl implements Watch {
     this.settled = Math.max(this.settled, first);
     this.atIndex = -1;
     this.keysAtIndex.clear();
+    // The mark goes out once the stream has caught up with the last page (settle): from it
+    // on, every change at an index at or below the mark is in what came before it.
     this.listed = { revs, through };
-    this.ready.push({ initialEnd: through });
-    this.wake('consumer');
   }
 
   /**
@@ -985,7 +1000,11 @@ class WatchImpl implements Watch {
 
   private settle(index: number): void {
     if (index > this.settled) this.settled = index;
-    if (this.listed && this.settled >= this.listed.through) this.listed = null;
+    if (this.listed && this.settled >= this.listed.through) {
+      this.listed = null;
+      this.ready.push({ initialEnd: this.settled });
+      this.wake('consumer');
+    }
   }
 
   private seen(e: ChangeEvent): boolean {

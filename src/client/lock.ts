@@ -15,6 +15,8 @@ const REFRESHES_PER_TTL = 3;
 /** Unrefreshed for this share of its ttl, a lock counts as lost (it expires at the whole ttl at the soonest). */
 const LOST_AFTER_TTL_SHARE = 5 / 6;
 export const LOCK_TTL_MS_DEFAULT = 10_000;
+/** Shorter locks would be refreshed too often to hold through an ordinary hiccup. */
+export const LOCK_TTL_MS_MIN = 1_000;
 
 export interface LockOptions {
   /** Time to live of the lock, in ms (default 10 s): how long after its holder dies it is free again. */
@@ -49,13 +51,15 @@ export class LockHeldError extends CkvError {
 export async function acquire(client: Client, key: string, value: string, opts: LockOptions = {}): Promise<Lock> {
   const ttl = opts.ttl ?? LOCK_TTL_MS_DEFAULT;
   const waitUntil = opts.wait === undefined ? Infinity : Date.now() + opts.wait;
-  let fence = 0;
   for (;;) {
     // Subscribed before the create: a release between our failed create and the wait is seen.
     const w = client.watch(key);
+    // The lock is good for a ttl from when the create was sent, at the most (not from its ack:
+    // retries may have taken most of the ttl).
+    const sentAt = Date.now();
     try {
-      fence = (await client.create(key, value, { ttl })).index;
-      break;
+      const fence = (await client.create(key, value, { ttl })).index;
+      return hold(client, key, value, ttl, fence, sentAt);
     } catch (err) {
       if (!(err instanceof CasMismatchError)) throw err;
       const remaining = waitUntil - Date.now();
@@ -66,22 +70,27 @@ export async function acquire(client: Client, key: string, value: string, opts: 
       w.stop();
     }
   }
-  return hold(client, key, value, ttl, fence);
 }
 
 async function untilDeleted(w: ReturnType<Client['watch']>, ms: number): Promise<void> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+  // (A watch that fails leaves the timeout to end the wait: no busy loop.)
   const deleted = (async () => {
     for await (const e of w) if (e.op === 'del') return;
-  })().catch(() => undefined);
+    await new Promise(() => {});
+  })().catch(() => new Promise<void>(() => {}));
   await Promise.race([timeout, deleted]);
   clearTimeout(timer);
 }
 
-function hold(client: Client, key: string, value: string, ttl: number, fence: number): Lock {
+function newRid(): string {
+  return `lock-${Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString('base64url')}`;
+}
+
+function hold(client: Client, key: string, value: string, ttl: number, fence: number, acquiredAt: number): Lock {
   let rev = fence;
-  let lastOk = Date.now();
+  let lastOk = acquiredAt;
   let released = false;
   let lose!: (e: CkvError) => void;
   const lost = new Promise<CkvError>((resolve) => (lose = resolve));
@@ -94,23 +103,33 @@ function hold(client: Client, key: string, value: string, ttl: number, fence: nu
     lose(e);
   };
   let inFlight = false;
+  /**
+   * A refresh whose outcome is unknown (no answer in time) is sent again with the same rid:
+   * applied already, the cluster answers with its first result (our new revision), not a mismatch.
+   */
+  let pending: { rid: string; sentAt: number } | null = null;
   const refresh = async (): Promise<void> => {
-    if (inFlight || released || isLost) return;
+    if (inFlight || isLost) return;
     inFlight = true;
-    const sentAt = Date.now();
+    pending ??= { rid: newRid(), sentAt: Date.now() };
     try {
-      rev = (await client.casRev(key, rev, value, { ttl })).index;
-      // Valid for a ttl from when the refresh was sent (the countdown restarted no sooner).
-      lastOk = sentAt;
+      const r = await client.request({ op: 'cas', key, expectRev: rev, value, ttl, rid: pending.rid });
+      rev = r.index;
+      // Valid for a ttl from when this refresh was first sent (the countdown restarted no sooner).
+      lastOk = pending.sentAt;
+      pending = null;
     } catch (err) {
       // Deleted or taken since: someone else may hold it now.
-      if (err instanceof CasMismatchError) giveUp(new LockHeldError(key, err.current));
-      // Unavailable for now: the watchdog decides when it is too late.
+      if (err instanceof CasMismatchError) {
+        pending = null;
+        giveUp(new CkvError(ErrorCode.CAS_MISMATCH, err.current === null || err.current === undefined ? `${key} was deleted, or expired` : `${key} was taken: it holds ${JSON.stringify(err.current)}`));
+      }
+      // Unavailable for now: tried again (same rid) at the next turn; the watchdog decides when it is too late.
     } finally {
       inFlight = false;
     }
   };
-  const refresher = setInterval(() => void refresh(), Math.max(1, Math.floor(ttl / REFRESHES_PER_TTL)));
+  const refresher = setInterval(() => void (released ? undefined : refresh()), Math.max(1, Math.floor(ttl / REFRESHES_PER_TTL)));
   // Not refreshed for most of its ttl: given up before it can expire, so that what it guards
   // stops before another may take it (the fencing token guards the rest).
   const watchdog = setInterval(() => {
@@ -125,9 +144,9 @@ function hold(client: Client, key: string, value: string, ttl: number, fence: nu
       released = true;
       clearInterval(refresher);
       clearInterval(watchdog);
-      if (isLost) return;
-      // Wait for a refresh in flight: its revision is the one to delete at.
+      // Wait for a refresh in flight, and settle one of unknown outcome: its revision is the one to delete at.
       while (inFlight) await new Promise((r) => setTimeout(r, 5));
+      if (pending !== null && !isLost) await refresh();
       try {
         await client.casRev(key, rev, null);
       } catch (err) {

@@ -90,6 +90,11 @@ export const PEER_DROPS_REPORT_MS = 60_000;
 
 /** One protocol tick, in milliseconds. All protocol timing is counted in ticks. */
 export const TICK_MS = 50;
+/**
+ * Keys one prefix delete removes, at most (the first ones, in key order): the events of one
+ * entry must fit a replay page. A client deletes the rest with more entries.
+ */
+export const PREFIX_DELETE_KEYS_MAX = 1000;
 /** A key's time to live, in ms: at least one tick, at most a week. */
 export const TTL_MS_MIN = 50;
 export const TTL_MS_MAX = 7 * 24 * 3600 * 1000;

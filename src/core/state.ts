@@ -2,7 +2,7 @@
 // an in-memory overlay above the last checkpoint. Pure and synchronous: the
 // checkpoint is reached only through the synchronous CheckpointReader port.
 
-import { RIDS_RETAINED_MAX } from './limits.js';
+import { PREFIX_DELETE_KEYS_MAX, RIDS_RETAINED_MAX } from './limits.js';
 import type { ChangeEvent, Entry, KeyValue, WriteOp, WriteResult } from './wire.js';
 import { CHECKPOINT_FORMAT, type CheckpointDelta, type CheckpointReader, type Rec, type RidRecord } from './records.js';
 
@@ -161,10 +161,9 @@ export class KvState {
     for (let i = 0; i < ops.length; i++) {
       const op = ops[i]!;
       if (op.op === 'delprefix') {
-        // Every key under the prefix as of this op (earlier ops of the batch included), in key order.
-        for (const key of this.keysWithPrefix(op.prefix, changes)) {
-          if (current(key) !== undefined) changes.set(key, { rec: null, rev: index });
-        }
+        // The first PREFIX_DELETE_KEYS_MAX keys under the prefix as of this op (earlier ops of
+        // the batch included), in key order: one entry's events must fit a replay page.
+        for (const key of this.keysWithPrefix(op.prefix, changes, current)) changes.set(key, { rec: null, rev: index });
         continue;
       }
       if (op.op === 'expire') {
@@ -205,18 +204,34 @@ export class KvState {
     return out;
   }
 
-  /** Keys starting with `prefix` in the state or among `changes` (present or not), sorted. */
-  private keysWithPrefix(prefix: string, changes: Map<string, Slot>): string[] {
-    const keys = new Set<string>();
-    for (let start: string | undefined; ; ) {
-      const page = this.range(prefix, start, PREFIX_SCAN_PAGE_KEYS);
-      for (const kv of page) keys.add(kv.key);
-      if (page.length < PREFIX_SCAN_PAGE_KEYS) break;
-      start = page[page.length - 1]!.key;
-    }
-    for (const k of changes.keys()) if (k.startsWith(prefix)) keys.add(k);
+  /** The first PREFIX_DELETE_KEYS_MAX keys starting with `prefix` that exist as of `changes`, in key order. */
+  private keysWithPrefix(prefix: string, changes: Map<string, Slot>, current: (key: string) => Rec | undefined): string[] {
     // Keys are ASCII (their pattern): UTF-16 order is byte order.
-    return [...keys].sort();
+    const changed = [...changes.keys()].filter((k) => k.startsWith(prefix)).sort();
+    const out: string[] = [];
+    let page = this.range(prefix, undefined, PREFIX_SCAN_PAGE_KEYS);
+    let pi = 0;
+    let ci = 0;
+    while (out.length < PREFIX_DELETE_KEYS_MAX) {
+      if (pi === page.length && page.length === PREFIX_SCAN_PAGE_KEYS) {
+        page = this.range(prefix, page[page.length - 1]!.key, PREFIX_SCAN_PAGE_KEYS);
+        pi = 0;
+      }
+      const pk = pi < page.length ? page[pi]!.key : undefined;
+      const ck = ci < changed.length ? changed[ci]! : undefined;
+      if (pk === undefined && ck === undefined) break;
+      let key: string;
+      if (ck === undefined || (pk !== undefined && pk < ck)) {
+        key = pk!;
+        pi++;
+      } else {
+        key = ck;
+        ci++;
+        if (pk === ck) pi++;
+      }
+      if (current(key) !== undefined) out.push(key);
+    }
+    return out;
   }
 
   private remember(rid: string, rec: RidRecord): void {

@@ -1098,6 +1098,9 @@ export class Replica {
   private installed(meta: CheckpointMeta): void {
     this.swapping = false;
     this.transfer = null;
+    // Countdowns were for the state replaced: armed again from the new one (later, never earlier).
+    this.ttlLeading = false;
+    this.ttl.clear();
     this.events = [];
     this.eventsFloor = meta.index;
     this.env.logger.info({ index: meta.index }, 'checkpoint installed');

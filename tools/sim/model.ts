@@ -2,6 +2,7 @@
 // applied to a plain map by an implementation independent of KvState. It is
 // the oracle for every replica's state and every reply.
 
+import { PREFIX_DELETE_KEYS_MAX } from '../../src/core/limits.js';
 import type { ChangeEvent, Entry, WriteOp, WriteResult } from '../../src/core/wire.js';
 import type { Rec } from '../../src/core/records.js';
 
@@ -98,8 +99,8 @@ export class Model {
     for (let i = 0; i < e.ops.length; i++) {
       const op: WriteOp = e.ops[i]!;
       if (op.op === 'delprefix') {
-        const keys = [...new Set([...this.cur.keys(), ...changes.keys()])].filter((k) => k.startsWith(op.prefix)).sort();
-        for (const k of keys) if (value(k) !== null) changes.set(k, null);
+        const keys = [...new Set([...this.cur.keys(), ...changes.keys()])].filter((k) => k.startsWith(op.prefix) && value(k) !== null).sort();
+        for (const k of keys.slice(0, PREFIX_DELETE_KEYS_MAX)) changes.set(k, null);
         continue;
       }
       if (op.op === 'expire') {
