@@ -770,8 +770,7 @@ async function prepare(s: Settings): Promise<Action> {
       if (s.flags.wait !== undefined && s.flags['no-wait'] === true) usage('--wait and --no-wait contradict each other');
       const wait = s.flags['no-wait'] === true ? 0 : typeof s.flags.wait === 'string' ? parseDuration(s.flags.wait, '--wait') : undefined;
       const value = s.command === 'elect' ? s.args[1]! : undefined;
-      if (value !== undefined) check({ op: 'create', key, value, ttl });
-      else check({ op: 'create', key, value: 'x', ttl });
+      check({ op: 'create', key, value: value ?? 'x', ttl }); // (a lock's value is host:pid, valid as any)
       const cmd = s.args.slice(fixed);
       return (c) => runWhileHeld(c, cmd, () => (s.command === 'lock' ? c.lock(name, { ttl, ...(wait !== undefined ? { wait } : {}) }) : c.elect(name, value!, { ttl })));
     }
