@@ -18,6 +18,7 @@ import {
 } from '../src/storage/checkpoint.js';
 import type { CheckpointStore } from '../src/storage/ports.js';
 import type { CheckpointDelta, CheckpointMeta, Rec, RidRecord } from '../src/core/records.js';
+import type { ChangeEvent } from '../src/core/wire.js';
 import { type TT, tmpDir } from './helpers/tmp-dir.js';
 
 // ---------------------------------------------------------------------------
@@ -441,4 +442,123 @@ t.test('the ttl index: keys with a time to live are found after a reopen without
   const w = await LmdbCheckpoint.open(path.join(tmpDir(t), 'checkpoint'));
   await t.rejects(w.write({ kv: [['k', { value: 'v', rev: 1, ts: 1, ttl: 0 }]], ridsSet: [], ridsDel: [], meta: meta(1) }), /ttl/);
   await w.close();
+});
+
+t.test('durable history: LMDB and the in-memory twin agree under retention, across a reopen', async (t) => {
+  let seed = 777;
+  const rnd = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const keys = ['a', 'a.b', 'ab', 'b', 'c.1', 'c.10'];
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  const MAX = 25;
+  let lmdb = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX });
+  t.teardown(() => lmdb.close());
+  const mem = new MemCheckpoint(MAX);
+  const all: ChangeEvent[] = [];
+  let index = 0;
+  let prev = 0;
+  const compare = (what: string): void => {
+    t.equal(lmdb.historyFloor(), mem.historyFloor(), `${what}: floor`);
+    t.equal(lmdb.historyCount(), mem.historyCount(), `${what}: count`);
+    const kept = all.filter((e) => e.index > mem.historyFloor());
+    t.same([...lmdb.events(0)], kept, `${what}: every event above the floor, in order`);
+    t.ok(kept.length <= MAX, `${what}: within the retention`);
+    for (let n = 0; n < 8; n++) {
+      const from = rnd(index + 2);
+      const key = keys[rnd(keys.length)]!;
+      t.same([...lmdb.events(from, key)], [...mem.events(from, key)], `${what}: events(${from}, ${key})`);
+      t.same([...lmdb.events(from, key)], kept.filter((e) => e.index >= from && e.key === key));
+      t.same([...lmdb.keyEventsBefore(key, from)], kept.filter((e) => e.index < from && e.key === key).reverse(), `${what}: keyEventsBefore(${key}, ${from})`);
+    }
+  };
+  for (let round = 0; round < 30; round++) {
+    const events: ChangeEvent[] = [];
+    for (let n = rnd(4); n >= 0; n--) {
+      index++;
+      // Some entries produce no events; some several (a batch, a prefix delete).
+      for (let m = rnd(3); m > 0; m--) {
+        const key = keys[rnd(keys.length)]!;
+        events.push(rnd(3) === 0 ? { index, ts: index, op: 'del', key, prev } : { index, ts: index, op: 'put', key, value: `v${index}.${m}`, prev });
+      }
+      if (events.length > 0 && events[events.length - 1]!.index === index) prev = index;
+    }
+    const d: CheckpointDelta = { kv: [], ridsSet: [], ridsDel: [], meta: meta(index), events };
+    await Promise.all([lmdb.write(d), mem.write(d)]);
+    all.push(...events);
+    compare(`round ${round}`);
+  }
+  t.ok(mem.historyFloor() > 0, 'retention let go of some');
+  await lmdb.close();
+  lmdb = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX });
+  compare('after a reopen');
+  const report = await verifyCheckpoint(dir);
+  t.same(report.problems, [], 'verify finds the history whole');
+  t.equal(report.events, lmdb.historyCount());
+
+  // A delta without events (a checkpoint from a peer or a backup): history starts over.
+  const d: CheckpointDelta = { kv: [], ridsSet: [], ridsDel: [], meta: meta(index + 5) };
+  await Promise.all([lmdb.write(d), mem.write(d)]);
+  t.equal(lmdb.historyFloor(), index + 5);
+  t.equal(lmdb.historyCount(), 0);
+  t.same([...lmdb.events(0)], []);
+  t.same([...lmdb.keyEventsBefore('a', Infinity)], [], 'no hist entry left behind');
+  t.equal(mem.historyFloor(), index + 5);
+});
+
+t.test('durable history: age retention, a damaged event, an older checkpoint without history, bad deltas', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  let now = 1_000_000;
+  const cp = await LmdbCheckpoint.open(dir, { historyAgeMs: 60_000, now: () => now });
+  const ev = (index: number, key: string, value: string, prev: number): ChangeEvent => ({ index, ts: index, op: 'put', key, value, prev });
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(2), events: [ev(1, 'a', '1', 0), ev(2, 'b', '2', 1)] });
+  now += 30_000;
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(3), events: [ev(3, 'a', '3', 2)] });
+  t.equal(cp.historyFloor(), 0, 'nothing older than the age yet');
+  now += 40_000;
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(4), events: [ev(4, 'c', '4', 3)] });
+  t.equal(cp.historyFloor(), 2, 'the first checkpoint\'s events are older than 60 s: let go of');
+  t.same([...cp.events(0)].map((e) => e.index), [3, 4]);
+  t.rejects(cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(5), events: [ev(4, 'c', 'x', 3)] }), /event at index 4/, 'an event at or below the checkpoint index is refused');
+  t.rejects(cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(5), events: [{ index: 5, ts: 5, op: 'put', key: 'c', prev: 4 } as ChangeEvent] }), /value/, 'a put event without a value is refused');
+  await cp.close();
+
+  // A flipped bit in a stored event: reads refuse it (the replica repairs), verify reports it.
+  const { open } = await import('lmdb');
+  const root = open({ path: dir, maxDbs: 7, keyEncoding: 'binary', encoding: 'binary' });
+  const events = root.openDB({ name: 'events', keyEncoding: 'binary', encoding: 'binary' });
+  const first = [...events.getRange({})][0]!;
+  const bad = Buffer.from(first.value as Buffer);
+  bad[bad.length - 3] ^= 1;
+  await events.put(Buffer.from(first.key as Buffer), bad);
+  await root.close();
+  const report = await verifyCheckpoint(dir);
+  t.match(report.problems.join('\n'), /event 3\/0: fails its checksum/);
+  const again = await LmdbCheckpoint.open(dir, { historyAgeMs: 60_000, now: () => now });
+  t.throws(() => [...again.events(0)], CorruptRecordError);
+  t.throws(() => [...again.keyEventsBefore('a', 10)], CorruptRecordError);
+  // Letting go of a damaged event does not fail the write (else every checkpoint after would).
+  now += 100_000;
+  await again.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(6), events: [ev(6, 'a', '6', 4)] });
+  t.same([...again.events(0)].map((e) => e.index), [6]);
+  t.same([...again.keyEventsBefore('a', 10)].map((e) => e.index), [6], 'the damaged event\'s hist entry is skipped');
+  await again.close();
+
+  // A checkpoint written before the history existed: no events or hist database, no "history" meta.
+  const oldDir = path.join(tmpDir(t), 'old');
+  const oldRoot = open({ path: oldDir, maxDbs: 5, keyEncoding: 'binary', encoding: 'binary' });
+  for (const name of ['kv', 'rids', 'ttl']) oldRoot.openDB({ name, keyEncoding: 'binary', encoding: 'binary' });
+  const metaDb = oldRoot.openDB({ name: 'meta', keyEncoding: 'binary', encoding: 'binary' });
+  await metaDb.put(Buffer.from('meta'), Buffer.from(JSON.stringify({ format: 1, index: 9, epoch: 1, ts: 9, voters: [1], eventPrev: 0 })));
+  await oldRoot.close();
+  const ro = await LmdbCheckpoint.open(oldDir, { readOnly: true });
+  t.equal(ro.historyFloor(), 9, 'read-only: the history starts at its index');
+  t.same([...ro.events(0)], []);
+  await ro.close();
+  const rw = await LmdbCheckpoint.open(oldDir);
+  t.equal(rw.historyFloor(), 9);
+  await rw.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(10), events: [ev(10, 'a', '1', 0)] });
+  t.same([...rw.events(0)].map((e) => e.index), [10]);
+  await rw.close();
 });

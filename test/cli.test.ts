@@ -34,8 +34,11 @@ t.test('cli', async (t) => {
     const cases: [string[], RegExp][] = [
       [[], /no command/],
       [['frobnicate'], /unknown command/],
-      [['get'], /usage: ckv get KEY/],
+      [['get'], /usage: ckv get \[--rev REV\] KEY/],
       [['get', 'a', 'b'], /usage/],
+      [['get', '--rev', '0', 'k'], /rev must be a positive integer/],
+      [['get', '--rev', 'x', 'k'], /--rev must be a non-negative integer/],
+      [['get', '--rev', '5', '--strong', 'k'], /reads the past/],
       [['get', 'a..b'], /dot/],
       [['get', '.a'], /dot/],
       [['get', 'a b'], /letters, digits/],

@@ -288,8 +288,9 @@ t.test('three-node cluster', async (t) => {
   });
 });
 
-t.test('watches that do not stop: after every server restarted, from a restarted one, and from current values', async (t) => {
-  const c = new Cluster(3, { cluster: 'wt' });
+t.test('durable history and watches that do not stop: after every server was killed, beyond the retention, from a restarted one, and from current values', async (t) => {
+  // Checkpoints every second; 8 events of history kept.
+  const c = new Cluster(3, { cluster: 'wt', extraArgs: ['--checkpoint-cron', '* * * * * *', '--history', '8'] });
   await c.start();
   t.teardown(async () => {
     if (!t.passing()) t.comment(`server logs: ${c.saveLogs()}`);
@@ -306,17 +307,69 @@ t.test('watches that do not stop: after every server restarted, from a restarted
     watchers.push(w);
     return w;
   };
-  t.equal((await ckv(['put', 'w.a', '1'])).code, 0);
-  t.equal((await ckv(['put', 'w.b', '2'])).code, 0);
-  t.equal((await ckv(['put', 'other', 'x'])).code, 0);
+  const indexOf = async (args: string[]): Promise<number> => {
+    const r = await ckv(['--json', ...args]);
+    t.equal(r.code, 0, args.join(' '));
+    return JSON.parse(r.stdout).index as number;
+  };
+  const a1 = await indexOf(['put', 'w.a', '1']);
+  const b2 = await indexOf(['put', 'w.b', '2']);
+  await indexOf(['put', 'other', 'x']);
+  const a10 = await indexOf(['put', 'w.a', '10']);
+  const bDel = await indexOf(['del', 'w.b']);
+  const checkpointedAll = (index: number) =>
+    c.waitFor(`every server's checkpoint at ${index}`, async () => {
+      const rows = await statuses(c);
+      return rows.length === 3 && rows.every((r) => r.checkpoint >= index) ? true : undefined;
+    }, 15_000);
 
-  // Every server restarts (SIGTERM: each checkpoints): the events before lived in memory only.
-  await Promise.all(c.voters.map((id) => c.kill(id, 'SIGTERM')));
+  // Every server is killed (half of the events only in the log's tail, or all in checkpoints).
+  await checkpointedAll(a10);
+  await Promise.all(c.voters.map((id) => c.kill(id, 'SIGKILL')));
   for (const id of c.voters) c.startNode(id);
   await c.waitForCoordinator();
+  await c.waitFor('every server applied the writes', async () => {
+    const rows = await statuses(c);
+    return rows.length === 3 && rows.every((r) => r.applied >= bDel) ? true : undefined;
+  }, 15_000);
+  // The same answer whichever server answers (the read queue group picks one at random).
+  for (let i = 0; i < 6; i++) {
+    const h = await ckv(['history', '--json', 'w.a']);
+    t.equal(h.code, 0);
+    const hj = JSON.parse(h.stdout);
+    t.same(hj.events.map((e: { index: number; value: string }) => [e.index, e.value]), [[a1, '1'], [a10, '10']], `history of w.a (try ${i + 1})`);
+    t.ok(hj.since <= a1, 'complete from before the first write');
+    t.equal((await ckv(['get', '--rev', String(a1), 'w.a'])).stdout, '1', 'w.a as of its first write');
+    t.equal((await ckv(['get', '--rev', String(a10 - 1), 'w.a'])).stdout, '1', 'w.a just before its second write');
+    t.equal((await ckv(['get', '--rev', String(bDel - 1), 'w.b'])).stdout, '2', 'w.b before its deletion');
+    const gone = await ckv(['get', '--rev', String(bDel), 'w.b']);
+    t.equal(gone.code, 1, 'w.b as of its deletion: not found');
+    const before = await ckv(['get', '--rev', String(b2 - 1), 'w.b']);
+    t.equal(before.code, 1, 'w.b before it was written: not found');
+  }
+  const replayed = watch(['w.', '--from', '1']);
+  await replayed.waitForStdout((s) => s.split('\n').filter(Boolean).length >= 4, 'four replayed events');
+  t.same(
+    replayed.stdout().split('\n').filter(Boolean).map((l) => l.split('\t').filter((_, i) => i !== 1).join(' ')),
+    [`${a1} put w.a 1`, `${b2} put w.b 2`, `${a10} put w.a 10`, `${bDel} del w.b`],
+    'the events under w. from 1, in order, after every server was killed',
+  );
+  replayed.proc.kill('SIGINT');
+  t.equal((await replayed.done).code, 0);
+
+  // Beyond the retention: more writes than 8 events, checkpointed everywhere.
+  let lastOther = 0;
+  for (let i = 0; i < 10; i++) lastOther = await indexOf(['put', 'other', `y${i}`]);
+  await checkpointedAll(lastOther);
   let r = await ckv(['watch', 'w.', '--from', '1', '--timeout', '5000']);
   t.equal(r.code, 4, 'the events are gone at every server: exit 4');
   t.match(r.stderr, /COMPACTED/);
+  r = await ckv(['get', '--rev', String(a1), 'w.a']);
+  t.equal(r.code, 4, 'w.a as of a revision below the history: exit 4');
+  t.match(r.stderr, /COMPACTED.*oldest kept/);
+  t.equal((await ckv(['get', '--rev', String(a10), 'w.a'])).stdout, '10', 'a revision below the history, but the key has not changed since: its value');
+  await ckv(['put', 'w.a', '1']);
+  await ckv(['put', 'w.b', '2']);
 
   // --resync: the current values instead, then live changes.
   const resync = watch(['w.', '--from', '1', '--resync']);

@@ -301,7 +301,7 @@ async function checkpointVerify(o: Opts): Promise<number> {
   if (o.json) json({ ok, dir, ...r });
   else {
     for (const p of r.problems) out(`problem: ${p}`);
-    if (r.meta !== null) out(`index ${r.meta.index}, ${r.keys} keys, ${r.rids} rids, digest ${r.digest ?? '-'}`);
+    if (r.meta !== null) out(`index ${r.meta.index}, ${r.keys} keys, ${r.rids} rids, ${r.events} events of history (all above index ${r.historyFloor ?? '-'}), digest ${r.digest ?? '-'}`);
     out(ok ? 'ok' : `${r.problems.length} problem${r.problems.length === 1 ? '' : 's'}`);
   }
   return ok ? EXIT_OK : EXIT_PROBLEM;

@@ -15,6 +15,7 @@ import {
   CLUSTER_NAME_PATTERN,
   CLUSTER_NAME_RULE,
   HISTORY_LIMIT_DEFAULT,
+  HISTORY_EVENTS_DEFAULT,
   HISTORY_LIMIT_MAX,
   KEY_BYTES_MAX,
   LIST_LIMIT_MAX,
@@ -32,6 +33,7 @@ import { LOCK_TTL_MS_DEFAULT, LOCK_TTL_MS_MIN, LockHeldError, type Lock } from '
 import { defaultSessionPath, readSessionEntry, saveToken } from './session.js';
 import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from './status-table.js';
 import { quietOnClosedStdout, stdoutClosed, writeOut } from './stdout.js';
+import { parseDurationMs } from '../core/duration.js';
 
 /** Exit statuses (documented in --help). */
 const EXIT_OK = 0;
@@ -95,11 +97,13 @@ interface CommandSpec {
 
 const COMMANDS: Record<string, CommandSpec> = {
   get: {
-    usage: 'get KEY',
+    usage: 'get [--rev REV] KEY',
     help: `Print the value of KEY: its exact bytes, plus a newline only when stdout is a
 terminal. A missing key prints "not found" on stderr and exits 1.
+  --rev REV  KEY as it was at revision REV (a log index, e.g. an earlier write's
+             "index"), while the servers' history holds it: else COMPACTED (exit 4)
 --json: {"key","value","rev","ts"} (value null if missing).`,
-    flags: ['strong'],
+    flags: ['strong', 'rev'],
   },
   put: {
     usage: 'put KEY VALUE [--ttl DURATION]',
@@ -202,8 +206,9 @@ Prints nothing; --json: {"index","ts"}.`,
     help: `Print KEY's recent changes, oldest first, one line per change (as watch does):
   INDEX<TAB>TS<TAB>put<TAB>KEY<TAB>VALUE
   INDEX<TAB>TS<TAB>del<TAB>KEY
-Servers keep recent change events in memory (at least the last 10,000 since
-they started); stderr says from which log index the history is complete.
+Servers keep change events as durable history (the same at every server, across
+restarts; a server's --history sets how many, default ${HISTORY_EVENTS_DEFAULT}); stderr
+says from which log index the history is complete.
   --limit N    the newest N changes, 1..${HISTORY_LIMIT_MAX} (default ${HISTORY_LIMIT_DEFAULT})
 --json: {"events":[...],"since","index","ts"}.`,
     flags: ['limit'],
@@ -219,9 +224,9 @@ matches users.a and users.a.b); otherwise exactly that key.
   --initial     first print every current value under TARGET (as put lines whose
                 INDEX is the key's revision), then a line on stderr where they
                 end, then the changes that follow (no gap, as NATS KV watchers)
-  --resync      if the events needed are gone at every server (COMPACTED, e.g.
-                after every server restarted), print the current values again
-                (as --initial) and go on, instead of exiting 4
+  --resync      if the events needed are gone at every server (COMPACTED: older
+                than the servers' history keeps), print the current values
+                again (as --initial) and go on, instead of exiting 4
 A server lacking the events asked for is not the end: others are asked.
 --json: one event object per line (initial values carry "initial":true; the end
 of them is {"initialEnd":INDEX}).`,
@@ -352,12 +357,10 @@ function usage(message: string): never {
   throw new UsageError(message);
 }
 
-/** A duration: 500ms, 30s, 5m, 2h, or a bare number of seconds; in ms. */
+/** A duration: 500ms, 30s, 5m, 2h, 7d, or a bare number of seconds; in ms. */
 function parseDuration(s: string, what: string): number {
-  const m = /^(\d+)(ms|s|m|h)?$/.exec(s);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m?.[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
-  const ms = m ? Number(m[1]) * unit : NaN;
-  if (!Number.isSafeInteger(ms) || ms <= 0) usage(`${what} takes a duration such as 500ms, 30s, 5m or 2h, got "${s}"`);
+  const ms = parseDurationMs(s);
+  if (ms === null) usage(`${what} takes a duration such as 500ms, 30s, 5m or 2h, got "${s}"`);
   return ms;
 }
 
@@ -546,9 +549,10 @@ async function prepare(s: Settings): Promise<Action> {
     case 'get': {
       arity(s, 1, 1);
       const key = s.args[0]!;
-      check({ op: 'get', key });
+      const rev = typeof s.flags.rev === 'string' ? parseNat(s.flags.rev, '--rev') : undefined;
+      check({ op: 'get', key, ...(rev !== undefined ? { rev } : {}), ...(strong.consistency ? { consistency: strong.consistency } : {}) });
       return async (c) => {
-        const kv = await c.get(key, strong);
+        const kv = await c.get(key, { ...strong, ...(rev !== undefined ? { rev } : {}) });
         if (s.json) json({ key, value: kv?.value ?? null, ...(kv ? { rev: kv.rev } : {}), ...(kv?.ttl !== undefined ? { ttl: kv.ttl } : {}), ts: c.token });
         else if (kv) out(process.stdout.isTTY ? kv.value + '\n' : kv.value);
         if (!kv && !s.json) warn(`${key}: not found`);

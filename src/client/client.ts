@@ -43,6 +43,16 @@ export class CasMismatchError extends CkvError {
   }
 }
 
+/** What was asked for is older than the history the server keeps (`oldest`: its oldest index, when it says). */
+export class CompactedError extends CkvError {
+  readonly oldest: number | undefined;
+  constructor(message: string, oldest: number | undefined) {
+    super(ErrorCode.COMPACTED, message);
+    this.oldest = oldest;
+    this.name = 'CompactedError';
+  }
+}
+
 /** Worth another try (same rid) while the caller's budget lasts. */
 const RETRYABLE: ReadonlySet<ErrorCode> = new Set([ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT]);
 
@@ -155,6 +165,11 @@ export interface ConnectOptions extends ClientOptions {
 export interface ReadOptions {
   /** "causal" (default): any server, once it holds the token. "strong": linearizable, via the coordinator. */
   consistency?: Consistency;
+}
+
+export interface GetOptions extends ReadOptions {
+  /** The key as of this revision (a log index), while the history holds it; CompactedError if not. */
+  rev?: number;
 }
 
 export interface ListOptions extends ReadOptions {
@@ -306,6 +321,7 @@ function replyError(reply: Extract<Reply, { ok: false }>): CkvError {
   const code = ERROR_CODES.includes(e.code as ErrorCode) ? (e.code as ErrorCode) : ErrorCode.INTERNAL;
   const message = typeof e.message === 'string' && e.message ? e.message : `server error ${String(e.code)}`;
   if (code === ErrorCode.CAS_MISMATCH) return new CasMismatchError(message, reply.current, reply.failed ?? 0);
+  if (code === ErrorCode.COMPACTED) return new CompactedError(message, isNat(reply.oldest) ? reply.oldest : undefined);
   return new CkvError(code, message);
 }
 
@@ -389,9 +405,9 @@ export class Client {
   }
 
   /** The value of key, or null if it is absent (absence is an answer, not an error). */
-  async get(key: string, opts: ReadOptions = {}): Promise<KeyValue | null> {
+  async get(key: string, opts: GetOptions = {}): Promise<KeyValue | null> {
     try {
-      const r = await this.read({ op: 'get', key, ...consistency(opts) }, opts);
+      const r = await this.read({ op: 'get', key, ...consistency(opts), ...(opts.rev !== undefined ? { rev: opts.rev } : {}) }, opts);
       if (typeof r.value !== 'string') return null;
       return { key, value: r.value, rev: r.rev ?? 0, ...(r.ttl !== undefined ? { ttl: r.ttl } : {}) };
     } catch (err) {
@@ -633,7 +649,7 @@ export class Client {
         for (let tries = 1; ; tries++) {
           try {
             const r = await this.call(this.subject.read, { op: 'replay', from, limit: REPLAY_EVENTS_MAX, ...only }, after);
-            return { events: r.events ?? [], index: r.index };
+            return { events: r.events ?? [], index: r.index, ...(isNat(r.through) ? { through: Math.min(r.through, r.index) } : {}) };
           } catch (err) {
             if (!(err instanceof CkvError) || err.code !== ErrorCode.COMPACTED || tries >= WATCH_COMPACTED_TRIES_MAX) throw err;
           }
@@ -785,7 +801,8 @@ interface WatchPort {
   subscribe(subject: string, onMsg: (data: Uint8Array) => void): Subscription;
   flush(): Promise<void>;
   /** One page of events from index from (of the key or prefix only), from a server that holds token after. */
-  replay(from: number, after: number, only: WatchFilter): Promise<{ events: ChangeEvent[]; index: number }>;
+  /** through: every asked-for event at an index <= through is in the page (or below from); older servers do not say. */
+  replay(from: number, after: number, only: WatchFilter): Promise<{ events: ChangeEvent[]; index: number; through?: number }>;
   /** One page of current values (from start, inclusive), and the index it was read at. */
   current(only: WatchFilter, start: string | undefined): Promise<{ items: KeyValue[]; next: string | null; index: number; ts: number }>;
   observe(ts: number): void;
@@ -969,7 +986,7 @@ class WatchImpl implements Watch {
     let resyncs = 0;
     while (!this.stopped) {
       while (this.ready.length >= WATCH_BUFFER_EVENTS_MAX && !this.stopped) await this.waitPump();
-      let page: { events: ChangeEvent[]; index: number };
+      let page: { events: ChangeEvent[]; index: number; through?: number };
       try {
         page = await this.client.replay(from, after, this.only);
       } catch (err) {
@@ -988,12 +1005,20 @@ class WatchImpl implements Watch {
         last = e.index;
         if (this.matches(e.key) && !this.seen(e)) this.emit(e);
       }
-      // Nothing more at that server: all it has applied is settled.
-      if (last < 0) return this.settle(Math.min(through, index));
-      if (last >= through) return this.settle(through);
-      // The page may have cut the last entry's events (servers may page below our
-      // limit): read that entry again, deduped, unless it is all this page held.
-      from = last > from ? last : last + 1;
+      const complete = page.through;
+      if (last >= through || (complete !== undefined && complete >= through)) return this.settle(through);
+      if (last < 0) {
+        // Nothing more at that server: all it has applied is settled.
+        if (complete === undefined || complete >= index) return this.settle(Math.min(through, index));
+        // It looked this far and found none of ours (a rare prefix): go on from there.
+        this.settle(complete);
+        from = complete + 1;
+        continue;
+      }
+      // The page is complete through `complete`; a server that does not say may have cut the
+      // last entry's events (servers may page below our limit): read that entry again,
+      // deduped, unless it is all this page held.
+      from = complete !== undefined && complete >= last ? complete + 1 : last > from ? last : last + 1;
       this.settle(from - 1);
     }
   }

@@ -6,6 +6,7 @@
 
 import { REPL_BYTES_MAX } from './limits.js';
 import type { Entry } from './wire.js';
+import { assert } from './assert.js';
 
 export interface Position {
   index: number;
@@ -18,9 +19,6 @@ export interface Config {
   keepOut: number[];
 }
 
-function assert(cond: unknown, msg: string): asserts cond {
-  if (!cond) throw new Error(`invariant: ${msg}`);
-}
 
 const sorted = (xs: number[]): number[] => [...xs].sort((a, b) => a - b);
 

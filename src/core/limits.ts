@@ -56,8 +56,15 @@ export const LOG_RETAIN_ENTRIES = 10_000;
 /** Default checkpoint schedule (cron with seconds). */
 export const CHECKPOINT_CRON_DEFAULT = '*/10 * * * * *';
 
-/** Change events a server keeps in memory for replay and history requests. */
-export const EVENTS_RETAINED_MAX = 10_000;
+/**
+ * Change events a checkpoint keeps as durable history (replay, history, get at a revision),
+ * by default: a day of writes at 10 a second, ~200 MB of LMDB at 100 B values.
+ */
+export const HISTORY_EVENTS_DEFAULT = 1_000_000;
+/** Most events one replay request looks at (a rare prefix's page ends there, with `through`). */
+export const REPLAY_SCAN_EVENTS_MAX = 20_000;
+/** Most old events one checkpoint write lets go of beyond those it adds (retention catches up over writes). */
+export const HISTORY_PRUNE_EVENTS_MAX = 20_000;
 /** Time allowed on shutdown for in-flight work before the final checkpoint. */
 export const SHUTDOWN_DRAIN_MS_MAX = 5_000;
 /** Room an entry's fields take around its ops, in bytes (rid <= 64, numbers, field names). */

@@ -29,6 +29,7 @@ import { ConfirmRounds, TokenQueries, type Round } from './confirm.js';
 import { EntryLog } from './entry-log.js';
 import { BROADCAST, type Body, type Msg } from './messages.js';
 import type { Entry, Liveness, Role, WriteOp } from './wire.js';
+import { assert } from './assert.js';
 
 export interface NodeInit {
   id: number;
@@ -162,9 +163,6 @@ const NOT_COORDINATOR: Proposal = { ok: false, code: 'UNAVAILABLE', message: 'no
 const retry = (message: string): Proposal => ({ ok: false, code: 'UNAVAILABLE', message });
 const refuse = (message: string): Proposal => ({ ok: false, code: 'BAD_REQUEST', message });
 
-function assert(cond: unknown, msg: string): asserts cond {
-  if (!cond) throw new Error(`invariant: ${msg}`);
-}
 
 export class Node {
   readonly id: number;

@@ -4,7 +4,7 @@
 // owns them.
 
 import { CLUSTER_ID_PATTERN, KEY_BYTES_MAX, RID_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN } from './limits.js';
-import type { WriteResult } from './wire.js';
+import type { ChangeEvent, WriteResult } from './wire.js';
 
 /** Layout version of a checkpoint (its meta carries it). */
 export const CHECKPOINT_FORMAT = 2;
@@ -62,6 +62,12 @@ export interface CheckpointDelta {
   ridsSet: Array<[rid: string, rec: RidRecord]>;
   ridsDel: string[];
   meta: CheckpointMeta;
+  /**
+   * The change events of the entries after the checkpoint's index through meta.index, in log
+   * order: kept as history. Absent: the history starts over at meta.index (a checkpoint taken
+   * from a peer or a backup holds the state, not how it came about).
+   */
+  events?: ChangeEvent[];
 }
 
 /** Read side of the checkpoint, synchronous (LMDB reads are). */
@@ -76,6 +82,20 @@ export interface CheckpointReader {
   counts(): { keys: number; rids: number };
   /** Every key that has a time to live, with the revision and ttl of its record. */
   ttlKeys(): Array<[key: string, rec: { rev: number; ttl: number }]>;
+}
+
+/**
+ * The checkpoint's durable history: the change events of the entries it holds, from
+ * historyFloor() + 1 through meta().index, all of them (older ones were let go by retention).
+ */
+export interface HistoryReader {
+  historyFloor(): number;
+  /** How many events are kept. */
+  historyCount(): number;
+  /** Kept events at indexes >= from, in log order; only those of `key` when given. */
+  events(from: number, key?: string): Iterable<ChangeEvent>;
+  /** Kept events of `key` at indexes < below, newest first. */
+  keyEventsBefore(key: string, below: number): Iterable<ChangeEvent>;
 }
 
 // ---------------------------------------------------------------------------
@@ -110,6 +130,24 @@ export function metaProblem(x: unknown): string | null {
     if (!Array.isArray(x.keepOut)) return 'meta.keepOut is not an array';
     for (const v of x.keepOut) if (!isNat(v) || v < 1) return 'meta.keepOut holds something other than positive integers';
   }
+  return null;
+}
+
+/** A change event as stored in the history (or sent by a peer). */
+export function eventProblem(x: unknown): string | null {
+  if (!isObject(x)) return 'event is not an object';
+  const extra = extraField(x, ['index', 'ts', 'op', 'key', 'value', 'prev']);
+  if (extra !== null) return `event has unknown field "${extra}"`;
+  if (!isNat(x.index) || x.index < 1) return 'event index is not a positive integer';
+  if (!isNat(x.ts)) return 'event ts is not a non-negative integer';
+  if (!isNat(x.prev) || x.prev >= x.index) return 'event prev is not an earlier index';
+  const np = nameProblem(x.key, 'event key', KEY_BYTES_MAX);
+  if (np !== null) return np;
+  if (x.op === 'put') {
+    if (typeof x.value !== 'string') return 'put event value is not a string';
+  } else if (x.op === 'del') {
+    if (x.value !== undefined) return 'del event has a value';
+  } else return 'event op is not put or del';
   return null;
 }
 
@@ -194,6 +232,18 @@ export function* deltaProblemSteps(delta: CheckpointDelta, current: CheckpointMe
   for (const rid of delta.ridsDel) {
     const np = nameProblem(rid, 'rid', RID_BYTES_MAX);
     if (np !== null) return np;
+  }
+  if (delta.events !== undefined) {
+    let last = current.index;
+    for (const ev of delta.events) {
+      if (++n % every === 0) yield;
+      const ep = eventProblem(ev);
+      if (ep !== null) return `event at index ${String((ev as { index?: unknown }).index)}: ${ep}`;
+      if (ev.index < last || ev.index <= current.index || ev.index > delta.meta.index) {
+        return `event at index ${ev.index} is out of order or outside ${current.index + 1}..${delta.meta.index}`;
+      }
+      last = ev.index;
+    }
   }
   return null;
 }

@@ -177,9 +177,16 @@ export function validateRequest(raw: unknown): Request {
   };
   switch (o.op) {
     case 'get': {
-      checkFields(o, ['key', 'consistency']);
+      checkFields(o, ['key', 'consistency', 'rev']);
       const consistency = checkConsistency(o.consistency);
-      return { op: 'get', key: checkKey(o.key), ...(consistency ? { consistency } : {}), ...common };
+      let rev: { rev?: number } = {};
+      if (o.rev !== undefined) {
+        const n = checkNat(o.rev, 'rev');
+        if (n < 1) bad('rev must be a positive integer (a log index)');
+        if (consistency === 'strong') bad('a read as of a revision reads the past: it takes no consistency "strong"');
+        rev = { rev: n };
+      }
+      return { op: 'get', key: checkKey(o.key), ...(consistency ? { consistency } : {}), ...rev, ...common };
     }
     case 'mget': {
       checkFields(o, ['keys', 'consistency']);

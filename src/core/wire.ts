@@ -35,7 +35,8 @@ interface Common {
 
 export type ReadRequest = Common &
   (
-    | { op: 'get'; key: string; consistency?: Consistency }
+    /** rev: the key as of that revision (log index), while the history holds it */
+    | { op: 'get'; key: string; consistency?: Consistency; rev?: number }
     | { op: 'mget'; keys: string[]; consistency?: Consistency }
     | { op: 'list'; prefix: string; start?: string; limit?: number; consistency?: Consistency }
     /** Change events from a log index, for observers that saw a gap; only one key's, or a prefix's, when given. */
@@ -79,7 +80,8 @@ export interface KeyValue {
 /** Replies always carry ts (the causal token) and, when ok, the applied index. */
 export type Reply = (
   | ({ ok: true; ts: number; index: number } & ReplyBody)
-  | { ok: false; ts: number; index?: number; error: WireError; current?: string | null; failed?: number }
+  /** COMPACTED carries `oldest`, the oldest index whose events are still kept there. */
+  | { ok: false; ts: number; index?: number; error: WireError; current?: string | null; failed?: number; oldest?: number }
 ) & {
   /** The answering server's cluster identity (once it knows it): a token belongs to one identity. */
   cluster?: string;
@@ -99,6 +101,8 @@ export interface ReplyBody {
   /** replay; history (the key's changes at indexes >= since, up to index) */
   events?: ChangeEvent[];
   since?: number;
+  /** replay: every asked-for event at an index <= through is in this page (or before `from`) */
+  through?: number;
   /** status */
   status?: NodeStatus;
   /** snapshot */

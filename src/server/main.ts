@@ -9,7 +9,7 @@ import { connect, credsAuthenticator, nkeyAuthenticator } from '@nats-io/transpo
 import { isNatsAuthError, NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, natsConnectionOptions, redactUrl, resolveNatsAuth, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 import { CronJob } from 'cron';
 import pino from 'pino';
-import { CHECKPOINT_CRON_DEFAULT, PEER_DROPS_REPORT_MS, PING_INTERVAL_TICKS, TICK_MS, CLUSTER_DEFAULT, CLUSTER_NAME_PATTERN, CLUSTER_NAME_RULE, LOG_RETAIN_ENTRIES, NATS_URL_DEFAULT } from '../core/limits.js';
+import { CHECKPOINT_CRON_DEFAULT, HISTORY_EVENTS_DEFAULT, PEER_DROPS_REPORT_MS, PING_INTERVAL_TICKS, TICK_MS, CLUSTER_DEFAULT, CLUSTER_NAME_PATTERN, CLUSTER_NAME_RULE, LOG_RETAIN_ENTRIES, NATS_URL_DEFAULT } from '../core/limits.js';
 import { CheckpointDamagedError, LmdbCheckpoint } from '../storage/checkpoint.js';
 import { repairLog, scanLog } from '../storage/log-inspect.js';
 import { LogCorruptError } from '../storage/segment-format.js';
@@ -24,6 +24,7 @@ import { VERSION } from '../core/version.js';
 import { ServerMetrics, serveMetrics } from './metrics.js';
 import { Server, type CheckpointInstaller } from './server.js';
 import type { CheckpointStore } from '../storage/ports.js';
+import { parseDurationMs } from '../core/duration.js';
 
 function fsyncDir(dir: string): void {
   const fd = openSync(dir, 'r');
@@ -35,14 +36,14 @@ function fsyncDir(dir: string): void {
 }
 
 /** Checkpoint transfer on disk: fill <data>/checkpoint-incoming, then swap directories. */
-function lmdbInstaller(data: string): CheckpointInstaller {
+function lmdbInstaller(data: string, history: HistoryRetention): CheckpointInstaller {
   const current = join(data, 'checkpoint');
   const incoming = join(data, 'checkpoint-incoming');
   const old = join(data, 'checkpoint-old');
   return {
     async begin() {
       rmSync(incoming, { recursive: true, force: true });
-      return LmdbCheckpoint.open(incoming);
+      return LmdbCheckpoint.open(incoming, history);
     },
     async swap(cur: CheckpointStore, inc: CheckpointStore) {
       await inc.close();
@@ -52,7 +53,7 @@ function lmdbInstaller(data: string): CheckpointInstaller {
       renameSync(incoming, current);
       fsyncDir(data);
       rmSync(old, { recursive: true, force: true });
-      return LmdbCheckpoint.open(current);
+      return LmdbCheckpoint.open(current, history);
     },
     async abort(inc: CheckpointStore) {
       await inc.close();
@@ -71,7 +72,8 @@ function recoverCheckpointDirs(data: string): void {
 }
 
 const USAGE = `usage: ckv-server --id N --cluster-key FILE [--data DIR] [--nats URL] [--cluster NAME] [--voters 1,2,3]
-                  [--checkpoint-cron EXPR] [--retain-entries N] [--remove-dead-after MS] [--log-level LEVEL]
+                  [--checkpoint-cron EXPR] [--retain-entries N] [--history N] [--history-age D]
+                  [--remove-dead-after MS] [--log-level LEVEL]
 
   --id N                 this server's id, a positive integer (env CKV_ID)
   --data DIR             data directory (env CKV_DATA; default checkpoints/node-<id>)
@@ -86,6 +88,9 @@ const USAGE = `usage: ckv-server --id N --cluster-key FILE [--data DIR] [--nats 
   --checkpoint-cron EXPR checkpoint schedule, cron with seconds (env CKV_CHECKPOINT_CRON; default "${CHECKPOINT_CRON_DEFAULT}")
   --remove-dead-after MS remove a voter dead this long, if the rest are a majority (env CKV_REMOVE_DEAD_AFTER; default 0: never)
   --retain-entries N     log entries kept below a checkpoint for lagging followers (env CKV_RETAIN_ENTRIES; default ${LOG_RETAIN_ENTRIES})
+  --history N            change events kept as durable history for replay, history and get --rev
+                         (env CKV_HISTORY; default ${HISTORY_EVENTS_DEFAULT}); older ones are let go at checkpoints
+  --history-age D        also let go of events older than D, e.g. 24h or 7d (env CKV_HISTORY_AGE; default: no limit)
   --log-level LEVEL      pino level (env CKV_LOG_LEVEL; default info)
   --metrics HOST:PORT    serve /metrics (Prometheus), /healthz and /readyz[?verbose] over HTTP
                          (env CKV_METRICS; off by default; e.g. 127.0.0.1:9464)
@@ -155,6 +160,8 @@ async function main(): Promise<void> {
         'checkpoint-cron': { type: 'string' },
         'log-level': { type: 'string' },
         'retain-entries': { type: 'string' },
+        history: { type: 'string' },
+        'history-age': { type: 'string' },
         'remove-dead-after': { type: 'string' },
         'cluster-key': { type: 'string' },
         'insecure-peer-messages': { type: 'boolean' },
@@ -206,6 +213,13 @@ async function main(): Promise<void> {
   const retainArg = values['retain-entries'] ?? env.CKV_RETAIN_ENTRIES;
   const retain = retainArg === undefined ? undefined : Number(retainArg);
   if (retain !== undefined && (!Number.isSafeInteger(retain) || retain < 0)) usage('--retain-entries must be a non-negative integer');
+  const historyArg = values.history ?? env.CKV_HISTORY;
+  const historyEventsMax = historyArg === undefined ? HISTORY_EVENTS_DEFAULT : Number(historyArg);
+  if (!Number.isSafeInteger(historyEventsMax) || historyEventsMax < 0) usage('--history must be a non-negative integer (events kept)');
+  const ageArg = values['history-age'] ?? env.CKV_HISTORY_AGE;
+  const historyAgeMs = ageArg === undefined ? 0 : parseDurationMs(String(ageArg));
+  if (historyAgeMs === null) usage('--history-age takes a duration such as 24h or 7d');
+  const history = { historyEventsMax, historyAgeMs };
   const removeDeadAfterMs = Number(values['remove-dead-after'] ?? env.CKV_REMOVE_DEAD_AFTER ?? 0);
   if (!Number.isSafeInteger(removeDeadAfterMs) || removeDeadAfterMs < 0) usage('--remove-dead-after must be a non-negative number of ms');
 
@@ -252,7 +266,7 @@ async function main(): Promise<void> {
   // data directory is repaired and the server runs again, as a catch-up member.
   const run = async (): Promise<'repair'> => {
     recoverCheckpointDirs(data);
-    const { log, entries, checkpoint } = await openStores(data, logger);
+    const { log, entries, checkpoint } = await openStores(data, logger, history);
     // Without a configuration of its own, a server must be told the first voters: defaulting to
     // itself alone would make several one-server clusters under one name.
     if (checkpoint.meta().voters.length === 0 && voters.length === 0) {
@@ -311,7 +325,7 @@ async function main(): Promise<void> {
     }
     let server: Server;
     try {
-      server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data), removeDeadAfterMs, ...(retain !== undefined ? { retainEntries: retain } : {}), ...(metrics ? { observe: (e) => metrics.observe(e), onSync: (ms) => metrics.fsync(ms) } : {}) });
+      server = new Server({ id, cluster, voters, log, logEntries: entries, checkpoint, stateFile, transport, logger: logger.child({ component: 'server' }), installer: lmdbInstaller(data, history), removeDeadAfterMs, ...(retain !== undefined ? { retainEntries: retain } : {}), ...(metrics ? { observe: (e) => metrics.observe(e), onSync: (ms) => metrics.fsync(ms) } : {}) });
       metrics?.attach({ status: () => server.replica.status(), health: () => server.replica.health(), logBytes: () => log.bytesAfter(0), dataDir: data });
     } catch (err) {
       // A damaged record in what a start reads (the request-id table, the meta).
@@ -374,7 +388,13 @@ async function main(): Promise<void> {
  * catch-up member): a log with a bad record inside is cut there; a checkpoint that is not an
  * LMDB environment, or whose meta is damaged, is set aside (the server fetches one from its peers).
  */
-async function openStores(data: string, logger: pino.Logger): Promise<{ log: SegmentLog; entries: Entry[]; checkpoint: LmdbCheckpoint }> {
+/** How much durable history a checkpoint keeps. */
+interface HistoryRetention {
+  historyEventsMax: number;
+  historyAgeMs: number;
+}
+
+async function openStores(data: string, logger: pino.Logger, history: HistoryRetention): Promise<{ log: SegmentLog; entries: Entry[]; checkpoint: LmdbCheckpoint }> {
   const llog = logger.child({ component: 'log' });
   let opened: Awaited<ReturnType<typeof SegmentLog.open>>;
   try {
@@ -388,12 +408,12 @@ async function openStores(data: string, logger: pino.Logger): Promise<{ log: Seg
   if (opened.maybeLost) markCatchingUp(data, logger, 'the last log record failed its checksum and was cut');
   let checkpoint: LmdbCheckpoint;
   try {
-    checkpoint = await LmdbCheckpoint.open(join(data, 'checkpoint'));
+    checkpoint = await LmdbCheckpoint.open(join(data, 'checkpoint'), history);
   } catch (err) {
     if (!(err instanceof CheckpointDamagedError)) throw err;
     await opened.log.close();
     repairDataDir(data, 'checkpoint', logger, err.message);
-    return openStores(data, logger);
+    return openStores(data, logger, history);
   }
   return { log: opened.log, entries: opened.entries, checkpoint };
 }

@@ -20,11 +20,11 @@ import {
   CHECKPOINT_LOG_BYTES_TRIGGER,
   ENTRY_BYTES_MAX,
   ENTRY_ENVELOPE_BYTES_MAX,
-  EVENTS_RETAINED_MAX,
   LIST_PAGE_BYTES_MAX,
   LOG_RETAIN_ENTRIES,
   REPLAY_EVENTS_MAX,
   REPLAY_PAGE_BYTES_MAX,
+  REPLAY_SCAN_EVENTS_MAX,
   SHUTDOWN_DRAIN_MS_MAX,
   SNAPSHOT_HOLD_MS,
   SNAPSHOT_HOLD_TOTAL_MS_MAX,
@@ -36,7 +36,7 @@ import {
 } from '../core/limits.js';
 import type { Msg } from '../core/messages.js';
 import { Node, type DurableState, type Notice, type Proposal, type Ready } from '../core/node.js';
-import { CorruptRecordError, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../core/records.js';
+import { CorruptRecordError, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type HistoryReader, type Rec, type RidRecord } from '../core/records.js';
 import { KvState, type Applied } from '../core/state.js';
 import { TtlClock } from '../core/ttl-clock.js';
 import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
@@ -44,6 +44,7 @@ import type { ChangeEvent, Entry, KeyValue, NodeStatus, PeerStatus, Reply, Reque
 import { subjects } from '../transport/subjects.js';
 
 import { VERSION } from '../core/version.js';
+import { assert } from '../core/assert.js';
 
 export { VERSION };
 
@@ -69,13 +70,13 @@ export interface ReplicaLog {
 }
 
 /** The checkpoint: synchronous reads, a write that completes later. */
-export interface ReplicaCheckpoint extends CheckpointReader {
+export interface ReplicaCheckpoint extends CheckpointReader, HistoryReader {
   /** Apply a delta in one transaction; done once durable. Failure is fatal. Reads go on meanwhile. */
   write(delta: CheckpointDelta, done: () => void): void;
 }
 
 /** A checkpoint port over a store with synchronous reads, and a write that completes later. */
-export class CheckpointPort<S extends CheckpointReader> implements ReplicaCheckpoint {
+export class CheckpointPort<S extends CheckpointReader & HistoryReader> implements ReplicaCheckpoint {
   constructor(
     readonly store: S,
     private writer: (store: S, delta: CheckpointDelta, done: () => void) => void,
@@ -97,6 +98,18 @@ export class CheckpointPort<S extends CheckpointReader> implements ReplicaCheckp
   }
   ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
     return this.store.ttlKeys();
+  }
+  historyFloor(): number {
+    return this.store.historyFloor();
+  }
+  historyCount(): number {
+    return this.store.historyCount();
+  }
+  events(from: number, key?: string): Iterable<ChangeEvent> {
+    return this.store.events(from, key);
+  }
+  keyEventsBefore(key: string, below: number): Iterable<ChangeEvent> {
+    return this.store.keyEventsBefore(key, below);
   }
   write(delta: CheckpointDelta, done: () => void): void {
     this.writer(this.store, delta, done);
@@ -301,9 +314,8 @@ export class Replica {
   /** Writes held until the core has checked their token (it is beyond what we know). */
   private tokenWrites = new Map<number, TokenWrite>();
   private nextWaiter = 1;
+  /** Change events applied since the checkpoint's index (its history holds the older ones). */
   private events: ChangeEvent[] = [];
-  /** Replay is complete only for entries above this index (older events are not kept). */
-  private eventsFloor: number;
   private serving = { read: false, write: false, admin: false };
   private checkpointing = false;
   /** Keys' countdowns, while we are coordinator (ttlLeading). */
@@ -359,7 +371,6 @@ export class Replica {
       keepOut: meta.keepOut ?? [],
       ...(o.replEntriesMax !== undefined ? { replEntriesMax: o.replEntriesMax } : {}),
     });
-    this.eventsFloor = this.st.applied;
   }
 
   /** The state machine (read only: for status, checkers and tools). */
@@ -612,14 +623,46 @@ export class Replica {
       if (result) this.replyWrite(p.responders, e.index, e.ts, result);
       else for (const r of p.responders) this.fail(r, ErrorCode.UNAVAILABLE, 'the coordinator changed; retry with the same rid');
     }
-    if (this.events.length > EVENTS_RETAINED_MAX * 2) {
-      const drop = this.events.length - EVENTS_RETAINED_MAX;
-      // Keep whole entries: never split the events of one index.
-      let cut = drop;
-      while (cut < this.events.length && this.events[cut]!.index === this.events[drop - 1]!.index) cut++;
-      this.eventsFloor = this.events[cut - 1]!.index;
-      this.events = this.events.slice(cut);
+  }
+
+  /** Change events at indexes >= from, in log order: the checkpoint's history, then those since. */
+  private *eventsFrom(from: number, key?: string): Iterable<ChangeEvent> {
+    const through = this.ckpt.meta().index;
+    for (const ev of this.ckpt.events(from, key)) {
+      if (ev.index > through) break;
+      yield ev;
     }
+    // (A checkpoint committed but not yet reported holds some of ours: the index divides them.)
+    for (const ev of this.events) if (ev.index >= from && ev.index > through && (key === undefined || ev.key === key)) yield ev;
+  }
+
+  /** A key's change events at indexes < below, newest first. */
+  private *keyEventsBefore(key: string, below: number): Iterable<ChangeEvent> {
+    const through = this.ckpt.meta().index;
+    for (let i = this.events.length - 1; i >= 0; i--) {
+      const ev = this.events[i]!;
+      if (ev.index <= through) break;
+      if (ev.index < below && ev.key === key) yield ev;
+    }
+    yield* this.ckpt.keyEventsBefore(key, Math.min(below, through + 1));
+  }
+
+  /** The key as of index `at` (a revision still in the history): its record, null where absent, or undefined if that is no longer known. */
+  private recordAt(key: string, at: number): KeyValue | null | undefined {
+    const current = this.st.get(key);
+    if (current !== undefined && current.rev <= at) return { key, value: current.value, rev: current.rev };
+    for (const ev of this.keyEventsBefore(key, at + 1)) return ev.op === 'put' ? { key, value: ev.value!, rev: ev.index } : null;
+    // No change of it in (floor, at]: it was then what it was at the floor, known only if the
+    // history goes back to the start (nothing was there), or if it is absent now with no
+    // change since (else it would be here).
+    const floor = this.ckpt.historyFloor();
+    if (at < floor) return undefined;
+    if (floor === 0) return null;
+    return current === undefined && isEmpty(this.keyEventsBefore(key, Infinity)) ? null : undefined;
+  }
+
+  private compacted(respond: Respond, ts: number, index: number, floor: number, what = 'events'): void {
+    this.reply(respond, { ok: false, ts, index, oldest: floor + 1, error: { code: ErrorCode.COMPACTED, message: `${what}: history up to index ${floor} is no longer kept here (the oldest kept is ${floor + 1})` } });
   }
 
   private wakeWaiters(): void {
@@ -679,9 +722,11 @@ export class Replica {
       this.schedule();
       return;
     }
-    if (after <= this.st.appliedTs) return this.answerRead(req, respond);
+    // A read as of a revision waits until it is applied here (a revision beyond every index times out).
+    const atRev = req.op === 'get' && req.rev !== undefined && req.rev > this.st.applied ? { index: req.rev } : {};
+    if (after <= this.st.appliedTs && atRev.index === undefined) return this.answerRead(req, respond);
     const id = this.nextWaiter++;
-    this.waiters.set(id, { after, req, respond, cancel: this.expireWaiter(id, requestTimeoutMs(req)) });
+    this.waiters.set(id, { after, req, respond, cancel: this.expireWaiter(id, requestTimeoutMs(req)), ...atRev });
     if (after > this.node.knownCommitTs) {
       this.node.checkToken(id, after);
       this.schedule();
@@ -704,6 +749,12 @@ export class Replica {
     const index = this.st.applied;
     switch (req.op) {
       case 'get': {
+        if (req.rev !== undefined) {
+          const at = this.recordAt(req.key, req.rev);
+          if (at === undefined) return this.compacted(respond, ts, index, this.ckpt.historyFloor(), `key ${req.key} as of revision ${req.rev}`);
+          if (at === null) return this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.NOT_FOUND, message: `key ${req.key} did not exist at revision ${req.rev}` } });
+          return this.reply(respond, { ok: true, ts, index, value: at.value, rev: at.rev });
+        }
         const rec = this.st.get(req.key);
         if (!rec) return this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.NOT_FOUND, message: `key ${req.key} not found` } });
         return this.reply(respond, { ok: true, ts, index, value: rec.value, rev: rec.rev, ...(rec.ttl !== undefined ? { ttl: rec.ttl } : {}) });
@@ -736,22 +787,27 @@ export class Replica {
       }
       case 'replay': {
         const from = Math.max(req.from, 1);
-        if (from <= this.eventsFloor) {
-          return this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.COMPACTED, message: `events up to index ${this.eventsFloor} are no longer kept here; read the current state instead` } });
-        }
+        const floor = this.ckpt.historyFloor();
+        if (from <= floor) return this.compacted(respond, ts, index, floor);
         const limit = req.limit ?? REPLAY_EVENTS_MAX;
         const events: ChangeEvent[] = [];
         let bytes = 0;
-        for (const ev of this.events) {
-          if (ev.index < from) continue;
-          if ((req.key !== undefined && ev.key !== req.key) || (req.prefix !== undefined && !ev.key.startsWith(req.prefix))) continue;
-          // Whole entries only: a page ends between indexes, at the count or byte bound.
-          const full = events.length >= limit || bytes > REPLAY_PAGE_BYTES_MAX;
-          if (full && ev.index !== events[events.length - 1]!.index) break;
+        let scanned = 0;
+        // Every event at an index <= through that the request asks for is in the page.
+        let through = index;
+        for (const ev of this.eventsFrom(from, req.key)) {
+          // Whole entries only: a page ends between indexes, at the count or byte bound, or
+          // once it looked at enough events (a rare prefix's page says how far it looked).
+          const full = events.length >= limit || bytes > REPLAY_PAGE_BYTES_MAX || ++scanned > REPLAY_SCAN_EVENTS_MAX;
+          if (full && ev.index !== events[events.length - 1]?.index) {
+            through = ev.index - 1;
+            break;
+          }
+          if (req.prefix !== undefined && !ev.key.startsWith(req.prefix)) continue;
           events.push(ev);
           bytes += encodedBytes(ev);
         }
-        return this.reply(respond, { ok: true, ts, index, events });
+        return this.reply(respond, { ok: true, ts, index, events, through });
       }
       case 'snapshot':
         return this.answerSnapshot(req, respond);
@@ -761,10 +817,8 @@ export class Replica {
         const limit = req.limit!;
         const picked: ChangeEvent[] = [];
         let bytes = 0;
-        let since = this.eventsFloor + 1;
-        for (let i = this.events.length - 1; i >= 0; i--) {
-          const ev = this.events[i]!;
-          if (ev.key !== req.key) continue;
+        let since = this.ckpt.historyFloor() + 1;
+        for (const ev of this.keyEventsBefore(req.key, Infinity)) {
           const size = encodedBytes(ev);
           if (picked.length >= limit || (picked.length > 0 && bytes + size > LIST_PAGE_BYTES_MAX)) {
             since = ev.index + 1;
@@ -1102,7 +1156,6 @@ export class Replica {
     this.ttlLeading = false;
     this.ttl.clear();
     this.events = [];
-    this.eventsFloor = meta.index;
     this.env.logger.info({ index: meta.index }, 'checkpoint installed');
     this.env.observe?.({ t: 'installed', index: meta.index });
     this.wakeWaiters();
@@ -1129,6 +1182,9 @@ export class Replica {
     }
     const startedAt = this.env.now();
     const delta = this.st.takeDelta();
+    // The events of what the delta holds become its history (all we have: none is at or below the checkpoint's index).
+    assert(this.events.length === 0 || this.events[0]!.index > this.ckpt.meta().index, 'events since the checkpoint start above its index');
+    delta.events = this.events.filter((ev) => ev.index <= delta.meta.index);
     this.checkpointing = true;
     if (done) this.afterCheckpoint.push(done);
     this.ckpt.write(delta, () => {
@@ -1136,6 +1192,9 @@ export class Replica {
         this.checkpointing = false;
         this.holdStartedAt = 0;
         this.st.release(delta);
+        let kept = 0;
+        while (kept < this.events.length && this.events[kept]!.index <= delta.meta.index) kept++;
+        this.events = this.events.slice(kept);
         const first = this.node.checkpointed(delta.meta.index);
         this.env.log.removeBelow(first);
         this.env.logger.info({ index: delta.meta.index, keys: delta.kv.length, ms: Math.round(this.env.now() - startedAt) }, 'checkpoint written');
@@ -1246,6 +1305,11 @@ export class Replica {
 
 // ---------------------------------------------------------------------------
 // Helpers
+
+function isEmpty(xs: Iterable<unknown>): boolean {
+  for (const _ of xs) return false;
+  return true;
+}
 
 function encodedBytes(x: unknown): number {
   return Buffer.byteLength(JSON.stringify(x));

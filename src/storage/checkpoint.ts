@@ -1,10 +1,16 @@
 // The checkpoint: the state as of a log index, in an LMDB environment
 // (`<data>/checkpoint/`), plus its in-memory twin.
 //
-// Layout (three named databases; keys and values are raw bytes, encoded here):
-//   kv    key: the key's UTF-8 bytes    value: UTF-8 JSON {"value":…,"rev":…,"ts":…}
-//   rids  key: the rid's UTF-8 bytes    value: UTF-8 JSON {"index":…,"ts":…,"result":…}
-//   meta  key: "meta"                   value: UTF-8 JSON CheckpointMeta
+// Layout (named databases; keys and values are raw bytes, encoded here):
+//   kv     key: the key's UTF-8 bytes    value: UTF-8 JSON {"value":…,"rev":…,"ts":…}
+//   rids   key: the rid's UTF-8 bytes    value: UTF-8 JSON {"index":…,"ts":…,"result":…}
+//   meta   key: "meta"                   value: UTF-8 JSON CheckpointMeta
+//          key: "history"                value: UTF-8 JSON {"floor":…,"count":…}
+//   ttl    key: the key's UTF-8 bytes    value: UTF-8 JSON {"rev":…,"ttl":…}
+//   events key: index (8 bytes, big-endian) + position in its entry (4 bytes)
+//                                        value: UTF-8 JSON {"at":ms,"event":ChangeEvent}
+//   hist   key: the key's UTF-8 bytes + 0x00 + the events key of one of its events
+//                                        value: one byte (the index that makes a key's history a range)
 // Binary keys make LMDB's order (memcmp) the byte order of the UTF-8 key,
 // which is what range() promises. Values are JSON rather than lmdb-js's
 // msgpack so that the bytes do not depend on encoder state (msgpack's shared
@@ -21,10 +27,12 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
-import { KEY_BYTES_MAX } from '../core/limits.js';
+import { HISTORY_EVENTS_DEFAULT, HISTORY_PRUNE_EVENTS_MAX, KEY_BYTES_MAX } from '../core/limits.js';
+import type { ChangeEvent } from '../core/wire.js';
+import { MemHistory, pruneCount } from './mem-history.js';
 import type { CheckpointStore } from './ports.js';
 import { crc32c } from './crc32c.js';
-import { CHECKPOINT_FORMAT, CorruptRecordError, deltaProblem, deltaProblemSteps, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord } from '../core/records.js';
+import { CHECKPOINT_FORMAT, CorruptRecordError, deltaProblem, deltaProblemSteps, eventProblem, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord } from '../core/records.js';
 
 export const CHECKPOINT_DIR_NAME = 'checkpoint';
 
@@ -36,8 +44,12 @@ export class CheckpointDamagedError extends Error {
   }
 }
 const META_KEY = Buffer.from('meta', 'utf8');
-/** (ttl came later: a read-only open of an older checkpoint finds none, and reads it as empty.) */
-const DB_NAMES = ['kv', 'rids', 'meta', 'ttl'] as const;
+const HISTORY_KEY = Buffer.from('history', 'utf8');
+/** (ttl, events and hist came later: a read-only open of an older checkpoint finds none, and reads them as empty.) */
+const DB_NAMES = ['kv', 'rids', 'meta', 'ttl', 'events', 'hist'] as const;
+const DB_LATER: ReadonlySet<string> = new Set(['ttl', 'events', 'hist']);
+const EVENT_KEY_BYTES = 12;
+const HIST_MARK = Buffer.from([1]);
 const DIGEST_PREFIX = 'ckv-checkpoint-digest-v1\n';
 
 export function emptyMeta(): CheckpointMeta {
@@ -56,6 +68,52 @@ function ttlEntryProblem(x: unknown): string | null {
   if (!Number.isSafeInteger(o.rev) || (o.rev as number) < 1) return 'ttl entry rev is not a positive integer';
   if (!Number.isSafeInteger(o.ttl) || (o.ttl as number) < 1) return 'ttl entry ttl is not a positive integer';
   return null;
+}
+
+function eventJson(ev: ChangeEvent, at: number): string {
+  const value = ev.op === 'put' ? `,"value":${JSON.stringify(ev.value)}` : '';
+  return `{"at":${at},"event":{"index":${ev.index},"ts":${ev.ts},"op":"${ev.op}","key":${JSON.stringify(ev.key)}${value},"prev":${ev.prev}}}`;
+}
+
+function storedEventProblem(x: unknown): string | null {
+  const o = x as { at?: unknown; event?: unknown };
+  if (typeof o !== 'object' || o === null || Object.keys(o).length !== 2) return 'stored event is not {at, event}';
+  if (!Number.isSafeInteger(o.at) || (o.at as number) < 0) return 'stored event at is not a time';
+  return eventProblem(o.event);
+}
+
+/** The events key of position `seq` of entry `index`: big-endian, so LMDB keeps log order. */
+function eventKey(index: number, seq: number): Buffer {
+  const b = Buffer.allocUnsafe(EVENT_KEY_BYTES);
+  b.writeUInt32BE(Math.floor(index / 0x1_0000_0000), 0);
+  b.writeUInt32BE(index % 0x1_0000_0000, 4);
+  b.writeUInt32BE(seq, 8);
+  return b;
+}
+
+function indexOfEventKey(b: Buffer, at = 0): number {
+  return b.readUInt32BE(at) * 0x1_0000_0000 + b.readUInt32BE(at + 4);
+}
+
+function histKey(key: Buffer, evKey: Buffer): Buffer {
+  return Buffer.concat([key, ZERO, evKey]);
+}
+
+function historyJson(h: HistoryMeta): string {
+  return `{"floor":${h.floor},"count":${h.count}}`;
+}
+
+function historyMetaProblem(x: unknown): string | null {
+  const o = x as { floor?: unknown; count?: unknown };
+  if (typeof o !== 'object' || o === null || Object.keys(o).length !== 2) return 'history is not {floor, count}';
+  if (!Number.isSafeInteger(o.floor) || (o.floor as number) < 0) return 'history floor is not a non-negative integer';
+  if (!Number.isSafeInteger(o.count) || (o.count as number) < 0) return 'history count is not a non-negative integer';
+  return null;
+}
+
+interface HistoryMeta {
+  floor: number;
+  count: number;
 }
 
 function ridJson(r: RidRecord): string {
@@ -200,6 +258,11 @@ export interface CheckpointCounts {
 export interface LmdbCheckpointOptions {
   /** Open for reading only (the operator tool): writes throw, nothing is created. */
   readOnly?: boolean;
+  /** History retention: most events kept (default HISTORY_EVENTS_DEFAULT), and (if set) most age in ms. */
+  historyEventsMax?: number;
+  historyAgeMs?: number;
+  /** Wall clock for the history's age (ms since the epoch). */
+  now?: () => number;
 }
 
 type Bytes = Buffer;
@@ -214,6 +277,13 @@ export class LmdbCheckpoint implements CheckpointStore {
   /** Keys with a time to live (null: an older read-only checkpoint without the database). */
   private readonly ttlDb: Database<Bytes, Bytes> | null;
   private ttlIndex = new Map<string, { rev: number; ttl: number }>();
+  /** (null: an older read-only checkpoint, without history.) */
+  private readonly eventsDb: Database<Bytes, Bytes> | null;
+  private readonly histDb: Database<Bytes, Bytes> | null;
+  private hist: HistoryMeta = { floor: 0, count: 0 };
+  private historyEventsMax = HISTORY_EVENTS_DEFAULT;
+  private historyAgeMs = 0;
+  private now: () => number = Date.now;
   /** Writes run one at a time, in call order. */
   private chain: Promise<void> = Promise.resolve();
   private closed = false;
@@ -228,6 +298,8 @@ export class LmdbCheckpoint implements CheckpointStore {
     this.ridsDb = dbs[1]!;
     this.metaDb = dbs[2]!;
     this.ttlDb = dbs[3] ?? null;
+    this.eventsDb = dbs[4] ?? null;
+    this.histDb = dbs[5] ?? null;
   }
 
   /** Open (creating unless read-only) the LMDB environment in `dir` (the server uses `<data>/checkpoint`). */
@@ -251,7 +323,7 @@ export class LmdbCheckpoint implements CheckpointStore {
     const dbs: Array<Database<Bytes, Bytes> | undefined> = [];
     for (const name of DB_NAMES) {
       const db = root.openDB<Bytes, Bytes>({ name, ...enc }) as Database<Bytes, Bytes> | undefined;
-      if (db === undefined && name === 'ttl' && readOnly) {
+      if (db === undefined && DB_LATER.has(name) && readOnly) {
         dbs.push(undefined);
         continue;
       }
@@ -262,6 +334,9 @@ export class LmdbCheckpoint implements CheckpointStore {
       dbs.push(db);
     }
     const cp = new LmdbCheckpoint(dir, readOnly, root, dbs);
+    if (opts.historyEventsMax !== undefined) cp.historyEventsMax = opts.historyEventsMax;
+    if (opts.historyAgeMs !== undefined) cp.historyAgeMs = opts.historyAgeMs;
+    if (opts.now !== undefined) cp.now = opts.now;
     const raw = cp.metaDb.getBinary(META_KEY);
     if (raw === undefined) {
       // A new checkpoint: write the empty state's meta so every reader finds one.
@@ -282,8 +357,12 @@ export class LmdbCheckpoint implements CheckpointStore {
       }
     }
     try {
-      cp.meta();
+      const meta = cp.meta();
       cp.loadTtlIndex();
+      const h = cp.metaDb.getBinary(HISTORY_KEY);
+      // A checkpoint from before the history: it starts at the checkpoint's index.
+      cp.hist = h === undefined ? { floor: meta.index, count: 0 } : decodeValue<HistoryMeta>(HISTORY_KEY, h, true, 'history', historyMetaProblem);
+      if (cp.hist.floor > meta.index) throw new Error(`history floor ${cp.hist.floor} is beyond meta.index ${meta.index}`);
     } catch (err) {
       await root.close();
       throw new CheckpointDamagedError(dir, (err as Error).message);
@@ -307,6 +386,58 @@ export class LmdbCheckpoint implements CheckpointStore {
   ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
     this.check();
     return [...this.ttlIndex];
+  }
+
+  historyFloor(): number {
+    this.check();
+    return this.hist.floor;
+  }
+
+  historyCount(): number {
+    this.check();
+    return this.hist.count;
+  }
+
+  private decodeEvent(key: Buffer, value: Buffer): ChangeEvent {
+    const index = indexOfEventKey(key);
+    const what = `event ${index}/${key.readUInt32BE(8)}`;
+    const ev = decodeValue<{ at: number; event: ChangeEvent }>(key, value, true, what, storedEventProblem).event;
+    if (ev.index !== index) throw new CorruptRecordError(what, `says index ${ev.index}`);
+    return ev;
+  }
+
+  *events(from: number, key?: string): Iterable<ChangeEvent> {
+    this.check();
+    if (this.eventsDb === null || this.histDb === null) return;
+    const start = eventKey(Math.max(from, 0), 0);
+    if (key === undefined) {
+      for (const { key: k, value } of this.eventsDb.getRange({ start })) yield this.decodeEvent(k, value);
+      return;
+    }
+    const kb = Buffer.from(key, 'utf8');
+    for (const ptr of this.histDb.getKeys({ start: histKey(kb, start), end: Buffer.concat([kb, HIST_MARK]) })) {
+      const ev = this.eventAt(ptr.subarray(kb.length + 1));
+      if (ev !== null && ev.key === key) yield ev;
+    }
+  }
+
+  *keyEventsBefore(key: string, below: number): Iterable<ChangeEvent> {
+    this.check();
+    if (this.eventsDb === null || this.histDb === null || below <= 0) return;
+    const kb = Buffer.from(key, 'utf8');
+    const start = histKey(kb, eventKey(Math.min(below, Number.MAX_SAFE_INTEGER), 0));
+    for (const ptr of this.histDb.getKeys({ start, end: Buffer.concat([kb, ZERO]), reverse: true, exclusiveStart: true })) {
+      const ev = this.eventAt(ptr.subarray(kb.length + 1));
+      if (ev !== null && ev.key === key) yield ev;
+    }
+  }
+
+  /** The event a hist entry points at (null: let go of, while its hist entry could not be). */
+  private eventAt(evKey: Buffer): ChangeEvent | null {
+    if (evKey.length !== EVENT_KEY_BYTES) return null;
+    const k = Buffer.from(evKey);
+    const b = this.eventsDb!.getBinaryFast(k);
+    return b === undefined ? null : this.decodeEvent(k, b);
   }
 
   meta(): CheckpointMeta {
@@ -380,9 +511,16 @@ export class LmdbCheckpoint implements CheckpointStore {
   }
 
   /** The raw bytes of one database, in key order (for verification). */
-  *raw(db: 'kv' | 'rids'): Iterable<{ key: Buffer; value: Buffer }> {
+  *raw(db: 'kv' | 'rids' | 'events' | 'hist'): Iterable<{ key: Buffer; value: Buffer }> {
     this.check();
-    for (const { key, value } of (db === 'kv' ? this.kv : this.ridsDb).getRange({})) yield { key, value };
+    const d = { kv: this.kv, rids: this.ridsDb, events: this.eventsDb, hist: this.histDb }[db];
+    if (d === null) return;
+    for (const { key, value } of d.getRange({})) yield { key: Buffer.from(key), value };
+  }
+
+  /** Decode a stored event as reads do (checksum, shape, index), for verification. */
+  decodeEventRaw(key: Buffer, value: Buffer): ChangeEvent {
+    return this.decodeEvent(key, value);
   }
 
   write(delta: CheckpointDelta): Promise<void> {
@@ -397,7 +535,8 @@ export class LmdbCheckpoint implements CheckpointStore {
     if (this.readOnly) throw new Error(`checkpoint ${this.dir} is open read-only`);
     // Check and encode everything first (nothing inside the batch may throw halfway), a slice
     // at a time with the event loop let run in between: requests go on meanwhile.
-    const steps = deltaProblemSteps(delta, this.meta(), CHECKPOINT_SLICE_ITEMS);
+    const before = this.meta();
+    const steps = deltaProblemSteps(delta, before, CHECKPOINT_SLICE_ITEMS);
     for (;;) {
       const r = steps.next();
       if (r.done) {
@@ -425,6 +564,7 @@ export class LmdbCheckpoint implements CheckpointStore {
       ridSets[i] = [key, sealValue(key, ridJson(rec))];
     }
     this.check();
+    const history = this.historyOps(delta);
     const ridDels = delta.ridsDel.map((rid) => Buffer.from(rid, 'utf8'));
     const meta = sealValue(META_KEY, metaJson(delta.meta));
     await this.root.batch(() => {
@@ -438,14 +578,92 @@ export class LmdbCheckpoint implements CheckpointStore {
         if (v === null) void this.ttlDb!.remove(k);
         else void this.ttlDb!.put(k, v);
       }
+      for (const k of history.dels) void this.eventsDb!.remove(k);
+      for (const k of history.histDels) void this.histDb!.remove(k);
+      for (const [k, v, h] of history.puts) {
+        void this.eventsDb!.put(k, v);
+        void this.histDb!.put(h, HIST_MARK);
+      }
+      void this.metaDb.put(HISTORY_KEY, sealValue(HISTORY_KEY, historyJson(history.meta)));
       void this.metaDb.put(META_KEY, meta);
     });
+    this.hist = history.meta;
     for (const [k, , , t] of ttlOps) {
       if (t !== null) this.ttlIndex.set(k, t);
       else this.ttlIndex.delete(k);
     }
     // The batch resolves when committed (visible); durable once flushed.
     await this.root.flushed;
+  }
+
+  /**
+   * The history's part of a write: the delta's events added, the oldest let go of beyond the
+   * retention (by whole entries, at most HISTORY_PRUNE_EVENTS_MAX more than are added).
+   */
+  private historyOps(delta: CheckpointDelta): { puts: Array<[Buffer, Buffer, Buffer]>; dels: Buffer[]; histDels: Buffer[]; meta: HistoryMeta } {
+    const dels: Buffer[] = [];
+    const histDels: Buffer[] = [];
+    const dropOld = (ev: ChangeEvent | null, k: Buffer): void => {
+      dels.push(Buffer.from(k));
+      // (An event that does not decode leaves its hist entry: readers skip one that points nowhere.)
+      if (ev !== null) histDels.push(histKey(Buffer.from(ev.key, 'utf8'), Buffer.from(k)));
+    };
+    if (delta.events === undefined) {
+      // Starting over: a fresh store in practice; anything there goes.
+      for (const { key, value } of this.eventsDb!.getRange({})) dropOld(this.decodeOrNull(key, value), key);
+      return { puts: [], dels, histDels, meta: { floor: delta.meta.index, count: 0 } };
+    }
+    const at = this.now();
+    let { floor, count } = this.hist;
+    let excess = count + delta.events.length - this.historyEventsMax;
+    const ageCut = this.historyAgeMs > 0 ? at - this.historyAgeMs : -1;
+    let budget = delta.events.length + HISTORY_PRUNE_EVENTS_MAX;
+    let last = -1;
+    for (const { key, value } of this.eventsDb!.getRange({})) {
+      const index = indexOfEventKey(key);
+      const stored = this.decodeStored(key, value);
+      // Whole entries only: decide at each new index.
+      // (A damaged event's age is unknown: it goes once the age limit is reached, or by count.)
+      if (index !== last && (budget <= 0 || (excess <= 0 && (stored === null ? ageCut < 0 : stored.at >= ageCut)))) break;
+      dropOld(stored?.event ?? null, key);
+      excess--;
+      budget--;
+      count--;
+      last = index;
+    }
+    if (last >= 0) floor = last;
+    // Fewer kept than one delta holds: let go of its oldest too.
+    let firstKept = 0;
+    if (excess > 0 && count <= 0) {
+      count = 0;
+      const [drop, f] = pruneCount(delta.events, delta.events.length - excess);
+      firstKept = drop;
+      floor = f;
+    }
+    const puts: Array<[Buffer, Buffer, Buffer]> = [];
+    let seq = 0;
+    let prevIndex = -1;
+    for (let i = 0; i < delta.events.length; i++) {
+      const ev = delta.events[i]!;
+      seq = ev.index === prevIndex ? seq + 1 : 0;
+      prevIndex = ev.index;
+      if (i < firstKept) continue;
+      const k = eventKey(ev.index, seq);
+      puts.push([k, sealValue(k, eventJson(ev, at)), histKey(Buffer.from(ev.key, 'utf8'), k)]);
+    }
+    return { puts, dels, histDels, meta: { floor, count: count + puts.length } };
+  }
+
+  private decodeStored(key: Buffer, value: Buffer): { at: number; event: ChangeEvent } | null {
+    try {
+      return decodeValue<{ at: number; event: ChangeEvent }>(key, value, true, 'event', storedEventProblem);
+    } catch {
+      return null;
+    }
+  }
+
+  private decodeOrNull(key: Buffer, value: Buffer): ChangeEvent | null {
+    return this.decodeStored(key, value)?.event ?? null;
   }
 
   /** Rewrite a format-1 checkpoint with checksums (format 2), in one transaction. */
@@ -476,6 +694,10 @@ export class LmdbCheckpoint implements CheckpointStore {
 
 /** The in-memory twin: a sorted map. A write is atomic (applied at once); clone() is the state a crash leaves. */
 export class MemCheckpoint implements CheckpointStore {
+  private history: MemHistory;
+  constructor(private readonly historyMax = HISTORY_EVENTS_DEFAULT) {
+    this.history = new MemHistory(historyMax);
+  }
   private readonly map = new Map<string, Readonly<Rec>>();
   /** Keys in byte order. */
   private keys: string[] = [];
@@ -561,14 +783,29 @@ export class MemCheckpoint implements CheckpointStore {
       const result = Object.freeze(rec.result.ok ? { ok: true as const } : { ...rec.result });
       this.ridMap.set(rid, Object.freeze({ index: rec.index, ts: rec.ts, result }));
     }
+    this.history.add(delta.events, delta.meta.index);
     this.metaValue = { ...delta.meta, voters: [...delta.meta.voters] };
     this.writes++;
     return Promise.resolve();
   }
 
+  historyFloor(): number {
+    return this.history.historyFloor();
+  }
+  historyCount(): number {
+    return this.history.historyCount();
+  }
+  events(from: number, key?: string): Iterable<ChangeEvent> {
+    return this.history.events(from, key);
+  }
+  keyEventsBefore(key: string, below: number): Iterable<ChangeEvent> {
+    return this.history.keyEventsBefore(key, below);
+  }
+
   /** An independent copy: what a restart after a crash finds (writes are atomic). */
   clone(): MemCheckpoint {
-    const c = new MemCheckpoint();
+    const c = new MemCheckpoint(this.historyMax);
+    c.history = this.history.clone();
     for (const [k, v] of this.map) c.map.set(k, v);
     c.keys = this.keys.slice();
     for (const [k, v] of this.ridMap) c.ridMap.set(k, v);
@@ -586,13 +823,16 @@ export interface CheckpointReport {
   meta: CheckpointMeta | null;
   keys: number;
   rids: number;
+  /** The durable history: events kept, and the index above which all are. */
+  events: number;
+  historyFloor: number | null;
   digest: string | null;
   problems: string[];
 }
 
 /** Open the checkpoint read-only and check every record; never throws for a bad record, lists it. */
 export async function verifyCheckpoint(dir: string): Promise<CheckpointReport> {
-  const report: CheckpointReport = { meta: null, keys: 0, rids: 0, digest: null, problems: [] };
+  const report: CheckpointReport = { meta: null, keys: 0, rids: 0, events: 0, historyFloor: null, digest: null, problems: [] };
   let cp: LmdbCheckpoint;
   try {
     cp = await LmdbCheckpoint.open(dir, { readOnly: true });
@@ -640,6 +880,30 @@ export async function verifyCheckpoint(dir: string): Promise<CheckpointReport> {
         problem((err as Error).message);
       }
     }
+    report.historyFloor = cp.historyFloor();
+    const evKeys = new Map<string, string>();
+    let lastIndex = report.historyFloor;
+    for (const { key, value } of cp.raw('events')) {
+      report.events++;
+      try {
+        const ev = cp.decodeEventRaw(key, value);
+        if (ev.index <= report.historyFloor || ev.index > index) problem(`event ${ev.index} is outside the history ${report.historyFloor + 1}..${index}`);
+        if (ev.index < lastIndex) problem(`event ${ev.index} is out of order`);
+        lastIndex = ev.index;
+        evKeys.set(key.toString('hex'), ev.key);
+      } catch (err) {
+        problem((err as Error).message);
+      }
+    }
+    if (report.events !== cp.historyCount()) problem(`the history counts ${cp.historyCount()} events but holds ${report.events}`);
+    let hist = 0;
+    for (const { key } of cp.raw('hist')) {
+      hist++;
+      const sep = key.length - 13;
+      const owner = sep >= 0 && key[sep] === 0 ? evKeys.get(key.subarray(sep + 1).toString('hex')) : undefined;
+      if (owner === undefined || owner !== key.toString('utf8', 0, sep)) problem(`hist entry ${JSON.stringify(key.toString('utf8', 0, Math.max(sep, 0)))} points at no event of its key`);
+    }
+    if (hist !== report.events) problem(`${hist} hist entries for ${report.events} events`);
     if (report.meta !== null) report.digest = h.digest('hex');
   } finally {
     await cp.close();

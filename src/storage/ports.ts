@@ -2,9 +2,9 @@
 // (segment files, LMDB) and an in-memory twin for tests and the simulation.
 
 import type { Entry } from '../core/wire.js';
-import type { CheckpointDelta, CheckpointReader, Rec } from '../core/records.js';
+import type { CheckpointDelta, CheckpointReader, HistoryReader, Rec } from '../core/records.js';
 
-export interface CheckpointStore extends CheckpointReader {
+export interface CheckpointStore extends CheckpointReader, HistoryReader {
   /** Apply a delta in one write transaction; resolves once durable. Never blocks reads. */
   write(delta: CheckpointDelta): Promise<void>;
   /** All key/value pairs in key order (for dump, diff, snapshot transfer). */

@@ -27,7 +27,9 @@ export type SessionOp =
   | { t: 'delprefix'; prefix: string }
   | { t: 'list'; prefix: string; start?: string; limit: number; strong: boolean }
   | { t: 'history'; key: string; limit: number }
-  | { t: 'replay'; from: number; limit: number }
+  | { t: 'replay'; from: number; limit: number; key?: string; prefix?: string }
+  /** A key as of a revision (the durable history). */
+  | { t: 'getRev'; key: string; rev: number }
   /** The same request id again, after its write was acknowledged: the first result comes back. */
   | { t: 'retry'; rid: string; ops: ClientWriteOp[] }
   /** A request carrying a token no write of this cluster has (from the future, or another cluster). */
@@ -88,8 +90,8 @@ export function isFinal(op: SessionOp, reply: Reply): boolean {
   if (reply.ok) return true;
   const code = reply.error.code;
   if (code === 'CAS_MISMATCH') return op.t === 'cas' || op.t === 'casRev' || op.t === 'create' || op.t === 'retry';
-  if (code === 'NOT_FOUND') return op.t === 'get';
-  if (code === 'COMPACTED') return op.t === 'replay';
+  if (code === 'NOT_FOUND') return op.t === 'get' || op.t === 'getRev';
+  if (code === 'COMPACTED') return op.t === 'replay' || op.t === 'getRev';
   return false;
 }
 
@@ -146,12 +148,20 @@ export class Session {
       const y = rng.float();
       const key = rng.pick(noise);
       const ttl = (): { ttl?: number } => (rng.chance(0.4) ? { ttl: rng.pick([60, 150, 400, 1000]) } : {});
-      if (y < 0.35) {
+      if (y < 0.3) {
         const value = rng.chance(0.2) ? null : uniq();
         this.start({ t: 'casRev', key, rev: this.seenRev.get(key) ?? 0, value, ...(value !== null ? ttl() : {}) });
-      } else if (y < 0.6) this.start({ t: 'create', key, value: uniq(), ...ttl() });
-      else if (y < 0.85) this.start({ t: 'putTtl', key, value: uniq(), ttl: rng.pick([60, 150, 400, 1000]) });
-      else this.start({ t: 'delprefix', prefix: rng.pick(['n.', 'n.1', 'n.', 'x.']) });
+      } else if (y < 0.5) this.start({ t: 'create', key, value: uniq(), ...ttl() });
+      else if (y < 0.7) this.start({ t: 'putTtl', key, value: uniq(), ttl: rng.pick([60, 150, 400, 1000]) });
+      else if (y < 0.78) this.start({ t: 'delprefix', prefix: rng.pick(['n.', 'n.1', 'n.', 'x.']) });
+      else if (y < 0.89) {
+        // Anywhere in the committed log: the history may still hold it, or say COMPACTED.
+        const last = this.host.committedLast;
+        this.start({ t: 'getRev', key: rng.pick([...main, ...noise]), rev: rng.chance(0.5) ? rng.range(1, Math.max(1, last)) : Math.max(1, last - rng.range(0, 20)) });
+      } else {
+        const only = rng.chance(0.3) ? { key: rng.pick([...main, ...noise]) } : rng.chance(0.5) ? { prefix: rng.pick(['k.', 'n.', 'k.1', 'x.']) } : {};
+        this.start({ t: 'replay', from: rng.range(0, Math.max(0, this.host.committedLast)), limit: rng.range(1, 12), ...only });
+      }
       return;
     }
     const x = rng.float();
@@ -216,7 +226,11 @@ export class Session {
         this.stats.reads++;
         break;
       case 'replay':
-        req = { op: 'replay', from: op.from, limit: op.limit };
+        req = { op: 'replay', from: op.from, limit: op.limit, ...(op.key !== undefined ? { key: op.key } : {}), ...(op.prefix !== undefined ? { prefix: op.prefix } : {}) };
+        this.stats.reads++;
+        break;
+      case 'getRev':
+        req = { op: 'get', key: op.key, rev: op.rev };
         this.stats.reads++;
         break;
       case 'bogus':
@@ -431,7 +445,9 @@ export function describeOp(op: SessionOp): string {
     case 'history':
       return `history ${op.key} limit ${op.limit}`;
     case 'replay':
-      return `replay from ${op.from} limit ${op.limit}`;
+      return `replay from ${op.from} limit ${op.limit}${op.key !== undefined ? ` key ${op.key}` : ''}${op.prefix !== undefined ? ` prefix ${op.prefix}` : ''}`;
+    case 'getRev':
+      return `get ${op.key} at rev ${op.rev}`;
     case 'retry':
       return `resend ${op.rid}`;
     case 'bogus':

@@ -6,8 +6,9 @@
 // durable log record (found by its checksum when the log is opened, as the
 // segment log does) or in a checkpoint record (served as it reads).
 
-import type { Entry } from '../../src/core/wire.js';
-import { CHECKPOINT_FORMAT, CorruptRecordError, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type Rec, type RidRecord } from '../../src/core/records.js';
+import type { ChangeEvent, Entry } from '../../src/core/wire.js';
+import { CHECKPOINT_FORMAT, CorruptRecordError, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type HistoryReader, type Rec, type RidRecord } from '../../src/core/records.js';
+import { MemHistory } from '../../src/storage/mem-history.js';
 import type { DurableState } from '../../src/core/node.js';
 import { LogCorruptError } from '../../src/storage/segment-format.js';
 import type { Rng } from './prng.js';
@@ -191,8 +192,15 @@ export class SimState {
 
 const EMPTY_META: CheckpointMeta = { format: CHECKPOINT_FORMAT, index: 0, epoch: 0, ts: 0, voters: [], eventPrev: 0 };
 
+/** Events a simulated checkpoint keeps: few, so that retention lets go of some in most runs. */
+export const SIM_HISTORY_EVENTS_MAX = 300;
+
 /** An in-memory checkpoint: the CheckpointReader the state machine reads, written by deltas. */
-export class SimCheckpoint implements CheckpointReader {
+export class SimCheckpoint implements CheckpointReader, HistoryReader {
+  constructor(private readonly historyMax = SIM_HISTORY_EVENTS_MAX) {
+    this.history = new MemHistory(historyMax);
+  }
+  private history: MemHistory;
   private kv = new Map<string, Rec>();
   /** Keys whose stored record was damaged: reading them fails their checksum, as in LMDB. */
   private damaged = new Set<string>();
@@ -240,12 +248,29 @@ export class SimCheckpoint implements CheckpointReader {
     }
     for (const [rid, rec] of delta.ridsSet) this.ridMap.set(rid, rec);
     for (const rid of delta.ridsDel) this.ridMap.delete(rid);
+    if (delta.events !== undefined) {
+      for (const ev of delta.events) if (ev.index <= this.m.index || ev.index > delta.meta.index) simFail(`checkpoint event at ${ev.index} outside ${this.m.index + 1}..${delta.meta.index}`);
+    }
+    this.history.add(delta.events, delta.meta.index);
     this.m = { ...delta.meta, voters: [...delta.meta.voters] };
     this.sorted = null;
   }
+  historyFloor(): number {
+    return this.history.historyFloor();
+  }
+  historyCount(): number {
+    return this.history.historyCount();
+  }
+  events(from: number, key?: string): Iterable<ChangeEvent> {
+    return this.history.events(from, key);
+  }
+  keyEventsBefore(key: string, below: number): Iterable<ChangeEvent> {
+    return this.history.keyEventsBefore(key, below);
+  }
   /** A copy (a checkpoint transfer to a peer). */
   clone(): SimCheckpoint {
-    const c = new SimCheckpoint();
+    const c = new SimCheckpoint(this.historyMax);
+    c.history = this.history.clone();
     c.kv = new Map(this.kv);
     c.damaged = new Set(this.damaged);
     c.ridMap = new Map(this.ridMap);

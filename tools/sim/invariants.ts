@@ -19,7 +19,7 @@
 // consistent (the bad patterns of Bouajjani et al.).
 
 import type { Msg } from '../../src/core/messages.js';
-import { TICK_MS } from '../../src/core/limits.js';
+import { REPLAY_SCAN_EVENTS_MAX, TICK_MS } from '../../src/core/limits.js';
 import type { Entry, ChangeEvent, Reply, Request } from '../../src/core/wire.js';
 import type { ReplicaEvent } from '../../src/server/replica.js';
 import { restartPlan } from '../../src/server/replica.js';
@@ -27,7 +27,7 @@ import type { Applied } from '../../src/core/state.js';
 import { CorruptRecordError } from '../../src/core/records.js';
 import { checkCausal } from './checker.js';
 import { BOGUS_TS, describeOp, historyOf, resultOf, valueRead, type Session, type SessionOp } from './client.js';
-import { byteOrder } from './disk.js';
+import { byteOrder, SIM_HISTORY_EVENTS_MAX } from './disk.js';
 import type { SimNode } from './env.js';
 import type { Sim } from './harness.js';
 import { Model, sameEntry, sameRec, sameResult, showEntry } from './model.js';
@@ -83,12 +83,14 @@ export class Invariants {
       case 'checkpointed':
         this.sim.trace.add(this.sim.t, n.id, () => `checkpoint at ${e.index}, log from ${n.replica.node.firstIndex()}`);
         this.checkState(n, 'after a checkpoint', false);
+        this.checkCheckpointHistory(n.id, 'after a checkpoint');
         this.checkLogUnderCheckpoint(n.id, 'after a checkpoint');
         return this.sim.faults.afterCheckpoint(n);
       case 'installed':
         this.sim.stats.snapshots++;
         this.sim.trace.add(this.sim.t, n.id, () => `installed a checkpoint at ${e.index}: ${n.describe()}`);
         this.seenCommit.set(n.id, Math.max(this.seenCommit.get(n.id) ?? 0, n.replica.node.commit));
+        this.checkCheckpointHistory(n.id, 'after a checkpoint install');
         return this.checkState(n, 'after a checkpoint install');
       case 'notice':
         if (e.notice.type === 'coordinator' && e.notice.id === n.id) {
@@ -121,6 +123,19 @@ export class Invariants {
     if (r.committed.length > 0 && r.committed[0]!.index !== n.replica.state.applied + 1) {
       fail(`node ${n.id}: a Ready hands out entries from ${r.committed[0]!.index} but the state is at ${n.replica.state.applied}`);
     }
+  }
+
+  /** The checkpoint's durable history is exactly the committed log's events above its floor, within the retention. */
+  checkCheckpointHistory(id: number, when: string): void {
+    const c = this.sim.disks.get(id)!.ckpt;
+    const index = c.meta().index;
+    const floor = c.historyFloor();
+    if (floor > index) fail(`node ${id}: history floor ${floor} above the checkpoint's index ${index} ${when}`);
+    const want: ChangeEvent[] = [];
+    for (let i = floor + 1; i <= index; i++) want.push(...(this.model.results[i - 1]?.events ?? []));
+    const got = [...c.events(0)];
+    if (!sameEvents(got, want)) fail(`node ${id}: the checkpoint's history (${floor + 1}..${index}) ${when} is ${JSON.stringify(got.slice(0, 5))}… (${got.length}), the committed log ${JSON.stringify(want.slice(0, 5))}… (${want.length})`);
+    if (c.historyCount() !== got.length || got.length > SIM_HISTORY_EVENTS_MAX) fail(`node ${id}: history counts ${c.historyCount()}, holds ${got.length} events (most ${SIM_HISTORY_EVENTS_MAX}) ${when}`);
   }
 
   /** A restart now would not take a stale entry for committed. */
@@ -410,6 +425,23 @@ export class Invariants {
         return this.checkHistory(what, op, reply, index);
       case 'replay':
         return this.checkReplay(what, op, reply, index);
+      case 'getRev': {
+        if (!reply.ok && reply.error.code === 'COMPACTED') {
+          const oldest = reply.oldest;
+          if (oldest === undefined || oldest < 1) fail(`${what}: COMPACTED without the oldest index kept`);
+          // The history decides it when it starts at the beginning, or holds a change of the key at or below rev.
+          if (oldest === 1) fail(`${what}: COMPACTED, though the history is kept from index 1`);
+          for (let i = oldest; i <= op.rev; i++) if (this.model.results[i - 1]?.events.some((ev) => ev.key === op.key)) fail(`${what}: COMPACTED, though the change at ${i} (history from ${oldest}) decides it`);
+          if (this.model.valueAt(op.key, index)?.rev !== undefined && this.model.valueAt(op.key, index)!.rev <= op.rev) fail(`${what}: COMPACTED, though the key is unchanged since revision ${op.rev}`);
+          return;
+        }
+        if (op.rev > index) fail(`${what}: answered at index ${index}, before revision ${op.rev} was applied`);
+        const want = this.model.valueAt(op.key, op.rev);
+        const got = reply.ok ? (reply.value ?? null) : null;
+        this.checkValue(what, got);
+        if ((want?.value ?? null) !== got || (got !== null && reply.ok && reply.rev !== want!.rev)) fail(`${what}: ${op.key} = ${JSON.stringify(got)} (rev ${reply.ok ? reply.rev : '-'}) as of ${op.rev}, the committed log says ${JSON.stringify(want)}`);
+        return;
+      }
       default:
         fail(`${what}: unexpected op for a read`);
     }
@@ -450,15 +482,26 @@ export class Invariants {
   }
 
   private checkReplay(what: string, op: Extract<SessionOp, { t: 'replay' }>, reply: Reply, index: number): void {
-    if (!reply.ok) return;
+    if (!reply.ok) {
+      if (reply.error.code === 'COMPACTED' && (reply.oldest === undefined || reply.oldest <= Math.max(op.from, 1))) fail(`${what}: COMPACTED, but the oldest kept (${reply.oldest}) is not above ${op.from}`);
+      return;
+    }
     const events = reply.events ?? [];
+    const through = reply.through;
+    if (through === undefined || through > index) fail(`${what}: through ${through} (index ${index})`);
     const all: ChangeEvent[] = [];
-    for (let i = Math.max(op.from, 1); i <= index; i++) all.push(...this.model.results[i - 1]!.events);
-    const got = all.slice(0, events.length);
-    if (!sameEvents(events, got)) fail(`${what}: replay ${JSON.stringify(events)} at ${index}, the committed log from ${op.from}: ${JSON.stringify(got)}`);
-    if (events.length < all.length) {
-      const lastIndex = events.length > 0 ? events[events.length - 1]!.index : -1;
-      if (events.length < op.limit || all[events.length]!.index === lastIndex) fail(`${what}: replay stopped after ${events.length} events (limit ${op.limit}) in the middle, at ${lastIndex}`);
+    for (let i = Math.max(op.from, 1); i <= through; i++) {
+      for (const ev of this.model.results[i - 1]!.events) {
+        if ((op.key === undefined || ev.key === op.key) && (op.prefix === undefined || ev.key.startsWith(op.prefix))) all.push(ev);
+      }
+    }
+    // Exactly the asked-for events from `from` through `through`: none missing, none extra.
+    if (!sameEvents(events, all)) fail(`${what}: replay ${JSON.stringify(events)} through ${through} at ${index}, the committed log from ${op.from}: ${JSON.stringify(all)}`);
+    if (through < index && events.length < op.limit) {
+      // Stopped early with room to spare: only once it looked at enough events.
+      let looked = 0;
+      for (let i = Math.max(op.from, 1); i <= through + 1; i++) looked += this.model.results[i - 1]!.events.length;
+      if (looked <= REPLAY_SCAN_EVENTS_MAX) fail(`${what}: replay stopped at ${through}, below ${index}, with ${events.length} of ${op.limit} events after looking at ${looked}`);
     }
     for (const ev of events) this.checkValue(what, ev.value);
   }
