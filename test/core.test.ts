@@ -504,3 +504,38 @@ t.test('prefix delete: at most PREFIX_DELETE_KEYS_MAX keys per entry, the first 
   s.apply(w(++i, [{ op: 'delprefix', prefix: 'p.' }]));
   t.same(s.range('p.', undefined, 100), [], 'a second entry deletes the rest');
 });
+
+t.test('membership: while a change is not committed, entries commit only with a majority of the configuration before it too', async (t) => {
+  // 1 leads {1}, adds 3, then 4. With the change to {1,3,4} not committed, 4's ack alone (with
+  // ours: a majority of {1,3,4}) commits nothing: {1,3} would not hold it, and should 3 lose its
+  // disk, 1 and an empty 3 would elect a coordinator without it.
+  const n = new Node({ id: 1, voters: [1], promised: 0, entries: [], base: { index: 0, epoch: 0, ts: 0 }, commit: 0, commitTs: 0 });
+  n.tick();
+  drive(n);
+  t.equal(n.role, 'coordinator');
+  const ping = (from: number) =>
+    n.receive({ t: 'ping', from, to: 0, epoch: n.epoch, clock: 0, role: 'learner', coordinator: 1, last: n.lastIndex(), lastEpoch: n.epoch, commit: n.commit, commitTs: 0, matched: n.lastIndex(), applied: n.commit, checkpoint: 0, voters: n.voters, uptimeTicks: 0 } as any);
+  const ack = (from: number) => n.receive({ t: 'ack', from, to: 1, epoch: n.epoch, clock: 0, match: n.lastIndex() } as any);
+  ping(3);
+  ack(3);
+  t.equal(n.changeMembers({ add: 3 })?.ok, true);
+  drive(n);
+  ack(3);
+  drive(n);
+  t.same(n.voters, [1, 3]);
+  t.equal(n.commit, n.lastIndex(), 'the change to {1,3} is committed');
+  ping(4);
+  ack(4);
+  t.equal(n.changeMembers({ add: 4 })?.ok, true);
+  const p = n.propose([{ op: 'put', key: 'k', value: 'v' }]);
+  t.equal(p.ok, true);
+  drive(n);
+  t.same(n.voters, [1, 3, 4]);
+  const before = n.commit;
+  ack(4);
+  drive(n);
+  t.equal(n.commit, before, 'a majority of {1,3,4} without 3 commits nothing yet');
+  ack(3);
+  drive(n);
+  t.equal(n.commit, n.lastIndex(), 'with 3, both configurations agree: committed');
+});

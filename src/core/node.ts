@@ -1259,9 +1259,20 @@ export class Node {
     );
   }
 
+  /** The highest index held by a majority of `voters`. */
+  private majorityMatch(voters: readonly number[]): number {
+    const idx = voters.map((v) => (v === this.id ? this.persistedLast : (this.match.get(v) ?? 0))).sort((a, b) => b - a);
+    return idx[Math.floor(voters.length / 2)]!;
+  }
+
   private advanceCommit(): void {
-    const idx = this.voters.map((v) => (v === this.id ? this.persistedLast : this.match.get(v) ?? 0)).sort((a, b) => b - a);
-    const n = idx[this.majority() - 1]!;
+    // While a configuration change is not committed, an entry commits only once a majority of
+    // the configuration before it holds it too, as well as of each change: the servers that
+    // know only the old one must find every committed entry among themselves, even after one
+    // of the voters both count lost its disk (a new voter may not yet hold the change that
+    // makes it one, and nobody would know to ask it).
+    let n = this.majorityMatch(this.voters);
+    for (const voters of [this.log.configAt(this.commit).voters, ...this.log.configsAbove(this.commit)]) n = Math.min(n, this.majorityMatch(voters));
     // Only entries of our own epoch are committed by counting (older ones ride along).
     if (n > this.commit && this.epochAt(n) === this.epoch) {
       this.commit = n;
