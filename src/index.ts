@@ -6,6 +6,7 @@ export {
   CkvError,
   CasMismatchError,
   CompactedError,
+  valueBytes,
   natsTransport,
   CLUSTER_DEFAULT,
   NATS_URL_DEFAULT,

@@ -7,7 +7,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { execFile } from 'node:child_process';
 import { Cluster } from './helpers/cluster.js';
+import { CLI_JS } from './helpers/run.js';
 
 const dec = new TextDecoder();
 
@@ -276,6 +278,54 @@ t.test('single node end to end', async (t) => {
     t.equal(r.code, 2, 'a bad prefix: usage error');
     const raw = await req(nc, W, { op: 'delprefix', rid: 'dp-1' });
     t.equal(raw.error.code, 'BAD_REQUEST', 'a prefix delete must say its prefix');
+  });
+
+  await t.test('bytes: --file and stdin of any bytes, get prints them back, b64 on the wire, bad base64 refused', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'ckv-bytes-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const bytes = Buffer.from([0, 1, 2, 0xff, 0xfe, 0x80, 10, 13, 0]);
+    const file = join(dir, 'blob.bin');
+    writeFileSync(file, bytes);
+    let r = await ckv(['put', 'bin.a', '--file', file]);
+    t.equal(r.code, 0, r.stderr);
+    r = await ckv(['get', '--json', 'bin.a']);
+    const got = JSON.parse(r.stdout);
+    t.equal(got.b64, true, 'a value that is not UTF-8 is stored as bytes');
+    t.equal(got.value, bytes.toString('base64'));
+    const raw = await new Promise<Buffer>((resolve, reject) =>
+      execFile(process.execPath, [CLI_JS, '--nats', c.nats.url, '--cluster', 'one', '--session', session, 'get', 'bin.a'], { encoding: 'buffer' }, (err, out) => (err ? reject(err) : resolve(out))),
+    );
+    t.same(raw, bytes, 'ckv get prints the exact bytes');
+    r = await ckv(['put', 'bin.text', '--file', join(dir, 'nope')]);
+    t.equal(r.code, 2, 'a missing file is a usage error');
+    writeFileSync(join(dir, 'text.txt'), 'héllo\n');
+    r = await ckv(['create', 'bin.text', '--file', join(dir, 'text.txt')]);
+    t.equal(r.code, 0, r.stderr);
+    r = await ckv(['get', '--json', 'bin.text']);
+    t.same([JSON.parse(r.stdout).value, JSON.parse(r.stdout).b64], ['héllo\n', undefined], 'UTF-8 from a file stays text');
+    r = await ckv(['mget', 'bin.a', 'bin.text']);
+    t.equal(r.stdout, `bin.a\tb64:${bytes.toString('base64')}\nbin.text\th\u00e9llo\\n\n`, 'one-line output marks bytes');
+    // cas by value compares bytes with bytes: the wire's b64 covers expect and value.
+    const rev = got.rev as number;
+    let w = await req(nc, W, { op: 'cas', key: 'bin.a', expect: bytes.toString('base64'), value: 'AAE=', rid: 'b1' });
+    t.equal(w.error?.code, 'CAS_MISMATCH', 'a text expect never equals bytes');
+    w = await req(nc, W, { op: 'cas', key: 'bin.a', expect: bytes.toString('base64'), value: 'AAE=', b64: true, rid: 'b2' });
+    t.equal(w.ok, true, JSON.stringify(w));
+    const ev = await req(nc, R, { op: 'replay', from: rev + 1, key: 'bin.a' });
+    t.same(ev.events.map((e: any) => [e.value, e.b64]), [['AAE=', true]], 'the change event carries b64');
+    for (const [body, re] of [
+      [{ op: 'put', key: 'bin.b', value: 'AA', b64: true }, /base64/],
+      [{ op: 'put', key: 'bin.b', value: 'AB==', b64: true }, /base64/],
+      [{ op: 'put', key: 'bin.b', value: 'a b=', b64: true }, /base64/],
+      [{ op: 'put', key: 'bin.b', value: 'AAE=', b64: 'yes' }, /b64 must be true/],
+      [{ op: 'put', key: 'bin.b', value: 'x'.repeat(256 * 1024 + 4), b64: true }, /VALUE_BYTES_MAX|base64/],
+    ] as const) {
+      const bad = await req(nc, W, { ...body, rid: `bad${Math.random()}` });
+      t.equal(bad.ok, false);
+      t.match(bad.error.message, re, JSON.stringify(body).slice(0, 80));
+    }
+    r = await ckv(['get', 'bin.b']);
+    t.equal(r.code, 1, 'nothing was written');
   });
 
   await t.test('ckv run: a file of operations in order, one reply per line; a bad line runs nothing', async (t) => {

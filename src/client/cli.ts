@@ -28,7 +28,7 @@ import { validateRequest } from '../core/validate.js';
 import { VERSION } from '../core/version.js';
 import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, type NatsAuth } from '../transport/nats-auth.js';
 import type { ChangeEvent, KeyValue, Request, ClientWriteOp } from '../core/wire.js';
-import { CasMismatchError, CkvError, Client, type WriteAck } from './client.js';
+import { CasMismatchError, CkvError, Client, valueBytes, type WriteAck } from './client.js';
 import { LOCK_TTL_MS_DEFAULT, LOCK_TTL_MS_MIN, LockHeldError, type Lock } from './lock.js';
 import { defaultSessionPath, readSessionEntry, saveToken } from './session.js';
 import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from './status-table.js';
@@ -80,7 +80,8 @@ const EXIT_HELP = `Exit status:
   5  NATS refused the credentials or their permissions (AUTH)`;
 
 const KEYS_HELP = `Keys: 1..${KEY_BYTES_MAX} characters of [-/_=.a-zA-Z0-9], dots separate tokens (no
-leading, trailing or doubled dot). Values: UTF-8 text up to ${VALUE_BYTES_MAX} bytes.`;
+leading, trailing or doubled dot). Values: UTF-8 text up to ${VALUE_BYTES_MAX} bytes, or bytes (sent as base64 with "b64":true,
+which must fit the same bound: up to ${(VALUE_BYTES_MAX / 4) * 3} bytes).`;
 
 const TOKEN_HELP = `Causal token: every reply carries a timestamp; ckv keeps the largest in the
 session file (per cluster) so the next ckv reads at least what this one saw,
@@ -106,8 +107,10 @@ terminal. A missing key prints "not found" on stderr and exits 1.
     flags: ['strong', 'rev'],
   },
   put: {
-    usage: 'put KEY VALUE [--ttl DURATION]',
-    help: `Set KEY to VALUE. VALUE "-" reads the value from stdin (exact bytes, UTF-8).
+    usage: 'put KEY VALUE [--ttl DURATION] | put KEY --file PATH',
+    help: `Set KEY to VALUE. VALUE "-" reads the value from stdin, and --file PATH from a
+file, as exact bytes: UTF-8 text is stored as text, anything else as bytes (base64
+on the wire, with "b64":true; get prints the bytes back).
   --ttl DURATION  delete KEY once DURATION has passed since this write (500ms,
                   30s, 5m, 2h; a bare number is seconds): decided by the coordinator
                   and written to the log, never early, late by at most about a tick
@@ -115,7 +118,7 @@ terminal. A missing key prints "not found" on stderr and exits 1.
                   the new one starts the countdown again). A later write to KEY
                   without --ttl keeps it.
 Prints nothing; --json: {"index","ts"}.`,
-    flags: ['ttl'],
+    flags: ['ttl', 'file'],
   },
   del: {
     usage: 'del KEY | del --prefix PREFIX',
@@ -128,13 +131,13 @@ Prints nothing; --json: {"index","ts"}.`,
     flags: ['prefix'],
   },
   create: {
-    usage: 'create KEY VALUE [--ttl DURATION]',
-    help: `Put KEY only if it is absent. VALUE "-" reads stdin. If KEY exists nothing is
+    usage: 'create KEY VALUE [--ttl DURATION] | create KEY --file PATH',
+    help: `Put KEY only if it is absent. VALUE "-" reads stdin, --file a file. If KEY exists nothing is
 written, stderr says what it holds, and the exit status is 1 (a lock file's
 "mkdir": exactly one of several racing scripts succeeds).
 --ttl as for put.
 Prints nothing; --json: {"index","ts"} (index is the key's revision).`,
-    flags: ['ttl'],
+    flags: ['ttl', 'file'],
   },
   cas: {
     usage: 'cas KEY EXPECTED NEW | cas --rev REV KEY NEW | cas --absent KEY NEW | cas --delete KEY EXPECTED',
@@ -297,6 +300,7 @@ const OPTIONS = {
   'no-session': { type: 'boolean' },
   after: { type: 'string' },
   'print-token': { type: 'boolean' },
+  file: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   limit: { type: 'string' },
   start: { type: 'string' },
@@ -397,7 +401,7 @@ async function readTextFile(path: string, what: string): Promise<string> {
   }
 }
 
-async function readStdin(what: string, max = REQUEST_BYTES_MAX): Promise<string> {
+async function readStdinBytes(what: string, max: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
@@ -405,11 +409,47 @@ async function readStdin(what: string, max = REQUEST_BYTES_MAX): Promise<string>
     if (size > max) usage(`${what} on stdin is larger than ${max} bytes`);
     chunks.push(chunk);
   }
+  return Buffer.concat(chunks);
+}
+
+async function readStdin(what: string, max = REQUEST_BYTES_MAX): Promise<string> {
+  const bytes = await readStdinBytes(what, max);
   try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks));
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
     usage(`${what} on stdin is not UTF-8 text`);
   }
+}
+
+async function readFileBytes(path: string, what: string, max: number): Promise<Buffer> {
+  try {
+    if (statSync(path).size > max) usage(`${what}: ${path} is larger than ${max} bytes`);
+    return await new Promise<Buffer>((resolve, reject) => readFile(path, (err, b) => (err ? reject(err) : resolve(b))));
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    usage(`${what}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+/** Exact bytes as a value: UTF-8 text stays text, anything else is bytes. */
+function textOrBytes(b: Buffer): string | Uint8Array {
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(b);
+  } catch {
+    return new Uint8Array(b);
+  }
+}
+
+/** A value (and an expected one) as the wire carries it, for the server's own validation. */
+function wireValue(value: string | Uint8Array | null, expect?: string | Uint8Array | null): { value: string | null; expect?: string | null; b64?: true } {
+  const enc = (v: string | Uint8Array | null): string | null => (v === null || typeof v === 'string' ? v : Buffer.from(v).toString('base64'));
+  const bytes = value instanceof Uint8Array || expect instanceof Uint8Array;
+  return { value: enc(value), ...(expect !== undefined ? { expect: enc(expect) } : {}), ...(bytes ? { b64: true as const } : {}) };
+}
+
+/** A value for one-line output: bytes as b64:BASE64, text escaped. */
+function lineValue(kv: { value: string; b64?: true }): string {
+  return kv.b64 ? `b64:${kv.value}` : escapeValue(kv.value);
 }
 
 /** Escapes a value for one-line output: backslash, newline, tab, CR, other control characters. */
@@ -538,11 +578,19 @@ type Action = (c: Client) => Promise<number>;
 async function prepare(s: Settings): Promise<Action> {
   const strong = s.flags.strong ? ({ consistency: 'strong' } as const) : {};
   let stdinUsed = false;
-  const arg = async (v: string, what: string): Promise<string> => {
+  const arg = async (v: string, what: string): Promise<string | Uint8Array> => {
     if (v !== '-') return v;
     if (stdinUsed) usage('only one argument can be "-" (stdin)');
     stdinUsed = true;
-    return readStdin(what);
+    return textOrBytes(await readStdinBytes(what, VALUE_BYTES_MAX));
+  };
+  /** put/create: KEY VALUE, or KEY --file PATH (the key checked first: a clear error before reading). */
+  const valueArg = async (s: Settings, cmd: string): Promise<string | Uint8Array> => {
+    const file = typeof s.flags.file === 'string' ? s.flags.file : undefined;
+    arity(s, file !== undefined ? 1 : 2, file !== undefined ? 1 : 2);
+    check({ op: 'del', key: s.args[0]! });
+    if (file === undefined) return arg(s.args[1]!, 'value');
+    return textOrBytes(await readFileBytes(file, `${cmd} --file`, VALUE_BYTES_MAX));
   };
 
   switch (s.command) {
@@ -553,19 +601,18 @@ async function prepare(s: Settings): Promise<Action> {
       check({ op: 'get', key, ...(rev !== undefined ? { rev } : {}), ...(strong.consistency ? { consistency: strong.consistency } : {}) });
       return async (c) => {
         const kv = await c.get(key, { ...strong, ...(rev !== undefined ? { rev } : {}) });
-        if (s.json) json({ key, value: kv?.value ?? null, ...(kv ? { rev: kv.rev } : {}), ...(kv?.ttl !== undefined ? { ttl: kv.ttl } : {}), ts: c.token });
+        if (s.json) json({ key, value: kv?.value ?? null, ...(kv?.b64 ? { b64: true } : {}), ...(kv ? { rev: kv.rev } : {}), ...(kv?.ttl !== undefined ? { ttl: kv.ttl } : {}), ts: c.token });
+        else if (kv?.b64) out(valueBytes(kv));
         else if (kv) out(process.stdout.isTTY ? kv.value + '\n' : kv.value);
         if (!kv && !s.json) warn(`${key}: not found`);
         return kv ? EXIT_OK : EXIT_NOT_FOUND;
       };
     }
     case 'put': {
-      arity(s, 2, 2);
+      const value = await valueArg(s, 'put');
       const key = s.args[0]!;
-      check({ op: 'del', key }); // the key first: a clear error before reading stdin
-      const value = await arg(s.args[1]!, 'value');
       const opts = ttlFlag(s);
-      check({ op: 'put', key, value, ...opts });
+      check({ op: 'put', key, ...wireValue(value), ...opts } as Request);
       return async (c) => printAck(s, await c.put(key, value, opts));
     }
     case 'del': {
@@ -580,12 +627,10 @@ async function prepare(s: Settings): Promise<Action> {
       return async (c) => printAck(s, await c.del(key));
     }
     case 'create': {
-      arity(s, 2, 2);
+      const value = await valueArg(s, 'create');
       const key = s.args[0]!;
-      check({ op: 'del', key });
-      const value = await arg(s.args[1]!, 'value');
       const opts = ttlFlag(s);
-      check({ op: 'create', key, value, ...opts });
+      check({ op: 'create', key, ...wireValue(value), ...opts } as Request);
       return async (c) => printAck(s, await c.create(key, value, opts));
     }
     case 'cas': {
@@ -603,10 +648,12 @@ async function prepare(s: Settings): Promise<Action> {
       const value = del ? null : await arg(s.args[i++]!, 'new value');
       const opts = ttlFlag(s);
       if (rev !== undefined) {
-        check({ op: 'cas', key, expectRev: rev, value, ...opts });
+        check({ op: 'cas', key, expectRev: rev, ...wireValue(value), ...opts } as Request);
         return async (c) => printAck(s, await c.casRev(key, rev, value, opts));
       }
-      check({ op: 'cas', key, expect, value, ...opts });
+      if ((expect instanceof Uint8Array) !== (value instanceof Uint8Array) && expect !== null && value !== null) usage('the expected and the new value must both be text or both be bytes');
+      const enc = wireValue(value, expect);
+      check({ op: 'cas', key, ...enc, expect: enc.expect ?? null, ...opts } as Request);
       return async (c) => printAck(s, await c.cas(key, expect, value, opts));
     }
     case 'mget': {
@@ -618,7 +665,7 @@ async function prepare(s: Settings): Promise<Action> {
         const missing = keys.filter((_, i) => !values[i]);
         if (s.json) json({ values, ts: c.token });
         else {
-          out(values.filter((v): v is KeyValue => v !== null).map((v) => `${v.key}\t${escapeValue(v.value)}\n`).join(''));
+          out(values.filter((v): v is KeyValue => v !== null).map((v) => `${v.key}\t${lineValue(v)}\n`).join(''));
           for (const k of missing) warn(`${k}: not found`);
         }
         return missing.length > 0 ? EXIT_NOT_FOUND : EXIT_OK;
@@ -636,7 +683,7 @@ async function prepare(s: Settings): Promise<Action> {
         let next: string | null = start ?? null;
         do {
           const page = await c.list(prefix, { ...strong, ...(next !== null ? { start: next } : {}), ...(limit !== undefined ? { limit } : {}) });
-          if (!s.json) out(page.items.map((kv) => (s.flags.keys ? `${kv.key}\n` : `${kv.key}\t${escapeValue(kv.value)}\n`)).join(''));
+          if (!s.json) out(page.items.map((kv) => (s.flags.keys ? `${kv.key}\n` : `${kv.key}\t${lineValue(kv)}\n`)).join(''));
           else items.push(...page.items);
           next = page.next;
         } while (all && next !== null && !stdoutClosed());
@@ -714,7 +761,7 @@ async function prepare(s: Settings): Promise<Action> {
     }
     case 'batch': {
       arity(s, 1, 1);
-      const text = await arg(s.args[0]!, 'batch');
+      const text = s.args[0] === '-' ? await readStdin('batch') : s.args[0]!;
       let ops: ClientWriteOp[];
       try {
         ops = JSON.parse(text) as ClientWriteOp[];
@@ -942,7 +989,7 @@ async function observeLeader(s: Settings, c: Client, key: string): Promise<numbe
 }
 
 function eventLine(e: ChangeEvent): string {
-  return e.op === 'put' ? `${e.index}\t${e.ts}\tput\t${e.key}\t${escapeValue(e.value ?? '')}\n` : `${e.index}\t${e.ts}\tdel\t${e.key}\n`;
+  return e.op === 'put' ? `${e.index}\t${e.ts}\tput\t${e.key}\t${lineValue({ value: e.value ?? '', ...(e.b64 ? { b64: true as const } : {}) })}\n` : `${e.index}\t${e.ts}\tdel\t${e.key}\n`;
 }
 
 function exitFor(err: CkvError): number {

@@ -316,6 +316,19 @@ function decodeReply(data: Uint8Array, subject: string): Reply {
   return r as Reply;
 }
 
+/** A read's value as bytes: base64-decoded when it is bytes (b64), else its UTF-8. */
+export function valueBytes(kv: { value: string; b64?: true }): Uint8Array {
+  return kv.b64 === true ? new Uint8Array(Buffer.from(kv.value, 'base64')) : new TextEncoder().encode(kv.value);
+}
+
+/** value (and expect) as the wire carries them: text as it is, bytes as base64 with b64. */
+function wireValues(value: string | Uint8Array | null, expect?: string | Uint8Array | null): { value: string | null; expect?: string | null; b64?: true } {
+  const bytes = value instanceof Uint8Array || expect instanceof Uint8Array;
+  const enc = (v: string | Uint8Array | null): string | null => (v === null ? null : typeof v === 'string' ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64'));
+  if (bytes && (typeof value === 'string' || typeof expect === 'string')) throw new CkvError(ErrorCode.BAD_REQUEST, 'expect and value must both be text or both be bytes (Uint8Array)');
+  return { value: enc(value), ...(expect !== undefined ? { expect: enc(expect) } : {}), ...(bytes ? { b64: true as const } : {}) };
+}
+
 function replyError(reply: Extract<Reply, { ok: false }>): CkvError {
   const e: Partial<WireError> = reply.error ?? {};
   const code = ERROR_CODES.includes(e.code as ErrorCode) ? (e.code as ErrorCode) : ErrorCode.INTERNAL;
@@ -409,11 +422,17 @@ export class Client {
     try {
       const r = await this.read({ op: 'get', key, ...consistency(opts), ...(opts.rev !== undefined ? { rev: opts.rev } : {}) }, opts);
       if (typeof r.value !== 'string') return null;
-      return { key, value: r.value, rev: r.rev ?? 0, ...(r.ttl !== undefined ? { ttl: r.ttl } : {}) };
+      return { key, value: r.value, rev: r.rev ?? 0, ...(r.ttl !== undefined ? { ttl: r.ttl } : {}), ...(r.b64 === true ? { b64: true as const } : {}) };
     } catch (err) {
       if (err instanceof CkvError && err.code === ErrorCode.NOT_FOUND) return null;
       throw err;
     }
+  }
+
+  /** The value of key as bytes (a text value as its UTF-8), or null if it is absent. */
+  async getBytes(key: string, opts: GetOptions = {}): Promise<Uint8Array | null> {
+    const kv = await this.get(key, opts);
+    return kv === null ? null : valueBytes(kv);
   }
 
   /** One entry per key, in order; null where absent. */
@@ -454,8 +473,8 @@ export class Client {
   }
 
   /** Set key. With ttl (ms) the key is deleted once that long has passed since the write (never sooner). */
-  put(key: string, value: string, opts: WriteOptions = {}): Promise<WriteAck> {
-    return this.write({ op: 'put', key, value, ...ttlOf(opts) });
+  put(key: string, value: string | Uint8Array, opts: WriteOptions = {}): Promise<WriteAck> {
+    return this.write({ op: 'put', key, ...wireValues(value), ...ttlOf(opts) } as ClientWriteOp);
   }
 
   del(key: string): Promise<WriteAck> {
@@ -466,8 +485,8 @@ export class Client {
    * Set key to value if it holds expect. expect null: the key must be absent;
    * value null: delete it. Throws CasMismatchError otherwise.
    */
-  cas(key: string, expect: string | null, value: string | null, opts: WriteOptions = {}): Promise<WriteAck> {
-    return this.write({ op: 'cas', key, expect, value, ...ttlOf(opts) });
+  cas(key: string, expect: string | Uint8Array | null, value: string | Uint8Array | null, opts: WriteOptions = {}): Promise<WriteAck> {
+    return this.write({ op: 'cas', key, ...wireValues(value, expect), ...ttlOf(opts) } as ClientWriteOp);
   }
 
   /** Several writes as one log entry: all applied, or none (a failing cas fails them all). */
@@ -476,13 +495,13 @@ export class Client {
    * `rev` of a read) is `rev`; 0 means absent. value null deletes. Unlike a compare of values
    * it sees a change that was changed back (ABA). CasMismatchError otherwise.
    */
-  casRev(key: string, rev: number, value: string | null, opts: WriteOptions = {}): Promise<WriteAck> {
-    return this.write({ op: 'cas', key, expectRev: rev, value, ...ttlOf(opts) });
+  casRev(key: string, rev: number, value: string | Uint8Array | null, opts: WriteOptions = {}): Promise<WriteAck> {
+    return this.write({ op: 'cas', key, expectRev: rev, ...wireValues(value), ...ttlOf(opts) } as ClientWriteOp);
   }
 
   /** Put only if `key` is absent (CasMismatchError if it exists). The ack's index is the key's revision. */
-  create(key: string, value: string, opts: WriteOptions = {}): Promise<WriteAck> {
-    return this.write({ op: 'cas', key, expectRev: 0, value, ...ttlOf(opts) });
+  create(key: string, value: string | Uint8Array, opts: WriteOptions = {}): Promise<WriteAck> {
+    return this.write({ op: 'cas', key, expectRev: 0, ...wireValues(value), ...ttlOf(opts) } as ClientWriteOp);
   }
 
   /**

@@ -19,6 +19,6 @@ export function stdoutClosed(): boolean {
 }
 
 /** Write to stdout, unless its reader has gone. */
-export function writeOut(s: string): void {
+export function writeOut(s: string | Uint8Array): void {
   if (!readerGone) process.stdout.write(s);
 }

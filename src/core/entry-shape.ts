@@ -4,6 +4,7 @@
 
 import { BATCH_OPS_MAX, CLUSTER_ID_PATTERN, KEEP_OUT_MAX, KEY_BYTES_MAX, RID_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN } from './limits.js';
 import type { Entry, WriteOp } from './wire.js';
+import { isBase64 } from './records.js';
 
 const ENTRY_FIELDS: Record<Entry['kind'], readonly string[]> = {
   noop: ['index', 'epoch', 'ts', 'kind', 'cluster'],
@@ -12,10 +13,10 @@ const ENTRY_FIELDS: Record<Entry['kind'], readonly string[]> = {
 };
 
 const OP_FIELDS: Record<WriteOp['op'], readonly string[]> = {
-  put: ['op', 'key', 'value', 'ttl'],
+  put: ['op', 'key', 'value', 'ttl', 'b64'],
   del: ['op', 'key'],
   delprefix: ['op', 'prefix'],
-  cas: ['op', 'key', 'expect', 'expectRev', 'value', 'ttl'],
+  cas: ['op', 'key', 'expect', 'expectRev', 'value', 'ttl', 'b64'],
   expire: ['op', 'key', 'rev'],
 };
 
@@ -54,6 +55,13 @@ function opProblem(raw: unknown, i: number): string | null {
   const kp = keyProblem(raw.key);
   if (kp !== null) return `ops[${i}]: ${kp}`;
   if (op === 'put' && typeof raw.value !== 'string') return `ops[${i}].value is not a string`;
+  if (raw.b64 !== undefined) {
+    if (raw.b64 !== true) return `ops[${i}].b64 is not true`;
+    for (const f of ['value', 'expect'] as const) {
+      const v = raw[f];
+      if (typeof v === 'string' && !isBase64(v)) return `ops[${i}].${f} is not base64`;
+    }
+  }
   if (op === 'expire' && (!isNat(raw.rev) || raw.rev < 1)) return `ops[${i}].rev is not a positive integer`;
   if (raw.ttl !== undefined) {
     if (!isNat(raw.ttl) || raw.ttl < TTL_MS_MIN || raw.ttl > TTL_MS_MAX) return `ops[${i}].ttl is not ${TTL_MS_MIN}..${TTL_MS_MAX} ms`;

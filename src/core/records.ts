@@ -29,6 +29,8 @@ export interface Rec {
   ts: number;
   /** Time to live in ms, counted from that write (the coordinator expires it). */
   ttl?: number;
+  /** The value is the base64 of bytes. */
+  b64?: true;
 }
 
 /** What the exactly-once table remembers of one request id. */
@@ -105,6 +107,11 @@ function isObject(x: unknown): x is Record<string, unknown> {
   return typeof x === 'object' && x !== null && !Array.isArray(x);
 }
 
+/** Standard base64 with padding, in its one canonical spelling (so equal bytes are equal text). */
+export function isBase64(s: string): boolean {
+  return s.length % 4 === 0 && /^[A-Za-z0-9+/]*={0,2}$/.test(s) && Buffer.from(s, 'base64').toString('base64') === s;
+}
+
 function isNat(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 }
@@ -136,7 +143,7 @@ export function metaProblem(x: unknown): string | null {
 /** A change event as stored in the history (or sent by a peer). */
 export function eventProblem(x: unknown): string | null {
   if (!isObject(x)) return 'event is not an object';
-  const extra = extraField(x, ['index', 'ts', 'op', 'key', 'value', 'prev']);
+  const extra = extraField(x, ['index', 'ts', 'op', 'key', 'value', 'b64', 'prev']);
   if (extra !== null) return `event has unknown field "${extra}"`;
   if (!isNat(x.index) || x.index < 1) return 'event index is not a positive integer';
   if (!isNat(x.ts)) return 'event ts is not a non-negative integer';
@@ -145,17 +152,19 @@ export function eventProblem(x: unknown): string | null {
   if (np !== null) return np;
   if (x.op === 'put') {
     if (typeof x.value !== 'string') return 'put event value is not a string';
+    if (x.b64 !== undefined && (x.b64 !== true || !isBase64(x.value))) return 'put event b64 is not true with a base64 value';
   } else if (x.op === 'del') {
-    if (x.value !== undefined) return 'del event has a value';
+    if (x.value !== undefined || x.b64 !== undefined) return 'del event has a value';
   } else return 'event op is not put or del';
   return null;
 }
 
 export function recProblem(x: unknown): string | null {
   if (!isObject(x)) return 'record is not an object';
-  const extra = extraField(x, ['value', 'rev', 'ts', 'ttl']);
+  const extra = extraField(x, ['value', 'rev', 'ts', 'ttl', 'b64']);
   if (extra !== null) return `record has unknown field "${extra}"`;
   if (typeof x.value !== 'string') return 'record value is not a string';
+  if (x.b64 !== undefined && (x.b64 !== true || !isBase64(x.value))) return 'record b64 is not true with a base64 value';
   if (!isNat(x.rev) || x.rev < 1) return 'record rev is not a positive integer';
   if (!isNat(x.ts)) return 'record ts is not a non-negative integer';
   if (x.ttl !== undefined && (!isNat(x.ttl) || x.ttl < TTL_MS_MIN || x.ttl > TTL_MS_MAX)) return `record ttl is not ${TTL_MS_MIN}..${TTL_MS_MAX} ms`;

@@ -108,7 +108,7 @@ export class KvState {
           pi++;
         }
         cursor = key;
-        if (rec !== null) out.push(rec.ttl !== undefined ? { key, value: rec.value, rev: rec.rev, ttl: rec.ttl } : { key, value: rec.value, rev: rec.rev });
+        if (rec !== null) out.push(keyValue(key, rec));
       }
     }
   }
@@ -141,7 +141,7 @@ export class KvState {
         events.push(
           slot.rec === null
             ? { index: e.index, ts: e.ts, op: 'del', key, prev: this.eventPrev }
-            : { index: e.index, ts: e.ts, op: 'put', key, value: slot.rec.value, prev: this.eventPrev },
+            : { index: e.index, ts: e.ts, op: 'put', key, value: slot.rec.value, ...(slot.rec.b64 ? { b64: true as const } : {}), prev: this.eventPrev },
         );
       }
       if (events.length > 0) this.eventPrev = e.index;
@@ -178,7 +178,8 @@ export class KvState {
       else {
         const cur = current(op.key);
         const curValue = cur === undefined ? null : cur.value;
-        const matches = 'expectRev' in op ? (cur === undefined ? 0 : cur.rev) === op.expectRev : curValue === op.expect;
+        // By value: the same text, or the same bytes (b64 on both sides).
+        const matches = 'expectRev' in op ? (cur === undefined ? 0 : cur.rev) === op.expectRev : curValue === op.expect && (op.expect === null || (cur!.b64 === true) === (op.b64 === true));
         if (!matches) {
           return { result: { ok: false, code: 'CAS_MISMATCH', failed: i, current: curValue }, changes: new Map() };
         }
@@ -190,7 +191,10 @@ export class KvState {
         changes.set(op.key, { rec: null, rev: index });
       } else {
         const ttl = op.op === 'del' ? undefined : op.ttl;
-        changes.set(op.key, { rec: ttl !== undefined ? { value, rev: index, ts, ttl } : { value, rev: index, ts } });
+        const b64 = op.op !== 'del' && op.b64 === true;
+        const rec: Rec = ttl !== undefined ? { value, rev: index, ts, ttl } : { value, rev: index, ts };
+        if (b64) rec.b64 = true;
+        changes.set(op.key, { rec });
       }
     }
     return { result: { ok: true }, changes };
@@ -284,4 +288,12 @@ export class KvState {
       if (rev <= delta.meta.index) this.overlay.delete(k);
     }
   }
+}
+
+/** A record as a read returns it. */
+export function keyValue(key: string, rec: Rec): KeyValue {
+  const kv: KeyValue = { key, value: rec.value, rev: rec.rev };
+  if (rec.ttl !== undefined) kv.ttl = rec.ttl;
+  if (rec.b64) kv.b64 = true;
+  return kv;
 }

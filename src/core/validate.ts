@@ -21,6 +21,7 @@ import {
   RID_BYTES_MAX,
   VALUE_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN } from './limits.js';
 import type { Consistency, Request, WriteOp, ClientWriteOp } from './wire.js';
+import { isBase64 } from './records.js';
 
 const KEY_CHARS = /^[-/_=.a-zA-Z0-9]+$/;
 const PREFIX_CHARS = /^[-/_=.a-zA-Z0-9]*$/;
@@ -62,8 +63,9 @@ function checkPrefix(prefix: unknown): string {
   return prefix;
 }
 
-function checkValue(value: unknown, what = 'value'): string {
+function checkValue(value: unknown, what = 'value', b64 = false): string {
   if (typeof value !== 'string') bad(`${what} must be a string`);
+  if (b64 && !isBase64(value)) bad(`${what} must be standard base64 with padding (b64 is true)`);
   // Keys, prefixes and rids are ASCII by their patterns; values are the free-form strings.
   if (!value.isWellFormed()) bad(`${what} is not valid Unicode text: it has a lone surrogate (half of a UTF-16 pair, as from a \\uD800 escape)`);
   // Cheap bound first: UTF-8 takes at most 3 bytes per UTF-16 unit.
@@ -73,9 +75,16 @@ function checkValue(value: unknown, what = 'value'): string {
   return value;
 }
 
-function checkNullableValue(value: unknown, what: string): string | null {
+function checkNullableValue(value: unknown, what: string, b64 = false): string | null {
   if (value === null) return null;
-  return checkValue(value, what);
+  return checkValue(value, what, b64);
+}
+
+/** b64: absent, or true (the values are base64 of bytes). */
+function checkB64(b64: unknown): true | undefined {
+  if (b64 === undefined || b64 === false) return undefined;
+  if (b64 !== true) bad('b64 must be true (the value is base64 of bytes) or absent');
+  return true;
 }
 
 /** A time to live in ms, when given (a delete has none). */
@@ -108,9 +117,11 @@ function checkWriteOp(raw: unknown, where: string): ClientWriteOp {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad(`${where} must be an object`);
   const o = raw as Record<string, unknown>;
   switch (o.op) {
-    case 'put':
-      checkFields(o, ['key', 'value', 'ttl', 'rid']);
-      return { op: 'put', key: checkKey(o.key), value: checkValue(o.value), ...checkTtl(o.ttl, false) };
+    case 'put': {
+      checkFields(o, ['key', 'value', 'ttl', 'b64', 'rid']);
+      const b64 = checkB64(o.b64);
+      return { op: 'put', key: checkKey(o.key), value: checkValue(o.value, 'value', b64), ...checkTtl(o.ttl, false), ...(b64 ? { b64 } : {}) };
+    }
     case 'del':
       checkFields(o, ['key', 'rid']);
       return { op: 'del', key: checkKey(o.key) };
@@ -121,17 +132,21 @@ function checkWriteOp(raw: unknown, where: string): ClientWriteOp {
       return { op: 'delprefix', prefix: checkPrefix(o.prefix) };
     case 'create':
       // Stored as what it is: a cas that wants the key absent (revision 0).
-      checkFields(o, ['key', 'value', 'ttl', 'rid']);
-      return { op: 'cas', key: checkKey(o.key), expectRev: 0, value: checkValue(o.value), ...checkTtl(o.ttl, false) };
+      checkFields(o, ['key', 'value', 'ttl', 'b64', 'rid']);
+      const b64 = checkB64(o.b64);
+      return { op: 'cas', key: checkKey(o.key), expectRev: 0, value: checkValue(o.value, 'value', b64), ...checkTtl(o.ttl, false), ...(b64 ? { b64 } : {}) };
     case 'cas': {
-      checkFields(o, ['key', 'expect', 'expectRev', 'value', 'ttl', 'rid']);
+      checkFields(o, ['key', 'expect', 'expectRev', 'value', 'ttl', 'b64', 'rid']);
       if (('expect' in o) === ('expectRev' in o)) bad('cas needs exactly one of "expect" (a value, or null for "must be absent") and "expectRev" (a revision, 0 for "must be absent")');
       if (!('value' in o)) bad('cas needs "value" (a string, or null to delete)');
       const key = checkKey(o.key);
-      const value = checkNullableValue(o.value, 'value');
+      // b64: the new value, and an expected value, are base64 of bytes.
+      const b64 = checkB64(o.b64);
+      const flag = b64 ? { b64 } : {};
+      const value = checkNullableValue(o.value, 'value', b64);
       const ttl = checkTtl(o.ttl, value === null);
-      if ('expectRev' in o) return { op: 'cas', key, expectRev: checkNat(o.expectRev, 'expectRev'), value, ...ttl };
-      return { op: 'cas', key, expect: checkNullableValue(o.expect, 'expect'), value, ...ttl };
+      if ('expectRev' in o) return { op: 'cas', key, expectRev: checkNat(o.expectRev, 'expectRev'), value, ...ttl, ...flag };
+      return { op: 'cas', key, expect: checkNullableValue(o.expect, 'expect', b64), value, ...ttl, ...flag };
     }
     default:
       bad(`${where}: unknown write op ${JSON.stringify(o.op)}`);

@@ -7,14 +7,14 @@ import type { CheckpointMeta } from './records.js';
 /** A write operation, as it appears inside a request and inside a log entry. */
 export type WriteOp =
   /** ttl (ms): the key is deleted once that long has passed since the coordinator applied this write (see Expiry). */
-  | { op: 'put'; key: string; value: string; ttl?: number }
+  | { op: 'put'; key: string; value: string; ttl?: number; b64?: true }
   | { op: 'del'; key: string }
   /** Every key that starts with prefix ('' = every key), deleted as one op of one entry. */
   | { op: 'delprefix'; prefix: string }
   /** expect null: the key must be absent. value null: delete on success. */
-  | { op: 'cas'; key: string; expect: string | null; value: string | null; ttl?: number }
+  | { op: 'cas'; key: string; expect: string | null; value: string | null; ttl?: number; b64?: true }
   /** By revision: the key's rev (the log index of its last change) must be expectRev; 0 = absent. (`create` is this with 0.) */
-  | { op: 'cas'; key: string; expectRev: number; value: string | null; ttl?: number }
+  | { op: 'cas'; key: string; expectRev: number; value: string | null; ttl?: number; b64?: true }
   /**
    * Written by the coordinator only (never accepted from a client): key's time to live, set
    * by the write at rev, has passed. Deletes the key if rev is still its revision.
@@ -49,7 +49,7 @@ export type WriteRequest = Common &
   (
     | (ClientWriteOp & { rid?: string })
     /** Put only if the key is absent: validated into a cas at revision 0 (it is logged as one). */
-    | { op: 'create'; key: string; value: string; ttl?: number; rid?: string }
+    | { op: 'create'; key: string; value: string; ttl?: number; b64?: true; rid?: string }
     | { op: 'batch'; ops: ClientWriteOp[]; rid?: string }
   );
 
@@ -68,9 +68,16 @@ export type ConfigRequest = Common & { op: 'config'; add?: number; remove?: numb
 
 export type Request = ReadRequest | WriteRequest | AdminRequest | ConfigRequest;
 
+/**
+ * Values are UTF-8 text, or arbitrary bytes: then `b64: true` goes with the value, which is
+ * their standard base64 (padded) — in requests (put, create, cas: both expect and value),
+ * records, replies and change events alike.
+ */
 export interface KeyValue {
   key: string;
   value: string;
+  /** The value is the base64 of bytes. */
+  b64?: true;
   /** Log index of the write that set this value. */
   rev: number;
   /** Its time to live in ms, if it was written with one (counted from that write). */
@@ -90,6 +97,7 @@ export type Reply = (
 export interface ReplyBody {
   /** get */
   value?: string;
+  b64?: true;
   rev?: number;
   /** get: the key's time to live in ms, if it has one (counted from the write at rev) */
   ttl?: number;
@@ -139,6 +147,8 @@ export interface ChangeEvent {
   op: 'put' | 'del';
   key: string;
   value?: string;
+  /** (put) The value is the base64 of bytes. */
+  b64?: true;
   /** Index of the previous entry that produced events (0 if none): lets an observer see a gap. */
   prev: number;
   /** Only in a client's watch with `initial`: a current value (index is its rev), not a change. */

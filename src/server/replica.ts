@@ -37,7 +37,7 @@ import {
 import type { Msg } from '../core/messages.js';
 import { Node, type DurableState, type Notice, type Proposal, type Ready } from '../core/node.js';
 import { CorruptRecordError, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type HistoryReader, type Rec, type RidRecord } from '../core/records.js';
-import { KvState, type Applied } from '../core/state.js';
+import { KvState, keyValue, type Applied } from '../core/state.js';
 import { TtlClock } from '../core/ttl-clock.js';
 import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
 import type { ChangeEvent, Entry, KeyValue, NodeStatus, PeerStatus, Reply, Request, SnapshotPage, WriteOp, WriteResult } from '../core/wire.js';
@@ -650,8 +650,8 @@ export class Replica {
   /** The key as of index `at` (a revision still in the history): its record, null where absent, or undefined if that is no longer known. */
   private recordAt(key: string, at: number): KeyValue | null | undefined {
     const current = this.st.get(key);
-    if (current !== undefined && current.rev <= at) return { key, value: current.value, rev: current.rev };
-    for (const ev of this.keyEventsBefore(key, at + 1)) return ev.op === 'put' ? { key, value: ev.value!, rev: ev.index } : null;
+    if (current !== undefined && current.rev <= at) return { key, value: current.value, rev: current.rev, ...(current.b64 ? { b64: true as const } : {}) };
+    for (const ev of this.keyEventsBefore(key, at + 1)) return ev.op === 'put' ? { key, value: ev.value!, rev: ev.index, ...(ev.b64 ? { b64: true as const } : {}) } : null;
     // No change of it in (floor, at]: it was then what it was at the floor, known only if the
     // history goes back to the start (nothing was there), or if it is absent now with no
     // change since (else it would be here).
@@ -753,16 +753,16 @@ export class Replica {
           const at = this.recordAt(req.key, req.rev);
           if (at === undefined) return this.compacted(respond, ts, index, this.ckpt.historyFloor(), `key ${req.key} as of revision ${req.rev}`);
           if (at === null) return this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.NOT_FOUND, message: `key ${req.key} did not exist at revision ${req.rev}` } });
-          return this.reply(respond, { ok: true, ts, index, value: at.value, rev: at.rev });
+          return this.reply(respond, { ok: true, ts, index, value: at.value, rev: at.rev, ...(at.b64 ? { b64: true as const } : {}) });
         }
         const rec = this.st.get(req.key);
         if (!rec) return this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.NOT_FOUND, message: `key ${req.key} not found` } });
-        return this.reply(respond, { ok: true, ts, index, value: rec.value, rev: rec.rev, ...(rec.ttl !== undefined ? { ttl: rec.ttl } : {}) });
+        return this.reply(respond, { ok: true, ts, index, value: rec.value, rev: rec.rev, ...(rec.ttl !== undefined ? { ttl: rec.ttl } : {}), ...(rec.b64 ? { b64: true as const } : {}) });
       }
       case 'mget': {
         const values = req.keys.map((key) => {
           const rec = this.st.get(key);
-          return rec ? { key, value: rec.value, rev: rec.rev, ...(rec.ttl !== undefined ? { ttl: rec.ttl } : {}) } : null;
+          return rec ? keyValue(key, rec) : null;
         });
         return this.reply(respond, { ok: true, ts, index, values });
       }
@@ -771,7 +771,7 @@ export class Replica {
         const limit = req.limit!;
         const items: KeyValue[] = [];
         const first = req.start !== undefined && req.start.startsWith(req.prefix) ? this.st.get(req.start) : undefined;
-        if (first) items.push({ key: req.start!, value: first.value, rev: first.rev });
+        if (first) items.push(keyValue(req.start!, first));
         const from = req.start !== undefined && req.start < req.prefix ? undefined : req.start;
         items.push(...this.st.range(req.prefix, from, limit + 1 - items.length));
         let next = items.length > limit ? items[limit]!.key : null;
@@ -1355,16 +1355,17 @@ function parsePage(raw: Uint8Array | string, phase: 'kv' | 'rids', after: string
 
 function stripWrite(req: Exclude<WriteRequest, { op: 'batch' }>): WriteOp {
   const ttl = 'ttl' in req && req.ttl !== undefined ? { ttl: req.ttl } : {};
+  const b64 = 'b64' in req && req.b64 === true ? { b64: true as const } : {};
   switch (req.op) {
     case 'create':
-      return { op: 'cas', key: req.key, expectRev: 0, value: req.value, ...ttl };
+      return { op: 'cas', key: req.key, expectRev: 0, value: req.value, ...ttl, ...b64 };
     case 'put':
-      return { op: 'put', key: req.key, value: req.value, ...ttl };
+      return { op: 'put', key: req.key, value: req.value, ...ttl, ...b64 };
     case 'del':
       return { op: 'del', key: req.key };
     case 'delprefix':
       return { op: 'delprefix', prefix: req.prefix };
     case 'cas':
-      return 'expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value, ...ttl } : { op: 'cas', key: req.key, expect: req.expect, value: req.value, ...ttl };
+      return 'expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value, ...ttl, ...b64 } : { op: 'cas', key: req.key, expect: req.expect, value: req.value, ...ttl, ...b64 };
   }
 }

@@ -58,7 +58,7 @@ export function emptyMeta(): CheckpointMeta {
 
 // Canonical JSON with a fixed field order.
 function recJson(r: Rec): string {
-  return `{"value":${JSON.stringify(r.value)},"rev":${r.rev},"ts":${r.ts}${r.ttl !== undefined ? `,"ttl":${r.ttl}` : ''}}`;
+  return `{"value":${JSON.stringify(r.value)},"rev":${r.rev},"ts":${r.ts}${r.ttl !== undefined ? `,"ttl":${r.ttl}` : ''}${r.b64 ? ',"b64":true' : ''}}`;
 }
 
 /** An entry of the ttl index: which keys have a time to live (so a new coordinator finds them without a scan). */
@@ -71,7 +71,7 @@ function ttlEntryProblem(x: unknown): string | null {
 }
 
 function eventJson(ev: ChangeEvent, at: number): string {
-  const value = ev.op === 'put' ? `,"value":${JSON.stringify(ev.value)}` : '';
+  const value = ev.op === 'put' ? `,"value":${JSON.stringify(ev.value)}${ev.b64 ? ',"b64":true' : ''}` : '';
   return `{"at":${at},"event":{"index":${ev.index},"ts":${ev.ts},"op":"${ev.op}","key":${JSON.stringify(ev.key)}${value},"prev":${ev.prev}}}`;
 }
 
@@ -231,6 +231,14 @@ export function digestOf(index: number, entries: Iterable<[string, Rec]>): strin
   return d.hex();
 }
 
+/** One record's line of the digest. (A ttl, bytes, only when set: digests of states without them stay what they were.) */
+function digestLine(key: string, rec: Rec): string {
+  const line: unknown[] = [key, rec.value, rec.rev, rec.ts];
+  if (rec.ttl !== undefined) line.push(rec.ttl);
+  if (rec.b64) line.push('b64');
+  return JSON.stringify(line) + '\n';
+}
+
 /** digestOf, fed one key at a time (in key order): for states that arrive in pages. */
 export class StateDigest {
   private readonly h = createHash('sha256');
@@ -239,8 +247,7 @@ export class StateDigest {
     this.h.update(`index ${index}\n`);
   }
   add(key: string, rec: Rec): void {
-    // (A ttl only when set: digests of states without one stay what they were.)
-    this.h.update(JSON.stringify(rec.ttl !== undefined ? [key, rec.value, rec.rev, rec.ts, rec.ttl] : [key, rec.value, rec.rev, rec.ts]) + '\n');
+    this.h.update(digestLine(key, rec));
   }
   hex(): string {
     return this.h.digest('hex');
@@ -775,7 +782,10 @@ export class MemCheckpoint implements CheckpointStore {
         }
       } else {
         if (!had) this.keys.splice(this.lowerBound(key, false), 0, key);
-        this.map.set(key, Object.freeze(rec.ttl !== undefined ? { value: rec.value, rev: rec.rev, ts: rec.ts, ttl: rec.ttl } : { value: rec.value, rev: rec.rev, ts: rec.ts }));
+        const copy: Rec = { value: rec.value, rev: rec.rev, ts: rec.ts };
+        if (rec.ttl !== undefined) copy.ttl = rec.ttl;
+        if (rec.b64) copy.b64 = true;
+        this.map.set(key, Object.freeze(copy));
       }
     }
     for (const rid of delta.ridsDel) this.ridMap.delete(rid);
@@ -865,7 +875,7 @@ export async function verifyCheckpoint(dir: string): Promise<CheckpointReport> {
       try {
         const rec = cp.decodeRaw<Rec>(key, value, `record of key ${JSON.stringify(k)}`, recProblem);
         if (rec.rev > index) problem(`key ${JSON.stringify(k)}: rev ${rec.rev} is beyond meta.index ${index}`);
-        h.update(JSON.stringify([k, rec.value, rec.rev, rec.ts]) + '\n');
+        h.update(digestLine(k, rec));
       } catch (err) {
         problem((err as Error).message);
       }

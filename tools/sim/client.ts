@@ -19,10 +19,10 @@ export type SessionOp =
   | { t: 'get'; keys: string[]; strong: boolean }
   | { t: 'cas'; key: string; expect: string | null; value: string | null }
   /** By revision (0: must be absent). */
-  | { t: 'casRev'; key: string; rev: number; value: string | null; ttl?: number }
+  | { t: 'casRev'; key: string; rev: number; value: string | null; ttl?: number; b64?: true }
   | { t: 'create'; key: string; value: string; ttl?: number }
   /** A put with a time to live (noise keys only: they expire). */
-  | { t: 'putTtl'; key: string; value: string; ttl: number }
+  | { t: 'putTtl'; key: string; value: string; ttl: number; b64?: true }
   | { t: 'del'; key: string }
   | { t: 'delprefix'; prefix: string }
   | { t: 'list'; prefix: string; start?: string; limit: number; strong: boolean }
@@ -148,11 +148,14 @@ export class Session {
       const y = rng.float();
       const key = rng.pick(noise);
       const ttl = (): { ttl?: number } => (rng.chance(0.4) ? { ttl: rng.pick([60, 150, 400, 1000]) } : {});
+      // Some values are bytes (not UTF-8 text): base64 with b64 on the wire.
+      const bytes = (v: string): { value: string; b64: true } => ({ value: Buffer.from(`${v}\u0000\u00ff`, 'latin1').toString('base64'), b64: true });
       if (y < 0.3) {
         const value = rng.chance(0.2) ? null : uniq();
-        this.start({ t: 'casRev', key, rev: this.seenRev.get(key) ?? 0, value, ...(value !== null ? ttl() : {}) });
+        const v = value !== null && rng.chance(0.3) ? bytes(value) : { value };
+        this.start({ t: 'casRev', key, rev: this.seenRev.get(key) ?? 0, ...v, ...(value !== null ? ttl() : {}) });
       } else if (y < 0.5) this.start({ t: 'create', key, value: uniq(), ...ttl() });
-      else if (y < 0.7) this.start({ t: 'putTtl', key, value: uniq(), ttl: rng.pick([60, 150, 400, 1000]) });
+      else if (y < 0.7) this.start({ t: 'putTtl', key, ...(rng.chance(0.3) ? bytes(uniq()) : { value: uniq() }), ttl: rng.pick([60, 150, 400, 1000]) });
       else if (y < 0.78) this.start({ t: 'delprefix', prefix: rng.pick(['n.', 'n.1', 'n.', 'x.']) });
       else if (y < 0.89) {
         // Anywhere in the committed log: the history may still hold it, or say COMPACTED.
@@ -251,9 +254,9 @@ export class Session {
         if (op.t === 'put') ops = [{ op: 'put', key: op.key, value: op.value }];
         else if (op.t === 'batch') ops = op.puts.map(([key, value]) => ({ op: 'put', key, value }));
         else if (op.t === 'cas') ops = [{ op: 'cas', key: op.key, expect: op.expect, value: op.value }];
-        else if (op.t === 'casRev') ops = [{ op: 'cas', key: op.key, expectRev: op.rev, value: op.value, ...(op.ttl !== undefined ? { ttl: op.ttl } : {}) }];
+        else if (op.t === 'casRev') ops = [{ op: 'cas', key: op.key, expectRev: op.rev, value: op.value, ...(op.ttl !== undefined ? { ttl: op.ttl } : {}), ...(op.b64 ? { b64: true as const } : {}) }];
         else if (op.t === 'create') ops = [{ op: 'cas', key: op.key, expectRev: 0, value: op.value, ...(op.ttl !== undefined ? { ttl: op.ttl } : {}) }];
-        else if (op.t === 'putTtl') ops = [{ op: 'put', key: op.key, value: op.value, ttl: op.ttl }];
+        else if (op.t === 'putTtl') ops = [{ op: 'put', key: op.key, value: op.value, ttl: op.ttl, ...(op.b64 ? { b64: true as const } : {}) }];
         else if (op.t === 'delprefix') ops = [{ op: 'delprefix', prefix: op.prefix }];
         else ops = [{ op: 'del', key: op.key }];
         // create goes on the wire as itself (the server stores it as a cas at revision 0).
@@ -409,13 +412,15 @@ export function valueRead(reply: Reply, i: number): string | null {
   return reply.value ?? null;
 }
 
-function opsOf(req: Request): ClientWriteOp[] {
+/** The ops a write request asks for, as the log must hold them (the simulation's own reading of the wire protocol). */
+export function opsOf(req: Request): ClientWriteOp[] {
   const ttl = 'ttl' in req && req.ttl !== undefined ? { ttl: req.ttl } : {};
+  const b64 = 'b64' in req && req.b64 === true ? { b64: true as const } : {};
   if (req.op === 'batch') return req.ops;
-  if (req.op === 'put') return [{ op: 'put', key: req.key, value: req.value, ...ttl }];
+  if (req.op === 'put') return [{ op: 'put', key: req.key, value: req.value, ...ttl, ...b64 }];
   if (req.op === 'del') return [{ op: 'del', key: req.key }];
-  if (req.op === 'cas') return ['expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value, ...ttl } : { op: 'cas', key: req.key, expect: req.expect, value: req.value, ...ttl }];
-  if (req.op === 'create') return [{ op: 'cas', key: req.key, expectRev: 0, value: req.value, ...ttl }];
+  if (req.op === 'cas') return ['expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value, ...ttl, ...b64 } : { op: 'cas', key: req.key, expect: req.expect, value: req.value, ...ttl, ...b64 }];
+  if (req.op === 'create') return [{ op: 'cas', key: req.key, expectRev: 0, value: req.value, ...ttl, ...b64 }];
   if (req.op === 'delprefix') return [{ op: 'delprefix', prefix: req.prefix }];
   throw new Error(`not a write: ${req.op}`);
 }

@@ -26,7 +26,7 @@ import { restartPlan } from '../../src/server/replica.js';
 import type { Applied } from '../../src/core/state.js';
 import { CorruptRecordError } from '../../src/core/records.js';
 import { checkCausal } from './checker.js';
-import { BOGUS_TS, describeOp, historyOf, resultOf, valueRead, type Session, type SessionOp } from './client.js';
+import { BOGUS_TS, describeOp, historyOf, opsOf, resultOf, valueRead, type Session, type SessionOp } from './client.js';
 import { byteOrder, SIM_HISTORY_EVENTS_MAX } from './disk.js';
 import type { SimNode } from './env.js';
 import type { Sim } from './harness.js';
@@ -398,6 +398,9 @@ export class Invariants {
     if (write) {
       const e = this.model.entry(index);
       if (!e || e.kind !== 'write' || e.rid !== rid) fail(`${what}: acknowledged at ${index}, which is ${showEntry(e)}`);
+      // The log holds what the client asked for, field for field (a dropped ttl or b64 is a changed write).
+      const asked = canonicalOps(opsOf(req));
+      if (canonicalOps(e.ops) !== asked) fail(`${what}: the log holds ${canonicalOps(e.ops)} at ${index}, the request asked for ${asked}`);
       const first = this.model.rids.get(rid)!;
       const result = resultOf(reply);
       if (!sameResult(first.result, result)) fail(`${what}: result ${JSON.stringify(result)}, but its first application gave ${JSON.stringify(first.result)}`);
@@ -603,12 +606,17 @@ export class Invariants {
   }
 }
 
+/** Ops as JSON with their fields in one order. */
+function canonicalOps(ops: readonly object[]): string {
+  return JSON.stringify(ops.map((o) => Object.fromEntries(Object.entries(o).sort(([a], [b]) => (a < b ? -1 : 1)))));
+}
+
 function sameEvents(a: ChangeEvent[], b: ChangeEvent[]): boolean {
   return (
     a.length === b.length &&
     a.every((x, i) => {
       const y = b[i]!;
-      return x.index === y.index && x.ts === y.ts && x.op === y.op && x.key === y.key && (x.value ?? null) === (y.value ?? null) && x.prev === y.prev;
+      return x.index === y.index && x.ts === y.ts && x.op === y.op && x.key === y.key && (x.value ?? null) === (y.value ?? null) && (x.b64 === true) === (y.b64 === true) && x.prev === y.prev;
     })
   );
 }

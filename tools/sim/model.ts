@@ -83,7 +83,7 @@ export class Model {
     }
     const events: ChangeEvent[] = [];
     for (const [key, rec] of changes) {
-      events.push(rec === null ? { index: e.index, ts: e.ts, op: 'del', key, prev: this.eventPrev } : { index: e.index, ts: e.ts, op: 'put', key, value: rec.value, prev: this.eventPrev });
+      events.push(rec === null ? { index: e.index, ts: e.ts, op: 'del', key, prev: this.eventPrev } : { index: e.index, ts: e.ts, op: 'put', key, value: rec.value, ...(rec.b64 ? { b64: true as const } : {}), prev: this.eventPrev });
     }
     if (events.length > 0) this.eventPrev = e.index;
     this.results.push({ result, duplicate: false, events });
@@ -96,6 +96,7 @@ export class Model {
       return this.cur.get(k)?.value ?? null;
     };
     const rev = (k: string): number => (changes.has(k) ? (changes.get(k)?.rev ?? 0) : (this.cur.get(k)?.rev ?? 0));
+    const bytes = (k: string): boolean => (changes.has(k) ? changes.get(k)?.b64 === true : this.cur.get(k)?.b64 === true);
     for (let i = 0; i < e.ops.length; i++) {
       const op: WriteOp = e.ops[i]!;
       if (op.op === 'delprefix') {
@@ -113,14 +114,15 @@ export class Model {
       else if (op.op === 'del') next = null;
       else {
         const now = value(op.key);
-        if ('expectRev' in op ? rev(op.key) !== op.expectRev : now !== op.expect) return { result: { ok: false, code: 'CAS_MISMATCH', failed: i, current: now }, changes: new Map() };
+        if ('expectRev' in op ? rev(op.key) !== op.expectRev : now !== op.expect || (now !== null && bytes(op.key) !== (op.b64 === true))) return { result: { ok: false, code: 'CAS_MISMATCH', failed: i, current: now }, changes: new Map() };
         next = op.value;
       }
       if (next === null) {
         if (value(op.key) !== null) changes.set(op.key, null);
       } else {
         const ttl = op.op === 'del' ? undefined : op.ttl;
-        changes.set(op.key, ttl === undefined ? { value: next, rev: e.index, ts: e.ts } : { value: next, rev: e.index, ts: e.ts, ttl });
+        const b64 = op.op !== 'del' && op.b64 === true ? { b64: true as const } : {};
+        changes.set(op.key, ttl === undefined ? { value: next, rev: e.index, ts: e.ts, ...b64 } : { value: next, rev: e.index, ts: e.ts, ttl, ...b64 });
       }
     }
     for (const [k, rec] of changes) {
@@ -160,7 +162,7 @@ export function sameEntry(a: Entry, b: Entry): boolean {
 
 export function sameRec(a: Rec | null | undefined, b: Rec | null | undefined): boolean {
   if (!a || !b) return !a && !b;
-  return a.value === b.value && a.rev === b.rev && a.ts === b.ts && a.ttl === b.ttl;
+  return a.value === b.value && a.rev === b.rev && a.ts === b.ts && a.ttl === b.ttl && (a.b64 === true) === (b.b64 === true);
 }
 
 export function sameResult(a: WriteResult | undefined, b: WriteResult | undefined): boolean {
