@@ -76,9 +76,13 @@ t.test('cli', async (t) => {
     const big = await cli(['put', 'k', '-'], deadEnv, Buffer.alloc(256 * 1024 + 1, 0x61));
     t.equal(big.code, 2);
     t.match(big.stderr, /VALUE_BYTES_MAX/);
+    // Bytes that are not UTF-8 are a bytes value, not a usage error: it goes to the (absent) servers.
     const latin1 = await cli(['put', 'k', '-'], deadEnv, Buffer.from([0xff, 0xfe]));
-    t.equal(latin1.code, 2);
-    t.match(latin1.stderr, /UTF-8/);
+    t.equal(latin1.code, 3, latin1.stderr);
+    t.notMatch(latin1.stderr, /UTF-8|usage/);
+    const bigBytes = await cli(['put', 'k', '-'], deadEnv, Buffer.alloc(200 * 1024, 0xff));
+    t.equal(bigBytes.code, 2, 'bytes whose base64 exceeds VALUE_BYTES_MAX: a usage error before connecting');
+    t.match(bigBytes.stderr, /VALUE_BYTES_MAX/);
     const twoStdin = await cli(['cas', 'k', '-', '-'], deadEnv, 'x');
     t.equal(twoStdin.code, 2);
   });

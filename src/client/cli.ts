@@ -406,7 +406,7 @@ async function readStdinBytes(what: string, max: number): Promise<Buffer> {
   let size = 0;
   for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > max) usage(`${what} on stdin is larger than ${max} bytes`);
+    if (size > max) usage(`${what} on stdin is larger than ${max} bytes${max === VALUE_BYTES_MAX ? ' (VALUE_BYTES_MAX)' : ''}`);
     chunks.push(chunk);
   }
   return Buffer.concat(chunks);
