@@ -28,6 +28,7 @@ export {
   type Subscription,
 } from './client/client.js';
 export { LockHeldError, LOCK_TTL_MS_DEFAULT, type Lock, type LockOptions } from './client/lock.js';
+export type { Lease, LeaseInfo } from './client/lease.js';
 export { defaultSessionPath, readToken, saveToken } from './client/session.js';
 export { resolveNatsAuth, NatsAuthUsageError, type NatsAuth } from './transport/nats-auth.js';
 export { ErrorCode, ERROR_CODES, type WireError } from './core/errors.js';

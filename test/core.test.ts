@@ -6,11 +6,11 @@ import { CHECKPOINT_FORMAT } from '../src/core/records.js';
 import { ErrorCode, CkvError } from '../src/core/errors.js';
 import { KEY_BYTES_MAX, VALUE_BYTES_MAX, BATCH_OPS_MAX, PREFIX_DELETE_KEYS_MAX } from '../src/core/limits.js';
 import { Node, type Ready } from '../src/core/node.js';
-import { KvState } from '../src/core/state.js';
+import { KvState, timedOf } from '../src/core/state.js';
 import { TtlClock } from '../src/core/ttl-clock.js';
 import { parseRequest, keyProblem, validateRequest } from '../src/core/validate.js';
 import type { Entry } from '../src/core/wire.js';
-import type { CheckpointMeta, CheckpointReader, Rec, RidRecord } from '../src/core/records.js';
+import type { CheckpointMeta, CheckpointReader, Rec, RidRecord, TimedRec } from '../src/core/records.js';
 
 /** A tiny CheckpointReader over a sorted array, enough for the state machine tests. */
 class ArrayCheckpoint implements CheckpointReader {
@@ -33,8 +33,8 @@ class ArrayCheckpoint implements CheckpointReader {
   counts() {
     return { keys: this.kv.length, rids: 0 };
   }
-  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
-    return this.kv.filter(([, r]) => r.ttl !== undefined).map(([k, r]) => [k, { rev: r.rev, ttl: r.ttl! }]);
+  ttlKeys(): Array<[string, TimedRec]> {
+    return this.kv.filter(([, r]) => r.ttl !== undefined || r.lease !== undefined).map(([k, r]) => [k, timedOf(r)]);
   }
 }
 
@@ -538,4 +538,55 @@ t.test('membership: while a change is not committed, entries commit only with a 
   ack(3);
   drive(n);
   t.equal(n.commit, n.lastIndex(), 'with 3, both configurations agree: committed');
+});
+
+t.test('leases: grant, attach, keepalive, revoke and expiry take the keys along; refused where the lease is gone or full; found again after a restart', async (t) => {
+  const meta: CheckpointMeta = { format: CHECKPOINT_FORMAT, index: 0, epoch: 1, ts: 0, voters: [1], eventPrev: 0 };
+  const s = new KvState(new ArrayCheckpoint([], meta));
+  const w = (index: number, ops: any[]): Entry => ({ index, epoch: 1, ts: index * 10, kind: 'write', ops });
+  let r = s.apply(w(1, [{ op: 'grant', ttl: 5000 }]));
+  t.same(r.result, { ok: true });
+  t.same(s.get('_lease.1'), { value: '', rev: 1, ts: 10, ttl: 5000 }, 'the lease is the record _lease.<its index>, with the ttl');
+  r = s.apply(w(2, [{ op: 'put', key: 'svc.a', value: 'x', lease: 1 }, { op: 'put', key: 'svc.b', value: 'y', lease: 1 }, { op: 'put', key: 'other', value: 'z' }]));
+  t.same(r.result, { ok: true });
+  t.equal(s.get('svc.a')?.lease, 1);
+  t.same(r.events[0], { index: 2, ts: 20, op: 'put', key: 'svc.a', value: 'x', lease: 1, prev: 1 }, 'events say the lease');
+  r = s.apply(w(3, [{ op: 'put', key: 'svc.c', value: 'q', lease: 99 }]));
+  t.same(r.result, { ok: false, code: 'LEASE_NOT_FOUND', failed: 0, lease: 99 }, 'a lease that never was');
+  t.equal(s.get('svc.c'), undefined);
+  r = s.apply(w(4, [{ op: 'keepalive', lease: 1 }]));
+  t.same(s.get('_lease.1'), { value: '', rev: 4, ts: 40, ttl: 5000 }, 'keepalive rewrites the lease: its countdown starts again');
+  r = s.apply(w(5, [{ op: 'delprefix', prefix: '' }]));
+  t.ok(s.get('_lease.1'), 'a prefix delete leaves lease records (they go with their keys, by revoke or expiry)');
+  t.equal(s.get('svc.a'), undefined, 'but deletes keys, leased ones too');
+  s.apply(w(6, [{ op: 'put', key: 'svc.a', value: 'x2', lease: 1 }, { op: 'put', key: 'svc.d', value: 'd', lease: 1 }]));
+  s.apply(w(7, [{ op: 'put', key: 'svc.d', value: 'free' }]));
+  t.equal(s.get('svc.d')?.lease, undefined, 'rewritten without the lease: detached');
+  r = s.apply(w(8, [{ op: 'revoke', lease: 1 }]));
+  t.same(r.events.map((e) => [e.op, e.key]), [['del', '_lease.1'], ['del', 'svc.a']], 'revoke deletes the lease and its keys in one entry');
+  t.equal(s.get('svc.d')?.value, 'free');
+  r = s.apply(w(9, [{ op: 'revoke', lease: 1 }]));
+  t.same(r.result, { ok: true }, 'revoking a lease that is gone changes nothing');
+  r = s.apply(w(10, [{ op: 'keepalive', lease: 1 }]));
+  t.same(r.result, { ok: false, code: 'LEASE_NOT_FOUND', failed: 0, lease: 1 });
+  // Expiry (the coordinator's expire op) takes the keys along too; a restart finds them from the checkpoint's index.
+  s.apply(w(11, [{ op: 'grant', ttl: 1000 }]));
+  s.apply(w(12, [{ op: 'put', key: 'k1', value: '1', lease: 11 }, { op: 'put', key: 'k2', value: '2', lease: 11 }]));
+  const kv = s.range('', undefined, 100).map((x) => [x.key, s.get(x.key)!] as [string, Rec]);
+  const restarted = new KvState(new ArrayCheckpoint(kv, { ...meta, index: 12, ts: 120 }));
+  r = restarted.apply(w(13, [{ op: 'expire', key: '_lease.11', rev: 11 }]));
+  t.same(r.events.map((e) => e.key), ['_lease.11', 'k1', 'k2'], 'after a restart the expiry still finds its keys');
+  // At most LEASE_KEYS_MAX keys per lease: one entry's events must fit a replay page.
+  const f = new KvState(new ArrayCheckpoint([], meta));
+  f.apply(w(1, [{ op: 'grant', ttl: 5000 }]));
+  let index = 2;
+  for (let n = 0; n < 1000; n += 100, index++) f.apply(w(index, Array.from({ length: 100 }, (_, i) => ({ op: 'put', key: `f.${n + i}`, value: 'v', lease: 1 }))));
+  r = f.apply(w(index, [{ op: 'put', key: 'f.more', value: 'v', lease: 1 }]));
+  t.same(r.result, { ok: false, code: 'LEASE_FULL', failed: 0, lease: 1 });
+  r = f.apply(w(index + 1, [{ op: 'put', key: 'f.5', value: 'again', lease: 1 }]));
+  t.same(r.result, { ok: true }, 'rewriting a key already on the lease is not one more');
+  t.throws(() => validateRequest({ op: 'put', key: '_lease.1', value: 'forged' } as any), /leases/, 'clients cannot write lease records');
+  t.throws(() => validateRequest({ op: 'batch', ops: [{ op: 'grant', ttl: 1000 }] } as any), /alone/);
+  t.throws(() => validateRequest({ op: 'put', key: 'a', value: 'v', lease: 1, ttl: 100 } as any), /not both/);
+  t.throws(() => validateRequest({ op: 'keepalive', lease: 0 } as any), /lease id/);
 });

@@ -10,6 +10,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { execFile } from 'node:child_process';
 import { Cluster } from './helpers/cluster.js';
 import { CLI_JS } from './helpers/run.js';
+import { Client } from '../src/index.js';
 
 const dec = new TextDecoder();
 
@@ -326,6 +327,77 @@ t.test('single node end to end', async (t) => {
     }
     r = await ckv(['get', 'bin.b']);
     t.equal(r.code, 1, 'nothing was written');
+  });
+
+  await t.test('leases: keys go with their lease, by revoke or by expiry (never before its ttl); kept alive they stay', async (t) => {
+    const json = async (args: string[]) => {
+      const r = await ckv(['--json', ...args]);
+      t.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+      return JSON.parse(r.stdout);
+    };
+    // Revoke: the lease and its keys, at once.
+    const a = (await json(['lease', 'grant', '30s'])).id as number;
+    t.ok(a > 0);
+    await json(['put', '--lease', String(a), 'svc.a', '1']);
+    await json(['create', '--lease', String(a), 'svc.b', '2']);
+    t.equal((await json(['get', 'svc.a'])).value, '1');
+    t.match((await ckv(['lease', 'list'])).stdout, new RegExp(`^${a}\\t30000$`, 'm'));
+    await json(['lease', 'revoke', String(a)]);
+    t.equal((await ckv(['get', 'svc.a'])).code, 1, 'revoked: its keys are gone');
+    t.equal((await ckv(['get', 'svc.b'])).code, 1);
+    let r = await ckv(['lease', 'keepalive', String(a)]);
+    t.equal(r.code, 1, 'a revoked lease cannot be kept alive');
+    t.match(r.stderr, /LEASE_NOT_FOUND|does not exist/);
+    r = await ckv(['put', '--lease', String(a), 'svc.c', '3']);
+    t.equal(r.code, 1, 'nor can a key be attached to it');
+    t.equal((await ckv(['get', 'svc.c'])).code, 1, 'and nothing was written');
+    t.equal((await ckv(['lease', 'revoke', String(a)])).code, 0, 'revoking it again is no error');
+    r = await ckv(['put', '_lease.1', 'forged']);
+    t.equal(r.code, 2, 'a lease record cannot be written as a key');
+    r = await ckv(['put', '--lease', '5', '--ttl', '1s', 'svc.d', '4']);
+    t.equal(r.code, 2, 'a lease or a ttl, not both');
+
+    // Expiry: kept alive it stays past its ttl; left alone it goes, never before its ttl.
+    const TTL = 1200;
+    const b = (await json(['lease', 'grant', `${TTL}ms`])).id as number;
+    await json(['put', '--lease', String(b), 'svc.e', '5']);
+    const keepUntil = Date.now() + 2 * TTL;
+    let lastSent = Date.now();
+    while (Date.now() < keepUntil) {
+      lastSent = Date.now();
+      await json(['lease', 'keepalive', String(b)]);
+      await new Promise((res) => setTimeout(res, TTL / 4));
+    }
+    t.equal((await json(['get', 'svc.e'])).value, '5', 'kept alive beyond twice its ttl');
+    let goneAt = 0;
+    const deadline = Date.now() + 10 * TTL;
+    while (Date.now() < deadline) {
+      if ((await ckv(['get', 'svc.e'])).code === 1) {
+        goneAt = Date.now();
+        break;
+      }
+    }
+    t.ok(goneAt > 0, 'left alone, the lease expired and took its key');
+    t.ok(goneAt - lastSent >= TTL, `not before its ttl: gone ${goneAt - lastSent} ms after the last keepalive was sent (ttl ${TTL})`);
+    t.equal((await ckv(['lease', 'keepalive', String(b)])).code, 1, 'an expired lease is gone');
+    t.notMatch((await ckv(['lease', 'list'])).stdout, new RegExp(`^${b}\\t`, 'm'));
+  });
+
+  await t.test('client.lease(): kept alive while held, its keys go with revoke(); lost says so when it is revoked elsewhere', async (t) => {
+    const lib = await Client.connect({ servers: c.nats.url, cluster: 'one' });
+    t.teardown(() => lib.close());
+    const lease = await lib.lease(1000);
+    await lib.put('lib.a', 'x', { lease: lease.id });
+    t.same((await lib.leases()).map((l) => l.id).includes(lease.id), true, 'listed');
+    await new Promise((res) => setTimeout(res, 2500));
+    t.equal((await lib.get('lib.a'))?.lease, lease.id, 'still there after 2.5 ttls: kept alive');
+    await lease.revoke();
+    t.equal(await lib.get('lib.a'), null, 'revoked with its key');
+    const other = await lib.lease(1000);
+    await lib.revoke(other.id);
+    const why = await Promise.race([other.lost, new Promise<null>((res) => setTimeout(() => res(null), 3000))]);
+    t.equal(why?.code, 'LEASE_NOT_FOUND', 'revoked elsewhere: lost, with the reason');
+    other.stop();
   });
 
   await t.test('ckv run: a file of operations in order, one reply per line; a bad line runs nothing', async (t) => {

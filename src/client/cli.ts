@@ -72,8 +72,9 @@ const FLAGS_HELP = `Flags (before or after the command):
 
 const EXIT_HELP = `Exit status:
   0  ok
-  1  not found (get; mget: any key) or cas mismatch (cas, batch), or no
-     coordinator (status); del of a missing key is not an error (exit 0)
+  1  not found (get; mget: any key), cas mismatch (cas, batch), a lease that
+     is gone (LEASE_NOT_FOUND), or no coordinator (status); del of a missing
+     key is not an error (exit 0)
   2  usage error, or the server rejected the request (BAD_REQUEST, TOO_LARGE)
   3  unavailable: no server answered in time (UNAVAILABLE, TIMEOUT, NATS down)
   4  other server error (TOKEN_AHEAD, COMPACTED, INTERNAL)
@@ -118,7 +119,7 @@ on the wire, with "b64":true; get prints the bytes back).
                   the new one starts the countdown again). A later write to KEY
                   without --ttl keeps it.
 Prints nothing; --json: {"index","ts"}.`,
-    flags: ['ttl', 'file'],
+    flags: ['ttl', 'file', 'lease'],
   },
   del: {
     usage: 'del KEY | del --prefix PREFIX',
@@ -137,7 +138,7 @@ written, stderr says what it holds, and the exit status is 1 (a lock file's
 "mkdir": exactly one of several racing scripts succeeds).
 --ttl as for put.
 Prints nothing; --json: {"index","ts"} (index is the key's revision).`,
-    flags: ['ttl', 'file'],
+    flags: ['ttl', 'file', 'lease'],
   },
   cas: {
     usage: 'cas KEY EXPECTED NEW | cas --rev REV KEY NEW | cas --absent KEY NEW | cas --delete KEY EXPECTED',
@@ -235,6 +236,18 @@ A server lacking the events asked for is not the end: others are asked.
 of them is {"initialEnd":INDEX}).`,
     flags: ['from', 'initial', 'resync'],
   },
+  lease: {
+    usage: 'lease grant TTL | lease keepalive ID | lease revoke ID | lease list',
+    help: `Leases, as etcd's: keys attached to a lease (put/create --lease ID) are deleted when it
+is revoked, or when it expires because nobody kept it alive for its ttl.
+  grant TTL      a new lease (TTL: 500ms, 30s, 5m, 2h); prints its ID
+  keepalive ID   start its countdown again (a script keeping one alive loops on this
+                 more often than its ttl); exit 1 if it is gone
+  revoke ID      delete it and every key attached to it (exit 0 also if it is gone)
+  list           ID<TAB>TTL of every lease
+--json: {"id","index","ts"} for grant; {"leases":[{"id","ttl","rev"}...]} for list.`,
+    flags: [],
+  },
   run: {
     usage: 'run FILE',
     help: `Run one request per line of FILE ("-" or absent: stdin), in order, in one process,
@@ -301,6 +314,7 @@ const OPTIONS = {
   after: { type: 'string' },
   'print-token': { type: 'boolean' },
   file: { type: 'string' },
+  lease: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   limit: { type: 'string' },
   start: { type: 'string' },
@@ -568,6 +582,10 @@ function ttlFlag(s: Settings): { ttl?: number } {
   return typeof s.flags.ttl === 'string' ? { ttl: parseDuration(s.flags.ttl, '--ttl') } : {};
 }
 
+function leaseFlag(s: Settings): { lease?: number } {
+  return typeof s.flags.lease === 'string' ? { lease: parseNat(s.flags.lease, '--lease') } : {};
+}
+
 function arity(s: Settings, min: number, max: number): void {
   if (s.args.length < min || s.args.length > max) usage(`usage: ckv ${COMMANDS[s.command]!.usage}`);
 }
@@ -611,7 +629,7 @@ async function prepare(s: Settings): Promise<Action> {
     case 'put': {
       const value = await valueArg(s, 'put');
       const key = s.args[0]!;
-      const opts = ttlFlag(s);
+      const opts = { ...ttlFlag(s), ...leaseFlag(s) };
       check({ op: 'put', key, ...wireValue(value), ...opts } as Request);
       return async (c) => printAck(s, await c.put(key, value, opts));
     }
@@ -629,7 +647,7 @@ async function prepare(s: Settings): Promise<Action> {
     case 'create': {
       const value = await valueArg(s, 'create');
       const key = s.args[0]!;
-      const opts = ttlFlag(s);
+      const opts = { ...ttlFlag(s), ...leaseFlag(s) };
       check({ op: 'create', key, ...wireValue(value), ...opts } as Request);
       return async (c) => printAck(s, await c.create(key, value, opts));
     }
@@ -795,6 +813,33 @@ async function prepare(s: Settings): Promise<Action> {
       if (from !== undefined && s.flags.initial === true) usage('--from and --initial contradict each other');
       return (c) => watch(s, c, target, from);
     }
+    case 'lease': {
+      const sub = s.args[0];
+      if (sub === 'list') {
+        arity(s, 1, 1);
+        return async (c) => {
+          const leases = await c.leases(strong);
+          if (s.json) json({ leases, ts: c.token });
+          else out(leases.map((l) => `${l.id}\t${l.ttl}\n`).join(''));
+          return EXIT_OK;
+        };
+      }
+      arity(s, 2, 2);
+      if (sub === 'grant') {
+        const ttl = parseDuration(s.args[1]!, 'lease grant TTL');
+        check({ op: 'grant', ttl });
+        return async (c) => {
+          const ack = await c.request({ op: 'grant', ttl });
+          if (s.json) json({ id: ack.index, index: ack.index, ts: ack.ts });
+          else out(`${ack.index}\n`);
+          return EXIT_OK;
+        };
+      }
+      if (sub !== 'keepalive' && sub !== 'revoke') usage(`usage: ckv ${COMMANDS.lease!.usage}`);
+      const id = parseNat(s.args[1]!, `lease ${sub} ID`);
+      check({ op: sub, lease: id });
+      return async (c) => printAck(s, sub === 'keepalive' ? await c.keepAlive(id) : await c.revoke(id));
+    }
     case 'run': {
       arity(s, 0, 1);
       const path = s.args[0] ?? '-';
@@ -913,7 +958,7 @@ async function runScript(c: Client, reqs: Array<Record<string, unknown>>): Promi
       if (!(err instanceof CkvError)) throw err;
       const mismatch = err instanceof CasMismatchError ? { ...(err.current !== undefined ? { current: err.current } : {}), failed: err.failed } : {};
       out(JSON.stringify({ ok: false, error: { code: err.code, message: err.message }, ...mismatch, ts: c.token }) + '\n');
-      if (err.code === ErrorCode.NOT_FOUND || err.code === ErrorCode.CAS_MISMATCH) code = EXIT_NOT_FOUND;
+      if (err.code === ErrorCode.NOT_FOUND || err.code === ErrorCode.CAS_MISMATCH || err.code === ErrorCode.LEASE_NOT_FOUND) code = EXIT_NOT_FOUND;
       else return exitFor(err);
     }
   }
@@ -996,6 +1041,7 @@ function exitFor(err: CkvError): number {
   switch (err.code) {
     case ErrorCode.NOT_FOUND:
     case ErrorCode.CAS_MISMATCH:
+    case ErrorCode.LEASE_NOT_FOUND:
       return EXIT_NOT_FOUND;
     case ErrorCode.BAD_REQUEST:
     case ErrorCode.TOO_LARGE:

@@ -7,6 +7,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 // (The CLI's bundle loads os on first use: tools/bundle-cli.ts.)
 import { hostname } from 'node:os';
 import { acquire, LOCK_TTL_MS_DEFAULT, LOCK_TTL_MS_MIN, type Lock, type LockOptions } from './lock.js';
+import { keepLease, leaseIdOfKey, type Lease, type LeaseInfo } from './lease.js';
 import { CkvError, ErrorCode, ERROR_CODES, type WireError } from '../core/errors.js';
 import { isNatsAuthError, natsConnectionOptions, redactUrl, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 
@@ -16,6 +17,7 @@ import {
   CLUSTER_NAME_PATTERN,
   CLUSTER_NAME_RULE,
   LIST_LIMIT_DEFAULT,
+  LEASE_KEY_PREFIX,
   LIST_LIMIT_MAX,
   NATS_URL_DEFAULT,
   REPLAY_EVENTS_MAX,
@@ -206,10 +208,12 @@ export interface WriteOptions {
    * that takes over starts the countdown again. TTL_MS_MIN..TTL_MS_MAX.
    */
   ttl?: number;
+  /** Attach the key to this lease (a lease's id): it is deleted when the lease is revoked or expires. No ttl then. */
+  lease?: number;
 }
 
-function ttlOf(opts: WriteOptions): { ttl?: number } {
-  return opts.ttl !== undefined ? { ttl: opts.ttl } : {};
+function ttlOf(opts: WriteOptions): { ttl?: number; lease?: number } {
+  return { ...(opts.ttl !== undefined ? { ttl: opts.ttl } : {}), ...(opts.lease !== undefined ? { lease: opts.lease } : {}) };
 }
 
 /** Where a write landed: its log index and Lamport timestamp. */
@@ -422,7 +426,7 @@ export class Client {
     try {
       const r = await this.read({ op: 'get', key, ...consistency(opts), ...(opts.rev !== undefined ? { rev: opts.rev } : {}) }, opts);
       if (typeof r.value !== 'string') return null;
-      return { key, value: r.value, rev: r.rev ?? 0, ...(r.ttl !== undefined ? { ttl: r.ttl } : {}), ...(r.b64 === true ? { b64: true as const } : {}) };
+      return { key, value: r.value, rev: r.rev ?? 0, ...(r.ttl !== undefined ? { ttl: r.ttl } : {}), ...(r.b64 === true ? { b64: true as const } : {}), ...(isNat(r.lease) ? { lease: r.lease } : {}) };
     } catch (err) {
       if (err instanceof CkvError && err.code === ErrorCode.NOT_FOUND) return null;
       throw err;
@@ -510,6 +514,43 @@ export class Client {
    */
   async lock(name: string, opts: LockOptions = {}): Promise<Lock> {
     return this.holdKey(`locks.${name}`, opts.value ?? `${hostname()}:${process.pid}`, opts);
+  }
+
+  /** Grant a lease of ttl ms and keep it alive (every ttl/3) until revoked or stopped. */
+  async lease(ttl: number): Promise<Lease> {
+    const sentAt = Date.now();
+    const id = await this.grant(ttl);
+    return keepLease(this, id, ttl, sentAt);
+  }
+
+  /** Grant a lease of ttl ms (not kept alive: see lease()); resolves with its id. */
+  async grant(ttl: number): Promise<number> {
+    return (await this.write({ op: 'grant', ttl })).index;
+  }
+
+  /** Start lease id's countdown again. CkvError LEASE_NOT_FOUND if it is gone. */
+  async keepAlive(id: number): Promise<WriteAck> {
+    return this.write({ op: 'keepalive', lease: id });
+  }
+
+  /** Delete lease id and every key attached to it (nothing if it is gone). */
+  async revoke(id: number): Promise<WriteAck> {
+    return this.write({ op: 'revoke', lease: id });
+  }
+
+  /** The leases that exist, by id. */
+  async leases(opts: ReadOptions = {}): Promise<LeaseInfo[]> {
+    const out: LeaseInfo[] = [];
+    for (let start: string | undefined; ; ) {
+      const page = await this.list(LEASE_KEY_PREFIX, { ...opts, limit: LIST_LIMIT_MAX, ...(start !== undefined ? { start } : {}) });
+      for (const kv of page.items) {
+        const id = leaseIdOfKey(kv.key);
+        if (id !== null && kv.ttl !== undefined) out.push({ id, ttl: kv.ttl, rev: kv.rev });
+      }
+      if (page.next === null) break;
+      start = page.next;
+    }
+    return out.sort((a, b) => a.id - b.id);
   }
 
   /** Campaign to lead NAME (the key elections.NAME holds the leader's value): resolves once we lead. */

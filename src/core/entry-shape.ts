@@ -13,11 +13,14 @@ const ENTRY_FIELDS: Record<Entry['kind'], readonly string[]> = {
 };
 
 const OP_FIELDS: Record<WriteOp['op'], readonly string[]> = {
-  put: ['op', 'key', 'value', 'ttl', 'b64'],
+  put: ['op', 'key', 'value', 'ttl', 'b64', 'lease'],
   del: ['op', 'key'],
   delprefix: ['op', 'prefix'],
-  cas: ['op', 'key', 'expect', 'expectRev', 'value', 'ttl', 'b64'],
+  cas: ['op', 'key', 'expect', 'expectRev', 'value', 'ttl', 'b64', 'lease'],
   expire: ['op', 'key', 'rev'],
+  grant: ['op', 'ttl'],
+  keepalive: ['op', 'lease'],
+  revoke: ['op', 'lease'],
 };
 
 function isObject(x: unknown): x is Record<string, unknown> {
@@ -45,9 +48,15 @@ function keyProblem(key: unknown): string | null {
 function opProblem(raw: unknown, i: number): string | null {
   if (!isObject(raw)) return `ops[${i}] is not an object`;
   const op = raw.op;
-  if (op !== 'put' && op !== 'del' && op !== 'cas' && op !== 'delprefix' && op !== 'expire') return `ops[${i}].op is ${JSON.stringify(op)}`;
-  const extra = unknownField(raw, OP_FIELDS[op]);
+  if (typeof op !== 'string' || !Object.hasOwn(OP_FIELDS, op)) return `ops[${i}].op is ${JSON.stringify(op)}`;
+  const extra = unknownField(raw, OP_FIELDS[op as WriteOp['op']]);
   if (extra !== null) return `ops[${i}] has unknown field "${extra}"`;
+  if (op === 'grant') return isNat(raw.ttl) && raw.ttl >= TTL_MS_MIN && raw.ttl <= TTL_MS_MAX ? null : `ops[${i}].ttl is not ${TTL_MS_MIN}..${TTL_MS_MAX} ms`;
+  if (op === 'keepalive' || op === 'revoke') return isNat(raw.lease) && raw.lease >= 1 ? null : `ops[${i}].lease is not a positive integer`;
+  if (raw.lease !== undefined) {
+    if (!isNat(raw.lease) || raw.lease < 1) return `ops[${i}].lease is not a positive integer`;
+    if (raw.ttl !== undefined) return `ops[${i}] has both a lease and a ttl`;
+  }
   if (op === 'delprefix') {
     if (typeof raw.prefix !== 'string' || raw.prefix.length > KEY_BYTES_MAX) return `ops[${i}].prefix is not a string of at most KEY_BYTES_MAX (${KEY_BYTES_MAX})`;
     return null;
@@ -103,6 +112,8 @@ export function entryProblem(x: unknown): string | null {
       const p = opProblem(ops[i], i);
       if (p !== null) return p;
     }
+    // A lease's id is its grant's index: one grant per entry, alone.
+    if (ops.length > 1 && ops.some((o: { op?: unknown }) => o.op === 'grant')) return 'a grant is not alone in its entry';
   } else if (kind === 'config') {
     const voters = x.voters;
     if (!Array.isArray(voters) || voters.length === 0) return 'voters is not a non-empty array';

@@ -9,6 +9,8 @@ export const ErrorCode = {
   UNAVAILABLE: 'UNAVAILABLE',
   TOKEN_AHEAD: 'TOKEN_AHEAD',
   COMPACTED: 'COMPACTED',
+  /** A write names a lease that does not exist (never granted, expired or revoked): nothing was written. */
+  LEASE_NOT_FOUND: 'LEASE_NOT_FOUND',
   INTERNAL: 'INTERNAL',
   /** NATS refused the connection's credentials or permissions: not retryable. */
   AUTH: 'AUTH',

@@ -104,6 +104,14 @@ export const TICK_MS = 50;
 export const PREFIX_DELETE_KEYS_MAX = 1000;
 /** A key's time to live, in ms: at least one tick, at most a week. */
 export const TTL_MS_MIN = 50;
+/**
+ * A lease is the record `_lease.<id>` (id: the log index of its grant), with the lease's
+ * ttl: it expires as any record does, and takes the keys attached to it along. Clients
+ * cannot write under this prefix except through the lease ops.
+ */
+export const LEASE_KEY_PREFIX = '_lease.';
+/** Most keys attached to one lease: its expiry's events must fit one replay page, as a prefix delete's. */
+export const LEASE_KEYS_MAX = 1000;
 export const TTL_MS_MAX = 7 * 24 * 3600 * 1000;
 /** Heartbeat period, in ticks. */
 export const PING_INTERVAL_TICKS = 2;

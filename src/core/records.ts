@@ -31,6 +31,15 @@ export interface Rec {
   ttl?: number;
   /** The value is the base64 of bytes. */
   b64?: true;
+  /** The lease it is attached to (deleted with it). */
+  lease?: number;
+}
+
+/** What the index of timed keys holds of a record: a key with a ttl, or attached to a lease. */
+export interface TimedRec {
+  rev: number;
+  ttl?: number;
+  lease?: number;
 }
 
 /** What the exactly-once table remembers of one request id. */
@@ -82,8 +91,8 @@ export interface CheckpointReader {
   rids(): Array<[string, RidRecord]>;
   /** How many keys and request ids it holds. */
   counts(): { keys: number; rids: number };
-  /** Every key that has a time to live, with the revision and ttl of its record. */
-  ttlKeys(): Array<[key: string, rec: { rev: number; ttl: number }]>;
+  /** Every key that has a time to live or a lease, with the revision, ttl and lease of its record. */
+  ttlKeys(): Array<[key: string, rec: TimedRec]>;
 }
 
 /**
@@ -143,7 +152,7 @@ export function metaProblem(x: unknown): string | null {
 /** A change event as stored in the history (or sent by a peer). */
 export function eventProblem(x: unknown): string | null {
   if (!isObject(x)) return 'event is not an object';
-  const extra = extraField(x, ['index', 'ts', 'op', 'key', 'value', 'b64', 'prev']);
+  const extra = extraField(x, ['index', 'ts', 'op', 'key', 'value', 'b64', 'lease', 'prev']);
   if (extra !== null) return `event has unknown field "${extra}"`;
   if (!isNat(x.index) || x.index < 1) return 'event index is not a positive integer';
   if (!isNat(x.ts)) return 'event ts is not a non-negative integer';
@@ -153,18 +162,20 @@ export function eventProblem(x: unknown): string | null {
   if (x.op === 'put') {
     if (typeof x.value !== 'string') return 'put event value is not a string';
     if (x.b64 !== undefined && (x.b64 !== true || !isBase64(x.value))) return 'put event b64 is not true with a base64 value';
+    if (x.lease !== undefined && (!isNat(x.lease) || x.lease < 1)) return 'put event lease is not a positive integer';
   } else if (x.op === 'del') {
-    if (x.value !== undefined || x.b64 !== undefined) return 'del event has a value';
+    if (x.value !== undefined || x.b64 !== undefined || x.lease !== undefined) return 'del event has a value';
   } else return 'event op is not put or del';
   return null;
 }
 
 export function recProblem(x: unknown): string | null {
   if (!isObject(x)) return 'record is not an object';
-  const extra = extraField(x, ['value', 'rev', 'ts', 'ttl', 'b64']);
+  const extra = extraField(x, ['value', 'rev', 'ts', 'ttl', 'b64', 'lease']);
   if (extra !== null) return `record has unknown field "${extra}"`;
   if (typeof x.value !== 'string') return 'record value is not a string';
   if (x.b64 !== undefined && (x.b64 !== true || !isBase64(x.value))) return 'record b64 is not true with a base64 value';
+  if (x.lease !== undefined && (!isNat(x.lease) || x.lease < 1 || x.ttl !== undefined)) return 'record lease is not a positive integer (and a leased record has no ttl)';
   if (!isNat(x.rev) || x.rev < 1) return 'record rev is not a positive integer';
   if (!isNat(x.ts)) return 'record ts is not a non-negative integer';
   if (x.ttl !== undefined && (!isNat(x.ttl) || x.ttl < TTL_MS_MIN || x.ttl > TTL_MS_MAX)) return `record ttl is not ${TTL_MS_MIN}..${TTL_MS_MAX} ms`;
@@ -181,6 +192,10 @@ export function ridRecordProblem(x: unknown): string | null {
   if (!isObject(r)) return 'rid record result is not an object';
   if (r.ok === true) {
     if (extraField(r, ['ok']) !== null) return 'rid record result has unknown fields';
+  } else if (r.ok === false && (r.code === 'LEASE_NOT_FOUND' || r.code === 'LEASE_FULL')) {
+    if (extraField(r, ['ok', 'code', 'failed', 'lease']) !== null) return 'rid record result has unknown fields';
+    if (!isNat(r.failed)) return 'rid record result.failed is not a non-negative integer';
+    if (!isNat(r.lease) || r.lease < 1) return 'rid record result.lease is not a positive integer';
   } else if (r.ok === false) {
     if (extraField(r, ['ok', 'code', 'failed', 'current']) !== null) return 'rid record result has unknown fields';
     if (r.code !== 'CAS_MISMATCH') return `rid record result code is ${JSON.stringify(r.code)}`;

@@ -2,9 +2,9 @@
 // an in-memory overlay above the last checkpoint. Pure and synchronous: the
 // checkpoint is reached only through the synchronous CheckpointReader port.
 
-import { PREFIX_DELETE_KEYS_MAX, RIDS_RETAINED_MAX } from './limits.js';
+import { LEASE_KEY_PREFIX, LEASE_KEYS_MAX, PREFIX_DELETE_KEYS_MAX, RIDS_RETAINED_MAX } from './limits.js';
 import type { ChangeEvent, Entry, KeyValue, WriteOp, WriteResult } from './wire.js';
-import { CHECKPOINT_FORMAT, type CheckpointDelta, type CheckpointReader, type Rec, type RidRecord } from './records.js';
+import { CHECKPOINT_FORMAT, type CheckpointDelta, type CheckpointReader, type Rec, type RidRecord, type TimedRec } from './records.js';
 
 /** Keys read per page when a prefix delete gathers its keys. */
 const PREFIX_SCAN_PAGE_KEYS = 1024;
@@ -37,6 +37,8 @@ export class KvState {
   /** The cluster's identity: from the first entry ('' before it is applied). */
   cluster: string;
   private ridsMax: number;
+  /** Keys attached to each lease, as of what was applied (for revoke and expiry, without a scan). */
+  private leased = new Map<number, Set<string>>();
 
   constructor(base: CheckpointReader, ridsMax = RIDS_RETAINED_MAX) {
     this.base = base;
@@ -50,6 +52,20 @@ export class KvState {
     this.eventPrev = m.eventPrev;
     this.cluster = m.cluster ?? '';
     for (const [rid, rec] of base.rids()) this.rids.set(rid, rec);
+    for (const [key, r] of base.ttlKeys()) if (r.lease !== undefined) this.attach(key, r.lease);
+  }
+
+  private attach(key: string, lease: number): void {
+    let s = this.leased.get(lease);
+    if (s === undefined) this.leased.set(lease, (s = new Set()));
+    s.add(key);
+  }
+
+  private detach(key: string, lease: number): void {
+    const s = this.leased.get(lease);
+    if (s === undefined) return;
+    s.delete(key);
+    if (s.size === 0) this.leased.delete(lease);
   }
 
   /** Records the next checkpoint would write: keys and request ids changed since the last one. */
@@ -137,11 +153,14 @@ export class KvState {
     const events: ChangeEvent[] = [];
     if (result.ok) {
       for (const [key, slot] of changes) {
+        const before = this.get(key)?.lease;
+        if (before !== undefined) this.detach(key, before);
+        if (slot.rec !== null && slot.rec.lease !== undefined) this.attach(key, slot.rec.lease);
         this.overlay.set(key, slot);
         events.push(
           slot.rec === null
             ? { index: e.index, ts: e.ts, op: 'del', key, prev: this.eventPrev }
-            : { index: e.index, ts: e.ts, op: 'put', key, value: slot.rec.value, ...(slot.rec.b64 ? { b64: true as const } : {}), prev: this.eventPrev },
+            : { index: e.index, ts: e.ts, op: 'put', key, value: slot.rec.value, ...(slot.rec.b64 ? { b64: true as const } : {}), ...(slot.rec.lease !== undefined ? { lease: slot.rec.lease } : {}), prev: this.eventPrev },
         );
       }
       if (events.length > 0) this.eventPrev = e.index;
@@ -167,9 +186,35 @@ export class KvState {
         continue;
       }
       if (op.op === 'expire') {
-        // Only the record the expiry was armed for: a write since (a refresh) wins.
+        // Only the record the expiry was armed for: a write since (a refresh) wins. A lease
+        // that expires takes its keys along.
         const cur = current(op.key);
-        if (cur !== undefined && cur.rev === op.rev && cur.ttl !== undefined) changes.set(op.key, { rec: null, rev: index });
+        if (cur !== undefined && cur.rev === op.rev && cur.ttl !== undefined) {
+          changes.set(op.key, { rec: null, rev: index });
+          const id = leaseIdOf(op.key);
+          if (id !== null) for (const k of this.leaseKeys(id, changes, current)) changes.set(k, { rec: null, rev: index });
+        }
+        continue;
+      }
+      if (op.op === 'grant') {
+        // The lease's id is this entry's index: a grant is alone in its entry (validation).
+        changes.set(leaseKey(index), { rec: { value: '', rev: index, ts, ttl: op.ttl } });
+        continue;
+      }
+      if (op.op === 'keepalive' || op.op === 'revoke') {
+        const lk = leaseKey(op.lease);
+        const cur = current(lk);
+        if (cur === undefined) {
+          if (op.op === 'revoke') continue; // gone already: as a del of an absent key
+          return { result: { ok: false, code: 'LEASE_NOT_FOUND', failed: i, lease: op.lease }, changes: new Map() };
+        }
+        if (op.op === 'keepalive') {
+          // Rewritten with its ttl: the countdown (armed per revision) starts again.
+          changes.set(lk, { rec: { value: cur.value, rev: index, ts, ttl: cur.ttl! } });
+          continue;
+        }
+        changes.set(lk, { rec: null, rev: index });
+        for (const k of this.leaseKeys(op.lease, changes, current)) changes.set(k, { rec: null, rev: index });
         continue;
       }
       let value: string | null;
@@ -192,20 +237,36 @@ export class KvState {
       } else {
         const ttl = op.op === 'del' ? undefined : op.ttl;
         const b64 = op.op !== 'del' && op.b64 === true;
+        const lease = op.op === 'del' ? undefined : op.lease;
         const rec: Rec = ttl !== undefined ? { value, rev: index, ts, ttl } : { value, rev: index, ts };
         if (b64) rec.b64 = true;
+        if (lease !== undefined) {
+          if (current(leaseKey(lease)) === undefined) return { result: { ok: false, code: 'LEASE_NOT_FOUND', failed: i, lease }, changes: new Map() };
+          // A lease's keys go in one entry when it does: as many as one replay page holds.
+          if (current(op.key)?.lease !== lease && this.leaseKeys(lease, changes, current).length >= LEASE_KEYS_MAX) {
+            return { result: { ok: false, code: 'LEASE_FULL', failed: i, lease }, changes: new Map() };
+          }
+          rec.lease = lease;
+        }
         changes.set(op.key, { rec });
       }
     }
     return { result: { ok: true }, changes };
   }
 
-  /** Every key with a time to live, with its record's rev and ttl (the coordinator arms its expiry from these). */
-  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
-    const out: Array<[string, { rev: number; ttl: number }]> = [];
+  /** Every key with a time to live or a lease, with its record's rev, ttl and lease (the coordinator arms expiries from these). */
+  ttlKeys(): Array<[string, TimedRec]> {
+    const out: Array<[string, TimedRec]> = [];
     for (const [k, r] of this.base.ttlKeys()) if (!this.overlay.has(k)) out.push([k, r]);
-    for (const [k, s] of this.overlay) if (s.rec !== null && s.rec.ttl !== undefined) out.push([k, { rev: s.rec.rev, ttl: s.rec.ttl }]);
+    for (const [k, s] of this.overlay) if (s.rec !== null && (s.rec.ttl !== undefined || s.rec.lease !== undefined)) out.push([k, timedOf(s.rec)]);
     return out;
+  }
+
+  /** The keys attached to lease `id` as of `changes` (earlier ops of the batch included), in key order. */
+  private leaseKeys(id: number, changes: Map<string, Slot>, current: (key: string) => Rec | undefined): string[] {
+    const keys = new Set(this.leased.get(id) ?? []);
+    for (const k of changes.keys()) keys.add(k);
+    return [...keys].filter((k) => current(k)?.lease === id).sort();
   }
 
   /** The first PREFIX_DELETE_KEYS_MAX keys starting with `prefix` that exist as of `changes`, in key order. */
@@ -233,7 +294,8 @@ export class KvState {
         ci++;
         if (pk === ck) pi++;
       }
-      if (current(key) !== undefined) out.push(key);
+      // (Lease records go only by revoke or expiry: with their keys.)
+      if (current(key) !== undefined && !key.startsWith(LEASE_KEY_PREFIX)) out.push(key);
     }
     return out;
   }
@@ -295,5 +357,25 @@ export function keyValue(key: string, rec: Rec): KeyValue {
   const kv: KeyValue = { key, value: rec.value, rev: rec.rev };
   if (rec.ttl !== undefined) kv.ttl = rec.ttl;
   if (rec.b64) kv.b64 = true;
+  if (rec.lease !== undefined) kv.lease = rec.lease;
   return kv;
+}
+
+/** The record of lease `id`. */
+export function leaseKey(id: number): string {
+  return `${LEASE_KEY_PREFIX}${id}`;
+}
+
+/** The lease id a key names, if it is a lease's record. */
+export function leaseIdOf(key: string): number | null {
+  if (!key.startsWith(LEASE_KEY_PREFIX)) return null;
+  const id = Number(key.slice(LEASE_KEY_PREFIX.length));
+  return Number.isSafeInteger(id) && id > 0 ? id : null;
+}
+
+export function timedOf(r: Rec): TimedRec {
+  const t: TimedRec = { rev: r.rev };
+  if (r.ttl !== undefined) t.ttl = r.ttl;
+  if (r.lease !== undefined) t.lease = r.lease;
+  return t;
 }

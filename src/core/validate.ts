@@ -19,7 +19,7 @@ import {
   REQUEST_TIMEOUT_MS_DEFAULT,
   REQUEST_TIMEOUT_MS_MAX,
   RID_BYTES_MAX,
-  VALUE_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN } from './limits.js';
+  VALUE_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN, LEASE_KEY_PREFIX } from './limits.js';
 import type { Consistency, Request, WriteOp, ClientWriteOp } from './wire.js';
 import { isBase64 } from './records.js';
 
@@ -80,6 +80,21 @@ function checkNullableValue(value: unknown, what: string, b64 = false): string |
   return checkValue(value, what, b64);
 }
 
+/** A lease id, when given: a positive integer (the grant's index). */
+function checkLease(lease: unknown): number | undefined {
+  if (lease === undefined) return undefined;
+  if (typeof lease !== 'number' || !Number.isSafeInteger(lease) || lease < 1) bad('lease must be a lease id (the index its grant returned)');
+  return lease;
+}
+
+/** A write's lease: a key with one has no ttl of its own (it goes when the lease does). */
+function leaseField(o: Record<string, unknown>): { lease?: number } {
+  const lease = checkLease(o.lease);
+  if (lease === undefined) return {};
+  if (o.ttl !== undefined) bad('a key takes a lease or a ttl, not both (the lease has the ttl)');
+  return { lease };
+}
+
 /** b64: absent, or true (the values are base64 of bytes). */
 function checkB64(b64: unknown): true | undefined {
   if (b64 === undefined || b64 === false) return undefined;
@@ -116,11 +131,21 @@ function checkFields(o: Record<string, unknown>, allowed: string[]): void {
 function checkWriteOp(raw: unknown, where: string): ClientWriteOp {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad(`${where} must be an object`);
   const o = raw as Record<string, unknown>;
+  // A lease's record changes only by the lease ops (a put there would forge or extend one).
+  if (typeof o.key === 'string' && o.key.startsWith(LEASE_KEY_PREFIX)) bad(`keys under ${LEASE_KEY_PREFIX} are leases: grant, keepalive and revoke change them`);
   switch (o.op) {
+    case 'grant':
+      checkFields(o, ['ttl', 'rid']);
+      if (o.ttl === undefined) bad('grant needs "ttl" (ms)');
+      return { op: 'grant', ...(checkTtl(o.ttl, false) as { ttl: number }) };
+    case 'keepalive':
+    case 'revoke':
+      checkFields(o, ['lease', 'rid']);
+      return { op: o.op, lease: checkLease(o.lease)! };
     case 'put': {
-      checkFields(o, ['key', 'value', 'ttl', 'b64', 'rid']);
+      checkFields(o, ['key', 'value', 'ttl', 'b64', 'lease', 'rid']);
       const b64 = checkB64(o.b64);
-      return { op: 'put', key: checkKey(o.key), value: checkValue(o.value, 'value', b64), ...checkTtl(o.ttl, false), ...(b64 ? { b64 } : {}) };
+      return { op: 'put', key: checkKey(o.key), value: checkValue(o.value, 'value', b64), ...checkTtl(o.ttl, false), ...(b64 ? { b64 } : {}), ...leaseField(o) };
     }
     case 'del':
       checkFields(o, ['key', 'rid']);
@@ -132,18 +157,19 @@ function checkWriteOp(raw: unknown, where: string): ClientWriteOp {
       return { op: 'delprefix', prefix: checkPrefix(o.prefix) };
     case 'create':
       // Stored as what it is: a cas that wants the key absent (revision 0).
-      checkFields(o, ['key', 'value', 'ttl', 'b64', 'rid']);
+      checkFields(o, ['key', 'value', 'ttl', 'b64', 'lease', 'rid']);
       const b64 = checkB64(o.b64);
-      return { op: 'cas', key: checkKey(o.key), expectRev: 0, value: checkValue(o.value, 'value', b64), ...checkTtl(o.ttl, false), ...(b64 ? { b64 } : {}) };
+      return { op: 'cas', key: checkKey(o.key), expectRev: 0, value: checkValue(o.value, 'value', b64), ...checkTtl(o.ttl, false), ...(b64 ? { b64 } : {}), ...leaseField(o) };
     case 'cas': {
-      checkFields(o, ['key', 'expect', 'expectRev', 'value', 'ttl', 'b64', 'rid']);
+      checkFields(o, ['key', 'expect', 'expectRev', 'value', 'ttl', 'b64', 'lease', 'rid']);
       if (('expect' in o) === ('expectRev' in o)) bad('cas needs exactly one of "expect" (a value, or null for "must be absent") and "expectRev" (a revision, 0 for "must be absent")');
       if (!('value' in o)) bad('cas needs "value" (a string, or null to delete)');
       const key = checkKey(o.key);
       // b64: the new value, and an expected value, are base64 of bytes.
       const b64 = checkB64(o.b64);
-      const flag = b64 ? { b64 } : {};
       const value = checkNullableValue(o.value, 'value', b64);
+      if (value === null && o.lease !== undefined) bad('a delete takes no lease');
+      const flag = { ...(b64 ? { b64 } : {}), ...leaseField(o) };
       const ttl = checkTtl(o.ttl, value === null);
       if ('expectRev' in o) return { op: 'cas', key, expectRev: checkNat(o.expectRev, 'expectRev'), value, ...ttl, ...flag };
       return { op: 'cas', key, expect: checkNullableValue(o.expect, 'expect', b64), value, ...ttl, ...flag };
@@ -240,6 +266,9 @@ export function validateRequest(raw: unknown): Request {
     case 'delprefix':
     case 'create':
     case 'cas':
+    case 'grant':
+    case 'keepalive':
+    case 'revoke':
       return { ...checkWriteOp(o, 'request'), ...rid(), ...common };
     case 'batch': {
       checkFields(o, ['ops', 'rid']);
@@ -248,6 +277,7 @@ export function validateRequest(raw: unknown): Request {
       const ops = o.ops.map((op, i) => {
         const w = checkWriteOp(op, `ops[${i}]`);
         if ((op as Record<string, unknown>).rid !== undefined) bad(`ops[${i}]: rid belongs on the batch, not on its ops`);
+        if (w.op === 'grant') bad(`ops[${i}]: a grant goes alone (the lease's id is its entry's index)`);
         return w;
       });
       return { op: 'batch', ops, ...rid(), ...common };
@@ -282,8 +312,8 @@ export function validateRequest(raw: unknown): Request {
   }
 }
 
-export function isWrite(r: Request): r is Extract<Request, { op: 'put' | 'del' | 'delprefix' | 'cas' | 'create' | 'batch' }> {
-  return r.op === 'put' || r.op === 'del' || r.op === 'delprefix' || r.op === 'cas' || r.op === 'create' || r.op === 'batch';
+export function isWrite(r: Request): r is Extract<Request, { op: 'put' | 'del' | 'delprefix' | 'cas' | 'create' | 'grant' | 'keepalive' | 'revoke' | 'batch' }> {
+  return r.op === 'put' || r.op === 'del' || r.op === 'delprefix' || r.op === 'cas' || r.op === 'create' || r.op === 'grant' || r.op === 'keepalive' || r.op === 'revoke' || r.op === 'batch';
 }
 
 export function requestTimeoutMs(r: Request): number {

@@ -7,14 +7,21 @@ import type { CheckpointMeta } from './records.js';
 /** A write operation, as it appears inside a request and inside a log entry. */
 export type WriteOp =
   /** ttl (ms): the key is deleted once that long has passed since the coordinator applied this write (see Expiry). */
-  | { op: 'put'; key: string; value: string; ttl?: number; b64?: true }
+  /** lease: attach the key to that lease (it goes when the lease does); no ttl then. */
+  | { op: 'put'; key: string; value: string; ttl?: number; b64?: true; lease?: number }
   | { op: 'del'; key: string }
   /** Every key that starts with prefix ('' = every key), deleted as one op of one entry. */
   | { op: 'delprefix'; prefix: string }
   /** expect null: the key must be absent. value null: delete on success. */
-  | { op: 'cas'; key: string; expect: string | null; value: string | null; ttl?: number; b64?: true }
+  | { op: 'cas'; key: string; expect: string | null; value: string | null; ttl?: number; b64?: true; lease?: number }
   /** By revision: the key's rev (the log index of its last change) must be expectRev; 0 = absent. (`create` is this with 0.) */
-  | { op: 'cas'; key: string; expectRev: number; value: string | null; ttl?: number; b64?: true }
+  | { op: 'cas'; key: string; expectRev: number; value: string | null; ttl?: number; b64?: true; lease?: number }
+  /** A new lease: the record _lease.<index of this entry>, with this ttl. Alone in its entry. */
+  | { op: 'grant'; ttl: number }
+  /** The lease's countdown starts again (its record is rewritten); LEASE_NOT_FOUND if it is gone. */
+  | { op: 'keepalive'; lease: number }
+  /** The lease and every key attached to it are deleted (nothing, if it is gone). */
+  | { op: 'revoke'; lease: number }
   /**
    * Written by the coordinator only (never accepted from a client): key's time to live, set
    * by the write at rev, has passed. Deletes the key if rev is still its revision.
@@ -49,7 +56,7 @@ export type WriteRequest = Common &
   (
     | (ClientWriteOp & { rid?: string })
     /** Put only if the key is absent: validated into a cas at revision 0 (it is logged as one). */
-    | { op: 'create'; key: string; value: string; ttl?: number; b64?: true; rid?: string }
+    | { op: 'create'; key: string; value: string; ttl?: number; b64?: true; lease?: number; rid?: string }
     | { op: 'batch'; ops: ClientWriteOp[]; rid?: string }
   );
 
@@ -78,6 +85,8 @@ export interface KeyValue {
   value: string;
   /** The value is the base64 of bytes. */
   b64?: true;
+  /** The lease the key is attached to (it goes when the lease does). */
+  lease?: number;
   /** Log index of the write that set this value. */
   rev: number;
   /** Its time to live in ms, if it was written with one (counted from that write). */
@@ -98,6 +107,7 @@ export interface ReplyBody {
   /** get */
   value?: string;
   b64?: true;
+  lease?: number;
   rev?: number;
   /** get: the key's time to live in ms, if it has one (counted from the write at rev) */
   ttl?: number;
@@ -138,7 +148,9 @@ export type Entry =
 /** The result of applying one write entry (deterministic: same log, same results). */
 export type WriteResult =
   | { ok: true }
-  | { ok: false; code: 'CAS_MISMATCH'; failed: number; current: string | null };
+  | { ok: false; code: 'CAS_MISMATCH'; failed: number; current: string | null }
+  /** Op `failed` names lease `lease`, which does not exist, or already has LEASE_KEYS_MAX keys (LEASE_FULL). */
+  | { ok: false; code: 'LEASE_NOT_FOUND' | 'LEASE_FULL'; failed: number; lease: number };
 
 /** Published on ckv.<c>.ev.<key>, one per applied write op, in log order. */
 export interface ChangeEvent {
@@ -149,6 +161,8 @@ export interface ChangeEvent {
   value?: string;
   /** (put) The value is the base64 of bytes. */
   b64?: true;
+  /** (put) The lease the key is attached to. */
+  lease?: number;
   /** Index of the previous entry that produced events (0 if none): lets an observer see a gap. */
   prev: number;
   /** Only in a client's watch with `initial`: a current value (index is its rev), not a change. */

@@ -36,7 +36,7 @@ import {
 } from '../core/limits.js';
 import type { Msg } from '../core/messages.js';
 import { Node, type DurableState, type Notice, type Proposal, type Ready } from '../core/node.js';
-import { CorruptRecordError, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type HistoryReader, type Rec, type RidRecord } from '../core/records.js';
+import { CorruptRecordError, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type HistoryReader, type Rec, type RidRecord, type TimedRec } from '../core/records.js';
 import { KvState, keyValue, type Applied } from '../core/state.js';
 import { TtlClock } from '../core/ttl-clock.js';
 import { isWrite, parseRequest, requestTimeoutMs } from '../core/validate.js';
@@ -96,7 +96,7 @@ export class CheckpointPort<S extends CheckpointReader & HistoryReader> implemen
   counts(): { keys: number; rids: number } {
     return this.store.counts();
   }
-  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
+  ttlKeys(): Array<[string, TimedRec]> {
     return this.store.ttlKeys();
   }
   historyFloor(): number {
@@ -243,7 +243,7 @@ export function restartPlan(meta: CheckpointMeta, entries: Entry[]): RestartPlan
 // ---------------------------------------------------------------------------
 // The replica
 
-type WriteRequest = Extract<Request, { op: 'put' | 'del' | 'delprefix' | 'cas' | 'create' | 'batch' }>;
+type WriteRequest = Extract<Request, { op: 'put' | 'del' | 'delprefix' | 'cas' | 'create' | 'grant' | 'keepalive' | 'revoke' | 'batch' }>;
 
 interface PendingWrite {
   index: number;
@@ -415,7 +415,7 @@ export class Replica {
     if (!this.ttlLeading) {
       this.ttlLeading = true;
       this.ttl.clear();
-      for (const [key, r] of this.st.ttlKeys()) this.ttl.arm(key, r.rev, r.ttl);
+      for (const [key, r] of this.st.ttlKeys()) if (r.ttl !== undefined) this.ttl.arm(key, r.rev, r.ttl);
     }
     const due = this.ttl.tick();
     for (let i = 0; i < due.length; i += BATCH_OPS_MAX) {
@@ -757,7 +757,7 @@ export class Replica {
         }
         const rec = this.st.get(req.key);
         if (!rec) return this.reply(respond, { ok: false, ts, index, error: { code: ErrorCode.NOT_FOUND, message: `key ${req.key} not found` } });
-        return this.reply(respond, { ok: true, ts, index, value: rec.value, rev: rec.rev, ...(rec.ttl !== undefined ? { ttl: rec.ttl } : {}), ...(rec.b64 ? { b64: true as const } : {}) });
+        return this.reply(respond, { ok: true, ts, index, value: rec.value, rev: rec.rev, ...(rec.ttl !== undefined ? { ttl: rec.ttl } : {}), ...(rec.b64 ? { b64: true as const } : {}), ...(rec.lease !== undefined ? { lease: rec.lease } : {}) });
       }
       case 'mget': {
         const values = req.keys.map((key) => {
@@ -905,7 +905,11 @@ export class Replica {
   private replyWrite(responders: Respond[], index: number, ts: number, result: WriteResult): void {
     const reply: Reply = result.ok
       ? { ok: true, ts, index }
-      : { ok: false, ts, index, error: { code: ErrorCode.CAS_MISMATCH, message: `compare-and-set failed at op ${result.failed}` }, current: result.current, failed: result.failed };
+      : result.code === 'CAS_MISMATCH'
+        ? { ok: false, ts, index, error: { code: ErrorCode.CAS_MISMATCH, message: `compare-and-set failed at op ${result.failed}` }, current: result.current, failed: result.failed }
+        : result.code === 'LEASE_NOT_FOUND'
+          ? { ok: false, ts, index, error: { code: ErrorCode.LEASE_NOT_FOUND, message: `lease ${result.lease} does not exist (never granted, expired or revoked): op ${result.failed}` }, failed: result.failed }
+          : { ok: false, ts, index, error: { code: ErrorCode.TOO_LARGE, message: `lease ${result.lease} has LEASE_KEYS_MAX keys already: op ${result.failed}` }, failed: result.failed };
     for (const r of responders) this.reply(r, reply);
   }
 
@@ -1356,16 +1360,22 @@ function parsePage(raw: Uint8Array | string, phase: 'kv' | 'rids', after: string
 function stripWrite(req: Exclude<WriteRequest, { op: 'batch' }>): WriteOp {
   const ttl = 'ttl' in req && req.ttl !== undefined ? { ttl: req.ttl } : {};
   const b64 = 'b64' in req && req.b64 === true ? { b64: true as const } : {};
+  const lease = (req.op === 'put' || req.op === 'cas' || req.op === 'create') && req.lease !== undefined ? { lease: req.lease } : {};
   switch (req.op) {
+    case 'grant':
+      return { op: 'grant', ttl: req.ttl };
+    case 'keepalive':
+    case 'revoke':
+      return { op: req.op, lease: req.lease };
     case 'create':
-      return { op: 'cas', key: req.key, expectRev: 0, value: req.value, ...ttl, ...b64 };
+      return { op: 'cas', key: req.key, expectRev: 0, value: req.value, ...ttl, ...b64, ...lease };
     case 'put':
-      return { op: 'put', key: req.key, value: req.value, ...ttl, ...b64 };
+      return { op: 'put', key: req.key, value: req.value, ...ttl, ...b64, ...lease };
     case 'del':
       return { op: 'del', key: req.key };
     case 'delprefix':
       return { op: 'delprefix', prefix: req.prefix };
     case 'cas':
-      return 'expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value, ...ttl, ...b64 } : { op: 'cas', key: req.key, expect: req.expect, value: req.value, ...ttl, ...b64 };
+      return 'expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value, ...ttl, ...b64, ...lease } : { op: 'cas', key: req.key, expect: req.expect, value: req.value, ...ttl, ...b64, ...lease };
   }
 }

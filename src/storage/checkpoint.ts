@@ -32,7 +32,8 @@ import type { ChangeEvent } from '../core/wire.js';
 import { MemHistory, pruneCount } from './mem-history.js';
 import type { CheckpointStore } from './ports.js';
 import { crc32c } from './crc32c.js';
-import { CHECKPOINT_FORMAT, CorruptRecordError, deltaProblem, deltaProblemSteps, eventProblem, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord } from '../core/records.js';
+import { CHECKPOINT_FORMAT, CorruptRecordError, deltaProblem, deltaProblemSteps, eventProblem, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord, type TimedRec } from '../core/records.js';
+import { timedOf } from '../core/state.js';
 
 export const CHECKPOINT_DIR_NAME = 'checkpoint';
 
@@ -58,20 +59,26 @@ export function emptyMeta(): CheckpointMeta {
 
 // Canonical JSON with a fixed field order.
 function recJson(r: Rec): string {
-  return `{"value":${JSON.stringify(r.value)},"rev":${r.rev},"ts":${r.ts}${r.ttl !== undefined ? `,"ttl":${r.ttl}` : ''}${r.b64 ? ',"b64":true' : ''}}`;
+  return `{"value":${JSON.stringify(r.value)},"rev":${r.rev},"ts":${r.ts}${r.ttl !== undefined ? `,"ttl":${r.ttl}` : ''}${r.b64 ? ',"b64":true' : ''}${r.lease !== undefined ? `,"lease":${r.lease}` : ''}}`;
 }
 
-/** An entry of the ttl index: which keys have a time to live (so a new coordinator finds them without a scan). */
+/** An entry of the ttl index: which keys have a time to live or a lease (so a new coordinator, or a revoke, finds them without a scan). */
 function ttlEntryProblem(x: unknown): string | null {
-  const o = x as { rev?: unknown; ttl?: unknown };
-  if (typeof o !== 'object' || o === null || Object.keys(o).length !== 2) return 'ttl entry is not {rev, ttl}';
+  const o = x as { rev?: unknown; ttl?: unknown; lease?: unknown };
+  if (typeof o !== 'object' || o === null || Object.keys(o).some((k) => k !== 'rev' && k !== 'ttl' && k !== 'lease')) return 'ttl entry is not {rev, ttl | lease}';
   if (!Number.isSafeInteger(o.rev) || (o.rev as number) < 1) return 'ttl entry rev is not a positive integer';
-  if (!Number.isSafeInteger(o.ttl) || (o.ttl as number) < 1) return 'ttl entry ttl is not a positive integer';
+  if ((o.ttl === undefined) === (o.lease === undefined)) return 'ttl entry has not exactly one of ttl and lease';
+  if (o.ttl !== undefined && (!Number.isSafeInteger(o.ttl) || (o.ttl as number) < 1)) return 'ttl entry ttl is not a positive integer';
+  if (o.lease !== undefined && (!Number.isSafeInteger(o.lease) || (o.lease as number) < 1)) return 'ttl entry lease is not a positive integer';
   return null;
 }
 
+function timedJson(t: TimedRec): string {
+  return `{"rev":${t.rev}${t.ttl !== undefined ? `,"ttl":${t.ttl}` : ''}${t.lease !== undefined ? `,"lease":${t.lease}` : ''}}`;
+}
+
 function eventJson(ev: ChangeEvent, at: number): string {
-  const value = ev.op === 'put' ? `,"value":${JSON.stringify(ev.value)}${ev.b64 ? ',"b64":true' : ''}` : '';
+  const value = ev.op === 'put' ? `,"value":${JSON.stringify(ev.value)}${ev.b64 ? ',"b64":true' : ''}${ev.lease !== undefined ? `,"lease":${ev.lease}` : ''}` : '';
   return `{"at":${at},"event":{"index":${ev.index},"ts":${ev.ts},"op":"${ev.op}","key":${JSON.stringify(ev.key)}${value},"prev":${ev.prev}}}`;
 }
 
@@ -117,9 +124,12 @@ interface HistoryMeta {
 }
 
 function ridJson(r: RidRecord): string {
-  const res = r.result.ok
+  const x = r.result;
+  const res = x.ok
     ? '{"ok":true}'
-    : `{"ok":false,"code":${JSON.stringify(r.result.code)},"failed":${r.result.failed},"current":${JSON.stringify(r.result.current)}}`;
+    : x.code === 'CAS_MISMATCH'
+      ? `{"ok":false,"code":"CAS_MISMATCH","failed":${x.failed},"current":${JSON.stringify(x.current)}}`
+      : `{"ok":false,"code":"${x.code}","failed":${x.failed},"lease":${x.lease}}`;
   return `{"index":${r.index},"ts":${r.ts},"result":${res}}`;
 }
 
@@ -236,6 +246,7 @@ function digestLine(key: string, rec: Rec): string {
   const line: unknown[] = [key, rec.value, rec.rev, rec.ts];
   if (rec.ttl !== undefined) line.push(rec.ttl);
   if (rec.b64) line.push('b64');
+  if (rec.lease !== undefined) line.push(`lease ${rec.lease}`);
   return JSON.stringify(line) + '\n';
 }
 
@@ -283,7 +294,7 @@ export class LmdbCheckpoint implements CheckpointStore {
   private readonly metaDb: Database<Bytes, Bytes>;
   /** Keys with a time to live (null: an older read-only checkpoint without the database). */
   private readonly ttlDb: Database<Bytes, Bytes> | null;
-  private ttlIndex = new Map<string, { rev: number; ttl: number }>();
+  private ttlIndex = new Map<string, TimedRec>();
   /** (null: an older read-only checkpoint, without history.) */
   private readonly eventsDb: Database<Bytes, Bytes> | null;
   private readonly histDb: Database<Bytes, Bytes> | null;
@@ -386,11 +397,11 @@ export class LmdbCheckpoint implements CheckpointStore {
     if (this.ttlDb === null) return;
     for (const { key, value } of this.ttlDb.getRange({})) {
       const k = key.toString('utf8');
-      this.ttlIndex.set(k, decodeValue<{ rev: number; ttl: number }>(key, value, true, `ttl entry of key ${JSON.stringify(k)}`, ttlEntryProblem));
+      this.ttlIndex.set(k, decodeValue<TimedRec>(key, value, true, `ttl entry of key ${JSON.stringify(k)}`, ttlEntryProblem));
     }
   }
 
-  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
+  ttlKeys(): Array<[string, TimedRec]> {
     this.check();
     return [...this.ttlIndex];
   }
@@ -554,13 +565,16 @@ export class LmdbCheckpoint implements CheckpointStore {
     }
     const kvOps: Array<[Buffer, Buffer | null]> = new Array(delta.kv.length);
     // The ttl index follows the records: set for a record with a ttl, removed where one had it.
-    const ttlOps: Array<[string, Buffer, Buffer | null, { rev: number; ttl: number } | null]> = [];
+    const ttlOps: Array<[string, Buffer, Buffer | null, TimedRec | null]> = [];
     for (let i = 0; i < delta.kv.length; i++) {
       if (i > 0 && i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
       const [k, rec] = delta.kv[i]!;
       const key = Buffer.from(k, 'utf8');
       kvOps[i] = [key, rec === null ? null : sealValue(key, recJson(rec))];
-      if (rec !== null && rec.ttl !== undefined) ttlOps.push([k, key, sealValue(key, `{"rev":${rec.rev},"ttl":${rec.ttl}}`), { rev: rec.rev, ttl: rec.ttl }]);
+      if (rec !== null && (rec.ttl !== undefined || rec.lease !== undefined)) {
+        const t = timedOf(rec);
+        ttlOps.push([k, key, sealValue(key, timedJson(t)), t]);
+      }
       else if (this.ttlIndex.has(k)) ttlOps.push([k, key, null, null]);
     }
     const ridSets: Array<[Buffer, Buffer]> = new Array(delta.ridsSet.length);
@@ -764,9 +778,9 @@ export class MemCheckpoint implements CheckpointStore {
     return { keys: this.keys.length, rids: this.ridMap.size };
   }
 
-  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
-    const out: Array<[string, { rev: number; ttl: number }]> = [];
-    for (const [k, r] of this.map) if (r.ttl !== undefined) out.push([k, { rev: r.rev, ttl: r.ttl }]);
+  ttlKeys(): Array<[string, TimedRec]> {
+    const out: Array<[string, TimedRec]> = [];
+    for (const [k, r] of this.map) if (r.ttl !== undefined || r.lease !== undefined) out.push([k, timedOf(r)]);
     return out;
   }
 
@@ -785,6 +799,7 @@ export class MemCheckpoint implements CheckpointStore {
         const copy: Rec = { value: rec.value, rev: rec.rev, ts: rec.ts };
         if (rec.ttl !== undefined) copy.ttl = rec.ttl;
         if (rec.b64) copy.b64 = true;
+        if (rec.lease !== undefined) copy.lease = rec.lease;
         this.map.set(key, Object.freeze(copy));
       }
     }

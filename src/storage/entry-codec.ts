@@ -19,7 +19,12 @@ export class EntryDecodeError extends Error {
 function opJson(op: WriteOp): string {
   switch (op.op) {
     case 'put':
-      return `{"op":"put","key":${JSON.stringify(op.key)},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}}`;
+      return `{"op":"put","key":${JSON.stringify(op.key)},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}${extraJson(op)}}`;
+    case 'grant':
+      return `{"op":"grant","ttl":${op.ttl}}`;
+    case 'keepalive':
+    case 'revoke':
+      return `{"op":"${op.op}","lease":${op.lease}}`;
     case 'expire':
       return `{"op":"expire","key":${JSON.stringify(op.key)},"rev":${op.rev}}`;
     case 'del':
@@ -28,13 +33,18 @@ function opJson(op: WriteOp): string {
       return `{"op":"delprefix","prefix":${JSON.stringify(op.prefix)}}`;
     case 'cas':
       return 'expectRev' in op
-        ? `{"op":"cas","key":${JSON.stringify(op.key)},"expectRev":${op.expectRev},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}}`
-        : `{"op":"cas","key":${JSON.stringify(op.key)},"expect":${JSON.stringify(op.expect)},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}}`;
+        ? `{"op":"cas","key":${JSON.stringify(op.key)},"expectRev":${op.expectRev},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}${extraJson(op)}}`
+        : `{"op":"cas","key":${JSON.stringify(op.key)},"expect":${JSON.stringify(op.expect)},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}${extraJson(op)}}`;
   }
 }
 
 function ttlJson(ttl: number | undefined): string {
   return ttl === undefined ? '' : `,"ttl":${ttl}`;
+}
+
+/** A write's optional fields after its ttl: bytes, a lease. */
+function extraJson(op: { b64?: true; lease?: number }): string {
+  return `${op.b64 === true ? ',"b64":true' : ''}${op.lease !== undefined ? `,"lease":${op.lease}` : ''}`;
 }
 
 /**

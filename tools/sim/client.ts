@@ -30,6 +30,11 @@ export type SessionOp =
   | { t: 'replay'; from: number; limit: number; key?: string; prefix?: string }
   /** A key as of a revision (the durable history). */
   | { t: 'getRev'; key: string; rev: number }
+  /** Leases: grant one, keep it alive, revoke it, put a key attached to one (which may be gone). */
+  | { t: 'grant'; ttl: number }
+  | { t: 'keepalive'; lease: number }
+  | { t: 'revoke'; lease: number }
+  | { t: 'putLease'; key: string; value: string; lease: number }
   /** The same request id again, after its write was acknowledged: the first result comes back. */
   | { t: 'retry'; rid: string; ops: ClientWriteOp[] }
   /** A request carrying a token no write of this cluster has (from the future, or another cluster). */
@@ -90,6 +95,8 @@ export function isFinal(op: SessionOp, reply: Reply): boolean {
   if (reply.ok) return true;
   const code = reply.error.code;
   if (code === 'CAS_MISMATCH') return op.t === 'cas' || op.t === 'casRev' || op.t === 'create' || op.t === 'retry';
+  if (code === 'LEASE_NOT_FOUND') return op.t === 'keepalive' || op.t === 'putLease' || op.t === 'retry';
+  if (code === 'TOO_LARGE') return op.t === 'putLease' || op.t === 'retry';
   if (code === 'NOT_FOUND') return op.t === 'get' || op.t === 'getRev';
   if (code === 'COMPACTED') return op.t === 'replay' || op.t === 'getRev';
   return false;
@@ -98,6 +105,8 @@ export function isFinal(op: SessionOp, reply: Reply): boolean {
 /** The WriteResult a write reply stands for, in the state machine's own field order. */
 export function resultOf(reply: Reply): WriteResult | undefined {
   if (reply.ok) return { ok: true };
+  if (reply.error.code === 'LEASE_NOT_FOUND') return { ok: false, code: 'LEASE_NOT_FOUND', failed: reply.failed!, lease: Number(/lease (\d+)/.exec(reply.error.message)?.[1]) };
+  if (reply.error.code === 'TOO_LARGE' && /LEASE_KEYS_MAX/.test(reply.error.message)) return { ok: false, code: 'LEASE_FULL', failed: reply.failed!, lease: Number(/lease (\d+)/.exec(reply.error.message)?.[1]) };
   if (reply.error.code !== 'CAS_MISMATCH') return undefined;
   return { ok: false, code: 'CAS_MISMATCH', failed: reply.failed!, current: reply.current ?? null };
 }
@@ -118,6 +127,8 @@ export class Session {
   /** Last value and revision seen per noise key, for cas (0: absent). */
   private seen = new Map<string, string | null>();
   private seenRev = new Map<string, number>();
+  /** Leases this session was granted (some expired or revoked since). */
+  private leases: number[] = [];
   /** Writes acknowledged to this session, for resending their rid. */
   private ackedWrites: Array<{ rid: string; ops: ClientWriteOp[] }> = [];
   readonly stats: SessionStats = { writes: 0, acked: 0, reads: 0, readsDone: 0, readsGivenUp: 0, retries: 0, tokenAhead: 0, bogus: 0, bogusRejected: 0, pages: 0, resent: 0 };
@@ -150,13 +161,22 @@ export class Session {
       const ttl = (): { ttl?: number } => (rng.chance(0.4) ? { ttl: rng.pick([60, 150, 400, 1000]) } : {});
       // Some values are bytes (not UTF-8 text): base64 with b64 on the wire.
       const bytes = (v: string): { value: string; b64: true } => ({ value: Buffer.from(`${v}\u0000\u00ff`, 'latin1').toString('base64'), b64: true });
-      if (y < 0.3) {
+      if (y < 0.22) {
         const value = rng.chance(0.2) ? null : uniq();
         const v = value !== null && rng.chance(0.3) ? bytes(value) : { value };
         this.start({ t: 'casRev', key, rev: this.seenRev.get(key) ?? 0, ...v, ...(value !== null ? ttl() : {}) });
-      } else if (y < 0.5) this.start({ t: 'create', key, value: uniq(), ...ttl() });
-      else if (y < 0.7) this.start({ t: 'putTtl', key, ...(rng.chance(0.3) ? bytes(uniq()) : { value: uniq() }), ttl: rng.pick([60, 150, 400, 1000]) });
-      else if (y < 0.78) this.start({ t: 'delprefix', prefix: rng.pick(['n.', 'n.1', 'n.', 'x.']) });
+      } else if (y < 0.36) this.start({ t: 'create', key, value: uniq(), ...ttl() });
+      else if (y < 0.5) this.start({ t: 'putTtl', key, ...(rng.chance(0.3) ? bytes(uniq()) : { value: uniq() }), ttl: rng.pick([60, 150, 400, 1000]) });
+      else if (y < 0.55) this.start({ t: 'delprefix', prefix: rng.pick(['n.', 'n.1', 'n.', 'x.']) });
+      else if (y < 0.8) {
+        // Leases: mostly this session's own, sometimes one that never was.
+        const lease = this.leases.length > 0 && rng.chance(0.9) ? rng.pick(this.leases) : rng.range(1, Math.max(1, this.host.committedLast));
+        const z = rng.float();
+        if (z < 0.25 || this.leases.length === 0) this.start({ t: 'grant', ttl: rng.pick([400, 1000, 2000]) });
+        else if (z < 0.55) this.start({ t: 'keepalive', lease });
+        else if (z < 0.7) this.start({ t: 'revoke', lease });
+        else this.start({ t: 'putLease', key, value: uniq(), lease });
+      }
       else if (y < 0.89) {
         // Anywhere in the committed log: the history may still hold it, or say COMPACTED.
         const last = this.host.committedLast;
@@ -258,6 +278,9 @@ export class Session {
         else if (op.t === 'create') ops = [{ op: 'cas', key: op.key, expectRev: 0, value: op.value, ...(op.ttl !== undefined ? { ttl: op.ttl } : {}) }];
         else if (op.t === 'putTtl') ops = [{ op: 'put', key: op.key, value: op.value, ttl: op.ttl, ...(op.b64 ? { b64: true as const } : {}) }];
         else if (op.t === 'delprefix') ops = [{ op: 'delprefix', prefix: op.prefix }];
+        else if (op.t === 'grant') ops = [{ op: 'grant', ttl: op.ttl }];
+        else if (op.t === 'keepalive' || op.t === 'revoke') ops = [{ op: op.t, lease: op.lease }];
+        else if (op.t === 'putLease') ops = [{ op: 'put', key: op.key, value: op.value, lease: op.lease }];
         else ops = [{ op: 'del', key: op.key }];
         // create goes on the wire as itself (the server stores it as a cas at revision 0).
         req = op.t === 'create' ? { op: 'create', key: op.key, value: op.value, ...(op.ttl !== undefined ? { ttl: op.ttl } : {}), rid } : ops.length === 1 ? { ...ops[0]!, rid } : { op: 'batch', ops, rid };
@@ -363,10 +386,13 @@ export class Session {
       if (this.ackedWrites.length > 20) this.ackedWrites.shift();
       if (op.t === 'cas' || op.t === 'casRev' || op.t === 'create') {
         const r = resultOf(reply)!;
-        this.seen.set(op.key, r.ok ? op.value : r.current);
+        this.seen.set(op.key, r.ok ? op.value : r.code === 'CAS_MISMATCH' ? r.current : this.seen.get(op.key) ?? null);
         // A write's index is the key's new revision; after a mismatch it is unknown until read.
         if (r.ok) this.seenRev.set(op.key, op.value === null ? 0 : reply.index!);
         else this.seenRev.delete(op.key);
+      } else if (op.t === 'grant') {
+        this.leases.push(reply.index!);
+        if (this.leases.length > 4) this.leases.shift();
       } else if (op.t === 'putTtl') {
         this.seen.set(op.key, op.value);
         this.seenRev.set(op.key, reply.index!);
@@ -416,8 +442,11 @@ export function valueRead(reply: Reply, i: number): string | null {
 export function opsOf(req: Request): ClientWriteOp[] {
   const ttl = 'ttl' in req && req.ttl !== undefined ? { ttl: req.ttl } : {};
   const b64 = 'b64' in req && req.b64 === true ? { b64: true as const } : {};
+  const lease = (req.op === 'put' || req.op === 'cas' || req.op === 'create') && req.lease !== undefined ? { lease: req.lease } : {};
   if (req.op === 'batch') return req.ops;
-  if (req.op === 'put') return [{ op: 'put', key: req.key, value: req.value, ...ttl, ...b64 }];
+  if (req.op === 'grant') return [{ op: 'grant', ttl: req.ttl }];
+  if (req.op === 'keepalive' || req.op === 'revoke') return [{ op: req.op, lease: req.lease }];
+  if (req.op === 'put') return [{ op: 'put', key: req.key, value: req.value, ...ttl, ...b64, ...lease }];
   if (req.op === 'del') return [{ op: 'del', key: req.key }];
   if (req.op === 'cas') return ['expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value, ...ttl, ...b64 } : { op: 'cas', key: req.key, expect: req.expect, value: req.value, ...ttl, ...b64 }];
   if (req.op === 'create') return [{ op: 'cas', key: req.key, expectRev: 0, value: req.value, ...ttl, ...b64 }];
@@ -453,6 +482,13 @@ export function describeOp(op: SessionOp): string {
       return `replay from ${op.from} limit ${op.limit}${op.key !== undefined ? ` key ${op.key}` : ''}${op.prefix !== undefined ? ` prefix ${op.prefix}` : ''}`;
     case 'getRev':
       return `get ${op.key} at rev ${op.rev}`;
+    case 'grant':
+      return `grant ttl${op.ttl}`;
+    case 'keepalive':
+    case 'revoke':
+      return `${op.t} ${op.lease}`;
+    case 'putLease':
+      return `put ${op.key}=${op.value} lease ${op.lease}`;
     case 'retry':
       return `resend ${op.rid}`;
     case 'bogus':

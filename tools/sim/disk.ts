@@ -7,7 +7,9 @@
 // segment log does) or in a checkpoint record (served as it reads).
 
 import type { ChangeEvent, Entry } from '../../src/core/wire.js';
-import { CHECKPOINT_FORMAT, CorruptRecordError, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type HistoryReader, type Rec, type RidRecord } from '../../src/core/records.js';
+import { CHECKPOINT_FORMAT, CorruptRecordError, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type HistoryReader, type Rec, type RidRecord, type TimedRec } from '../../src/core/records.js';
+import { timedOf } from '../../src/core/state.js';
+import { decodeEntry, encodeEntryJson } from '../../src/storage/entry-codec.js';
 import { MemHistory } from '../../src/storage/mem-history.js';
 import type { DurableState } from '../../src/core/node.js';
 import { LogCorruptError } from '../../src/storage/segment-format.js';
@@ -72,7 +74,8 @@ export class SimLog {
 
   append(entries: Entry[]): void {
     if (entries.length === 0) return;
-    const op: LogOp = { t: 'app', entries: entries.slice() };
+    // Through the log's own codec, as the segment log writes them: a field it drops is lost here too.
+    const op: LogOp = { t: 'app', entries: entries.map((e) => decodeEntry(Buffer.from(encodeEntryJson(e), 'utf8'))) };
     this.view.apply(op);
     this.pending.push(op);
   }
@@ -232,9 +235,9 @@ export class SimCheckpoint implements CheckpointReader, HistoryReader {
   counts(): { keys: number; rids: number } {
     return { keys: this.kv.size, rids: this.ridMap.size };
   }
-  ttlKeys(): Array<[string, { rev: number; ttl: number }]> {
-    const out: Array<[string, { rev: number; ttl: number }]> = [];
-    for (const [k, r] of this.kv) if (r.ttl !== undefined && !this.damaged.has(k)) out.push([k, { rev: r.rev, ttl: r.ttl }]);
+  ttlKeys(): Array<[string, TimedRec]> {
+    const out: Array<[string, TimedRec]> = [];
+    for (const [k, r] of this.kv) if ((r.ttl !== undefined || r.lease !== undefined) && !this.damaged.has(k)) out.push([k, timedOf(r)]);
     return out;
   }
   /** One atomic write transaction. */

@@ -280,6 +280,7 @@ export class Sim {
     // Remember every value a write carries: a read may return only these.
     if (req.op === 'put' || req.op === 'create') this.inv.issued.add(req.value);
     else if (req.op === 'cas' && req.value !== null) this.inv.issued.add(req.value);
+    else if (req.op === 'grant') this.inv.issued.add(''); // a lease's record holds ""
     else if (req.op === 'batch') for (const w of req.ops) if ((w.op === 'put' || w.op === 'cas') && w.value !== null) this.inv.issued.add(w.value);
     const acked = this.inv.ackedMax;
     const loss = this.healed ? 0 : this.p.clientLoss;

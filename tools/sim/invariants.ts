@@ -383,7 +383,7 @@ export class Invariants {
     if (!reply.ok && ['BAD_REQUEST', 'TOO_LARGE', 'INTERNAL'].includes(reply.error.code)) fail(`${what}: ${reply.error.code}: ${reply.error.message}`);
     const rid = 'rid' in req ? req.rid : undefined;
     const write = rid !== undefined;
-    const final = reply.ok || (write && reply.error.code === 'CAS_MISMATCH') || (!write && ['NOT_FOUND', 'COMPACTED'].includes(reply.error.code));
+    const final = reply.ok || (write && resultOf(reply) !== undefined) || (!write && ['NOT_FOUND', 'COMPACTED'].includes(reply.error.code));
     if (!final) {
       if (!reply.ok && reply.error.code === 'TOKEN_AHEAD' && after <= this.model.tsAt(this.model.last)) {
         this.sim.stats.spuriousTokenAhead++;

@@ -2,7 +2,7 @@
 // applied to a plain map by an implementation independent of KvState. It is
 // the oracle for every replica's state and every reply.
 
-import { PREFIX_DELETE_KEYS_MAX } from '../../src/core/limits.js';
+import { LEASE_KEYS_MAX, PREFIX_DELETE_KEYS_MAX } from '../../src/core/limits.js';
 import type { ChangeEvent, Entry, WriteOp, WriteResult } from '../../src/core/wire.js';
 import type { Rec } from '../../src/core/records.js';
 
@@ -97,24 +97,45 @@ export class Model {
     };
     const rev = (k: string): number => (changes.has(k) ? (changes.get(k)?.rev ?? 0) : (this.cur.get(k)?.rev ?? 0));
     const bytes = (k: string): boolean => (changes.has(k) ? changes.get(k)?.b64 === true : this.cur.get(k)?.b64 === true);
+    const now = (k: string): Rec | null => (changes.has(k) ? (changes.get(k) ?? null) : (this.cur.get(k) ?? null));
+    // The model's own reading of leases: a scan of every key, no index.
+    const attached = (id: number): string[] => [...new Set([...this.cur.keys(), ...changes.keys()])].filter((k) => now(k)?.lease === id).sort();
+    const fail = (code: 'LEASE_NOT_FOUND' | 'LEASE_FULL', i: number, lease: number) => ({ result: { ok: false as const, code, failed: i, lease }, changes: new Map<string, Rec | null>() });
     for (let i = 0; i < e.ops.length; i++) {
       const op: WriteOp = e.ops[i]!;
+      if (op.op === 'grant') {
+        changes.set(`_lease.${e.index}`, { value: '', rev: e.index, ts: e.ts, ttl: op.ttl });
+        continue;
+      }
+      if (op.op === 'keepalive' || op.op === 'revoke') {
+        const l = now(`_lease.${op.lease}`);
+        if (l === null) {
+          if (op.op === 'keepalive') return fail('LEASE_NOT_FOUND', i, op.lease);
+          continue;
+        }
+        if (op.op === 'keepalive') changes.set(`_lease.${op.lease}`, { value: l.value, rev: e.index, ts: e.ts, ttl: l.ttl! });
+        else for (const k of [`_lease.${op.lease}`, ...attached(op.lease)]) changes.set(k, null);
+        continue;
+      }
       if (op.op === 'delprefix') {
-        const keys = [...new Set([...this.cur.keys(), ...changes.keys()])].filter((k) => k.startsWith(op.prefix) && value(k) !== null).sort();
+        const keys = [...new Set([...this.cur.keys(), ...changes.keys()])].filter((k) => k.startsWith(op.prefix) && !k.startsWith('_lease.') && value(k) !== null).sort();
         for (const k of keys.slice(0, PREFIX_DELETE_KEYS_MAX)) changes.set(k, null);
         continue;
       }
       if (op.op === 'expire') {
-        const now = changes.has(op.key) ? changes.get(op.key) : this.cur.get(op.key);
-        if (now && now.rev === op.rev && now.ttl !== undefined) changes.set(op.key, null);
+        const r = now(op.key);
+        if (r && r.rev === op.rev && r.ttl !== undefined) {
+          changes.set(op.key, null);
+          if (op.key.startsWith('_lease.')) for (const k of attached(Number(op.key.slice(7)))) changes.set(k, null);
+        }
         continue;
       }
       let next: string | null;
       if (op.op === 'put') next = op.value;
       else if (op.op === 'del') next = null;
       else {
-        const now = value(op.key);
-        if ('expectRev' in op ? rev(op.key) !== op.expectRev : now !== op.expect || (now !== null && bytes(op.key) !== (op.b64 === true))) return { result: { ok: false, code: 'CAS_MISMATCH', failed: i, current: now }, changes: new Map() };
+        const cv = value(op.key);
+        if ('expectRev' in op ? rev(op.key) !== op.expectRev : cv !== op.expect || (cv !== null && bytes(op.key) !== (op.b64 === true))) return { result: { ok: false, code: 'CAS_MISMATCH', failed: i, current: cv }, changes: new Map() };
         next = op.value;
       }
       if (next === null) {
@@ -122,7 +143,14 @@ export class Model {
       } else {
         const ttl = op.op === 'del' ? undefined : op.ttl;
         const b64 = op.op !== 'del' && op.b64 === true ? { b64: true as const } : {};
-        changes.set(op.key, ttl === undefined ? { value: next, rev: e.index, ts: e.ts, ...b64 } : { value: next, rev: e.index, ts: e.ts, ttl, ...b64 });
+        const lease = op.op === 'del' ? undefined : op.lease;
+        if (lease !== undefined) {
+          if (now(`_lease.${lease}`) === null) return fail('LEASE_NOT_FOUND', i, lease);
+          if (now(op.key)?.lease !== lease && attached(lease).length >= LEASE_KEYS_MAX) return fail('LEASE_FULL', i, lease);
+        }
+        const rec: Rec = ttl === undefined ? { value: next, rev: e.index, ts: e.ts, ...b64 } : { value: next, rev: e.index, ts: e.ts, ttl, ...b64 };
+        if (lease !== undefined) rec.lease = lease;
+        changes.set(op.key, rec);
       }
     }
     for (const [k, rec] of changes) {
@@ -183,7 +211,11 @@ export function showEntry(e: Entry | undefined): string {
           ? `delprefix ${o.prefix}`
           : o.op === 'expire'
             ? `expire ${o.key}@${o.rev}`
-            : `cas ${o.key} ${'expectRev' in o ? `rev${o.expectRev}` : o.expect}->${o.value}${o.ttl !== undefined ? ` ttl${o.ttl}` : ''}`,
+            : o.op === 'grant'
+              ? `grant ttl${o.ttl}`
+              : o.op === 'keepalive' || o.op === 'revoke'
+                ? `${o.op} ${o.lease}`
+                : `cas ${o.key} ${'expectRev' in o ? `rev${o.expectRev}` : o.expect}->${o.value}${o.ttl !== undefined ? ` ttl${o.ttl}` : ''}`,
   );
   return `${head} ${e.rid ?? ''} [${ops.join('; ')}]`;
 }

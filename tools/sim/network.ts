@@ -13,6 +13,7 @@ import type { ClientSubject } from '../../src/server/replica.js';
 import type { SimNode } from './env.js';
 import type { Sim } from './harness.js';
 import { fmtMsg } from './trace.js';
+import { isWrite } from '../../src/core/validate.js';
 
 export class Network {
   /** Cut links, as "from>to". */
@@ -138,7 +139,7 @@ export class Network {
 
 /** Writes, config and strong reads go on the write subject (to the coordinator). */
 export function isWriteSubject(req: Request): boolean {
-  if (req.op === 'put' || req.op === 'del' || req.op === 'delprefix' || req.op === 'cas' || req.op === 'create' || req.op === 'batch' || req.op === 'config') return true;
+  if (isWrite(req) || req.op === 'config') return true;
   return 'consistency' in req && req.consistency === 'strong';
 }
 
