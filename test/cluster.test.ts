@@ -317,6 +317,9 @@ t.test('durable history and watches that do not stop: after every server was kil
   await indexOf(['put', 'other', 'x']);
   const a10 = await indexOf(['put', 'w.a', '10']);
   const bDel = await indexOf(['del', 'w.b']);
+  // Bytes and a leased key, to come back from the log and the checkpoint as they went in.
+  const lease = JSON.parse((await ckv(['--json', 'lease', 'grant', '1h'])).stdout).id as number;
+  t.equal((await c.ckv(['--no-session', 'put', '--lease', String(lease), 'bin.x', '-'], { input: Buffer.from([0xff, 0, 0xfe]) })).code, 0);
   const checkpointedAll = (index: number) =>
     c.waitFor(`every server's checkpoint at ${index}`, async () => {
       const rows = await statuses(c);
@@ -332,6 +335,8 @@ t.test('durable history and watches that do not stop: after every server was kil
     const rows = await statuses(c);
     return rows.length === 3 && rows.every((r) => r.applied >= bDel) ? true : undefined;
   }, 15_000);
+  const bin = JSON.parse((await ckv(['get', '--json', 'bin.x'])).stdout);
+  t.same([bin.value, bin.b64, bin.lease], [Buffer.from([0xff, 0, 0xfe]).toString('base64'), true, lease], 'bytes from stdin, with their lease, after every server was killed');
   // The same answer whichever server answers (the read queue group picks one at random).
   for (let i = 0; i < 6; i++) {
     const h = await ckv(['history', '--json', 'w.a']);

@@ -104,7 +104,8 @@ const COMMANDS: Record<string, CommandSpec> = {
 terminal. A missing key prints "not found" on stderr and exits 1.
   --rev REV  KEY as it was at revision REV (a log index, e.g. an earlier write's
              "index"), while the servers' history holds it: else COMPACTED (exit 4)
---json: {"key","value","rev","ts"} (value null if missing).`,
+--json: {"key","value","rev","ts"} (value null if missing; also "b64", "ttl", "lease"
+when the value is bytes, has a time to live, is attached to a lease).`,
     flags: ['strong', 'rev'],
   },
   put: {
@@ -619,7 +620,7 @@ async function prepare(s: Settings): Promise<Action> {
       check({ op: 'get', key, ...(rev !== undefined ? { rev } : {}), ...(strong.consistency ? { consistency: strong.consistency } : {}) });
       return async (c) => {
         const kv = await c.get(key, { ...strong, ...(rev !== undefined ? { rev } : {}) });
-        if (s.json) json({ key, value: kv?.value ?? null, ...(kv?.b64 ? { b64: true } : {}), ...(kv ? { rev: kv.rev } : {}), ...(kv?.ttl !== undefined ? { ttl: kv.ttl } : {}), ts: c.token });
+        if (s.json) json({ key, value: kv?.value ?? null, ...(kv?.b64 ? { b64: true } : {}), ...(kv ? { rev: kv.rev } : {}), ...(kv?.ttl !== undefined ? { ttl: kv.ttl } : {}), ...(kv?.lease !== undefined ? { lease: kv.lease } : {}), ts: c.token });
         else if (kv?.b64) out(valueBytes(kv));
         else if (kv) out(process.stdout.isTTY ? kv.value + '\n' : kv.value);
         if (!kv && !s.json) warn(`${key}: not found`);
