@@ -1272,7 +1272,9 @@ export class Node {
     // of the voters both count lost its disk (a new voter may not yet hold the change that
     // makes it one, and nobody would know to ask it).
     let n = this.majorityMatch(this.voters);
-    for (const voters of [this.log.configAt(this.commit).voters, ...this.log.configsAbove(this.commit)]) n = Math.min(n, this.majorityMatch(voters));
+    // (Only the uncommitted tail is scanned on this hot path; the older configuration only when a change is in flight.)
+    const pending = this.log.configsAbove(this.commit);
+    if (pending.length > 0) for (const voters of [this.log.configAt(this.commit).voters, ...pending]) n = Math.min(n, this.majorityMatch(voters));
     // Only entries of our own epoch are committed by counting (older ones ride along).
     if (n > this.commit && this.epochAt(n) === this.epoch) {
       this.commit = n;

@@ -183,9 +183,17 @@ export class Model {
   }
 }
 
+/** Entries are never changed once made: each one's JSON is worked out once. */
+const entryJson = new WeakMap<Entry, string>();
+function jsonOf(e: Entry): string {
+  let j = entryJson.get(e);
+  if (j === undefined) entryJson.set(e, (j = JSON.stringify(e)));
+  return j;
+}
+
 export function sameEntry(a: Entry, b: Entry): boolean {
   if (a === b) return true;
-  return a.index === b.index && a.epoch === b.epoch && a.ts === b.ts && JSON.stringify(a) === JSON.stringify(b);
+  return a.index === b.index && a.epoch === b.epoch && a.ts === b.ts && jsonOf(a) === jsonOf(b);
 }
 
 export function sameRec(a: Rec | null | undefined, b: Rec | null | undefined): boolean {
