@@ -562,3 +562,24 @@ t.test('durable history: age retention, a damaged event, an older checkpoint wit
   t.same([...rw.events(0)].map((e) => e.index), [10]);
   await rw.close();
 });
+
+t.test('durable history: a smaller retention lets go of thousands of events, a slice at a time, by whole entries', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  let cp = await LmdbCheckpoint.open(dir);
+  const events: ChangeEvent[] = [];
+  for (let i = 1; i <= 1500; i++) for (const key of ['a', 'b']) events.push({ index: i, ts: i, op: 'put', key, value: String(i), prev: i - 1 });
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(1500), events });
+  t.equal(cp.historyCount(), 3000);
+  await cp.close();
+  cp = await LmdbCheckpoint.open(dir, { historyEventsMax: 100 });
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(1501), events: [{ index: 1501, ts: 1501, op: 'del', key: 'a', prev: 1500 }] });
+  // 3001 events, 100 kept: 2901 go, and the cut falls between the two events of entry 1451: the whole entry goes.
+  t.equal(cp.historyCount(), 99, 'whole entries: one more let go than the count asks');
+  t.equal(cp.historyFloor(), 1451);
+  t.same([...cp.events(0)][0], { index: 1452, ts: 1452, op: 'put', key: 'a', value: '1452', prev: 1451 });
+  t.same([...cp.keyEventsBefore('b', 1452)], [], 'their hist entries went too');
+  const report = await verifyCheckpoint(dir).catch((e) => e);
+  t.ok(report, 'verify runs while open (read-only alongside)');
+  await cp.close();
+  t.same((await verifyCheckpoint(dir)).problems, []);
+});

@@ -585,7 +585,8 @@ export class LmdbCheckpoint implements CheckpointStore {
       ridSets[i] = [key, sealValue(key, ridJson(rec))];
     }
     this.check();
-    const history = this.historyOps(delta);
+    const history = await this.historyOps(delta);
+    this.check();
     const ridDels = delta.ridsDel.map((rid) => Buffer.from(rid, 'utf8'));
     const meta = sealValue(META_KEY, metaJson(delta.meta));
     await this.root.batch(() => {
@@ -621,7 +622,7 @@ export class LmdbCheckpoint implements CheckpointStore {
    * The history's part of a write: the delta's events added, the oldest let go of beyond the
    * retention (by whole entries, at most HISTORY_PRUNE_EVENTS_MAX more than are added).
    */
-  private historyOps(delta: CheckpointDelta): { puts: Array<[Buffer, Buffer, Buffer]>; dels: Buffer[]; histDels: Buffer[]; meta: HistoryMeta } {
+  private async historyOps(delta: CheckpointDelta): Promise<{ puts: Array<[Buffer, Buffer, Buffer]>; dels: Buffer[]; histDels: Buffer[]; meta: HistoryMeta }> {
     const dels: Buffer[] = [];
     const histDels: Buffer[] = [];
     const dropOld = (ev: ChangeEvent | null, k: Buffer): void => {
@@ -640,17 +641,25 @@ export class LmdbCheckpoint implements CheckpointStore {
     const ageCut = this.historyAgeMs > 0 ? at - this.historyAgeMs : -1;
     let budget = delta.events.length + HISTORY_PRUNE_EVENTS_MAX;
     let last = -1;
-    for (const { key, value } of this.eventsDb!.getRange({})) {
-      const index = indexOfEventKey(key);
-      const stored = this.decodeStored(key, value);
-      // Whole entries only: decide at each new index.
-      // (A damaged event's age is unknown: it goes once the age limit is reached, or by count.)
-      if (index !== last && (budget <= 0 || (excess <= 0 && (stored === null ? ageCut < 0 : stored.at >= ageCut)))) break;
-      dropOld(stored?.event ?? null, key);
-      excess--;
-      budget--;
-      count--;
-      last = index;
+    // Oldest first, a slice per turn of the loop (each slice its own read; only this writer
+    // changes the history, and its writes run one at a time).
+    let cursor: Buffer | null = null;
+    scan: for (;;) {
+      const slice: Array<{ key: Buffer; stored: { at: number; event: ChangeEvent } | null }> = [...this.eventsDb!.getRange({ ...(cursor !== null ? { start: cursor, exclusiveStart: true } : {}), limit: CHECKPOINT_SLICE_ITEMS })].map(({ key, value }) => ({ key: Buffer.from(key), stored: this.decodeStored(key, value) }));
+      for (const { key, stored } of slice) {
+        const index = indexOfEventKey(key);
+        // Whole entries only: decide at each new index.
+        // (A damaged event's age is unknown: it goes once the age limit is reached, or by count.)
+        if (index !== last && (budget <= 0 || (excess <= 0 && (stored === null ? ageCut < 0 : stored.at >= ageCut)))) break scan;
+        dropOld(stored?.event ?? null, key);
+        excess--;
+        budget--;
+        count--;
+        last = index;
+      }
+      if (slice.length < CHECKPOINT_SLICE_ITEMS) break;
+      cursor = slice[slice.length - 1]!.key;
+      await yieldToLoop();
     }
     if (last >= 0) floor = last;
     // Fewer kept than one delta holds: let go of its oldest too.
@@ -665,6 +674,8 @@ export class LmdbCheckpoint implements CheckpointStore {
     let seq = 0;
     let prevIndex = -1;
     for (let i = 0; i < delta.events.length; i++) {
+      // Encoding many events lets the loop run between slices, as the records' encoding does.
+      if (i > 0 && i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
       const ev = delta.events[i]!;
       seq = ev.index === prevIndex ? seq + 1 : 0;
       prevIndex = ev.index;
