@@ -141,16 +141,6 @@ export class EntryLog {
     return { index: 0, epoch: 0 };
   }
 
-  /** The voters of every configuration entry above `index`, oldest first (changes not yet committed when index is the commit). */
-  configsAbove(index: number): number[][] {
-    const out: number[][] = [];
-    for (let i = Math.max(index, this.base.index) + 1; i <= this.last; i++) {
-      const e = this.at(i)!;
-      if (e.kind === 'config') out.push(e.voters);
-    }
-    return out;
-  }
-
   /** A configuration entry above `index` (a change not yet committed when index is the commit). */
   configAbove(index: number): boolean {
     for (let i = this.last; i > index; i--) if (this.at(i)!.kind === 'config') return true;

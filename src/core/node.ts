@@ -1267,14 +1267,15 @@ export class Node {
 
   private advanceCommit(): void {
     // While a configuration change is not committed, an entry commits only once a majority of
-    // the configuration before it holds it too, as well as of each change: the servers that
-    // know only the old one must find every committed entry among themselves, even after one
-    // of the voters both count lost its disk (a new voter may not yet hold the change that
-    // makes it one, and nobody would know to ask it).
+    // the configuration before it holds it too: the servers that know only the old one must
+    // find every committed entry among themselves, even after a voter both count lost its disk
+    // (a new voter may not yet hold the change that makes it one, and nobody would know to ask
+    // it). Only the newest change can be uncommitted: a coordinator proposes one only once the
+    // one before is committed. (So after a restart, whose commit is only the checkpoint's,
+    // older changes in the log do not hold writes back.)
     let n = this.majorityMatch(this.voters);
-    // (Only the uncommitted tail is scanned on this hot path; the older configuration only when a change is in flight.)
-    const pending = this.log.configsAbove(this.commit);
-    if (pending.length > 0) for (const voters of [this.log.configAt(this.commit).voters, ...pending]) n = Math.min(n, this.majorityMatch(voters));
+    // (configAbove scans only the uncommitted tail: this runs on every ack.)
+    if (this.log.configAbove(this.commit)) n = Math.min(n, this.majorityMatch(this.log.configAt(this.log.configPosition().index - 1).voters));
     // Only entries of our own epoch are committed by counting (older ones ride along).
     if (n > this.commit && this.epochAt(n) === this.epoch) {
       this.commit = n;
