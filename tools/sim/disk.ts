@@ -237,7 +237,8 @@ export class SimCheckpoint implements CheckpointReader, HistoryReader {
   }
   ttlKeys(): Array<[string, TimedRec]> {
     const out: Array<[string, TimedRec]> = [];
-    for (const [k, r] of this.kv) if ((r.ttl !== undefined || r.lease !== undefined) && !this.damaged.has(k)) out.push([k, timedOf(r)]);
+    // (As LMDB's: the index is kept apart from the records, so a damaged record is still in it.)
+    for (const [k, r] of this.kv) if (r.ttl !== undefined || r.lease !== undefined) out.push([k, timedOf(r)]);
     return out;
   }
   /** One atomic write transaction. */
