@@ -37,7 +37,7 @@ export class KvState {
   /** The cluster's identity: from the first entry ('' before it is applied). */
   cluster: string;
   private ridsMax: number;
-  /** Keys attached to each lease, as of what was applied (for revoke and expiry, without a scan). */
+  /** Keys attached to each lease (and some that were, since: filtered when read), for revoke and expiry without a scan. */
   private leased = new Map<number, Set<string>>();
 
   constructor(base: CheckpointReader, ridsMax = RIDS_RETAINED_MAX) {
@@ -61,12 +61,6 @@ export class KvState {
     s.add(key);
   }
 
-  private detach(key: string, lease: number): void {
-    const s = this.leased.get(lease);
-    if (s === undefined) return;
-    s.delete(key);
-    if (s.size === 0) this.leased.delete(lease);
-  }
 
   /** Records the next checkpoint would write: keys and request ids changed since the last one. */
   get dirtyCount(): number {
@@ -153,9 +147,13 @@ export class KvState {
     const events: ChangeEvent[] = [];
     if (result.ok) {
       for (const [key, slot] of changes) {
-        const before = this.get(key)?.lease;
-        if (before !== undefined) this.detach(key, before);
+        // (A key that leaves its lease stays in the lease's set, which leaseKeys filters: no
+        // read of the old record on every write. The set goes with the lease.)
         if (slot.rec !== null && slot.rec.lease !== undefined) this.attach(key, slot.rec.lease);
+        else if (slot.rec === null) {
+          const id = leaseIdOf(key);
+          if (id !== null) this.leased.delete(id);
+        }
         this.overlay.set(key, slot);
         events.push(
           slot.rec === null
