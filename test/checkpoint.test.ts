@@ -583,3 +583,21 @@ t.test('durable history: a smaller retention lets go of thousands of events, a s
   await cp.close();
   t.same((await verifyCheckpoint(dir)).problems, []);
 });
+
+t.test('durable history: an entry whose events span several read slices goes whole', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  const cp = await LmdbCheckpoint.open(dir, { historyEventsMax: 24 });
+  t.teardown(() => cp.close());
+  // A prefix delete's 20 events at index 1, then one event each at 2..5.
+  const first: ChangeEvent[] = Array.from({ length: 20 }, (_, i) => ({ index: 1, ts: 1, op: 'del', key: `p.${String(i).padStart(2, '0')}`, prev: 0 }));
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(1), events: first });
+  const more: ChangeEvent[] = [2, 3, 4, 5].map((i) => ({ index: i, ts: i, op: 'put', key: 'k', value: String(i), prev: i - 1 }));
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(5), events: more });
+  t.equal(cp.historyCount(), 24, 'at the retention: nothing let go');
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(6), events: [{ index: 6, ts: 6, op: 'put', key: 'k', value: '6', prev: 5 }] });
+  // One too many: all 20 of entry 1 go (read 9, then 8, then the rest), none of entry 2.
+  t.equal(cp.historyFloor(), 1);
+  t.equal(cp.historyCount(), 5);
+  t.same([...cp.events(0)].map((e) => e.index), [2, 3, 4, 5, 6]);
+  t.same([...cp.keyEventsBefore('p.19', 10)], []);
+});

@@ -644,8 +644,12 @@ export class LmdbCheckpoint implements CheckpointStore {
     // Oldest first, a slice per turn of the loop (each slice its own read; only this writer
     // changes the history, and its writes run one at a time).
     let cursor: Buffer | null = null;
-    scan: for (;;) {
-      const slice: Array<{ key: Buffer; stored: { at: number; event: ChangeEvent } | null }> = [...this.eventsDb!.getRange({ ...(cursor !== null ? { start: cursor, exclusiveStart: true } : {}), limit: CHECKPOINT_SLICE_ITEMS })].map(({ key, value }) => ({ key: Buffer.from(key), stored: this.decodeStored(key, value) }));
+    // Nothing to let go of (the usual case): no read at all. (Once something went, go on to
+    // the end of its entry, in the next slice if need be.)
+    scan: while (excess > 0 || ageCut >= 0 || last >= 0) {
+      // Only as many as may go (an entry's few more, read in the next slice), or a slice when ages decide.
+      const limit = ageCut >= 0 ? CHECKPOINT_SLICE_ITEMS : Math.min(CHECKPOINT_SLICE_ITEMS, Math.max(excess, 0) + 8);
+      const slice: Array<{ key: Buffer; stored: { at: number; event: ChangeEvent } | null }> = [...this.eventsDb!.getRange({ ...(cursor !== null ? { start: cursor, exclusiveStart: true } : {}), limit })].map(({ key, value }) => ({ key: Buffer.from(key), stored: this.decodeStored(key, value) }));
       for (const { key, stored } of slice) {
         const index = indexOfEventKey(key);
         // Whole entries only: decide at each new index.
@@ -657,7 +661,7 @@ export class LmdbCheckpoint implements CheckpointStore {
         count--;
         last = index;
       }
-      if (slice.length < CHECKPOINT_SLICE_ITEMS) break;
+      if (slice.length < limit) break;
       cursor = slice[slice.length - 1]!.key;
       await yieldToLoop();
     }
