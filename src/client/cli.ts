@@ -28,7 +28,7 @@ import { validateRequest } from '../core/validate.js';
 import { VERSION } from '../core/version.js';
 import { NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, resolveNatsAuth, type NatsAuth } from '../transport/nats-auth.js';
 import type { ChangeEvent, KeyValue, Request, ClientWriteOp } from '../core/wire.js';
-import { CasMismatchError, CkvError, Client, valueBytes, type WriteAck } from './client.js';
+import { CasMismatchError, CkvError, Client, valueBytes, wireValues, type WriteAck } from './client.js';
 import { LOCK_TTL_MS_DEFAULT, LOCK_TTL_MS_MIN, LockHeldError, type Lock } from './lock.js';
 import { defaultSessionPath, readSessionEntry, saveToken } from './session.js';
 import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from './status-table.js';
@@ -455,13 +455,6 @@ function textOrBytes(b: Buffer): string | Uint8Array {
   }
 }
 
-/** A value (and an expected one) as the wire carries it, for the server's own validation. */
-function wireValue(value: string | Uint8Array | null, expect?: string | Uint8Array | null): { value: string | null; expect?: string | null; b64?: true } {
-  const enc = (v: string | Uint8Array | null): string | null => (v === null || typeof v === 'string' ? v : Buffer.from(v).toString('base64'));
-  const bytes = value instanceof Uint8Array || expect instanceof Uint8Array;
-  return { value: enc(value), ...(expect !== undefined ? { expect: enc(expect) } : {}), ...(bytes ? { b64: true as const } : {}) };
-}
-
 /** A value for one-line output: bytes as b64:BASE64, text escaped. */
 function lineValue(kv: { value: string; b64?: true }): string {
   return kv.b64 ? `b64:${kv.value}` : escapeValue(kv.value);
@@ -631,7 +624,7 @@ async function prepare(s: Settings): Promise<Action> {
       const value = await valueArg(s, 'put');
       const key = s.args[0]!;
       const opts = { ...ttlFlag(s), ...leaseFlag(s) };
-      check({ op: 'put', key, ...wireValue(value), ...opts } as Request);
+      check({ op: 'put', key, ...wireValues(value), ...opts } as Request);
       return async (c) => printAck(s, await c.put(key, value, opts));
     }
     case 'del': {
@@ -649,7 +642,7 @@ async function prepare(s: Settings): Promise<Action> {
       const value = await valueArg(s, 'create');
       const key = s.args[0]!;
       const opts = { ...ttlFlag(s), ...leaseFlag(s) };
-      check({ op: 'create', key, ...wireValue(value), ...opts } as Request);
+      check({ op: 'create', key, ...wireValues(value), ...opts } as Request);
       return async (c) => printAck(s, await c.create(key, value, opts));
     }
     case 'cas': {
@@ -667,11 +660,11 @@ async function prepare(s: Settings): Promise<Action> {
       const value = del ? null : await arg(s.args[i++]!, 'new value');
       const opts = ttlFlag(s);
       if (rev !== undefined) {
-        check({ op: 'cas', key, expectRev: rev, ...wireValue(value), ...opts } as Request);
+        check({ op: 'cas', key, expectRev: rev, ...wireValues(value), ...opts } as Request);
         return async (c) => printAck(s, await c.casRev(key, rev, value, opts));
       }
       if ((expect instanceof Uint8Array) !== (value instanceof Uint8Array) && expect !== null && value !== null) usage('the expected and the new value must both be text or both be bytes');
-      const enc = wireValue(value, expect);
+      const enc = wireValues(value, expect);
       check({ op: 'cas', key, ...enc, expect: enc.expect ?? null, ...opts } as Request);
       return async (c) => printAck(s, await c.cas(key, expect, value, opts));
     }

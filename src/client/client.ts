@@ -7,7 +7,8 @@ import type { NatsConnection } from '@nats-io/transport-node';
 // (The CLI's bundle loads os on first use: tools/bundle-cli.ts.)
 import { hostname } from 'node:os';
 import { acquire, LOCK_TTL_MS_DEFAULT, LOCK_TTL_MS_MIN, type Lock, type LockOptions } from './lock.js';
-import { keepLease, leaseIdOfKey, type Lease, type LeaseInfo } from './lease.js';
+import { keepLease, type Lease, type LeaseInfo } from './lease.js';
+import { leaseIdOf } from '../core/state.js';
 import { CkvError, ErrorCode, ERROR_CODES, type WireError } from '../core/errors.js';
 import { isNatsAuthError, natsConnectionOptions, redactUrl, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 
@@ -326,7 +327,7 @@ export function valueBytes(kv: { value: string; b64?: true }): Uint8Array {
 }
 
 /** value (and expect) as the wire carries them: text as it is, bytes as base64 with b64. */
-function wireValues(value: string | Uint8Array | null, expect?: string | Uint8Array | null): { value: string | null; expect?: string | null; b64?: true } {
+export function wireValues(value: string | Uint8Array | null, expect?: string | Uint8Array | null): { value: string | null; expect?: string | null; b64?: true } {
   const bytes = value instanceof Uint8Array || expect instanceof Uint8Array;
   const enc = (v: string | Uint8Array | null): string | null => (v === null ? null : typeof v === 'string' ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64'));
   if (bytes && (typeof value === 'string' || typeof expect === 'string')) throw new CkvError(ErrorCode.BAD_REQUEST, 'expect and value must both be text or both be bytes (Uint8Array)');
@@ -544,7 +545,7 @@ export class Client {
     for (let start: string | undefined; ; ) {
       const page = await this.list(LEASE_KEY_PREFIX, { ...opts, limit: LIST_LIMIT_MAX, ...(start !== undefined ? { start } : {}) });
       for (const kv of page.items) {
-        const id = leaseIdOfKey(kv.key);
+        const id = leaseIdOf(kv.key);
         if (id !== null && kv.ttl !== undefined) out.push({ id, ttl: kv.ttl, rev: kv.rev });
       }
       if (page.next === null) break;

@@ -4,7 +4,6 @@
 
 // (CkvError from core: client.ts imports this file, so its own exports are not ready at load.)
 import { CkvError, ErrorCode } from '../core/errors.js';
-import { LEASE_KEY_PREFIX } from '../core/limits.js';
 import type { Client } from './client.js';
 
 /** A lease kept alive is refreshed this many times per ttl. */
@@ -29,12 +28,6 @@ export interface LeaseInfo {
   ttl: number;
   /** The index of its grant or of its last keepalive: its countdown runs from there. */
   rev: number;
-}
-
-export function leaseIdOfKey(key: string): number | null {
-  if (!key.startsWith(LEASE_KEY_PREFIX)) return null;
-  const id = Number(key.slice(LEASE_KEY_PREFIX.length));
-  return Number.isSafeInteger(id) && id > 0 ? id : null;
 }
 
 /** Keep lease `id` alive every ttl/3 until stopped, revoked or lost. */
