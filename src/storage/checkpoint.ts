@@ -103,7 +103,11 @@ function indexOfEventKey(b: Buffer, at = 0): number {
 }
 
 function histKey(key: Buffer, evKey: Buffer): Buffer {
-  return Buffer.concat([key, ZERO, evKey]);
+  const out = Buffer.allocUnsafe(key.length + 1 + evKey.length);
+  key.copy(out, 0);
+  out[key.length] = 0;
+  evKey.copy(out, key.length + 1);
+  return out;
 }
 
 function historyJson(h: HistoryMeta): string {
@@ -155,9 +159,16 @@ const CHECKPOINT_SLICE_ITEMS = 1024;
 
 const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
+const HEX_DIGITS = Buffer.from('0123456789abcdef', 'latin1');
+
+/** "<crc as 8 hex digits> <json>" in one buffer (this runs for every record a checkpoint writes). */
 function sealValue(key: Buffer, json: string): Buffer {
-  const body = Buffer.from(json, 'utf8');
-  return Buffer.concat([Buffer.from(`${checksumOf(key, body).toString(16).padStart(8, '0')} `, 'latin1'), body]);
+  const out = Buffer.allocUnsafe(SEAL_BYTES + Buffer.byteLength(json, 'utf8'));
+  out.write(json, SEAL_BYTES, 'utf8');
+  const crc = checksumOf(key, out, SEAL_BYTES);
+  for (let i = 0; i < 8; i++) out[i] = HEX_DIGITS[(crc >>> (28 - 4 * i)) & 0xf]!;
+  out[8] = 0x20;
+  return out;
 }
 
 /**
