@@ -8,6 +8,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { hostname } from 'node:os';
 import { acquire, LOCK_TTL_MS_DEFAULT, LOCK_TTL_MS_MIN, type Lock, type LockOptions } from './lock.js';
 import { keepLease, type Lease, type LeaseInfo } from './lease.js';
+import { randomFill } from './random.js';
 import { leaseIdOf } from '../core/state.js';
 import { CkvError, ErrorCode, ERROR_CODES, type WireError } from '../core/errors.js';
 import { isNatsAuthError, natsConnectionOptions, redactUrl, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
@@ -85,7 +86,7 @@ export interface Transport {
 }
 
 function randomToken(bytes: number): string {
-  return Buffer.from(crypto.getRandomValues(new Uint8Array(bytes))).toString('base64url');
+  return Buffer.from(randomFill(new Uint8Array(bytes))).toString('base64url');
 }
 
 function transportError(err: unknown, subject: string, timeoutMs: number): CkvError {

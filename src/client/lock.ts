@@ -9,6 +9,7 @@
 // (CkvError from core: client.ts imports this file, so its own exports are not ready at load.)
 import { CkvError, ErrorCode } from '../core/errors.js';
 import { CasMismatchError, type Client } from './client.js';
+import { randomFill } from './random.js';
 
 /** A lock is refreshed this many times per ttl. */
 const REFRESHES_PER_TTL = 3;
@@ -85,7 +86,7 @@ async function untilDeleted(w: ReturnType<Client['watch']>, ms: number): Promise
 }
 
 function newRid(): string {
-  return `lock-${Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString('base64url')}`;
+  return `lock-${Buffer.from(randomFill(new Uint8Array(16))).toString('base64url')}`;
 }
 
 function hold(client: Client, key: string, value: string, ttl: number, fence: number, acquiredAt: number): Lock {
