@@ -148,13 +148,14 @@ async function measureAll(t: Target): Promise<void> {
     for (let rep = 0; rep < reps!; rep++) {
       const label = `[${++runNo}] ${t.name}: ${describe(spec)}${reps! > 1 ? ` (rep ${rep + 1}/${reps})` : ''}`;
       progress(label);
-      results.push(await measure(opsList, spec.clients, (op) => t.run(op), (done) => progress(`${label}: ${done}/${opsList.length} ops`)));
+      results.push(await measure(opsList, spec.clients, (op) => t.run(op), (done) => progress(`${label}: ${done}/${opsList.length} ops`), () => t.pids()));
     }
     const result: Result = {
       opsPerSec: median(results.map((r) => r.opsPerSec)),
       p50us: median(results.map((r) => r.p50us)),
       p99us: median(results.map((r) => r.p99us)),
       errors: results.reduce((a, r) => a + r.errors, 0),
+      cpuUsPerOp: median(results.map((r) => r.cpuUsPerOp)),
     };
     rows.push({ workload: describe(spec), spec, system: t.name, result, reps: reps! });
   }

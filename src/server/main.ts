@@ -282,6 +282,9 @@ async function main(): Promise<void> {
         name: `ckv-server-${cluster}-${id}`,
         maxReconnectAttempts: -1,
         waitOnFirstConnect: true,
+        // Nothing a server publishes is for itself: without echo NATS does not send our own
+        // broadcasts (every append, to all followers) back to us to be opened and dropped.
+        noEcho: true,
         ...natsConnectionOptions(natsAuth, { nkeyAuthenticator, credsAuthenticator }),
       });
     } catch (err) {

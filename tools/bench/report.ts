@@ -16,41 +16,42 @@ export interface Row {
 }
 
 const ms = (us: number): string => (us / 1000).toFixed(2);
+const cpu = (us: number): string => (Number.isFinite(us) ? us.toFixed(0) : '-');
 
 /** Each ckv row's ratio to every baseline row of the same workload: throughput, and p50 (lower is better for ckv). */
-export function ratios(rows: Row[]): Array<{ workload: string; ckv: string; baseline: string; throughput: number; p50: number }> {
+export function ratios(rows: Row[]): Array<{ workload: string; ckv: string; baseline: string; throughput: number; p50: number; cpu: number }> {
   const out = [];
   for (const r of rows) {
     if (!r.system.startsWith('ckv')) continue;
     for (const b of rows) {
       if (b.workload !== r.workload || b.system.startsWith('ckv')) continue;
-      out.push({ workload: r.workload, ckv: r.system, baseline: b.system, throughput: r.result.opsPerSec / b.result.opsPerSec, p50: r.result.p50us / b.result.p50us });
+      out.push({ workload: r.workload, ckv: r.system, baseline: b.system, throughput: r.result.opsPerSec / b.result.opsPerSec, p50: r.result.p50us / b.result.p50us, cpu: r.result.cpuUsPerOp / b.result.cpuUsPerOp });
     }
   }
   return out;
 }
 
 export function table(rows: Row[]): string {
-  const head = ['workload', 'system', 'ops/s', 'p50 ms', 'p99 ms', 'errors'];
-  const body = rows.map((r) => [r.workload, r.system, r.result.opsPerSec.toFixed(0), ms(r.result.p50us), ms(r.result.p99us), String(r.result.errors)]);
+  const head = ['workload', 'system', 'ops/s', 'p50 ms', 'p99 ms', 'cpu us/op', 'errors'];
+  const body = rows.map((r) => [r.workload, r.system, r.result.opsPerSec.toFixed(0), ms(r.result.p50us), ms(r.result.p99us), cpu(r.result.cpuUsPerOp), String(r.result.errors)]);
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i >= 2 ? c.padStart(w[i]!) : c.padEnd(w[i]!))).join('  ');
   const lines = [line(head), ...body.map(line)];
   const rs = ratios(rows);
   if (rs.length > 0) {
-    lines.push('', 'ckv / baseline (same workload, same run): throughput ratio (higher is better), p50 ratio (lower is better)');
-    for (const r of rs) lines.push(`  ${r.workload} | ${r.ckv} vs ${r.baseline}: ${r.throughput.toFixed(2)}x ops/s, ${r.p50.toFixed(2)}x p50`);
+    lines.push('', 'ckv / baseline (same workload, same run): throughput ratio (higher is better), p50 and CPU-per-op ratios (lower is better)');
+    for (const r of rs) lines.push(`  ${r.workload} | ${r.ckv} vs ${r.baseline}: ${r.throughput.toFixed(2)}x ops/s, ${r.p50.toFixed(2)}x p50, ${r.cpu.toFixed(2)}x cpu/op`);
   }
   return lines.join('\n');
 }
 
 export function markdown(rows: Row[], notes: string[]): string {
-  const lines = ['# ckv benchmark', '', ...notes.map((n) => `- ${n}`), '', '| workload | system | ops/s | p50 ms | p99 ms | errors |', '|---|---|---:|---:|---:|---:|'];
-  for (const r of rows) lines.push(`| ${r.workload} | ${r.system} | ${r.result.opsPerSec.toFixed(0)} | ${ms(r.result.p50us)} | ${ms(r.result.p99us)} | ${r.result.errors} |`);
+  const lines = ['# ckv benchmark', '', ...notes.map((n) => `- ${n}`), '', '| workload | system | ops/s | p50 ms | p99 ms | CPU µs/op | errors |', '|---|---|---:|---:|---:|---:|---:|'];
+  for (const r of rows) lines.push(`| ${r.workload} | ${r.system} | ${r.result.opsPerSec.toFixed(0)} | ${ms(r.result.p50us)} | ${ms(r.result.p99us)} | ${cpu(r.result.cpuUsPerOp)} | ${r.result.errors} |`);
   const rs = ratios(rows);
   if (rs.length > 0) {
-    lines.push('', '## ckv against each baseline', '', '| workload | ckv | baseline | ops/s ratio | p50 ratio |', '|---|---|---|---:|---:|');
-    for (const r of rs) lines.push(`| ${r.workload} | ${r.ckv} | ${r.baseline} | ${r.throughput.toFixed(2)}x | ${r.p50.toFixed(2)}x |`);
+    lines.push('', '## ckv against each baseline', '', '| workload | ckv | baseline | ops/s ratio | p50 ratio | CPU/op ratio |', '|---|---|---|---:|---:|---:|');
+    for (const r of rs) lines.push(`| ${r.workload} | ${r.ckv} | ${r.baseline} | ${r.throughput.toFixed(2)}x | ${r.p50.toFixed(2)}x | ${r.cpu.toFixed(2)}x |`);
   }
   return lines.join('\n') + '\n';
 }

@@ -18,12 +18,16 @@ const START_TIMEOUT_MS = 20_000;
 export interface Target {
   name: string;
   run(op: Op): Promise<void>;
+  /** The processes doing this system's work (its servers and the NATS servers they use): their CPU per op is reported. */
+  pids(): number[];
   close(): Promise<void>;
 }
 
 /** Processes started by this run; all are killed at exit. */
 export class Procs {
   readonly all: ChildProcess[] = [];
+  /** nats-server process ids by client URL. */
+  readonly natsPids = new Map<string, number>();
   private nextPort: number;
   constructor(
     readonly dir: string,
@@ -59,7 +63,8 @@ export class Procs {
 
   async nats(extra: string[] = []): Promise<string> {
     const port = this.port();
-    await this.start('nats-server', ['-a', '127.0.0.1', '-p', String(port), ...extra], 'Server is ready', `nats-server:${port}`);
+    const p = await this.start('nats-server', ['-a', '127.0.0.1', '-p', String(port), ...extra], 'Server is ready', `nats-server:${port}`);
+    this.natsPids.set(`nats://127.0.0.1:${port}`, p.pid!);
     return `nats://127.0.0.1:${port}`;
   }
 
@@ -68,7 +73,7 @@ export class Procs {
     const ports = [this.port(), this.port(), this.port()];
     const routePorts = [this.port(), this.port(), this.port()];
     const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`).join(',');
-    await Promise.all(
+    const started = await Promise.all(
       ports.map((p, i) =>
         this.start(
           'nats-server',
@@ -78,6 +83,7 @@ export class Procs {
         ),
       ),
     );
+    ports.forEach((p, i) => this.natsPids.set(`nats://127.0.0.1:${p}`, started[i]!.pid!));
     return ports.map((p) => `nats://127.0.0.1:${p}`);
   }
 
@@ -102,11 +108,12 @@ const dec = new TextDecoder();
 
 /** The raw floor: one echo process answering every request on one subject. */
 export async function startRaw(procs: Procs, url: string, echoJs: string): Promise<Target> {
-  await procs.start(process.execPath, [echoJs, url, 'bench.echo'], 'ready', 'echo');
+  const echo = await procs.start(process.execPath, [echoJs, url, 'bench.echo'], 'ready', 'echo');
   const nc = await connect({ servers: url });
   return {
     name: 'raw NATS req/reply',
     run: async (op) => void (await nc.request('bench.echo', JSON.stringify(op), { timeout: REQUEST_TIMEOUT_MS })),
+    pids: () => [echo.pid!, procs.natsPids.get(url)!],
     close: () => nc.close(),
   };
 }
@@ -186,6 +193,7 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
       op.op === 'get'
         ? request(`ckv.${cluster}.read`, { op: 'get', key: op.key })
         : request(`ckv.${cluster}.write`, { op: 'put', key: op.key, value: op.value, rid: `${prefix}.${++rid}` }),
+    pids: () => [...[...servers.values()].map((p) => p.pid!), ...urls.map((u) => procs.natsPids.get(u)!)],
     close: () => nc.close(),
   };
   await retrying('ckv: first write', () => target.run({ op: 'put', key: 'bench.warmup', value: 'x' }));
@@ -223,6 +231,7 @@ export async function startJetStream(procs: Procs): Promise<Target> {
       if (op.op === 'get') await kv.get(op.key);
       else await kv.put(op.key, op.value!);
     },
+    pids: () => urls.map((u) => procs.natsPids.get(u)!),
     close: () => nc.close(),
   };
 }
@@ -237,7 +246,7 @@ export function etcdBinary(): string | null {
 export async function startEtcd(procs: Procs, bin: string): Promise<Target> {
   const members = [1, 2, 3].map((i) => ({ name: `e${i}`, client: procs.port(), peer: procs.port() }));
   const initial = members.map((m) => `${m.name}=http://127.0.0.1:${m.peer}`).join(',');
-  await Promise.all(
+  const started = await Promise.all(
     members.map((m) =>
       procs.start(
         bin,
@@ -267,6 +276,7 @@ export async function startEtcd(procs: Procs, bin: string): Promise<Target> {
     name: 'etcd 3 members',
     // Serializable would be a local read; the default (linearizable) is what etcdctl get does.
     run: (op) => (op.op === 'get' ? post('/v3/kv/range', { key: b64(op.key) }) : post('/v3/kv/put', { key: b64(op.key), value: b64(op.value!) })),
+    pids: () => started.map((p) => p.pid!),
     close: async () => undefined,
   };
   await retrying('etcd first put', () => target.run({ op: 'put', key: 'bench.warmup', value: 'x' }), 30_000);

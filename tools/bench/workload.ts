@@ -102,10 +102,33 @@ export interface Result {
   p50us: number;
   p99us: number;
   errors: number;
+  /** CPU time (user + system) of the system's processes per operation, µs; NaN when not measured. */
+  cpuUsPerOp: number;
 }
 
 /** Run `ops` with `clients` in flight; latency per op in µs. An op that throws counts as an error. */
-export async function measure(ops: Op[], clients: number, run: (op: Op) => Promise<void>, progress?: (done: number) => void): Promise<Result> {
+/** Clock ticks per second of /proc/PID/stat's times (USER_HZ: 100 on Linux everywhere it runs). */
+const USER_HZ = 100;
+
+/** CPU time (user + system) used so far by the live processes among `pids`, µs. */
+export function cpuUs(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    } catch {
+      continue; // gone (killed by a failover run)
+    }
+    // Fields after the command name (which may hold spaces) in parentheses: utime is the 14th field, stime the 15th.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    ticks += Number(f[11]) + Number(f[12]);
+  }
+  return (ticks * 1e6) / USER_HZ;
+}
+
+export async function measure(ops: Op[], clients: number, run: (op: Op) => Promise<void>, progress?: (done: number) => void, pids: () => number[] = () => []): Promise<Result> {
+  const cpu0 = cpuUs(pids());
   const lat = new Float64Array(ops.length);
   let next = 0;
   let done = 0;
@@ -127,8 +150,9 @@ export async function measure(ops: Op[], clients: number, run: (op: Op) => Promi
     }),
   );
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  const cpuUsPerOp = pids().length > 0 ? (cpuUs(pids()) - cpu0) / ops.length : NaN;
   lat.sort();
-  return { opsPerSec: ops.length / secs, p50us: lat[Math.floor(lat.length / 2)]!, p99us: lat[Math.floor(lat.length * 0.99)]!, errors };
+  return { opsPerSec: ops.length / secs, p50us: lat[Math.floor(lat.length / 2)]!, p99us: lat[Math.floor(lat.length * 0.99)]!, errors, cpuUsPerOp };
 }
 
 export function median(xs: number[]): number {
