@@ -308,6 +308,24 @@ t.test('single voter: elects itself, commits after persist, timestamps increase'
   t.equal(n.commitTs, b.ts);
 });
 
+t.test('log retention below a checkpoint: bounded by entries and by encoded bytes, whichever keeps fewer', async (t) => {
+  const run = (retainEntries: number, retainBytes: number | undefined, value: string): number => {
+    const n = new Node({ id: 1, voters: [1], promised: 0, entries: [], base: { index: 0, epoch: 0, ts: 0 }, commit: 0, commitTs: 0, retainEntries, ...(retainBytes !== undefined ? { retainBytes } : {}) });
+    n.tick();
+    drive(n);
+    for (let i = 0; i < 20; i++) n.propose([{ op: 'put', key: `k${i}`, value }]);
+    drive(n);
+    t.equal(n.commit, 21);
+    return n.checkpointed(21);
+  };
+  t.equal(run(5, undefined, 'v'), 17, 'by entries: 5 kept at or below the checkpoint');
+  t.equal(run(5, 1_000_000, 'v'), 17, 'a byte bound that is not reached changes nothing');
+  // Each entry is a little over 1,000 bytes encoded: 3,500 bytes keep 3 of them.
+  const first = run(5, 3500, 'x'.repeat(1000));
+  t.equal(first, 19, 'by bytes: only what fits in 3,500 bytes is kept');
+  t.equal(run(1000, 0, 'v'), 22, 'no bytes: nothing below the next entry is kept');
+});
+
 t.test('token rules: ahead at once at the coordinator, never moving the clock', async (t) => {
   const n = new Node({ id: 1, voters: [1], promised: 0, entries: [], base: { index: 0, epoch: 0, ts: 0 }, commit: 0, commitTs: 0 });
   n.tick();

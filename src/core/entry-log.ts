@@ -96,6 +96,19 @@ export class EntryLog {
     return out;
   }
 
+  /**
+   * Where to compact so that the entries kept at or below `upTo` hold at most `bytes` bytes
+   * encoded: the highest index whose entry would take them past it (0 when all fit).
+   */
+  bytesFloor(upTo: number, bytes: number): number {
+    let sum = 0;
+    for (let i = Math.min(upTo, this.last); i > this.base.index; i--) {
+      sum += entrySize(this.at(i)!);
+      if (sum > bytes) return i;
+    }
+    return 0;
+  }
+
   /** Forget the entries up to `upTo` (they are in a checkpoint): it becomes the base. */
   compact(upTo: number): void {
     if (upTo <= this.base.index) return;
@@ -150,7 +163,12 @@ export class EntryLog {
 
 const entrySizes = new WeakMap<Entry, number>();
 
-/** Encoded size of an entry in bytes (JSON, as it travels), for bounding replication messages. */
+/** An entry's encoded size, where it was measured anyway (the log's encoding): entrySize then need not encode it again. */
+export function noteEntrySize(e: Entry, bytes: number): void {
+  if (!entrySizes.has(e)) entrySizes.set(e, bytes);
+}
+
+/** Encoded size of an entry in bytes (JSON, as it travels), for bounding replication messages and the log kept in memory. */
 export function entrySize(e: Entry): number {
   let n = entrySizes.get(e);
   if (n === undefined) {

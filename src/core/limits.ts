@@ -53,6 +53,11 @@ export const CHECKPOINT_LOG_BYTES_TRIGGER = 64 * 1024 * 1024;
 export const CHECKPOINT_DIRTY_RECORDS_TRIGGER = 2048;
 /** Entries kept in the log below the checkpoint for lagging followers. */
 export const LOG_RETAIN_ENTRIES = 10_000;
+/**
+ * Bytes (encoded) of the entries kept below a checkpoint, at most: counted in entries alone, a
+ * log of large batches kept the whole data set in memory (10,000 batches of 100 puts).
+ */
+export const LOG_RETAIN_BYTES_MAX = 16 * 1024 * 1024;
 /** Default checkpoint schedule (cron with seconds). */
 export const CHECKPOINT_CRON_DEFAULT = '*/10 * * * * *';
 

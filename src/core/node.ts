@@ -51,6 +51,8 @@ export interface NodeInit {
   checkpoint?: number;
   /** Entries kept in memory below the checkpoint for lagging followers (default: all). */
   retainEntries?: number;
+  /** Bytes of entries kept below a checkpoint, at most (LOG_RETAIN_BYTES_MAX; default: no bound). */
+  retainBytes?: number;
   /** Entries in one replication message, at most (default REPL_ENTRIES_MAX). */
   replEntriesMax?: number;
   /** The cluster's identity, if the checkpoint holds it (else it comes with entry 1). */
@@ -250,6 +252,7 @@ export class Node {
   private appliedIndex: number;
   private checkpointAt: number;
   private retainEntries: number;
+  private retainBytes: number;
   private replEntriesMax: number;
   private out: Pending = emptyReady();
 
@@ -275,6 +278,7 @@ export class Node {
     this.appliedIndex = this.checkpointAt;
     this.handedOut = this.checkpointAt;
     this.retainEntries = init.retainEntries ?? Number.MAX_SAFE_INTEGER;
+    this.retainBytes = init.retainBytes ?? Number.MAX_SAFE_INTEGER;
     this.replEntriesMax = init.replEntriesMax ?? REPL_ENTRIES_MAX;
     this.cid = init.cluster ?? '';
     this.catchUp = init.catchUp ?? false;
@@ -509,13 +513,13 @@ export class Node {
 
   /**
    * A checkpoint holding the state up to `index` is durable. Entries more than retainEntries
-   * below it leave memory; returns the first index still needed (the driver may delete log
-   * segments wholly below it).
+   * below it, or beyond retainBytes, leave memory; returns the first index still needed (the
+   * driver may delete log segments wholly below it).
    */
   checkpointed(index: number): number {
     assert(index <= this.appliedIndex && index >= this.checkpointAt, `checkpoint at ${index} outside ${this.checkpointAt}..${this.appliedIndex}`);
     this.checkpointAt = index;
-    const keepFrom = index - this.retainEntries;
+    const keepFrom = Math.max(index - this.retainEntries, this.retainBytes === Number.MAX_SAFE_INTEGER ? 0 : this.log.bytesFloor(index, this.retainBytes));
     if (keepFrom > 0) this.compact(keepFrom);
     return this.firstIndex();
   }

@@ -21,6 +21,7 @@ import {
   ENTRY_BYTES_MAX,
   ENTRY_ENVELOPE_BYTES_MAX,
   LIST_PAGE_BYTES_MAX,
+  LOG_RETAIN_BYTES_MAX,
   LOG_RETAIN_ENTRIES,
   REPLAY_EVENTS_MAX,
   REPLAY_PAGE_BYTES_MAX,
@@ -185,6 +186,8 @@ export interface ReplicaOptions {
   checkpointBytes?: number;
   /** Entries kept below a checkpoint for lagging followers. */
   retainEntries?: number;
+  /** Bytes of log entries kept in memory below a checkpoint (default LOG_RETAIN_BYTES_MAX). */
+  retainBytes?: number;
   /** Remove a voter dead this long, in ms, if the rest still form a majority (0: never). */
   removeDeadAfterMs?: number;
   /** Items per checkpoint-transfer page (the simulation makes pages small). */
@@ -367,6 +370,7 @@ export class Replica {
       commitTs: meta.ts,
       checkpoint: meta.index,
       retainEntries: o.retainEntries ?? LOG_RETAIN_ENTRIES,
+      retainBytes: o.retainBytes ?? LOG_RETAIN_BYTES_MAX,
       removeDeadAfterTicks: Math.ceil((o.removeDeadAfterMs ?? 0) / TICK_MS),
       keepOut: meta.keepOut ?? [],
       ...(o.replEntriesMax !== undefined ? { replEntriesMax: o.replEntriesMax } : {}),

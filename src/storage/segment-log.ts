@@ -10,6 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ENTRY_BYTES_MAX, SEGMENT_BYTES_MAX } from '../core/limits.js';
+import { noteEntrySize } from '../core/entry-log.js';
 import type { Entry } from '../core/wire.js';
 import { encodeEntryJson } from './entry-codec.js';
 import type { LogOpenResult, LogStore } from './ports.js';
@@ -256,6 +257,7 @@ export class SegmentLog implements LogStore {
       }
       texts[i] = text;
       lens[i] = len;
+      noteEntrySize(e, len);
       total += RECORD_HEADER_BYTES + len;
     }
     const buf = Buffer.allocUnsafe(total);

@@ -84,6 +84,7 @@ export class SimNode implements ReplicaEnv {
         state: { ...disk.state.durable },
         newClusterId: Buffer.from(Array.from({ length: 16 }, () => sim.rng.time.int(256))).toString('base64url'),
         retainEntries: sim.p.retain,
+        retainBytes: sim.p.retainBytes,
         removeDeadAfterMs: sim.p.removeDeadAfterTicks * sim.tickMs,
         snapshotPageItems: sim.p.snapshotPageItems,
         replEntriesMax: sim.p.replEntriesMax,

@@ -52,6 +52,8 @@ export interface Params {
   /** Automatic removal of a voter dead this long (0: never). */
   removeDeadAfterTicks: number;
   retain: number;
+  /** Bytes of log kept below a checkpoint: small values compact by bytes rather than by count. */
+  retainBytes: number;
   ckptEveryMs: [number, number];
   /** Entries per replication message: small values make catch-up take many rounds. */
   replEntriesMax: number;
@@ -128,6 +130,7 @@ export function drawParams(pr: Rng, enabled: readonly FaultKind[] = []): Params 
     pageStale: pr.pick([0, 0.05, 0.2]),
     wire: pr.chance(0.5),
     dataOps: 0.08,
+    retainBytes: 1_000_000_000,
   };
   if (pr.chance(0.3)) {
     p.membership = true;
@@ -137,6 +140,8 @@ export function drawParams(pr: Rng, enabled: readonly FaultKind[] = []): Params 
   }
   p.crashAfterSend = pr.pick([0, 0.0005, 0.002]);
   if (p.faultWeights.forge === 0) p.faultWeights.forge = pr.pick([0, 2, 5]);
+  // (Drawn last: the draws above stay as they were for seeds noted before.)
+  p.retainBytes = pr.pick([1_000_000_000, 1_000_000_000, 4096, 400]);
   for (const k of FAULTS_OFF_BY_DEFAULT) if (!enabled.includes(k)) p.faultWeights[k] = 0;
   return p;
 }
