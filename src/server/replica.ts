@@ -338,6 +338,12 @@ export class Replica {
   private holdCheckpointUntil = 0;
   private holdStartedAt = 0;
   private lastOffer = new Map<number, number>();
+  /**
+   * An offer that came before we knew its sender as our coordinator or as our claim's source
+   * (the offer and the message that tells us travel apart, and may cross): taken up once we
+   * do, while recent. Dropped, it would stall us until the sender offers again.
+   */
+  private earlyOffer: { from: number; at: number } | null = null;
 
   constructor(o: ReplicaOptions, env: ReplicaEnv) {
     this.id = o.id;
@@ -448,6 +454,7 @@ export class Replica {
     if (this.peersStopped || this.swapping || this.dead) return;
     // An invariant broke on a peer's message: stop rather than risk the log.
     this.guard(() => this.node.receive(m));
+    if (this.earlyOffer !== null) this.takeEarlyOffer();
     this.schedule();
   }
 
@@ -1061,7 +1068,11 @@ export class Replica {
     // Only the offer of our coordinator (it found us behind its log) or of the promiser whose
     // log our claim fetches (it compacted what we lack) counts.
     if (this.transfer || this.closing || !this.env.transfer || this.node.role === 'coordinator') return;
-    if (this.node.coordinator !== from && this.node.claimCheckpointSource() !== from) return;
+    if (this.node.coordinator !== from && this.node.claimCheckpointSource() !== from) {
+      this.earlyOffer = { from, at: this.env.now() };
+      return;
+    }
+    this.earlyOffer = null;
     const t: Transfer = { from, incoming: null, phase: 'kv', after: null, meta: null, awaiting: 0, tries: 0, complete: false, swapStarted: false };
     this.transfer = t;
     this.env.logger.info({ from }, 'receiving a checkpoint');
@@ -1070,6 +1081,13 @@ export class Replica {
       t.incoming = incoming;
       this.requestPage(t);
     });
+  }
+
+  private takeEarlyOffer(): void {
+    const o = this.earlyOffer!;
+    // After this long the sender offers again of itself (see offerCheckpoint).
+    if (this.env.now() - o.at > SNAPSHOT_PAGE_TIMEOUT_MS) this.earlyOffer = null;
+    else if (this.node.coordinator === o.from || this.node.claimCheckpointSource() === o.from) this.onOffer(o.from);
   }
 
   private requestPage(t: Transfer): void {
