@@ -224,6 +224,12 @@ function rssMb(pid: number): number {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
+/** The process's own memory (heap, stacks): RSS less the pages of mapped files (LMDB's map, shared with the page cache). */
+function anonMb(pid: number): number {
+  const m = /RssAnon:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
 /** Checkpoint cost, put p99 with and without a checkpoint running, RSS, restart times, with n keys. */
 async function scale(url: string, n: number): Promise<void> {
   const c = await startCkv(procs, SERVER, 3, 'single', url, [], 'info');
@@ -284,7 +290,8 @@ async function scale(url: string, n: number): Promise<void> {
   say(`scale: checkpoints: largest ${big ? `${big.keys} keys in ${big.ms} ms` : 'none'}; median ${usPerKey.toFixed(1)} us per dirty key (${((usPerKey * 100_000) / 1e6).toFixed(2)} s per 100,000)`);
   say(`scale: put p99 (64 in flight) while the coordinator checkpoints ${(p99(during) / 1000).toFixed(2)} ms (${during.length} ops) vs otherwise ${(p99(outside) / 1000).toFixed(2)} ms (${outside.length} ops): ${(p99(during) / p99(outside)).toFixed(2)}x`);
   const rss = [...c.servers.values()].map((p) => rssMb(p.pid!));
-  say(`scale: server RSS ${rss.map((r) => r.toFixed(0)).join(', ')} MB with ${n} keys (at start ${rss0.map((r) => r.toFixed(0)).join(', ')} MB): ${(((median(rss) - median(rss0)) * 1e6) / n).toFixed(0)} MB per million keys`);
+  const anon = [...c.servers.values()].map((p) => anonMb(p.pid!));
+  say(`scale: server RSS ${rss.map((r) => r.toFixed(0)).join(', ')} MB with ${n} keys (at start ${rss0.map((r) => r.toFixed(0)).join(', ')} MB): ${(((median(rss) - median(rss0)) * 1e6) / n).toFixed(0)} MB per million keys; of it the process's own (not mapped files) ${anon.map((r) => r.toFixed(0)).join(', ')} MB`);
   const graceful = await c.restart('SIGTERM', keyName(0));
   const rssAfter = [...c.servers.values()].map((p) => rssMb(p.pid!));
   say(`scale: restart after SIGTERM of every server: serving in ${graceful} ms; RSS then ${rssAfter.map((r) => r.toFixed(0)).join(', ')} MB`);
@@ -292,7 +299,7 @@ async function scale(url: string, n: number): Promise<void> {
   for (let i = 0; i < 2000; i++) await c.target.run({ op: 'put', key: keyName(i), value: `${value}!` });
   const killed = await c.restart('SIGKILL', keyName(0));
   say(`scale: restart after kill -9 of every server: serving in ${killed} ms`);
-  extra.scale = { keys: n, loadSecs, checkpoints, usPerDirtyKey: usPerKey, p99DuringUs: p99(during), p99OutsideUs: p99(outside), rssMb: rss, rssStartMb: rss0, restartGracefulMs: graceful, restartKill9Ms: killed };
+  extra.scale = { keys: n, loadSecs, checkpoints, usPerDirtyKey: usPerKey, p99DuringUs: p99(during), p99OutsideUs: p99(outside), rssMb: rss, rssAnonMb: anon, rssStartMb: rss0, restartGracefulMs: graceful, restartKill9Ms: killed };
   await c.target.close();
 }
 
