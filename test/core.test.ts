@@ -158,6 +158,32 @@ t.test('state machine: put, del, cas, batch atomicity, rids, overlay over checkp
   t.equal(s.overlaySize, 0, 'the overlay empties once a checkpoint lands');
 });
 
+t.test('request ids: forgotten oldest first, in log order, those loaded from the checkpoint too, across many evictions', async (t) => {
+  const base = new ArrayCheckpoint([], { format: CHECKPOINT_FORMAT, index: 2, epoch: 1, ts: 2, voters: [1], eventPrev: 0 });
+  base.rids = () => [
+    ['old1', { index: 1, ts: 1, result: { ok: true } }],
+    ['old2', { index: 2, ts: 2, result: { ok: true } }],
+  ];
+  const s = new KvState(base, 3);
+  const put = (index: number, rid: string): Entry => ({ index, epoch: 1, ts: index, kind: 'write', rid, ops: [{ op: 'put', key: 'k', value: String(index) }] });
+  s.apply(put(3, 'w3'));
+  t.ok(s.ridResult('old1') && s.ridResult('old2') && s.ridResult('w3'), 'three fit');
+  s.apply(put(4, 'w4'));
+  t.equal(s.ridResult('old1'), undefined, 'the oldest goes first');
+  t.ok(s.ridResult('old2'));
+  let wrong = 0;
+  // Well past the queue's compaction (every few thousand evictions).
+  for (let i = 5; i < 12_000; i++) {
+    s.apply(put(i, `w${i}`));
+    if (!s.ridResult(`w${i}`) || !s.ridResult(`w${i - 1}`) || !s.ridResult(`w${i - 2}`) || s.ridResult(`w${i - 3}`) !== undefined) wrong++;
+  }
+  t.equal(wrong, 0, 'after every write exactly the three newest ids are remembered');
+  t.ok(s.apply(put(12_000, 'w11999')).duplicate, 'a retry of a remembered id is still found');
+  const delta = s.takeDelta();
+  t.same(delta.ridsDel.sort(), ['old1', 'old2'], 'of the forgotten, only those in the checkpoint are deleted from it');
+  t.same(delta.ridsSet.map(([r]) => r).sort(), ['w11997', 'w11998', 'w11999']);
+});
+
 t.test('state machine: cas by revision, create, prefix delete (alone and inside a batch)', async (t) => {
   const base = new ArrayCheckpoint(
     [
