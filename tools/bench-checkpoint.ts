@@ -4,6 +4,8 @@
 // (records, request ids, durable history), fsync'd. The baseline, run in the same
 // invocation: the same number of LMDB puts of the same sizes, in one lmdb-js batch
 // per checkpoint, with nothing encoded or checked (the floor for this design).
+// Applying is timed too: past RIDS_RETAINED_MAX puts it shows whether the state
+// machine's cost per write stays flat.
 //
 //   node dist/tools/bench-checkpoint.js [--ops N] [--keys K] [--per N] [--reps R] [--value BYTES]
 
@@ -34,6 +36,8 @@ const VALUE = 'v'.repeat(Number(o.value));
 interface Run {
   /** µs of checkpoint writing per applied put. */
   usPerOp: number;
+  /** µs of applying per put (ckv only: the state machine, request-id table included), in the first and in the last checkpoint's span. */
+  applyUs?: [number, number];
   /** Records written per put (kv, rids, events, history index). */
   recordsPerOp: number;
 }
@@ -45,16 +49,19 @@ async function ckvRun(dir: string): Promise<Run & { sizes: number[] }> {
   st.apply({ index: 1, epoch: 1, ts: 1, kind: 'noop', cluster: 'bench-checkpoint-00000' });
   let index = 1;
   let writing = 0;
+  const applyRounds: number[] = [];
   let records = 0;
   let x = 12345;
   const sizes: number[] = [];
   for (let done = 0; done < OPS; ) {
     const events: ChangeEvent[] = [];
+    const a0 = process.hrtime.bigint();
     for (let i = 0; i < PER && done < OPS; i++, done++) {
-      x = (x * 1103515245 + 12345) & 0x7fffffff;
+      x = (Math.imul(x, 1103515245) + 12345) & 0x7fffffff;
       const e: Entry = { index: ++index, epoch: 1, ts: index, kind: 'write', rid: `bench.${process.pid}.${index}`, ops: [{ op: 'put', key: `key-${String((x >>> 8) % KEYS).padStart(6, '0')}`, value: VALUE }] };
       events.push(...st.apply(e).events);
     }
+    applyRounds.push(Number(process.hrtime.bigint() - a0) / 1000 / events.length);
     const delta = st.takeDelta();
     delta.events = events;
     records += delta.kv.length + delta.ridsSet.length + delta.ridsDel.length + 2 * events.length;
@@ -65,7 +72,7 @@ async function ckvRun(dir: string): Promise<Run & { sizes: number[] }> {
     st.release(delta);
   }
   await cp.close();
-  return { usPerOp: writing / OPS, recordsPerOp: records / OPS, sizes };
+  return { usPerOp: writing / OPS, applyUs: [applyRounds[0]!, applyRounds[applyRounds.length - 1]!], recordsPerOp: records / OPS, sizes };
 }
 
 /** The floor: as many LMDB puts of about the same sizes, one batch per checkpoint, fsync'd. */
@@ -88,7 +95,7 @@ async function rawRun(dir: string): Promise<Run> {
     const keys = new Map<string, Buffer>();
     const batch: Array<[Buffer, Buffer]> = [];
     for (let i = 0; i < PER && done < OPS; i++, done++) {
-      x = (x * 1103515245 + 12345) & 0x7fffffff;
+      x = (Math.imul(x, 1103515245) + 12345) & 0x7fffffff;
       const k = `key-${String((x >>> 8) % KEYS).padStart(6, '0')}`;
       keys.set(k, Buffer.from(k));
       const evKey = Buffer.alloc(8);
@@ -117,6 +124,8 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floo
 async function main(): Promise<void> {
   const ckv: number[] = [];
   const raw: number[] = [];
+  const applyFirst: number[] = [];
+  const applyLast: number[] = [];
   let recCkv = 0;
   let recRaw = 0;
   let shape = '';
@@ -128,6 +137,8 @@ async function main(): Promise<void> {
       const b = await ckvRun(dir);
       raw.push(a.usPerOp);
       ckv.push(b.usPerOp);
+      applyFirst.push(b.applyUs![0]);
+      applyLast.push(b.applyUs![1]);
       recRaw = a.recordsPerOp;
       recCkv = b.recordsPerOp;
       shape = `${b.sizes[0]} keys, ${b.sizes[1]} request ids, ${b.sizes[2]} events`;
@@ -140,7 +151,8 @@ async function main(): Promise<void> {
   process.stdout.write(
     `checkpoint write, ${OPS} puts over ${KEYS} keys of ${VALUE.length} B, a checkpoint every ${PER} puts (first: ${shape}); median of ${REPS}\n` +
       `  raw LMDB batch (same puts, nothing encoded): ${w.toFixed(2)} us per put (${recRaw.toFixed(2)} records)\n` +
-      `  ckv checkpoint:                              ${c.toFixed(2)} us per put (${recCkv.toFixed(2)} records)  ${(c / w).toFixed(2)}x raw\n`,
+      `  ckv checkpoint:                              ${c.toFixed(2)} us per put (${recCkv.toFixed(2)} records)  ${(c / w).toFixed(2)}x raw\n` +
+      `  applying the puts (before writing): ${median(applyFirst).toFixed(2)} us per put in the first checkpoint's span, ${median(applyLast).toFixed(2)} in the last\n`,
   );
 }
 
