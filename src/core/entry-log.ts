@@ -98,11 +98,12 @@ export class EntryLog {
 
   /**
    * Where to compact so that the entries kept at or below `upTo` hold at most `bytes` bytes
-   * encoded: the highest index whose entry would take them past it (0 when all fit).
+   * encoded: the highest index whose entry would take them past it (0 when all above
+   * `downTo` fit: nothing at or below it is looked at, it goes anyway).
    */
-  bytesFloor(upTo: number, bytes: number): number {
+  bytesFloor(upTo: number, bytes: number, downTo = 0): number {
     let sum = 0;
-    for (let i = Math.min(upTo, this.last); i > this.base.index; i--) {
+    for (let i = Math.min(upTo, this.last); i > Math.max(this.base.index, downTo); i--) {
       sum += entrySize(this.at(i)!);
       if (sum > bytes) return i;
     }

@@ -519,7 +519,7 @@ export class Node {
   checkpointed(index: number): number {
     assert(index <= this.appliedIndex && index >= this.checkpointAt, `checkpoint at ${index} outside ${this.checkpointAt}..${this.appliedIndex}`);
     this.checkpointAt = index;
-    const keepFrom = Math.max(index - this.retainEntries, this.retainBytes === Number.MAX_SAFE_INTEGER ? 0 : this.log.bytesFloor(index, this.retainBytes));
+    const keepFrom = Math.max(index - this.retainEntries, this.retainBytes === Number.MAX_SAFE_INTEGER ? 0 : this.log.bytesFloor(index, this.retainBytes, index - this.retainEntries));
     if (keepFrom > 0) this.compact(keepFrom);
     return this.firstIndex();
   }
