@@ -70,6 +70,23 @@ t.test('crc32c', async (t) => {
   }
   t.equal(crc32c(b, 0, 3, 12), crc32c(b.subarray(3, 12)), 'a range equals the subarray');
   t.throws(() => crc32c(b, 0, 5, b.length + 1), /outside buffer/);
+  // Against the plain bit-at-a-time definition, at every length and start offset near the
+  // slice width (the sliced loop and its byte-wise tail must agree wherever they split).
+  const bitwise = (bytes: Uint8Array, start: number, end: number): number => {
+    let c = 0xffffffff;
+    for (let i = start; i < end; i++) {
+      c ^= bytes[i]!;
+      for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    }
+    return ~c >>> 0;
+  };
+  const r = Buffer.alloc(80);
+  for (let i = 0; i < r.length; i++) r[i] = (i * 151 + 7) & 0xff;
+  let wrong = 0;
+  for (let start = 0; start < 9; start++) {
+    for (let end = start; end <= r.length; end++) if (crc32c(r, 0, start, end) !== bitwise(r, start, end)) wrong++;
+  }
+  t.equal(wrong, 0, 'equals the bitwise CRC at every start 0..8 and end');
 });
 
 t.test('entry codec', async (t) => {
