@@ -469,6 +469,33 @@ t.test('peer messages: malformed ones are refused before they reach the core', a
   t.match(peerMessageProblem({ ...head, t: 'ping', role: 'king', coordinator: null, last: 0, lastEpoch: 0, commit: 0, commitTs: 0, matched: 0, applied: 0, checkpoint: 0, voters: [1], uptimeTicks: 0 }), /role/);
 });
 
+t.test('peer messages: entries travel as their canonical text, and read back as sent', async (t) => {
+  const { encodePeerMessage } = await import('../src/transport/peer-auth.js');
+  const { peerMessageProblem } = await import('../src/transport/peer-validate.js');
+  const { encodeEntryJson } = await import('../src/core/entry-text.js');
+  const head = { from: 2, to: 0, epoch: 3, clock: 50, cid: '' };
+  // Fields in an order that is not the canonical one: the text must be the canonical one anyway.
+  const entries: Entry[] = [
+    { kind: 'noop', ts: 1, epoch: 3, index: 1, cluster: 'c1-0000000000000000000' } as Entry,
+    { ops: [{ value: 'v\u2028"x', key: 'k/é', op: 'put', ttl: 5000 }], rid: 'r-1', kind: 'write', ts: 2, epoch: 3, index: 2 } as Entry,
+    { index: 3, epoch: 3, ts: 3, kind: 'config', voters: [1, 2, 3] },
+  ];
+  const msgs = [
+    { ...head, t: 'append', prevIndex: 0, prevEpoch: 0, entries, commit: 1, commitTs: 1 },
+    { ...head, t: 'append', prevIndex: 3, prevEpoch: 3, entries: [], commit: 4, commitTs: 1 },
+    { ...head, t: 'fetched', start: 1, entries, last: 3, compacted: false },
+    { ...head, t: 'ack', match: 3 },
+  ] as const;
+  for (const m of msgs) {
+    const text = encodePeerMessage(m as never);
+    t.same(JSON.parse(text), m, `${m.t} with ${'entries' in m ? m.entries.length : 0} entries reads back equal`);
+    t.equal(peerMessageProblem(JSON.parse(text)), null, `${m.t}: a valid peer message`);
+  }
+  const text = encodePeerMessage(msgs[0] as never);
+  for (const e of entries) t.ok(text.includes(encodeEntryJson(e)), `entry ${e.index} is in it as its canonical text`);
+  t.throws(() => encodePeerMessage({ ...msgs[0], entries: [{ index: 0, epoch: 1, ts: 1, kind: 'noop' }] } as never), /invalid entry/, 'an invalid entry is a bug: never sent');
+});
+
 t.test('ping table: bounded at PEERS_MAX; a dead learner makes room for a new one', async (t) => {
   const { PEERS_MAX } = await import('../src/core/limits.js');
   const { DEAD_AFTER_TICKS } = await import('../src/core/limits.js');

@@ -4,6 +4,7 @@
 // replication messages, truncation, compaction and the configuration in force
 // at any index. Pure bookkeeping: what to persist is the Node's business.
 
+import { entryBytes } from './entry-text.js';
 import { REPL_BYTES_MAX } from './limits.js';
 import type { Entry } from './wire.js';
 import { assert } from './assert.js';
@@ -162,19 +163,5 @@ export class EntryLog {
   }
 }
 
-const entrySizes = new WeakMap<Entry, number>();
-
-/** An entry's encoded size, where it was measured anyway (the log's encoding): entrySize then need not encode it again. */
-export function noteEntrySize(e: Entry, bytes: number): void {
-  if (!entrySizes.has(e)) entrySizes.set(e, bytes);
-}
-
-/** Encoded size of an entry in bytes (JSON, as it travels), for bounding replication messages and the log kept in memory. */
-export function entrySize(e: Entry): number {
-  let n = entrySizes.get(e);
-  if (n === undefined) {
-    n = Buffer.byteLength(JSON.stringify(e));
-    entrySizes.set(e, n);
-  }
-  return n;
-}
+/** Encoded size of an entry in bytes (its canonical JSON, as it is logged and travels), for bounding replication messages and the log kept in memory. */
+export const entrySize = entryBytes;

@@ -10,7 +10,7 @@
 
 import { ENTRY_BYTES_MAX } from '../core/limits.js';
 import type { Entry } from '../core/wire.js';
-import { encodeEntryJson } from './entry-codec.js';
+import { entryBytes } from '../core/entry-text.js';
 import type { LogOpenResult, LogStore } from './ports.js';
 import { RECORD_HEADER_BYTES } from './segment-format.js';
 
@@ -78,7 +78,7 @@ export class MemLog implements LogStore {
       if (e.index !== start + i) {
         throw new Error(`log append: entry index ${e.index} does not follow on (expected ${start + i}, last is ${last})`);
       }
-      const len = Buffer.byteLength(encodeEntryJson(e), 'utf8');
+      const len = entryBytes(e);
       if (len > ENTRY_BYTES_MAX) {
         throw new Error(`log append: entry ${e.index} is ${len} bytes, more than ENTRY_BYTES_MAX (${ENTRY_BYTES_MAX})`);
       }

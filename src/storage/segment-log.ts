@@ -10,9 +10,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ENTRY_BYTES_MAX, SEGMENT_BYTES_MAX } from '../core/limits.js';
-import { noteEntrySize } from '../core/entry-log.js';
 import type { Entry } from '../core/wire.js';
-import { encodeEntryJson } from './entry-codec.js';
+import { encodeEntryJson, entryBytes } from '../core/entry-text.js';
 import type { LogOpenResult, LogStore } from './ports.js';
 import {
   LogCorruptError,
@@ -251,13 +250,12 @@ export class SegmentLog implements LogStore {
         throw new Error(`log append: entry index ${e.index} does not follow on (expected ${start + i}, last is ${this.lastIdx})`);
       }
       const text = encodeEntryJson(e);
-      const len = Buffer.byteLength(text, 'utf8');
+      const len = entryBytes(e);
       if (len > ENTRY_BYTES_MAX) {
         throw new Error(`log append: entry ${e.index} is ${len} bytes, more than ENTRY_BYTES_MAX (${ENTRY_BYTES_MAX})`);
       }
       texts[i] = text;
       lens[i] = len;
-      noteEntrySize(e, len);
       total += RECORD_HEADER_BYTES + len;
     }
     const buf = Buffer.allocUnsafe(total);

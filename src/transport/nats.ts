@@ -5,7 +5,7 @@
 
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { Msg } from '../core/messages.js';
-import { PeerInbox, type PeerSeal, type Received } from './peer-auth.js';
+import { PeerInbox, encodePeerMessage, type PeerSeal, type Received } from './peer-auth.js';
 import { subjects } from './subjects.js';
 
 export type Respond = (reply: Uint8Array | string) => void;
@@ -73,7 +73,7 @@ export class NatsTransport implements ServerTransport {
 
   sendPeer(m: Msg): void {
     const subject = this.s.peer(m);
-    this.publishSafely(subject, this.seal.seal(subject, JSON.stringify(m)));
+    this.publishSafely(subject, this.seal.seal(subject, encodePeerMessage(m)));
   }
 
   onPeer(handler: (m: Msg) => void): void {

@@ -13,6 +13,7 @@
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { encodeEntryJson } from '../core/entry-text.js';
 import type { Msg } from '../core/messages.js';
 import { peerMessageProblem } from './peer-validate.js';
 
@@ -124,6 +125,20 @@ export class ReplayGuard {
 
 /** 'own': our own message, back on a broadcast subject (not a fault: nothing to report). */
 export type Received = { ok: true; m: Msg } | { ok: false; reason: DropReason | 'invalid' | 'same-id' | 'own'; detail: string };
+
+/**
+ * A peer message's JSON. The entries of an append or a fetched reply go in as their
+ * canonical text, which the log has computed (or will use) anyway: under load these
+ * messages are mostly entries, and this way each entry is encoded once per process.
+ */
+export function encodePeerMessage(m: Msg): string {
+  if (m.t !== 'append' && m.t !== 'fetched') return JSON.stringify(m);
+  const { entries, ...rest } = m;
+  let list = '';
+  for (let i = 0; i < entries.length; i++) list += (i === 0 ? '' : ',') + encodeEntryJson(entries[i]!);
+  const head = JSON.stringify(rest);
+  return `${head.slice(0, -1)},"entries":[${list}]}`;
+}
 
 /**
  * Everything a server does with the bytes of a peer message before the replica sees it:

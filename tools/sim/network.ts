@@ -13,6 +13,7 @@ import type { ClientSubject } from '../../src/server/replica.js';
 import type { SimNode } from './env.js';
 import type { Sim } from './harness.js';
 import { fmtMsg } from './trace.js';
+import { encodePeerMessage } from '../../src/transport/peer-auth.js';
 import { isWrite } from '../../src/core/validate.js';
 
 export class Network {
@@ -61,7 +62,7 @@ export class Network {
   send(from: SimNode, m: Msg): void {
     const sim = this.sim;
     const subject = sim.subjects.peer(m);
-    const frame = sim.p.wire ? from.seal.seal(subject, JSON.stringify(m)) : null;
+    const frame = sim.p.wire ? from.seal.seal(subject, encodePeerMessage(m)) : null;
     if (!frame) deepFreeze(m);
     const targets = m.to === BROADCAST ? sim.ids.filter((i) => i !== m.from && !sim.retired.has(i)) : [m.to];
     for (const to of targets) {
