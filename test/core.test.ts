@@ -332,6 +332,14 @@ t.test('single voter: elects itself, commits after persist, timestamps increase'
   );
   t.equal(n.commit, 3);
   t.equal(n.commitTs, b.ts);
+  // A write whose entry would pass ENTRY_BYTES_MAX (each op within its own limits) is refused, and changes nothing.
+  const big = 'v'.repeat(VALUE_BYTES_MAX);
+  const ops = [0, 1, 2].map((i) => ({ op: 'put' as const, key: `big${i}`, value: big }));
+  const tooLarge = n.propose(ops, 'y');
+  t.same(tooLarge.ok ? null : tooLarge.code, 'TOO_LARGE', 'three 256 KiB values in one entry: TOO_LARGE');
+  t.notOk(n.hasOutput(), 'nothing appended');
+  const c = n.propose(ops.slice(0, 2), 'z');
+  t.ok(c.ok && c.index === 4 && c.ts === b.ts + 1, 'the next write takes the next index and timestamp: the refused one used neither');
 });
 
 t.test('log retention below a checkpoint: bounded by entries and by encoded bytes, whichever keeps fewer', async (t) => {
@@ -467,6 +475,24 @@ t.test('peer messages: malformed ones are refused before they reach the core', a
   t.match(peerMessageProblem({ ...head, t: 'claim', last: 3, lastEpoch: 1, cfgIndex: 'x', cfgEpoch: 1 }), /cfgIndex/);
   t.match(peerMessageProblem({ ...head, t: 'claim', last: 3, lastEpoch: 1, cfgIndex: 2, cfgEpoch: -1 }), /cfgEpoch/);
   t.match(peerMessageProblem({ ...head, t: 'ping', role: 'king', coordinator: null, last: 0, lastEpoch: 0, commit: 0, commitTs: 0, matched: 0, applied: 0, checkpoint: 0, voters: [1], uptimeTicks: 0 }), /role/);
+});
+
+t.test('jsonString: the text JSON.stringify gives, for every string', async (t) => {
+  const { jsonString } = await import('../src/core/json-string.js');
+  const tricky = ['', 'plain', 'a"b', 'a\\b', 'tab\tnl\n', '\u0000\u001f\u007f', 'é ü ß', '\u2028\u2029', '😀', '\ud800', 'x\udfffy', '\udbff\udfff', '</script>'];
+  for (const [i, s] of tricky.entries()) t.equal(jsonString(s), JSON.stringify(s), `tricky string ${i}`);
+  t.equal(jsonString(null), 'null');
+  // Random strings over an alphabet of every kind of character that matters.
+  const alphabet = ['a', '"', '\\', '\n', '\u0001', '\u001f', ' ', '\u007f', 'é', '\u2028', '\ud83d', '\ude00', '\uffff'];
+  let x = 7;
+  let wrong = 0;
+  for (let i = 0; i < 2000; i++) {
+    let s = '';
+    const n = (x = (Math.imul(x, 1103515245) + 12345) & 0x7fffffff) % 12;
+    for (let j = 0; j < n; j++) s += alphabet[(x = (Math.imul(x, 1103515245) + 12345) & 0x7fffffff) % alphabet.length];
+    if (jsonString(s) !== JSON.stringify(s)) wrong++;
+  }
+  t.equal(wrong, 0, '2,000 random strings quote as JSON.stringify quotes them');
 });
 
 t.test('peer messages: entries travel as their canonical text, and read back as sent', async (t) => {

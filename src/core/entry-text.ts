@@ -5,27 +5,28 @@
 // the entry again for each. Pure: no I/O.
 
 import { entryProblem } from './entry-shape.js';
+import { jsonString } from './json-string.js';
 import type { Entry, WriteOp } from './wire.js';
 
 function opJson(op: WriteOp): string {
   switch (op.op) {
     case 'put':
-      return `{"op":"put","key":${JSON.stringify(op.key)},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}${extraJson(op)}}`;
+      return `{"op":"put","key":${jsonString(op.key)},"value":${jsonString(op.value)}${ttlJson(op.ttl)}${extraJson(op)}}`;
     case 'grant':
       return `{"op":"grant","ttl":${op.ttl}}`;
     case 'keepalive':
     case 'revoke':
       return `{"op":"${op.op}","lease":${op.lease}}`;
     case 'expire':
-      return `{"op":"expire","key":${JSON.stringify(op.key)},"rev":${op.rev}}`;
+      return `{"op":"expire","key":${jsonString(op.key)},"rev":${op.rev}}`;
     case 'del':
-      return `{"op":"del","key":${JSON.stringify(op.key)}}`;
+      return `{"op":"del","key":${jsonString(op.key)}}`;
     case 'delprefix':
-      return `{"op":"delprefix","prefix":${JSON.stringify(op.prefix)}}`;
+      return `{"op":"delprefix","prefix":${jsonString(op.prefix)}}`;
     case 'cas':
       return 'expectRev' in op
-        ? `{"op":"cas","key":${JSON.stringify(op.key)},"expectRev":${op.expectRev},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}${extraJson(op)}}`
-        : `{"op":"cas","key":${JSON.stringify(op.key)},"expect":${JSON.stringify(op.expect)},"value":${JSON.stringify(op.value)}${ttlJson(op.ttl)}${extraJson(op)}}`;
+        ? `{"op":"cas","key":${jsonString(op.key)},"expectRev":${op.expectRev},"value":${jsonString(op.value)}${ttlJson(op.ttl)}${extraJson(op)}}`
+        : `{"op":"cas","key":${jsonString(op.key)},"expect":${jsonString(op.expect)},"value":${jsonString(op.value)}${ttlJson(op.ttl)}${extraJson(op)}}`;
   }
 }
 
@@ -49,7 +50,7 @@ function encode(e: Entry): string {
     case 'config':
       return `${head},"voters":[${e.voters.join(',')}]${e.keepOut !== undefined ? `,"keepOut":[${e.keepOut.join(',')}]` : ''}}`;
     case 'write': {
-      const rid = e.rid === undefined ? '' : `,"rid":${JSON.stringify(e.rid)}`;
+      const rid = e.rid === undefined ? '' : `,"rid":${jsonString(e.rid)}`;
       let ops = '';
       for (let i = 0; i < e.ops.length; i++) ops += (i === 0 ? '' : ',') + opJson(e.ops[i]!);
       return `${head}${rid},"ops":[${ops}]}`;

@@ -72,8 +72,6 @@ export const REPLAY_SCAN_EVENTS_MAX = 20_000;
 export const HISTORY_PRUNE_EVENTS_MAX = 20_000;
 /** Time allowed on shutdown for in-flight work before the final checkpoint. */
 export const SHUTDOWN_DRAIN_MS_MAX = 5_000;
-/** Room an entry's fields take around its ops, in bytes (rid <= 64, numbers, field names). */
-export const ENTRY_ENVELOPE_BYTES_MAX = 512;
 /** Pages of a checkpoint transfer, in keys (or request ids), and in bytes of keys and values
  * (a single larger value goes alone). */
 export const SNAPSHOT_PAGE_ITEMS_MAX = 2_000;

@@ -15,6 +15,7 @@ import {
   CLOCK_STEP_MAX,
   CONFIRM_WAIT_TICKS,
   DEAD_AFTER_TICKS,
+  ENTRY_BYTES_MAX,
   EPOCH_STEP_MAX,
   KEEP_OUT_MAX,
   PEERS_MAX,
@@ -27,6 +28,7 @@ import {
 } from './limits.js';
 import { ConfirmRounds, TokenQueries, type Round } from './confirm.js';
 import { EntryLog } from './entry-log.js';
+import { entryBytes } from './entry-text.js';
 import { BROADCAST, type Body, type Msg } from './messages.js';
 import type { Entry, Liveness, Role, WriteOp } from './wire.js';
 import { assert } from './assert.js';
@@ -64,7 +66,7 @@ export interface NodeInit {
 }
 
 /** A proposal placed in the log, or why it was not. Errors are data: the code is the reply's. */
-export type Proposal = { ok: true; index: number; epoch: number; ts: number } | { ok: false; code: 'UNAVAILABLE' | 'BAD_REQUEST'; message: string };
+export type Proposal = { ok: true; index: number; epoch: number; ts: number } | { ok: false; code: 'UNAVAILABLE' | 'BAD_REQUEST' | 'TOO_LARGE'; message: string };
 
 export interface PeerInfo {
   id: number;
@@ -777,11 +779,15 @@ export class Node {
     const e: Entry = {
       index: this.lastIndex() + 1,
       epoch: this.epoch,
-      ts: ++this.clock,
+      ts: this.clock + 1,
       kind: 'write',
       ...(rid !== undefined ? { rid } : {}),
       ops,
     };
+    // Measured on the entry itself: its text is kept, and the log and the append reuse it.
+    const bytes = entryBytes(e);
+    if (bytes > ENTRY_BYTES_MAX) return { ok: false, code: 'TOO_LARGE', message: `write is ${bytes} bytes encoded, more than ENTRY_BYTES_MAX (${ENTRY_BYTES_MAX})` };
+    this.clock = e.ts;
     this.appendLocal([e]);
     return { ok: true, index: e.index, epoch: e.epoch, ts: e.ts };
   }

@@ -18,8 +18,6 @@ import {
   CHECKPOINT_DIRTY_RECORDS_TRIGGER,
   NO_COORDINATOR_WARN_MS,
   CHECKPOINT_LOG_BYTES_TRIGGER,
-  ENTRY_BYTES_MAX,
-  ENTRY_ENVELOPE_BYTES_MAX,
   LIST_PAGE_BYTES_MAX,
   LOG_RETAIN_BYTES_MAX,
   LOG_RETAIN_ENTRIES,
@@ -881,9 +879,7 @@ export class Replica {
       }
     }
     const ops: WriteOp[] = req.op === 'batch' ? req.ops : [stripWrite(req)];
-    // The entry adds its index, epoch, ts and rid around the ops: keep room for them.
-    const size = encodedBytes(ops) + ENTRY_ENVELOPE_BYTES_MAX;
-    if (size > ENTRY_BYTES_MAX) return this.fail(respond, ErrorCode.TOO_LARGE, `write is ${size} bytes encoded, more than ENTRY_BYTES_MAX (${ENTRY_BYTES_MAX})`);
+    // (The core refuses an entry larger than ENTRY_BYTES_MAX: TOO_LARGE.)
     this.placed(this.node.propose(ops, rid), rid, respond, timeoutMs);
   }
 

@@ -27,6 +27,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
+import { jsonString } from '../core/json-string.js';
 import { HISTORY_EVENTS_DEFAULT, HISTORY_PRUNE_EVENTS_MAX, KEY_BYTES_MAX } from '../core/limits.js';
 import type { ChangeEvent } from '../core/wire.js';
 import { MemHistory, pruneCount } from './mem-history.js';
@@ -59,7 +60,7 @@ export function emptyMeta(): CheckpointMeta {
 
 // Canonical JSON with a fixed field order.
 function recJson(r: Rec): string {
-  return `{"value":${JSON.stringify(r.value)},"rev":${r.rev},"ts":${r.ts}${r.ttl !== undefined ? `,"ttl":${r.ttl}` : ''}${r.b64 ? ',"b64":true' : ''}${r.lease !== undefined ? `,"lease":${r.lease}` : ''}}`;
+  return `{"value":${jsonString(r.value)},"rev":${r.rev},"ts":${r.ts}${r.ttl !== undefined ? `,"ttl":${r.ttl}` : ''}${r.b64 ? ',"b64":true' : ''}${r.lease !== undefined ? `,"lease":${r.lease}` : ''}}`;
 }
 
 /** An entry of the ttl index: which keys have a time to live or a lease (so a new coordinator, or a revoke, finds them without a scan). */
@@ -78,8 +79,8 @@ function timedJson(t: TimedRec): string {
 }
 
 function eventJson(ev: ChangeEvent, at: number): string {
-  const value = ev.op === 'put' ? `,"value":${JSON.stringify(ev.value)}${ev.b64 ? ',"b64":true' : ''}${ev.lease !== undefined ? `,"lease":${ev.lease}` : ''}` : '';
-  return `{"at":${at},"event":{"index":${ev.index},"ts":${ev.ts},"op":"${ev.op}","key":${JSON.stringify(ev.key)}${value},"prev":${ev.prev}}}`;
+  const value = ev.op === 'put' ? `,"value":${jsonString(ev.value!)}${ev.b64 ? ',"b64":true' : ''}${ev.lease !== undefined ? `,"lease":${ev.lease}` : ''}` : '';
+  return `{"at":${at},"event":{"index":${ev.index},"ts":${ev.ts},"op":"${ev.op}","key":${jsonString(ev.key)}${value},"prev":${ev.prev}}}`;
 }
 
 function storedEventProblem(x: unknown): string | null {
