@@ -493,6 +493,16 @@ t.test('jsonString: the text JSON.stringify gives, for every string', async (t) 
     if (jsonString(s) !== JSON.stringify(s)) wrong++;
   }
   t.equal(wrong, 0, '2,000 random strings quote as JSON.stringify quotes them');
+  // Where it is used on its own: a reply with a long value, a published change event.
+  const { encodeReply } = await import('../src/server/server.js');
+  const { changeEventJson } = await import('../src/core/entry-text.js');
+  for (const value of ['short', 'v'.repeat(5000), 'q"\\\n'.repeat(40), '😀\ud800'.repeat(40)]) {
+    const r = { ok: true as const, ts: 9, index: 4, value, rev: 3, b64: true as const, cluster: 'c' };
+    t.same(JSON.parse(encodeReply(r)), r, `a get reply with a ${value.length}-character value reads back as it was`);
+    const ev = { index: 4, ts: 9, op: 'put' as const, key: 'k"\u2028', value, lease: 7, prev: 2 };
+    t.same(JSON.parse(changeEventJson(ev)), ev, `a change event with a ${value.length}-character value reads back as it was`);
+  }
+  t.same(JSON.parse(changeEventJson({ index: 5, ts: 10, op: 'del', key: 'k', prev: 4 })), { index: 5, ts: 10, op: 'del', key: 'k', prev: 4 });
 });
 
 t.test('peer messages: entries travel as their canonical text, and read back as sent', async (t) => {

@@ -1,12 +1,12 @@
 // The canonical text of a log entry: UTF-8 JSON with a fixed field order, so the
-// same entry always encodes to the same bytes. It is computed once per entry object
+// same entry always encodes to the same bytes (and that of a change event it produces). It is computed once per entry object
 // and kept beside it (entries are never changed once made): the log writes it, the
 // replication message carries it, and sizes are counted from it, without encoding
 // the entry again for each. Pure: no I/O.
 
 import { entryProblem } from './entry-shape.js';
 import { jsonString } from './json-string.js';
-import type { Entry, WriteOp } from './wire.js';
+import type { ChangeEvent, Entry, WriteOp } from './wire.js';
 
 function opJson(op: WriteOp): string {
   switch (op.op) {
@@ -81,4 +81,10 @@ export function encodeEntryJson(e: Entry): string {
 /** The entry's encoded size in bytes (UTF-8 of its canonical JSON, as it is logged and sent). */
 export function entryBytes(e: Entry): number {
   return encoded1(e).bytes;
+}
+
+/** A change event's JSON, fields in a fixed order: as the change feed publishes it and the checkpoint's history keeps it. */
+export function changeEventJson(ev: ChangeEvent): string {
+  const value = ev.op === 'put' ? `,"value":${jsonString(ev.value!)}${ev.b64 ? ',"b64":true' : ''}${ev.lease !== undefined ? `,"lease":${ev.lease}` : ''}` : '';
+  return `{"index":${ev.index},"ts":${ev.ts},"op":"${ev.op}","key":${jsonString(ev.key)}${value},"prev":${ev.prev}${ev.initial ? ',"initial":true' : ''}}`;
 }

@@ -6,7 +6,9 @@
 
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
+import { changeEventJson } from '../core/entry-text.js';
 import { ErrorCode } from '../core/errors.js';
+import { jsonString } from '../core/json-string.js';
 import { REPLY_BYTES_MAX, SNAPSHOT_PAGE_TIMEOUT_MS, TICK_MS } from '../core/limits.js';
 import type { KvState } from '../core/state.js';
 import type { Entry, Reply } from '../core/wire.js';
@@ -41,8 +43,16 @@ export interface CheckpointInstaller {
 }
 
 /** A reply as it goes on the wire: JSON, or TOO_LARGE when it would not fit in a NATS message. */
+/** Values at least this long are quoted on their own (jsonString), not by JSON.stringify with the reply. */
+const REPLY_VALUE_QUOTE_CHARS_MIN = 64;
+
 export function encodeReply(reply: Reply): string {
-  const data = JSON.stringify(reply);
+  let data: string;
+  if (reply.ok && typeof reply.value === 'string' && reply.value.length >= REPLY_VALUE_QUOTE_CHARS_MIN) {
+    const { value, ...rest } = reply;
+    const head = JSON.stringify(rest);
+    data = `${head.slice(0, -1)},"value":${jsonString(value)}}`;
+  } else data = JSON.stringify(reply);
   // Length in UTF-16 units bounds the UTF-8 bytes from below; measure only when it may matter.
   if (data.length * 3 > REPLY_BYTES_MAX && Buffer.byteLength(data) > REPLY_BYTES_MAX) {
     const error = { code: ErrorCode.TOO_LARGE, message: `the reply would be more than REPLY_BYTES_MAX (${REPLY_BYTES_MAX}) bytes: ask for fewer keys` };
@@ -112,7 +122,7 @@ export class Server {
       defer: (fn) => void setImmediate(fn),
       sendPeer: (m) => t.sendPeer(m),
       sendSnapshot: (to, data) => t.sendSnapshot(to, data),
-      publishEvent: (ev) => t.publish(s.event(ev.key), JSON.stringify(ev)),
+      publishEvent: (ev) => t.publish(s.event(ev.key), changeEventJson(ev)),
       publishMembers: (n) => t.publish(s.members, JSON.stringify(n)),
       serve: (subject, on) => {
         this.stops[subject]?.();

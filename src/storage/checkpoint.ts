@@ -27,6 +27,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
+import { changeEventJson } from '../core/entry-text.js';
 import { jsonString } from '../core/json-string.js';
 import { HISTORY_EVENTS_DEFAULT, HISTORY_PRUNE_EVENTS_MAX, KEY_BYTES_MAX } from '../core/limits.js';
 import type { ChangeEvent } from '../core/wire.js';
@@ -79,8 +80,7 @@ function timedJson(t: TimedRec): string {
 }
 
 function eventJson(ev: ChangeEvent, at: number): string {
-  const value = ev.op === 'put' ? `,"value":${jsonString(ev.value!)}${ev.b64 ? ',"b64":true' : ''}${ev.lease !== undefined ? `,"lease":${ev.lease}` : ''}` : '';
-  return `{"at":${at},"event":{"index":${ev.index},"ts":${ev.ts},"op":"${ev.op}","key":${jsonString(ev.key)}${value},"prev":${ev.prev}}}`;
+  return `{"at":${at},"event":${changeEventJson(ev)}}`;
 }
 
 function storedEventProblem(x: unknown): string | null {
