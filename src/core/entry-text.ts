@@ -58,16 +58,16 @@ function encode(e: Entry): string {
   }
 }
 
-const encoded = new WeakMap<Entry, { text: string; bytes: number }>();
+/** Each entry's text (while kept: see releaseEntryText) and its size in bytes (for as long as the entry lives). */
+const encoded = new WeakMap<Entry, { text: string | null; bytes: number }>();
 
 function encoded1(e: Entry): { text: string; bytes: number } {
-  let x = encoded.get(e);
-  if (x === undefined) {
-    const text = encode(e);
-    x = { text, bytes: Buffer.byteLength(text, 'utf8') };
-    encoded.set(e, x);
-  }
-  return x;
+  const x = encoded.get(e);
+  if (x !== undefined && x.text !== null) return x as { text: string; bytes: number };
+  const text = encode(e);
+  const y = { text, bytes: x?.bytes ?? Buffer.byteLength(text, 'utf8') };
+  encoded.set(e, y);
+  return y;
 }
 
 /**
@@ -80,7 +80,16 @@ export function encodeEntryJson(e: Entry): string {
 
 /** The entry's encoded size in bytes (UTF-8 of its canonical JSON, as it is logged and sent). */
 export function entryBytes(e: Entry): number {
-  return encoded1(e).bytes;
+  return encoded.get(e)?.bytes ?? encoded1(e).bytes;
+}
+
+/**
+ * The entry is logged and sent: keep its size, let its text go (the log kept in memory would
+ * otherwise hold every entry twice). A later use (a resend to a follower behind) encodes it again.
+ */
+export function releaseEntryText(e: Entry): void {
+  const x = encoded.get(e);
+  if (x !== undefined) x.text = null;
 }
 
 /** A change event's JSON, fields in a fixed order: as the change feed publishes it and the checkpoint's history keeps it. */

@@ -12,6 +12,7 @@
 // sends come through the ReplicaEnv it is given: src/server/server.ts gives it
 // NATS, files, LMDB and Node timers; tools/sim gives it simulated ones.
 
+import { releaseEntryText } from '../core/entry-text.js';
 import { CkvError, ErrorCode } from '../core/errors.js';
 import {
   BATCH_OPS_MAX,
@@ -542,6 +543,7 @@ export class Replica {
   /** Everything the Ready persisted is durable: send the rest, answer, apply. */
   private finish(r: Ready): void {
     for (const m of r.send) this.env.sendPeer(m);
+    for (const e of r.append) releaseEntryText(e);
     this.carryOut(r);
     this.apply(r.committed);
     this.node.advance(r);
