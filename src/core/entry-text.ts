@@ -1,8 +1,9 @@
-// The canonical text of a log entry: UTF-8 JSON with a fixed field order, so the
-// same entry always encodes to the same bytes (and that of a change event it produces). It is computed once per entry object
-// and kept beside it (entries are never changed once made): the log writes it, the
-// replication message carries it, and sizes are counted from it, without encoding
-// the entry again for each. Pure: no I/O.
+// The canonical text of a log entry (and of a change event): UTF-8 JSON with a fixed
+// field order, so the same entry always encodes to the same bytes. An entry's text is
+// computed once and kept beside it (entries are never changed once made) until it is
+// logged and sent: the log writes it, the replication message carries it, and its size
+// is counted from it (the size is kept for good), without encoding the entry again for
+// each. Pure: no I/O.
 
 import { entryProblem } from './entry-shape.js';
 import { jsonString } from './json-string.js';

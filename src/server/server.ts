@@ -42,10 +42,10 @@ export interface CheckpointInstaller {
   abort(incoming: CheckpointStore): Promise<void>;
 }
 
-/** A reply as it goes on the wire: JSON, or TOO_LARGE when it would not fit in a NATS message. */
 /** Values at least this long are quoted on their own (jsonString), not by JSON.stringify with the reply. */
 const REPLY_VALUE_QUOTE_CHARS_MIN = 64;
 
+/** A reply as it goes on the wire: JSON, or TOO_LARGE when it would not fit in a NATS message. */
 export function encodeReply(reply: Reply): string {
   let data: string;
   if (reply.ok && typeof reply.value === 'string' && reply.value.length >= REPLY_VALUE_QUOTE_CHARS_MIN) {
