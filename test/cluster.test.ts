@@ -279,6 +279,15 @@ t.test('three-node cluster', async (t) => {
       return f && lead && f.applied === lead.applied && f.applied >= target ? true : undefined;
     }, 30_000);
     t.match(c.logs.get(follower) ?? '', /checkpoint installed/, 'it installed a checkpoint from a peer');
+    // Dead for longer than --remove-dead-after, it was removed; caught up, it is added back by a
+    // configuration entry. Wait for that to settle everywhere: an entry committed while the
+    // servers stop would reach some final checkpoints and not others.
+    await c.waitFor('the follower to be a voter again, every server at the same applied index', async () => {
+      const s = (await statuses(c)) as Array<StatusRow & { voters?: number[] }>;
+      const lead = s.find((x) => x.role === 'coordinator');
+      if (!lead || s.length !== c.procs.size) return undefined;
+      return s.every((x) => x.voters?.includes(follower) && x.applied === lead.applied) ? true : undefined;
+    }, 20_000);
     // Stop everything cleanly: each server checkpoints at the same applied index.
     await Promise.all([...c.procs.keys()].map((id) => c.kill(id, 'SIGTERM')));
     for (const id of c.voters.filter((v) => v !== follower)) {
