@@ -155,8 +155,11 @@ async function measureAll(t: Target): Promise<void> {
       p50us: median(results.map((r) => r.p50us)),
       p99us: median(results.map((r) => r.p99us)),
       errors: results.reduce((a, r) => a + r.errors, 0),
+      errorKinds: {},
       cpuUsPerOp: median(results.map((r) => r.cpuUsPerOp)),
     };
+    for (const r of results) for (const [k, n] of Object.entries(r.errorKinds)) result.errorKinds[k] = (result.errorKinds[k] ?? 0) + n;
+    if (result.errors > 0) say(`${t.name}, ${describe(spec)}: ${result.errors} errors: ${Object.entries(result.errorKinds).map(([k, n]) => `${n} x ${k}`).join('; ')}`);
     rows.push({ workload: describe(spec), spec, system: t.name, result, reps: reps! });
   }
 }

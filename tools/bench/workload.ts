@@ -102,6 +102,8 @@ export interface Result {
   p50us: number;
   p99us: number;
   errors: number;
+  /** The errors by kind (the first words of their messages), so a reader can tell timeouts from refusals. */
+  errorKinds: Record<string, number>;
   /** CPU time (user + system) of the system's processes per operation, µs; NaN when not measured. */
   cpuUsPerOp: number;
 }
@@ -133,6 +135,7 @@ export async function measure(ops: Op[], clients: number, run: (op: Op) => Promi
   let next = 0;
   let done = 0;
   let errors = 0;
+  const errorKinds: Record<string, number> = {};
   const t0 = process.hrtime.bigint();
   await Promise.all(
     Array.from({ length: Math.min(clients, ops.length) }, async () => {
@@ -141,8 +144,10 @@ export async function measure(ops: Op[], clients: number, run: (op: Op) => Promi
         const s = process.hrtime.bigint();
         try {
           await run(ops[i]!);
-        } catch {
+        } catch (err) {
           errors++;
+          const kind = String((err as Error)?.message ?? err).slice(0, 80);
+          errorKinds[kind] = (errorKinds[kind] ?? 0) + 1;
         }
         lat[i] = Number(process.hrtime.bigint() - s) / 1000;
         if ((++done & 255) === 0) progress?.(done);
@@ -152,7 +157,7 @@ export async function measure(ops: Op[], clients: number, run: (op: Op) => Promi
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpuUsPerOp = pids().length > 0 ? (cpuUs(pids()) - cpu0) / ops.length : NaN;
   lat.sort();
-  return { opsPerSec: ops.length / secs, p50us: lat[Math.floor(lat.length / 2)]!, p99us: lat[Math.floor(lat.length * 0.99)]!, errors, cpuUsPerOp };
+  return { opsPerSec: ops.length / secs, p50us: lat[Math.floor(lat.length / 2)]!, p99us: lat[Math.floor(lat.length * 0.99)]!, errors, errorKinds, cpuUsPerOp };
 }
 
 export function median(xs: number[]): number {
