@@ -549,7 +549,7 @@ t.test('ping table: bounded at PEERS_MAX; a dead learner makes room for a new on
 });
 
 t.test('config entries: keepOut round-trips and is checked', async (t) => {
-  const { encodeEntryJson } = await import('../src/storage/entry-codec.js');
+  const { encodeEntryJson } = await import('../src/core/entry-text.js');
   const { entryProblem } = await import('../src/core/entry-shape.js');
   const e: Entry = { index: 7, epoch: 2, ts: 9, kind: 'config', voters: [1, 3], keepOut: [2, 5] };
   t.equal(encodeEntryJson(e), '{"index":7,"epoch":2,"ts":9,"kind":"config","voters":[1,3],"keepOut":[2,5]}');

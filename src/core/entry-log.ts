@@ -89,7 +89,7 @@ export class EntryLog {
     let bytes = 0;
     for (let i = from; i <= to && out.length < count; i++) {
       const e = this.at(i)!;
-      const size = entrySize(e);
+      const size = entryBytes(e);
       if (out.length > 0 && bytes + size > REPL_BYTES_MAX) break;
       bytes += size;
       out.push(e);
@@ -105,7 +105,7 @@ export class EntryLog {
   bytesFloor(upTo: number, bytes: number, downTo = 0): number {
     let sum = 0;
     for (let i = Math.min(upTo, this.last); i > Math.max(this.base.index, downTo); i--) {
-      sum += entrySize(this.at(i)!);
+      sum += entryBytes(this.at(i)!);
       if (sum > bytes) return i;
     }
     return 0;
@@ -162,6 +162,3 @@ export class EntryLog {
     return false;
   }
 }
-
-/** Encoded size of an entry in bytes (its canonical JSON, as it is logged and travels), for bounding replication messages and the log kept in memory. */
-export const entrySize = entryBytes;

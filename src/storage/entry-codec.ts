@@ -1,15 +1,13 @@
-// Log entry <-> bytes. The encoding is UTF-8 JSON with a fixed field order, so
-// the same entry always encodes to the same bytes. Decoding runs on bytes read
-// from disk (or from a peer), so it checks the shape strictly and throws on
-// anything that is not exactly an Entry; encoding checks the same rules, so we
-// never write what we could not read back.
+// Log entry <-> bytes. The encoding is the entry's canonical JSON (core/entry-text.ts:
+// a fixed field order, so the same entry always encodes to the same bytes), in UTF-8.
+// Decoding runs on bytes read from disk (or from a peer), so it checks the shape
+// strictly and throws on anything that is not exactly an Entry; encoding checks the
+// same rules, so we never write what we could not read back.
 
 import { entryProblem } from '../core/entry-shape.js';
 import { encodeEntryJson } from '../core/entry-text.js';
 import { ENTRY_BYTES_MAX } from '../core/limits.js';
 import type { Entry } from '../core/wire.js';
-
-export { encodeEntryJson };
 
 /** Thrown when bytes are not a valid encoded entry. */
 export class EntryDecodeError extends Error {

@@ -9,7 +9,8 @@
 import type { ChangeEvent, Entry } from '../../src/core/wire.js';
 import { CHECKPOINT_FORMAT, CorruptRecordError, type CheckpointDelta, type CheckpointMeta, type CheckpointReader, type HistoryReader, type Rec, type RidRecord, type TimedRec } from '../../src/core/records.js';
 import { timedOf } from '../../src/core/state.js';
-import { decodeEntry, encodeEntryJson } from '../../src/storage/entry-codec.js';
+import { encodeEntryJson } from '../../src/core/entry-text.js';
+import { decodeEntry } from '../../src/storage/entry-codec.js';
 import { MemHistory } from '../../src/storage/mem-history.js';
 import type { DurableState } from '../../src/core/node.js';
 import { LogCorruptError } from '../../src/storage/segment-format.js';
