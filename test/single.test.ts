@@ -147,6 +147,8 @@ t.test('single node end to end', async (t) => {
       ['token from the future', 'TOKEN_AHEAD', { op: 'put', key: 'a', value: 'x', after: 1e12 }],
       ['read on write subject with bad field', 'BAD_REQUEST', { op: 'get', key: 'a', bogus: true }],
       ['empty batch', 'BAD_REQUEST', { op: 'batch', ops: [] }],
+      // Each value within VALUE_BYTES_MAX, the entry past ENTRY_BYTES_MAX (768 KiB): refused by the coordinator.
+      ['batch larger than an entry may be', 'TOO_LARGE', { op: 'batch', ops: [0, 1, 2].map((i) => ({ op: 'put', key: `huge.${i}`, value: 'v'.repeat(256 * 1024) })) }],
       ['history with a bad limit', 'BAD_REQUEST', { op: 'history', key: 'a', limit: 5000 }],
       ['write on the read subject', 'BAD_REQUEST', null],
     ];
