@@ -647,6 +647,52 @@ t.test('membership: while a change is not committed, entries commit only with a 
   t.equal(n.commit, n.lastIndex(), 'with 3, both configurations agree: committed');
 });
 
+t.test('membership: a restarted coordinator learns from its peers that a change is committed, and no longer waits on the voters before it', async (t) => {
+  // 4 was added to {2,3} (entry 3); 3 has since been decommissioned. 4 restarts knowing only
+  // entry 1 committed (its checkpoint), so the change looks pending and its commits would need
+  // 3 (a majority of {2,3}) for good. 2's promise, or a later heartbeat, says entry 3 committed.
+  const entries: Entry[] = [
+    { index: 1, epoch: 1, ts: 1, kind: 'noop' },
+    { index: 2, epoch: 1, ts: 2, kind: 'config', voters: [2, 3], keepOut: [1] },
+    { index: 3, epoch: 1, ts: 3, kind: 'config', voters: [2, 3, 4], keepOut: [1] },
+    { index: 4, epoch: 1, ts: 4, kind: 'write', ops: [{ op: 'put', key: 'a', value: '1' }] },
+  ];
+  const elect = (promiseCommit: number): Node => {
+    const n = new Node({ id: 4, voters: [2, 3, 4], promised: 1, entries, base: { index: 0, epoch: 0, ts: 0 }, commit: 1, commitTs: 1 });
+    for (let i = 0; i < 200 && n.role !== 'coordinator'; i++) {
+      n.tick();
+      for (const r of drive(n)) {
+        for (const m of [...r.sendNow, ...r.send]) {
+          if (m.t !== 'claim') continue;
+          n.receive({ t: 'promise', from: 2, to: 4, epoch: m.epoch, clock: 0, ok: true, last: 4, lastEpoch: 1, commit: promiseCommit } as any);
+        }
+      }
+    }
+    t.equal(n.role, 'coordinator', `4 is elected with 2's promise (commit ${promiseCommit})`);
+    drive(n);
+    n.receive({ t: 'ack', from: 2, to: 4, epoch: n.epoch, clock: 0, match: n.lastIndex() } as any);
+    drive(n);
+    return n;
+  };
+  const ping = (n: Node, commit: number) =>
+    n.receive({ t: 'ping', from: 2, to: 0, epoch: n.epoch, clock: 0, role: 'follower', coordinator: 4, last: n.lastIndex(), lastEpoch: n.epoch, commit, commitTs: 0, matched: n.lastIndex(), applied: commit, checkpoint: 0, voters: [2, 3, 4], uptimeTicks: 0 } as any);
+
+  const unknown = elect(2);
+  t.equal(unknown.commit, 2, 'told only up to entry 2: entry 3 may be pending, and 2 and 4 commit nothing past it without 3');
+  ping(unknown, 2);
+  drive(unknown);
+  t.equal(unknown.commit, 2, 'a heartbeat that says no more changes nothing');
+  ping(unknown, 3);
+  drive(unknown);
+  t.equal(unknown.commit, unknown.lastIndex(), 'a heartbeat saying entry 3 committed: 2 and 4 are a majority of {2,3,4}, which alone counts now');
+
+  const known = elect(3);
+  t.equal(known.commit, known.lastIndex(), "the promise said so: 2's ack of the no-op commits it");
+  ping(known, 1_000);
+  drive(known);
+  t.equal(known.commit, known.lastIndex(), 'a commit past our log is not taken for more than our log');
+});
+
 t.test('leases: grant, attach, keepalive, revoke and expiry take the keys along; refused where the lease is gone or full; found again after a restart', async (t) => {
   const meta: CheckpointMeta = { format: CHECKPOINT_FORMAT, index: 0, epoch: 1, ts: 0, voters: [1], eventPrev: 0 };
   const s = new KvState(new ArrayCheckpoint([], meta));

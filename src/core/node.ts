@@ -158,6 +158,8 @@ type Phase =
       target: number;
       targetLast: number;
       targetCommit: number;
+      /** The highest commit among the promises. */
+      promisersCommit: number;
       promisers: number[];
       /** The target compacted what we lack: we wait for its checkpoint, then fetch on. */
       checkpoint: boolean;
@@ -194,6 +196,11 @@ export class Node {
   knownCommitTs: number;
   /** Index of the last entry known durable locally. */
   private persistedLast: number;
+  /**
+   * Coordinator: the highest commit another server reported this epoch (in its promise or
+   * its pings). Those entries are committed, so they are in our log too.
+   */
+  private peersCommit = 0;
   private gen = 0;
   /** The log in memory (entries after the checkpoint, and those retained below it). */
   private log: EntryLog;
@@ -1112,10 +1119,10 @@ export class Node {
       // A lost ack is recovered from the follower's heartbeat. Only a follower of ours: a
       // candidate's ping carries its claimed epoch, which may equal ours (it had not heard
       // of us), with `matched` measured against another coordinator's log.
-      if (m.matched > (this.match.get(m.from) ?? 0) && m.matched <= this.lastIndex()) {
-        this.match.set(m.from, m.matched);
-        this.advanceCommit();
-      }
+      const matched = m.matched > (this.match.get(m.from) ?? 0) && m.matched <= this.lastIndex();
+      if (matched) this.match.set(m.from, m.matched);
+      if (m.commit > this.peersCommit) this.peersCommit = m.commit;
+      if (matched || m.commit > this.commit) this.advanceCommit();
     }
   }
 
@@ -1283,11 +1290,20 @@ export class Node {
     // it). Only the newest change can be uncommitted: a coordinator proposes one only once the
     // one before is committed. (So after a restart, whose commit is only the checkpoint's,
     // older changes in the log do not hold writes back.)
+    //
+    // What another server holds committed is committed: an elected coordinator's log holds
+    // every committed entry, so those entries are ours too. (A restarted coordinator knows only
+    // its checkpoint committed: without this, a configuration change that was committed would
+    // look pending, and wait on old voters that may be gone for good.) Only what is durable
+    // here: a coordinator's commit never passes its own log on disk.
+    const known = Math.min(this.peersCommit, this.persistedLast);
     let n = this.majorityMatch(this.voters);
     // (configAbove scans only the uncommitted tail: this runs on every ack.)
-    if (this.log.configAbove(this.commit)) n = Math.min(n, this.majorityMatch(this.log.configAt(this.log.configPosition().index - 1).voters));
+    if (this.log.configAbove(Math.max(this.commit, known))) n = Math.min(n, this.majorityMatch(this.log.configAt(this.log.configPosition().index - 1).voters));
     // Only entries of our own epoch are committed by counting (older ones ride along).
-    if (n > this.commit && this.epochAt(n) === this.epoch) {
+    if (this.epochAt(n) !== this.epoch) n = 0;
+    n = Math.max(n, known);
+    if (n > this.commit) {
       this.commit = n;
       this.commitTs = this.log.tsAt(n);
       this.knownCommitTs = Math.max(this.knownCommitTs, this.commitTs);
@@ -1356,8 +1372,10 @@ export class Node {
         b = p;
       }
     }
+    let known = 0;
+    for (const p of ph.promises.values()) known = Math.max(known, p.commit);
     if (best === this.id) {
-      this.becomeCoordinator(ph.epoch);
+      this.becomeCoordinator(ph.epoch, known);
       return;
     }
     const start = this.commit + 1;
@@ -1369,6 +1387,7 @@ export class Node {
       target: best,
       targetLast: b.last,
       targetCommit: b.commit,
+      promisersCommit: known,
       promisers: [...ph.promises.keys()],
       checkpoint: false,
     };
@@ -1433,10 +1452,11 @@ export class Node {
       this.abandonClaim(`the configuration changed to [${this.voters.join(',')}]: promises from [${ph.promisers.join(',')}] are not a majority of it`);
       return;
     }
-    this.becomeCoordinator(ph.epoch);
+    this.becomeCoordinator(ph.epoch, ph.promisersCommit);
   }
 
-  private becomeCoordinator(epoch: number): void {
+  /** `peersCommit`: the highest commit among the promises (see advanceCommit). */
+  private becomeCoordinator(epoch: number, peersCommit: number): void {
     assert(epoch === this.promised, 'a coordinator leads the epoch it was promised');
     assert(this.isVoter(this.id), 'a coordinator is a voter of its configuration');
     this.role = 'coordinator';
@@ -1444,6 +1464,7 @@ export class Node {
     this.epoch = epoch;
     this.phase = { p: 'idle' };
     this.match = new Map();
+    this.peersCommit = peersCommit;
     this.resentAt = new Map();
     this.streaming = new Map();
     this.broadcastUpTo = this.lastIndex();

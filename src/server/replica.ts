@@ -287,6 +287,8 @@ interface Transfer {
   /** All pages are in: swap once the loop holds still. */
   complete: boolean;
   swapStarted: boolean;
+  /** Being let go of (its incoming checkpoint is removed; it ends when that is done). */
+  ending: boolean;
 }
 
 type Page = { meta: CheckpointMeta; items: Array<[string, Rec | RidRecord]>; next: string | null };
@@ -549,6 +551,18 @@ export class Replica {
     this.node.advance(r);
     this.wakeWaiters();
     if (this.env.log.bytesAfter(this.node.checkpointIndex) > this.checkpointBytes || (this.st.dirtyCount >= CHECKPOINT_DIRTY_RECORDS_TRIGGER && !this.checkpointing)) this.checkpoint();
+    else if (r.committed.some((e) => e.kind === 'config')) this.checkpointConfig(r.commit);
+  }
+
+  /**
+   * A configuration change committed: checkpoint now, not at the next cron. After a restart a
+   * server knows committed only what its checkpoint holds; a change it takes for pending makes
+   * its commits wait on a majority of the voters before the change too, and those may be gone
+   * for good (a voter decommissioned once the change committed).
+   */
+  private checkpointConfig(index: number): void {
+    if (!this.checkpointing) this.checkpoint();
+    else this.afterCheckpoint.push(() => !this.closing && this.node.checkpointIndex < index && this.checkpoint());
   }
 
   private carryOut(r: Ready): void {
@@ -1063,15 +1077,24 @@ export class Replica {
   // ---- checkpoint transfer: pulling a peer's, then swapping it in ----
 
   private onOffer(from: number): void {
-    // Only the offer of our coordinator (it found us behind its log) or of the promiser whose
-    // log our claim fetches (it compacted what we lack) counts.
-    if (this.transfer || this.closing || !this.env.transfer || this.node.role === 'coordinator') return;
-    if (this.node.coordinator !== from && this.node.claimCheckpointSource() !== from) {
+    if (this.closing || !this.env.transfer || this.node.role === 'coordinator') return;
+    if (!this.offerCounts(from)) {
       this.earlyOffer = { from, at: this.env.now() };
       return;
     }
+    const t0 = this.transfer;
+    if (t0) {
+      // A transfer from a server we no longer take one from (it crashed, or lost the lead)
+      // would hold us for up to its page timeouts (15 s): the offer of the one we follow now
+      // replaces it, once the old one is let go of.
+      if (t0.from !== from && !t0.complete && !t0.ending && !this.offerCounts(t0.from)) {
+        this.earlyOffer = { from, at: this.env.now() };
+        this.endTransfer(t0, `server ${from} offers its checkpoint, and server ${t0.from} is no longer the one to take it from`);
+      }
+      return;
+    }
     this.earlyOffer = null;
-    const t: Transfer = { from, incoming: null, phase: 'kv', after: null, meta: null, awaiting: 0, tries: 0, complete: false, swapStarted: false };
+    const t: Transfer = { from, incoming: null, phase: 'kv', after: null, meta: null, awaiting: 0, tries: 0, complete: false, swapStarted: false, ending: false };
     this.transfer = t;
     this.env.logger.info({ from }, 'receiving a checkpoint');
     this.env.transfer.begin((incoming) => {
@@ -1081,15 +1104,20 @@ export class Replica {
     });
   }
 
+  /** Only the offer of our coordinator (it found us behind its log) or of the promiser whose log our claim fetches (it compacted what we lack) counts. */
+  private offerCounts(from: number): boolean {
+    return this.node.coordinator === from || this.node.claimCheckpointSource() === from;
+  }
+
   private takeEarlyOffer(): void {
     const o = this.earlyOffer!;
     // After this long the sender offers again of itself (see offerCheckpoint).
     if (this.env.now() - o.at > SNAPSHOT_PAGE_TIMEOUT_MS) this.earlyOffer = null;
-    else if (this.node.coordinator === o.from || this.node.claimCheckpointSource() === o.from) this.onOffer(o.from);
+    else if (this.offerCounts(o.from) && this.transfer?.from !== o.from) this.onOffer(o.from);
   }
 
   private requestPage(t: Transfer): void {
-    if (this.transfer !== t || this.dead) return;
+    if (this.transfer !== t || t.ending || this.dead) return;
     if (this.closing) return this.endTransfer(t, 'shutting down');
     const seq = ++this.transferSeq;
     t.awaiting = seq;
@@ -1098,7 +1126,7 @@ export class Replica {
 
   private onPage(t: Transfer, seq: number, raw: Uint8Array | string | null): void {
     // A duplicate, or an answer to a request given up on: drop it.
-    if (this.transfer !== t || t.awaiting !== seq || this.dead) return;
+    if (this.transfer !== t || t.ending || t.awaiting !== seq || this.dead) return;
     t.awaiting = 0;
     const page = raw === null ? `no answer from server ${t.from} in time` : parsePage(raw, t.phase, t.after);
     if (typeof page === 'string') {
@@ -1122,7 +1150,7 @@ export class Replica {
       meta: t.meta,
     };
     t.incoming!.write(delta, () => {
-      if (this.transfer !== t) return;
+      if (this.transfer !== t || t.ending) return;
       if (page.next !== null) t.after = page.next;
       else if (t.phase === 'kv') {
         t.phase = 'rids';
@@ -1140,6 +1168,8 @@ export class Replica {
 
   /** A transfer ends without a swap: failed (reason) or not needed any more (null). */
   private endTransfer(t: Transfer, reason: string | null): void {
+    if (t.ending) return;
+    t.ending = true;
     if (reason !== null) this.env.logger.warn({ from: t.from, reason }, 'checkpoint transfer failed; will retry when offered again');
     else this.env.logger.info({ index: t.meta?.index, commit: this.node.commit }, 'checkpoint transfer not needed any more');
     const done = (): void => {
