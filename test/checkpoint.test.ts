@@ -20,6 +20,8 @@ import type { CheckpointStore } from '../src/storage/ports.js';
 import type { CheckpointDelta, CheckpointMeta, Rec, RidRecord } from '../src/core/records.js';
 import type { ChangeEvent } from '../src/core/wire.js';
 import { type TT, tmpDir } from './helpers/tmp-dir.js';
+import { changeEventJson } from '../src/core/entry-text.js';
+import { crc32c } from '../src/storage/crc32c.js';
 
 // ---------------------------------------------------------------------------
 // Checkpoint behaviour, shared by LmdbCheckpoint and MemCheckpoint.
@@ -600,4 +602,149 @@ t.test('durable history: an entry whose events span several read slices goes who
   t.equal(cp.historyCount(), 5);
   t.same([...cp.events(0)].map((e) => e.index), [2, 3, 4, 5, 6]);
   t.same([...cp.keyEventsBefore('p.19', 10)], []);
+});
+
+/** A value sealed as the checkpoint seals one: "<crc32c of key, 0x00, json as 8 hex digits> <json>". */
+function sealed(key: Buffer, json: string): Buffer {
+  const body = Buffer.from(json, 'utf8');
+  const crc = crc32c(body, crc32c(Buffer.from([0]), crc32c(key)));
+  return Buffer.concat([Buffer.from(`${(crc >>> 0).toString(16).padStart(8, '0')} `, 'latin1'), body]);
+}
+
+const lmdbDbs = async (dir: string) => {
+  const { open } = await import('lmdb');
+  const enc = { keyEncoding: 'binary', encoding: 'binary' } as const;
+  const root = open({ path: dir, maxDbs: 8, ...enc });
+  const db = (name: string) => root.openDB({ name, ...enc });
+  return { root, events: db('events'), heads: db('heads'), hist: db('hist'), meta: db('meta') };
+};
+
+t.test('durable history: each key\'s events are a chain; a checkpoint from before the chain is read through its index, and chained at a writable open', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  let seed = 4242;
+  const rnd = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const keys = ['a', 'b', 'c', 'a.1', 'once.1', 'once.2', 'once.3'];
+  const MAX = 40;
+  let cp = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX });
+  const mem = new MemCheckpoint(MAX);
+  let index = 0;
+  for (let round = 0; round < 40; round++) {
+    const events: ChangeEvent[] = [];
+    for (let n = rnd(3); n >= 0; n--) {
+      index++;
+      // Keys written once ('once.*', early on) are let go of whole: their heads must go too.
+      const key = round < 5 ? keys[rnd(keys.length)]! : keys[rnd(4)]!;
+      events.push({ index, ts: index, op: 'put', key, value: `v${index}`, prev: index - 1 });
+    }
+    const d: CheckpointDelta = { kv: [], ridsSet: [], ridsDel: [], meta: meta(index), events };
+    await Promise.all([cp.write(d), mem.write(d)]);
+  }
+  const same = (c: LmdbCheckpoint, what: string): void => {
+    for (const key of keys) {
+      for (const from of [0, Math.floor(index / 2), index - 3, index + 1]) {
+        t.same([...c.events(from, key)], [...mem.events(from, key)], `${what}: events(${from}, ${key})`);
+        t.same([...c.keyEventsBefore(key, from)], [...mem.keyEventsBefore(key, from)], `${what}: keyEventsBefore(${key}, ${from})`);
+      }
+    }
+  };
+  same(cp, 'chained');
+  await cp.close();
+  let db = await lmdbDbs(dir);
+  const heads = [...db.heads.getKeys({})].map((k) => (k as Buffer).toString('utf8')).sort();
+  const keysKept = [...new Set([...mem.events(0)].map((e) => e.key))].sort();
+  t.ok(keysKept.length < keys.length, 'some keys had all their events let go of');
+  t.same(heads, keysKept, 'a head for each key with events kept, and none for keys whose events all went');
+  t.same([...db.hist.getKeys({})], [], 'no hist index');
+  await db.root.close();
+  t.same((await verifyCheckpoint(dir)).problems, [], 'verify: every chain whole');
+
+  // Make it a checkpoint from before the chain: events without keyPrev, a hist index, no heads, no mark.
+  db = await lmdbDbs(dir);
+  const stored = [...db.events.getRange({})].map(({ key, value }) => ({ key: Buffer.from(key as Buffer), json: JSON.parse((value as Buffer).toString('utf8', 9)) }));
+  await db.root.batch(() => {
+    for (const { key, json } of stored) {
+      void db.events.put(key, sealed(key, `{"at":${json.at},"event":${changeEventJson(json.event)}}`));
+      void db.hist.put(Buffer.concat([Buffer.from(json.event.key, 'utf8'), Buffer.from([0]), key]), Buffer.from([1]));
+    }
+    for (const k of [...db.heads.getKeys({})]) void db.heads.remove(Buffer.from(k as Buffer));
+    void db.meta.remove(Buffer.from('historyChain'));
+  });
+  await db.root.close();
+  const ro = await LmdbCheckpoint.open(dir, { readOnly: true });
+  same(ro, 'older, read-only (through the hist index)');
+  await ro.close();
+  t.same((await verifyCheckpoint(dir)).problems, [], 'verify: the older index whole');
+  cp = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX });
+  same(cp, 'chained at a writable open');
+  await cp.close();
+  db = await lmdbDbs(dir);
+  t.same([...db.hist.getKeys({})], [], 'the hist index is emptied');
+  t.same([...db.heads.getKeys({})].map((k) => (k as Buffer).toString('utf8')).sort(), keysKept);
+  await db.root.close();
+  t.same((await verifyCheckpoint(dir)).problems, [], 'verify: chained whole');
+  cp = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX });
+  const d: CheckpointDelta = { kv: [], ridsSet: [], ridsDel: [], meta: meta(index + 1), events: [{ index: index + 1, ts: index + 1, op: 'del', key: 'a', prev: index }] };
+  await Promise.all([cp.write(d), mem.write(d)]);
+  index++;
+  same(cp, 'written after');
+  await cp.close();
+});
+
+t.test('durable history: a key changed more often than a walk along its chain should take is read from the log of events (same answers)', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  const cp = await LmdbCheckpoint.open(dir);
+  t.teardown(() => cp.close());
+  // 12,000 changes of 'hot' (more than the 10,000 steps a walk takes), with a few of 'cold' among them.
+  const events: ChangeEvent[] = [];
+  for (let i = 1; i <= 12_100; i++) events.push({ index: i, ts: i, op: i % 7 === 0 ? 'del' : 'put', key: i % 121 === 0 ? 'cold' : 'hot', ...(i % 7 === 0 ? {} : { value: String(i) }), prev: i - 1 } as ChangeEvent);
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(12_100), events });
+  const of = (key: string) => events.filter((e) => e.key === key);
+  for (const from of [1, 50, 2_000, 12_000]) {
+    t.same([...cp.events(from, 'hot')].map((e) => e.index), of('hot').filter((e) => e.index >= from).map((e) => e.index), `events(${from}, hot)`);
+    t.same([...cp.keyEventsBefore('hot', from)].map((e) => e.index), of('hot').filter((e) => e.index < from).reverse().map((e) => e.index), `keyEventsBefore(hot, ${from})`);
+    t.same([...cp.events(from, 'cold')].map((e) => e.index), of('cold').filter((e) => e.index >= from).map((e) => e.index), `events(${from}, cold)`);
+  }
+  const first = cp.keyEventsBefore('hot', 100)[Symbol.iterator]().next().value;
+  t.same(first, events[98], 'the newest change below 100, read back whole');
+});
+
+t.test('durable history: a damaged head or a broken chain is refused when read and named by verify; a write replaces a damaged head', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  let cp = await LmdbCheckpoint.open(dir);
+  const ev = (index: number, key: string): ChangeEvent => ({ index, ts: index, op: 'put', key, value: String(index), prev: index - 1 });
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(3), events: [ev(1, 'a'), ev(2, 'b'), ev(3, 'a')] });
+  await cp.close();
+
+  // Event 3 of 'a' sealed as sound but naming a later event as the one before it: a walk could loop.
+  let db = await lmdbDbs(dir);
+  const k3 = [...db.events.getKeys({})].map((k) => Buffer.from(k as Buffer))[2]!;
+  const v3 = JSON.parse((db.events.getBinary(k3) as Buffer).toString('utf8', 9));
+  await db.events.put(k3, sealed(k3, `{"keyPrev":[9,0],"at":${v3.at},"event":${changeEventJson(v3.event)}}`));
+  await db.root.close();
+  cp = await LmdbCheckpoint.open(dir);
+  t.throws(() => [...cp.keyEventsBefore('a', 10)], /names a later event/);
+  t.throws(() => [...cp.events(0, 'a')], CorruptRecordError);
+  t.same([...cp.keyEventsBefore('b', 10)].map((e) => e.index), [2], 'other keys are unaffected');
+  await cp.close();
+  t.match((await verifyCheckpoint(dir)).problems.join('\n'), /event 3\/0 of key "a" names 9\/0 as the one before it, not 1\/0/);
+
+  // Put it back, then flip a bit in 'a''s head.
+  db = await lmdbDbs(dir);
+  await db.events.put(k3, sealed(k3, `{"keyPrev":[1,0],"at":${v3.at},"event":${changeEventJson(v3.event)}}`));
+  const head = Buffer.from(db.heads.getBinary(Buffer.from('a')) as Buffer);
+  head[head.length - 2] ^= 1;
+  await db.heads.put(Buffer.from('a'), head);
+  await db.root.close();
+  t.match((await verifyCheckpoint(dir)).problems.join('\n'), /head of key "a": fails its checksum/);
+  cp = await LmdbCheckpoint.open(dir);
+  t.throws(() => [...cp.keyEventsBefore('a', 10)], CorruptRecordError, 'a read refuses a damaged head');
+  // A write that changes the key replaces its head (the chain starts again from the new event).
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(4), events: [ev(4, 'a')] });
+  t.same([...cp.keyEventsBefore('a', 10)].map((e) => e.index), [4], 'the new head; the events before it are out of the chain');
+  await cp.close();
+  const report = await verifyCheckpoint(dir);
+  t.match(report.problems.join('\n'), /event 4\/0 of key "a" names null as the one before it, not 3\/0/, 'verify names the chain the damage cut');
 });

@@ -38,7 +38,7 @@ interface Run {
   usPerOp: number;
   /** µs of applying per put (ckv only: the state machine, request-id table included), in the first and in the last checkpoint's span. */
   applyUs?: [number, number];
-  /** Records written per put (kv, rids, events, history index). */
+  /** Records written per put (kv, rids, events, the heads of the keys' event chains). */
   recordsPerOp: number;
 }
 
@@ -64,7 +64,7 @@ async function ckvRun(dir: string): Promise<Run & { sizes: number[] }> {
     applyRounds.push(Number(process.hrtime.bigint() - a0) / 1000 / events.length);
     const delta = st.takeDelta();
     delta.events = events;
-    records += delta.kv.length + delta.ridsSet.length + delta.ridsDel.length + 2 * events.length;
+    records += delta.kv.length + delta.ridsSet.length + delta.ridsDel.length + events.length + new Set(events.map((ev) => ev.key)).size;
     sizes.push(delta.kv.length, delta.ridsSet.length, events.length);
     const t0 = process.hrtime.bigint();
     await cp.write(delta);
@@ -82,11 +82,11 @@ async function rawRun(dir: string): Promise<Run> {
   const kv = root.openDB<Buffer, Buffer>({ name: 'kv', ...enc });
   const rids = root.openDB<Buffer, Buffer>({ name: 'rids', ...enc });
   const events = root.openDB<Buffer, Buffer>({ name: 'events', ...enc });
-  const hist = root.openDB<Buffer, Buffer>({ name: 'hist', ...enc });
+  const heads = root.openDB<Buffer, Buffer>({ name: 'heads', ...enc });
   const rec = Buffer.alloc(VALUE.length + 60, 0x61);
   const ridRec = Buffer.alloc(40, 0x61);
   const ev = Buffer.alloc(VALUE.length + 80, 0x61);
-  const mark = Buffer.alloc(1);
+  const head = Buffer.alloc(24, 0x61);
   let index = 1;
   let writing = 0;
   let records = 0;
@@ -104,16 +104,18 @@ async function rawRun(dir: string): Promise<Run> {
     }
     const t0 = process.hrtime.bigint();
     await root.batch(() => {
-      for (const k of keys.values()) void kv.put(k, rec);
+      for (const k of keys.values()) {
+        void kv.put(k, rec);
+        void heads.put(k, head);
+      }
       for (const [rid, evKey] of batch) {
         void rids.put(rid, ridRec);
         void events.put(evKey, ev);
-        void hist.put(Buffer.concat([rid, evKey]), mark);
       }
     });
     await root.flushed;
     writing += Number(process.hrtime.bigint() - t0) / 1000;
-    records += keys.size + 3 * batch.length;
+    records += 2 * keys.size + 2 * batch.length;
   }
   await root.close();
   return { usPerOp: writing / OPS, recordsPerOp: records / OPS };

@@ -1,2 +1,2 @@
 // The version every program reports (--version, status); package.json's, kept equal by a test.
-export const VERSION = '0.3.0';
+export const VERSION = '0.4.0';

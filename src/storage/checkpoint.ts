@@ -6,11 +6,21 @@
 //   rids   key: the rid's UTF-8 bytes    value: UTF-8 JSON {"index":…,"ts":…,"result":…}
 //   meta   key: "meta"                   value: UTF-8 JSON CheckpointMeta
 //          key: "history"                value: UTF-8 JSON {"floor":…,"count":…}
+//          key: "historyChain"           value: 1 (the events of a key are chained, below)
 //   ttl    key: the key's UTF-8 bytes    value: UTF-8 JSON {"rev":…,"ttl":…}
 //   events key: index (8 bytes, big-endian) + position in its entry (4 bytes)
-//                                        value: UTF-8 JSON {"at":ms,"event":ChangeEvent}
-//   hist   key: the key's UTF-8 bytes + 0x00 + the events key of one of its events
-//                                        value: one byte (the index that makes a key's history a range)
+//                                        value: UTF-8 JSON {"keyPrev":[index,position]|null,"at":ms,"event":ChangeEvent}
+//   heads  key: the key's UTF-8 bytes    value: UTF-8 JSON [index,position], the key's newest event
+//   hist   (older checkpoints: an index of each key's events; emptied when the chain is made)
+//
+// A key's history is a chain, newest first: its head names its newest event, and each event
+// the one of the same key before it (keyPrev). A checkpoint writes one head per key it
+// changes, into a table no larger than the keys, and letting the oldest events go deletes
+// nothing else (but the head of a key whose newest event went). The index it replaces took
+// an insert per event into a tree as large as the whole history and a delete per event let
+// go of: ~45% of a checkpoint's cost. The chain ends at an event let go of (all older ones
+// went too).
+//
 // Binary keys make LMDB's order (memcmp) the byte order of the UTF-8 key,
 // which is what range() promises. Values are JSON rather than lmdb-js's
 // msgpack so that the bytes do not depend on encoder state (msgpack's shared
@@ -48,11 +58,13 @@ export class CheckpointDamagedError extends Error {
 }
 const META_KEY = Buffer.from('meta', 'utf8');
 const HISTORY_KEY = Buffer.from('history', 'utf8');
-/** (ttl, events and hist came later: a read-only open of an older checkpoint finds none, and reads them as empty.) */
-const DB_NAMES = ['kv', 'rids', 'meta', 'ttl', 'events', 'hist'] as const;
-const DB_LATER: ReadonlySet<string> = new Set(['ttl', 'events', 'hist']);
+const HISTORY_CHAIN_KEY = Buffer.from('historyChain', 'utf8');
+/** (ttl, events, hist and heads came later: a read-only open of an older checkpoint finds none, and reads them as empty.) */
+const DB_NAMES = ['kv', 'rids', 'meta', 'ttl', 'events', 'hist', 'heads'] as const;
+const DB_LATER: ReadonlySet<string> = new Set(['ttl', 'events', 'hist', 'heads']);
 const EVENT_KEY_BYTES = 12;
-const HIST_MARK = Buffer.from([1]);
+/** Events of one key a walk along its chain steps over before it reads the log of events instead. */
+const CHAIN_WALK_STEPS_MAX = 10_000;
 const DIGEST_PREFIX = 'ckv-checkpoint-digest-v1\n';
 
 export function emptyMeta(): CheckpointMeta {
@@ -79,16 +91,38 @@ function timedJson(t: TimedRec): string {
   return `{"rev":${t.rev}${t.ttl !== undefined ? `,"ttl":${t.ttl}` : ''}${t.lease !== undefined ? `,"lease":${t.lease}` : ''}}`;
 }
 
-function eventJson(ev: ChangeEvent, at: number): string {
-  return `{"at":${at},"event":${changeEventJson(ev)}}`;
+/** keyPrev first: a walk along a key's chain reads it without parsing the rest. */
+function eventJson(ev: ChangeEvent, at: number, keyPrev: Buffer | null): string {
+  return `{"keyPrev":${keyPrev === null ? 'null' : pointerJson(keyPrev)},"at":${at},"event":${changeEventJson(ev)}}`;
+}
+
+/** An events key as stored in a chain: [index, position]. */
+function pointerJson(evKey: Buffer): string {
+  return `[${indexOfEventKey(evKey)},${evKey.readUInt32BE(8)}]`;
+}
+
+function pointerProblem(x: unknown): string | null {
+  if (!Array.isArray(x) || x.length !== 2 || !Number.isSafeInteger(x[0]) || x[0] < 1 || !Number.isSafeInteger(x[1]) || x[1] < 0 || x[1] > 0xffff_ffff) return 'is not [index, position]';
+  return null;
+}
+
+interface StoredEvent {
+  /** Absent in an older checkpoint's events, until the chain is made. */
+  keyPrev?: [number, number] | null;
+  at: number;
+  event: ChangeEvent;
 }
 
 function storedEventProblem(x: unknown): string | null {
-  const o = x as { at?: unknown; event?: unknown };
-  if (typeof o !== 'object' || o === null || Object.keys(o).length !== 2) return 'stored event is not {at, event}';
+  const o = x as { keyPrev?: unknown; at?: unknown; event?: unknown };
+  const fields = typeof o === 'object' && o !== null ? Object.keys(o).join(',') : '';
+  if (fields !== 'keyPrev,at,event' && fields !== 'at,event') return 'stored event is not {keyPrev, at, event}';
+  if (o.keyPrev !== undefined && o.keyPrev !== null && pointerProblem(o.keyPrev) !== null) return 'stored event keyPrev is not [index, position]';
   if (!Number.isSafeInteger(o.at) || (o.at as number) < 0) return 'stored event at is not a time';
   return eventProblem(o.event);
 }
+
+const KEY_PREV_PREFIX = /^\{"keyPrev":(?:null|\[(\d{1,16}),(\d{1,10})\])/;
 
 /** The events key of position `seq` of entry `index`: big-endian, so LMDB keeps log order. */
 function eventKey(index: number, seq: number): Buffer {
@@ -103,6 +137,22 @@ function indexOfEventKey(b: Buffer, at = 0): number {
   return b.readUInt32BE(at) * 0x1_0000_0000 + b.readUInt32BE(at + 4);
 }
 
+/**
+ * The keyPrev of a stored event (null: the first of its key still kept), checked against the
+ * event's seal but not parsed: a walk steps over a key's newer events at this cost.
+ */
+function keyPrevOf(evKey: Buffer, bytes: Buffer, what: string): Buffer | null {
+  checkSeal(evKey, bytes, what);
+  const m = KEY_PREV_PREFIX.exec(bytes.toString('latin1', SEAL_BYTES, SEAL_BYTES + 40));
+  if (m === null) throw new CorruptRecordError(what, 'has no keyPrev');
+  if (m[1] === undefined) return null;
+  const index = Number(m[1]);
+  const position = Number(m[2]);
+  if (!Number.isSafeInteger(index) || index < 1 || position > 0xffff_ffff) throw new CorruptRecordError(what, 'keyPrev is not [index, position]');
+  return eventKey(index, position);
+}
+
+/** The older checkpoints' index of a key's events. */
 function histKey(key: Buffer, evKey: Buffer): Buffer {
   const out = Buffer.allocUnsafe(key.length + 1 + evKey.length);
   key.copy(out, 0);
@@ -121,6 +171,15 @@ function historyMetaProblem(x: unknown): string | null {
   if (!Number.isSafeInteger(o.floor) || (o.floor as number) < 0) return 'history floor is not a non-negative integer';
   if (!Number.isSafeInteger(o.count) || (o.count as number) < 0) return 'history count is not a non-negative integer';
   return null;
+}
+
+interface HistoryOps {
+  /** Events added, and let go of. */
+  puts: Array<[Buffer, Buffer]>;
+  dels: Buffer[];
+  headPuts: Array<[Buffer, Buffer]>;
+  headDels: Buffer[];
+  meta: HistoryMeta;
 }
 
 interface HistoryMeta {
@@ -172,6 +231,13 @@ function sealValue(key: Buffer, json: string): Buffer {
   return out;
 }
 
+/** A sealed value's checksum holds (over its key and its JSON). Throws CorruptRecordError. */
+function checkSeal(key: Buffer, bytes: Buffer, what: string): void {
+  if (bytes.length < SEAL_BYTES || bytes[8] !== 0x20) throw new CorruptRecordError(what, 'no checksum');
+  const head = bytes.toString('latin1', 0, 8);
+  if (!/^[0-9a-f]{8}$/.test(head) || checksumOf(key, bytes.subarray(0, bytes.length), SEAL_BYTES) !== parseInt(head, 16)) throw new CorruptRecordError(what, 'fails its checksum');
+}
+
 /**
  * The JSON of a stored value, checked: its seal (format 2), its shape. Throws CorruptRecordError.
  * lmdb-js's getBinaryFast buffers report the whole shared buffer as byteLength: go by .length only.
@@ -179,11 +245,7 @@ function sealValue(key: Buffer, json: string): Buffer {
 function decodeValue<T>(key: Buffer, bytes: Buffer, sealed: boolean, what: string, problem: (x: unknown) => string | null): T {
   let text: string;
   if (sealed) {
-    if (bytes.length < SEAL_BYTES || bytes[8] !== 0x20) throw new CorruptRecordError(what, 'no checksum');
-    const want = parseInt(bytes.toString('latin1', 0, 8), 16);
-    if (!/^[0-9a-f]{8}$/.test(bytes.toString('latin1', 0, 8)) || checksumOf(key, bytes.subarray(0, bytes.length), SEAL_BYTES) !== want) {
-      throw new CorruptRecordError(what, 'fails its checksum');
-    }
+    checkSeal(key, bytes, what);
     text = bytes.toString('utf8', SEAL_BYTES);
   } else text = bytes.toString('utf8');
   let raw: unknown;
@@ -309,7 +371,11 @@ export class LmdbCheckpoint implements CheckpointStore {
   private ttlIndex = new Map<string, TimedRec>();
   /** (null: an older read-only checkpoint, without history.) */
   private readonly eventsDb: Database<Bytes, Bytes> | null;
+  /** (Older checkpoints: read only while not yet chained, read-only.) */
   private readonly histDb: Database<Bytes, Bytes> | null;
+  private readonly headsDb: Database<Bytes, Bytes> | null;
+  /** Each key's events are chained (false: an older checkpoint opened read-only, read through hist). */
+  private chained = false;
   private hist: HistoryMeta = { floor: 0, count: 0 };
   private historyEventsMax = HISTORY_EVENTS_DEFAULT;
   private historyAgeMs = 0;
@@ -330,6 +396,7 @@ export class LmdbCheckpoint implements CheckpointStore {
     this.ttlDb = dbs[3] ?? null;
     this.eventsDb = dbs[4] ?? null;
     this.histDb = dbs[5] ?? null;
+    this.headsDb = dbs[6] ?? null;
   }
 
   /** Open (creating unless read-only) the LMDB environment in `dir` (the server uses `<data>/checkpoint`). */
@@ -387,6 +454,8 @@ export class LmdbCheckpoint implements CheckpointStore {
       }
     }
     try {
+      cp.chained = cp.metaDb.getBinary(HISTORY_CHAIN_KEY) !== undefined;
+      if (!cp.chained && !readOnly) await cp.chainHistory();
       const meta = cp.meta();
       cp.loadTtlIndex();
       const h = cp.metaDb.getBinary(HISTORY_KEY);
@@ -431,21 +500,50 @@ export class LmdbCheckpoint implements CheckpointStore {
   private decodeEvent(key: Buffer, value: Buffer): ChangeEvent {
     const index = indexOfEventKey(key);
     const what = `event ${index}/${key.readUInt32BE(8)}`;
-    const ev = decodeValue<{ at: number; event: ChangeEvent }>(key, value, true, what, storedEventProblem).event;
+    const ev = decodeValue<StoredEvent>(key, value, true, what, storedEventProblem).event;
     if (ev.index !== index) throw new CorruptRecordError(what, `says index ${ev.index}`);
     return ev;
   }
 
   *events(from: number, key?: string): Iterable<ChangeEvent> {
     this.check();
-    if (this.eventsDb === null || this.histDb === null) return;
+    if (this.eventsDb === null) return;
     const start = eventKey(Math.max(from, 0), 0);
     if (key === undefined) {
       for (const { key: k, value } of this.eventsDb.getRange({ start })) yield this.decodeEvent(k, value);
       return;
     }
     const kb = Buffer.from(key, 'utf8');
-    for (const ptr of this.histDb.getKeys({ start: histKey(kb, start), end: Buffer.concat([kb, HIST_MARK]) })) {
+    if (this.chained) {
+      // The chain runs newest first: find the events at or after `from` (their keys only), then
+      // read them in order. A key changed more often since `from` than a walk should take
+      // (each page of a replay would walk it again) is read from the log of events instead,
+      // where it is then common.
+      const found: Buffer[] = [];
+      let cut = false;
+      for (const [ptr] of this.walk(kb)) {
+        if (indexOfEventKey(ptr) < from) break;
+        if (found.length === CHAIN_WALK_STEPS_MAX) {
+          cut = true;
+          break;
+        }
+        found.push(ptr);
+      }
+      if (cut) {
+        for (const { key: k, value } of this.eventsDb.getRange({ start })) {
+          const ev = this.decodeEvent(k, value);
+          if (ev.key === key) yield ev;
+        }
+        return;
+      }
+      for (let i = found.length - 1; i >= 0; i--) {
+        const ev = this.eventAt(found[i]!);
+        if (ev !== null) yield this.ofKey(ev, key);
+      }
+      return;
+    }
+    if (this.histDb === null) return;
+    for (const ptr of this.histDb.getKeys({ start: histKey(kb, start), end: Buffer.concat([kb, Buffer.from([1])]) })) {
       const ev = this.eventAt(ptr.subarray(kb.length + 1));
       if (ev !== null && ev.key === key) yield ev;
     }
@@ -453,13 +551,63 @@ export class LmdbCheckpoint implements CheckpointStore {
 
   *keyEventsBefore(key: string, below: number): Iterable<ChangeEvent> {
     this.check();
-    if (this.eventsDb === null || this.histDb === null || below <= 0) return;
+    if (this.eventsDb === null || below <= 0) return;
     const kb = Buffer.from(key, 'utf8');
+    if (this.chained) {
+      // Newer events are stepped over without being parsed; a key changed more often since
+      // `below` than a walk should take is looked for in the log of events, back from `below`.
+      let steps = 0;
+      for (const [ptr, bytes] of this.walk(kb)) {
+        if (indexOfEventKey(ptr) < below) yield this.ofKey(this.decodeEvent(ptr, bytes), key);
+        else if (++steps > CHAIN_WALK_STEPS_MAX) {
+          const start = eventKey(Math.min(below, Number.MAX_SAFE_INTEGER), 0);
+          for (const { key: k, value } of this.eventsDb.getRange({ start, reverse: true, exclusiveStart: true })) {
+            const ev = this.decodeEvent(k, value);
+            if (ev.key === key) yield ev;
+          }
+          return;
+        }
+      }
+      return;
+    }
+    if (this.histDb === null) return;
     const start = histKey(kb, eventKey(Math.min(below, Number.MAX_SAFE_INTEGER), 0));
     for (const ptr of this.histDb.getKeys({ start, end: Buffer.concat([kb, ZERO]), reverse: true, exclusiveStart: true })) {
       const ev = this.eventAt(ptr.subarray(kb.length + 1));
       if (ev !== null && ev.key === key) yield ev;
     }
+  }
+
+  /**
+   * A key's events newest first, as [events key, stored bytes] (the bytes are lmdb-js's shared
+   * buffer: good until the next read). Each is checked against its seal before its keyPrev is
+   * followed; the walk ends at an event let go of.
+   */
+  private *walk(kb: Buffer): Iterable<[Buffer, Buffer]> {
+    let ptr = this.headOf(kb);
+    while (ptr !== null) {
+      const bytes = this.eventsDb!.getBinaryFast(ptr);
+      if (bytes === undefined) return;
+      const what = `event ${indexOfEventKey(ptr)}/${ptr.readUInt32BE(8)}`;
+      const prev = keyPrevOf(ptr, bytes, what);
+      if (prev !== null && Buffer.compare(prev, ptr) >= 0) throw new CorruptRecordError(what, 'names a later event as the one before it');
+      yield [ptr, bytes];
+      ptr = prev;
+    }
+  }
+
+  /** The events key of a key's newest event, or null. */
+  private headOf(kb: Buffer): Buffer | null {
+    const b = this.headsDb?.getBinaryFast(kb);
+    if (b === undefined) return null;
+    const p = decodeValue<[number, number]>(kb, b, true, `head of key ${JSON.stringify(kb.toString('utf8'))}`, pointerProblem);
+    return eventKey(p[0], p[1]);
+  }
+
+  /** An event reached along `key`'s chain is one of that key's. */
+  private ofKey(ev: ChangeEvent, key: string): ChangeEvent {
+    if (ev.key !== key) throw new CorruptRecordError(`event ${ev.index}`, `is in the chain of key ${JSON.stringify(key)} but changes ${JSON.stringify(ev.key)}`);
+    return ev;
   }
 
   /** The event a hist entry points at (null: let go of, while its hist entry could not be). */
@@ -541,16 +689,29 @@ export class LmdbCheckpoint implements CheckpointStore {
   }
 
   /** The raw bytes of one database, in key order (for verification). */
-  *raw(db: 'kv' | 'rids' | 'events' | 'hist'): Iterable<{ key: Buffer; value: Buffer }> {
+  *raw(db: 'kv' | 'rids' | 'events' | 'hist' | 'heads'): Iterable<{ key: Buffer; value: Buffer }> {
     this.check();
-    const d = { kv: this.kv, rids: this.ridsDb, events: this.eventsDb, hist: this.histDb }[db];
+    const d = { kv: this.kv, rids: this.ridsDb, events: this.eventsDb, hist: this.histDb, heads: this.headsDb }[db];
     if (d === null) return;
     for (const { key, value } of d.getRange({})) yield { key: Buffer.from(key), value };
   }
 
-  /** Decode a stored event as reads do (checksum, shape, index), for verification. */
-  decodeEventRaw(key: Buffer, value: Buffer): ChangeEvent {
-    return this.decodeEvent(key, value);
+  /** Decode a stored event as reads do (checksum, shape, index), for verification; with its keyPrev (undefined: not chained). */
+  decodeEventRaw(key: Buffer, value: Buffer): { event: ChangeEvent; keyPrev: Buffer | null | undefined } {
+    const event = this.decodeEvent(key, value);
+    const p = decodeValue<StoredEvent>(key, value, true, 'event', storedEventProblem).keyPrev;
+    return { event, keyPrev: p === undefined ? undefined : p === null ? null : eventKey(p[0], p[1]) };
+  }
+
+  /** Decode a head as reads do, for verification. */
+  decodeHeadRaw(key: Buffer, value: Buffer): Buffer {
+    const p = decodeValue<[number, number]>(key, value, true, `head of key ${JSON.stringify(key.toString('utf8'))}`, pointerProblem);
+    return eventKey(p[0], p[1]);
+  }
+
+  /** Each key's events are chained (false: an older checkpoint read as it is). */
+  isChained(): boolean {
+    return this.chained;
   }
 
   write(delta: CheckpointDelta): Promise<void> {
@@ -613,11 +774,9 @@ export class LmdbCheckpoint implements CheckpointStore {
         else void this.ttlDb!.put(k, v);
       }
       for (const k of history.dels) void this.eventsDb!.remove(k);
-      for (const k of history.histDels) void this.histDb!.remove(k);
-      for (const [k, v, h] of history.puts) {
-        void this.eventsDb!.put(k, v);
-        void this.histDb!.put(h, HIST_MARK);
-      }
+      for (const [k, v] of history.puts) void this.eventsDb!.put(k, v);
+      for (const k of history.headDels) void this.headsDb!.remove(k);
+      for (const [k, v] of history.headPuts) void this.headsDb!.put(k, v);
       void this.metaDb.put(HISTORY_KEY, sealValue(HISTORY_KEY, historyJson(history.meta)));
       void this.metaDb.put(META_KEY, meta);
     });
@@ -631,21 +790,26 @@ export class LmdbCheckpoint implements CheckpointStore {
   }
 
   /**
-   * The history's part of a write: the delta's events added, the oldest let go of beyond the
-   * retention (by whole entries, at most HISTORY_PRUNE_EVENTS_MAX more than are added).
+   * The history's part of a write: the delta's events added (each chained to its key's event
+   * before), the oldest let go of beyond the retention (by whole entries, at most
+   * HISTORY_PRUNE_EVENTS_MAX more than are added), and the heads of the keys they change.
    */
-  private async historyOps(delta: CheckpointDelta): Promise<{ puts: Array<[Buffer, Buffer, Buffer]>; dels: Buffer[]; histDels: Buffer[]; meta: HistoryMeta }> {
+  private async historyOps(delta: CheckpointDelta): Promise<HistoryOps> {
     const dels: Buffer[] = [];
-    const histDels: Buffer[] = [];
+    const headDels: Buffer[] = [];
+    /** The newest event let go of, per key (its head goes too, unless the key has a newer one). */
+    const dropped = new Map<string, Buffer>();
     const dropOld = (ev: ChangeEvent | null, k: Buffer): void => {
-      dels.push(Buffer.from(k));
-      // (An event that does not decode leaves its hist entry: readers skip one that points nowhere.)
-      if (ev !== null) histDels.push(histKey(Buffer.from(ev.key, 'utf8'), Buffer.from(k)));
+      const kk = Buffer.from(k);
+      dels.push(kk);
+      // (An event that does not decode may leave its key's head naming it: the chain ends there.)
+      if (ev !== null) dropped.set(ev.key, kk);
     };
     if (delta.events === undefined) {
       // Starting over: a fresh store in practice; anything there goes.
-      for (const { key, value } of this.eventsDb!.getRange({})) dropOld(this.decodeOrNull(key, value), key);
-      return { puts: [], dels, histDels, meta: { floor: delta.meta.index, count: 0 } };
+      for (const k of this.eventsDb!.getKeys({})) dels.push(Buffer.from(k));
+      for (const k of this.headsDb!.getKeys({})) headDels.push(Buffer.from(k));
+      return { puts: [], dels, headPuts: [], headDels, meta: { floor: delta.meta.index, count: 0 } };
     }
     const at = this.now();
     let { floor, count } = this.hist;
@@ -661,7 +825,7 @@ export class LmdbCheckpoint implements CheckpointStore {
     scan: while (excess > 0 || ageCut >= 0 || last >= 0) {
       // Only as many as may go (an entry's few more, read in the next slice), or a slice when ages decide.
       const limit = ageCut >= 0 ? CHECKPOINT_SLICE_ITEMS : Math.min(CHECKPOINT_SLICE_ITEMS, Math.max(excess, 0) + 8);
-      const slice: Array<{ key: Buffer; stored: { at: number; event: ChangeEvent } | null }> = [...this.eventsDb!.getRange({ ...(cursor !== null ? { start: cursor, exclusiveStart: true } : {}), limit })].map(({ key, value }) => ({ key: Buffer.from(key), stored: this.decodeStored(key, value) }));
+      const slice: Array<{ key: Buffer; stored: StoredEvent | null }> = [...this.eventsDb!.getRange({ ...(cursor !== null ? { start: cursor, exclusiveStart: true } : {}), limit })].map(({ key, value }) => ({ key: Buffer.from(key), stored: this.decodeStored(key, value) }));
       for (const { key, stored } of slice) {
         const index = indexOfEventKey(key);
         // Whole entries only: decide at each new index.
@@ -686,7 +850,9 @@ export class LmdbCheckpoint implements CheckpointStore {
       firstKept = drop;
       floor = f;
     }
-    const puts: Array<[Buffer, Buffer, Buffer]> = [];
+    const puts: Array<[Buffer, Buffer]> = [];
+    /** Each key's newest event so far: the next one's keyPrev, and in the end its head. */
+    const newest = new Map<string, { kb: Buffer; k: Buffer }>();
     let seq = 0;
     let prevIndex = -1;
     for (let i = 0; i < delta.events.length; i++) {
@@ -697,17 +863,69 @@ export class LmdbCheckpoint implements CheckpointStore {
       prevIndex = ev.index;
       if (i < firstKept) continue;
       const k = eventKey(ev.index, seq);
-      puts.push([k, sealValue(k, eventJson(ev, at)), histKey(Buffer.from(ev.key, 'utf8'), k)]);
+      const before = newest.get(ev.key);
+      const kb = before?.kb ?? Buffer.from(ev.key, 'utf8');
+      // (It may name an event let go of by this very write: the chain then ends there.)
+      const keyPrev = before !== undefined ? before.k : this.headForWrite(kb);
+      puts.push([k, sealValue(k, eventJson(ev, at, keyPrev))]);
+      newest.set(ev.key, { kb, k });
     }
-    return { puts, dels, histDels, meta: { floor, count: count + puts.length } };
+    const headPuts: Array<[Buffer, Buffer]> = [];
+    for (const { kb, k } of newest.values()) headPuts.push([kb, sealValue(kb, pointerJson(k))]);
+    for (const [key, k] of dropped) {
+      if (newest.has(key)) continue;
+      const kb = Buffer.from(key, 'utf8');
+      const head = this.headForWrite(kb);
+      if (head !== null && head.equals(k)) headDels.push(kb);
+    }
+    return { puts, dels, headPuts, headDels, meta: { floor, count: count + puts.length } };
   }
 
-  private decodeStored(key: Buffer, value: Buffer): { at: number; event: ChangeEvent } | null {
+  /** A key's head as a write finds it; a damaged one counts as none (the write replaces it, or leaves it). */
+  private headForWrite(kb: Buffer): Buffer | null {
     try {
-      return decodeValue<{ at: number; event: ChangeEvent }>(key, value, true, 'event', storedEventProblem);
+      return this.headOf(kb);
+    } catch (err) {
+      if (err instanceof CorruptRecordError) return null;
+      throw err;
+    }
+  }
+
+  private decodeStored(key: Buffer, value: Buffer): StoredEvent | null {
+    try {
+      return decodeValue<StoredEvent>(key, value, true, 'event', storedEventProblem);
     } catch {
       return null;
     }
+  }
+
+  /**
+   * Chain each key's events (an older checkpoint indexed them in hist, emptied here), in one
+   * transaction; a new checkpoint only gets the mark. Once, at a writable open.
+   */
+  private async chainHistory(): Promise<void> {
+    const newest = new Map<string, Buffer>();
+    const puts: Array<[Buffer, Buffer]> = [];
+    for (const { key, value } of this.eventsDb!.getRange({})) {
+      const stored = this.decodeStored(key, value);
+      // A damaged event stays as it is, in no chain: reads of the whole history still find it.
+      if (stored === null) continue;
+      const k = Buffer.from(key);
+      puts.push([k, sealValue(k, eventJson(stored.event, stored.at, newest.get(stored.event.key) ?? null))]);
+      newest.set(stored.event.key, k);
+    }
+    const histKeys = [...this.histDb!.getKeys({})].map((k) => Buffer.from(k));
+    await this.root.batch(() => {
+      for (const [k, v] of puts) void this.eventsDb!.put(k, v);
+      for (const [key, k] of newest) {
+        const kb = Buffer.from(key, 'utf8');
+        void this.headsDb!.put(kb, sealValue(kb, pointerJson(k)));
+      }
+      for (const k of histKeys) void this.histDb!.remove(k);
+      void this.metaDb.put(HISTORY_CHAIN_KEY, sealValue(HISTORY_CHAIN_KEY, '1'));
+    });
+    await this.root.flushed;
+    this.chained = true;
   }
 
   private decodeOrNull(key: Buffer, value: Buffer): ChangeEvent | null {
@@ -932,30 +1150,58 @@ export async function verifyCheckpoint(dir: string): Promise<CheckpointReport> {
         problem((err as Error).message);
       }
     }
-    report.historyFloor = cp.historyFloor();
+    const floor = cp.historyFloor();
+    report.historyFloor = floor;
+    const chained = cp.isChained();
     const evKeys = new Map<string, string>();
-    let lastIndex = report.historyFloor;
+    /** Each key's newest event so far, in log order: the next one's keyPrev, and in the end its head. */
+    const newest = new Map<string, Buffer>();
+    const show = (k: Buffer): string => `${indexOfEventKey(k)}/${k.readUInt32BE(8)}`;
+    let lastIndex = floor;
     for (const { key, value } of cp.raw('events')) {
       report.events++;
       try {
-        const ev = cp.decodeEventRaw(key, value);
-        if (ev.index <= report.historyFloor || ev.index > index) problem(`event ${ev.index} is outside the history ${report.historyFloor + 1}..${index}`);
+        const { event: ev, keyPrev } = cp.decodeEventRaw(key, value);
+        if (ev.index <= floor || ev.index > index) problem(`event ${ev.index} is outside the history ${floor + 1}..${index}`);
         if (ev.index < lastIndex) problem(`event ${ev.index} is out of order`);
         lastIndex = ev.index;
         evKeys.set(key.toString('hex'), ev.key);
+        if (chained) {
+          // keyPrev names the key's event before, or (being its first kept) none or one let go of.
+          const want = newest.get(ev.key);
+          const ok = want !== undefined ? keyPrev?.equals(want) === true : keyPrev === null || (keyPrev !== undefined && indexOfEventKey(keyPrev) <= floor);
+          if (!ok) problem(`event ${show(key)} of key ${JSON.stringify(ev.key)} names ${keyPrev ? show(keyPrev) : String(keyPrev)} as the one before it, not ${want ? show(want) : 'none kept'}`);
+          newest.set(ev.key, key);
+        }
       } catch (err) {
         problem((err as Error).message);
       }
     }
     if (report.events !== cp.historyCount()) problem(`the history counts ${cp.historyCount()} events but holds ${report.events}`);
-    let hist = 0;
-    for (const { key } of cp.raw('hist')) {
-      hist++;
-      const sep = key.length - 13;
-      const owner = sep >= 0 && key[sep] === 0 ? evKeys.get(key.subarray(sep + 1).toString('hex')) : undefined;
-      if (owner === undefined || owner !== key.toString('utf8', 0, sep)) problem(`hist entry ${JSON.stringify(key.toString('utf8', 0, Math.max(sep, 0)))} points at no event of its key`);
+    if (chained) {
+      for (const { key, value } of cp.raw('heads')) {
+        const k = key.toString('utf8');
+        try {
+          const head = cp.decodeHeadRaw(key, value);
+          const want = newest.get(k);
+          newest.delete(k);
+          // A head may name an event let go of (one that was damaged, so its key was not known).
+          if (want !== undefined ? !head.equals(want) : indexOfEventKey(head) > floor) problem(`the head of key ${JSON.stringify(k)} names ${show(head)}, not ${want ? show(want) : 'an event let go of'}`);
+        } catch (err) {
+          problem((err as Error).message);
+        }
+      }
+      for (const [k, ev] of newest) problem(`key ${JSON.stringify(k)} has events (the newest ${show(ev)}) but no head`);
+    } else {
+      let hist = 0;
+      for (const { key } of cp.raw('hist')) {
+        hist++;
+        const sep = key.length - 13;
+        const owner = sep >= 0 && key[sep] === 0 ? evKeys.get(key.subarray(sep + 1).toString('hex')) : undefined;
+        if (owner === undefined || owner !== key.toString('utf8', 0, sep)) problem(`hist entry ${JSON.stringify(key.toString('utf8', 0, Math.max(sep, 0)))} points at no event of its key`);
+      }
+      if (hist !== report.events) problem(`${hist} hist entries for ${report.events} events`);
     }
-    if (hist !== report.events) problem(`${hist} hist entries for ${report.events} events`);
     if (report.meta !== null) report.digest = h.digest('hex');
   } finally {
     await cp.close();
