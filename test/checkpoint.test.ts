@@ -693,6 +693,55 @@ t.test('durable history: each key\'s events are a chain; a checkpoint from befor
   await cp.close();
 });
 
+t.test('durable history: a byte bound keeps the stored events within it, oldest whole entries first; the count survives a reopen', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  const MAX = 40_000;
+  let cp = await LmdbCheckpoint.open(dir, { historyBytesMax: MAX });
+  const all: ChangeEvent[] = [];
+  let index = 0;
+  const check = async (what: string): Promise<void> => {
+    const kept = [...cp.events(0)];
+    t.ok(cp.historyBytes() <= MAX, `${what}: ${cp.historyBytes()} bytes kept, within ${MAX}`);
+    t.same(kept, all.filter((e) => e.index > cp.historyFloor()), `${what}: the newest events, every one above the floor`);
+    t.ok(kept.length > 0 && kept[0]!.index !== all[all.indexOf(kept[0]!) - 1]?.index, `${what}: whole entries`);
+  };
+  for (let round = 0; round < 12; round++) {
+    const events: ChangeEvent[] = [];
+    // Entries of 1 to 3 events of 1 KiB values.
+    for (let n = 0; n < 5; n++) {
+      index++;
+      for (let m = 0; m <= (index % 3); m++) events.push({ index, ts: index, op: 'put', key: `k${m}`, value: 'x'.repeat(1024), prev: index - 1 });
+    }
+    await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(index), events });
+    all.push(...events);
+    await check(`round ${round}`);
+  }
+  t.ok(cp.historyFloor() > 0, 'some went');
+  // One delta alone larger than the bound: its oldest go too.
+  const big: ChangeEvent[] = [];
+  for (let n = 0; n < 60; n++) {
+    index++;
+    big.push({ index, ts: index, op: 'put', key: 'big', value: 'y'.repeat(1024), prev: index - 1 });
+  }
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(index), events: big });
+  all.push(...big);
+  await check('a delta larger than the bound');
+  t.ok(cp.historyCount() < 60 && cp.historyCount() > 30, `${cp.historyCount()} of its 60 events kept`);
+  const bytes = cp.historyBytes();
+  await cp.close();
+  t.same((await verifyCheckpoint(dir)).problems, [], 'verify: the byte count is what the events take');
+  cp = await LmdbCheckpoint.open(dir, { historyBytesMax: MAX });
+  t.equal(cp.historyBytes(), bytes, 'the count is kept across a reopen');
+  await cp.close();
+  // A checkpoint that does not say (written before the bound): counted at open.
+  const db = await lmdbDbs(dir);
+  await db.meta.remove(Buffer.from('historyBytes'));
+  await db.root.close();
+  cp = await LmdbCheckpoint.open(dir, { historyBytesMax: MAX });
+  t.equal(cp.historyBytes(), bytes, 'counted where the checkpoint does not say');
+  await cp.close();
+});
+
 t.test('durable history: a key changed more often than a walk along its chain should take is read from the log of events (same answers)', async (t) => {
   const dir = path.join(tmpDir(t), 'checkpoint');
   const cp = await LmdbCheckpoint.open(dir);

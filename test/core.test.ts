@@ -2,6 +2,7 @@
 // path (election, proposals, commit, clock and token rules), driven by hand.
 
 import t from 'tap';
+import { parseByteSize } from '../src/core/duration.js';
 import { CHECKPOINT_FORMAT } from '../src/core/records.js';
 import { ErrorCode, CkvError } from '../src/core/errors.js';
 import { KEY_BYTES_MAX, VALUE_BYTES_MAX, BATCH_OPS_MAX, PREFIX_DELETE_KEYS_MAX } from '../src/core/limits.js';
@@ -46,6 +47,14 @@ function code(fn: () => unknown): string | undefined {
   }
   return undefined;
 }
+
+t.test('sizes as people write them', async (t) => {
+  t.equal(parseByteSize('4096'), 4096);
+  t.equal(parseByteSize('512K'), 512 * 1024);
+  t.equal(parseByteSize('64m'), 64 * 1024 ** 2);
+  t.equal(parseByteSize('4G'), 4 * 1024 ** 3);
+  for (const bad of ['', '0', '-1', '1.5G', '4GB', 'G', '1P', '99999999999T']) t.equal(parseByteSize(bad), null, `${JSON.stringify(bad)} is not a size`);
+});
 
 t.test('validation: every bad input gets its code', async (t) => {
   t.equal(code(() => parseRequest('{nope')), ErrorCode.BAD_REQUEST, 'malformed JSON');

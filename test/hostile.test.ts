@@ -157,6 +157,9 @@ t.test('servers started without --voters refuse to form one-server clusters', as
   const noKey = await runNode(SERVER_JS, ['--id', '1', '--data', c.dataDir(1), '--nats', c.nats.url, '--cluster', 'h3', '--voters', '1'], { timeoutMs: 10_000 });
   t.equal(noKey.code, 2, 'without a cluster key (and without --insecure-peer-messages) a server does not start');
   t.match(noKey.stderr, /cluster key is required/);
+  const badBytes = await runNode(SERVER_JS, ['--id', '1', '--data', c.dataDir(1), '--nats', c.nats.url, '--cluster', 'h3', '--voters', '1', '--cluster-key', c.keyFile, '--history-bytes', '4GB'], { timeoutMs: 10_000 });
+  t.equal(badBytes.code, 2, 'a history byte bound that is not a size: usage error');
+  t.match(badBytes.stderr, /--history-bytes takes a size/);
 });
 
 t.test('kill -9 of every server at once, mid-stream, repeated: writes resume, nothing acknowledged is lost', async (t) => {

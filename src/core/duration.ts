@@ -6,3 +6,11 @@ export function parseDurationMs(s: string): number | null {
   const ms = Number(m[1]) * unit;
   return Number.isSafeInteger(ms) && ms > 0 ? ms : null;
 }
+
+/** A size as people write it: 4096, 512K, 64M, 4G, 1T (powers of 1024); in bytes (null: not one). */
+export function parseByteSize(s: string): number | null {
+  const m = /^(\d+)([KMGT])?$/i.exec(s);
+  if (!m) return null;
+  const n = Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] ?? ' ').toUpperCase());
+  return Number.isSafeInteger(n) && n > 0 ? n : null;
+}

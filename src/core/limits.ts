@@ -66,6 +66,12 @@ export const CHECKPOINT_CRON_DEFAULT = '*/10 * * * * *';
  * by default: a day of writes at 10 a second, ~200 MB of LMDB at 100 B values.
  */
 export const HISTORY_EVENTS_DEFAULT = 1_000_000;
+/**
+ * Bytes the durable history's stored events may take, by default: with large values the event
+ * count alone would let it grow to tens of GB (a million 64 KiB events). Here 1 GiB: ~5M events
+ * of 100 B (the count bound comes first), ~250k of 4 KiB, ~16k of 64 KiB.
+ */
+export const HISTORY_BYTES_DEFAULT = 1024 * 1024 * 1024;
 /** Most events one replay request looks at (a rare prefix's page ends there, with `through`). */
 export const REPLAY_SCAN_EVENTS_MAX = 20_000;
 /** Most old events one checkpoint write lets go of beyond those it adds (retention catches up over writes). */

@@ -9,7 +9,7 @@ import { connect, credsAuthenticator, nkeyAuthenticator } from '@nats-io/transpo
 import { isNatsAuthError, NATS_AUTH_HELP, NATS_AUTH_OPTIONS, NatsAuthUsageError, natsConnectionOptions, redactUrl, resolveNatsAuth, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
 import { CronJob } from 'cron';
 import pino from 'pino';
-import { CHECKPOINT_CRON_DEFAULT, HISTORY_EVENTS_DEFAULT, PEER_DROPS_REPORT_MS, PING_INTERVAL_TICKS, TICK_MS, CLUSTER_DEFAULT, CLUSTER_NAME_PATTERN, CLUSTER_NAME_RULE, LOG_RETAIN_ENTRIES, NATS_URL_DEFAULT } from '../core/limits.js';
+import { CHECKPOINT_CRON_DEFAULT, HISTORY_BYTES_DEFAULT, HISTORY_EVENTS_DEFAULT, PEER_DROPS_REPORT_MS, PING_INTERVAL_TICKS, TICK_MS, CLUSTER_DEFAULT, CLUSTER_NAME_PATTERN, CLUSTER_NAME_RULE, LOG_RETAIN_ENTRIES, NATS_URL_DEFAULT } from '../core/limits.js';
 import { CheckpointDamagedError, LmdbCheckpoint } from '../storage/checkpoint.js';
 import { repairLog, scanLog } from '../storage/log-inspect.js';
 import { LogCorruptError } from '../storage/segment-format.js';
@@ -24,7 +24,7 @@ import { VERSION } from '../core/version.js';
 import { ServerMetrics, serveMetrics } from './metrics.js';
 import { Server, type CheckpointInstaller } from './server.js';
 import type { CheckpointStore } from '../storage/ports.js';
-import { parseDurationMs } from '../core/duration.js';
+import { parseByteSize, parseDurationMs } from '../core/duration.js';
 
 function fsyncDir(dir: string): void {
   const fd = openSync(dir, 'r');
@@ -72,7 +72,7 @@ function recoverCheckpointDirs(data: string): void {
 }
 
 const USAGE = `usage: ckv-server --id N --cluster-key FILE [--data DIR] [--nats URL] [--cluster NAME] [--voters 1,2,3]
-                  [--checkpoint-cron EXPR] [--retain-entries N] [--history N] [--history-age D]
+                  [--checkpoint-cron EXPR] [--retain-entries N] [--history N] [--history-age D] [--history-bytes SIZE]
                   [--remove-dead-after MS] [--log-level LEVEL]
 
   --id N                 this server's id, a positive integer (env CKV_ID)
@@ -91,6 +91,7 @@ const USAGE = `usage: ckv-server --id N --cluster-key FILE [--data DIR] [--nats 
   --history N            change events kept as durable history for replay, history and get --rev
                          (env CKV_HISTORY; default ${HISTORY_EVENTS_DEFAULT}); older ones are let go at checkpoints
   --history-age D        also let go of events older than D, e.g. 24h or 7d (env CKV_HISTORY_AGE; default: no limit)
+  --history-bytes SIZE   and keep them within SIZE bytes on disk, e.g. 512M or 4G (env CKV_HISTORY_BYTES; default 1G)
   --log-level LEVEL      pino level (env CKV_LOG_LEVEL; default info)
   --metrics HOST:PORT    serve /metrics (Prometheus), /healthz and /readyz[?verbose] over HTTP
                          (env CKV_METRICS; off by default; e.g. 127.0.0.1:9464)
@@ -162,6 +163,7 @@ async function main(): Promise<void> {
         'retain-entries': { type: 'string' },
         history: { type: 'string' },
         'history-age': { type: 'string' },
+        'history-bytes': { type: 'string' },
         'remove-dead-after': { type: 'string' },
         'cluster-key': { type: 'string' },
         'insecure-peer-messages': { type: 'boolean' },
@@ -219,7 +221,10 @@ async function main(): Promise<void> {
   const ageArg = values['history-age'] ?? env.CKV_HISTORY_AGE;
   const historyAgeMs = ageArg === undefined ? 0 : parseDurationMs(String(ageArg));
   if (historyAgeMs === null) usage('--history-age takes a duration such as 24h or 7d');
-  const history = { historyEventsMax, historyAgeMs };
+  const bytesArg = values['history-bytes'] ?? env.CKV_HISTORY_BYTES;
+  const historyBytesMax = bytesArg === undefined ? HISTORY_BYTES_DEFAULT : parseByteSize(String(bytesArg));
+  if (historyBytesMax === null) usage('--history-bytes takes a size such as 512M or 4G (bytes, or K, M, G, T: powers of 1024)');
+  const history = { historyEventsMax, historyAgeMs, historyBytesMax };
   const removeDeadAfterMs = Number(values['remove-dead-after'] ?? env.CKV_REMOVE_DEAD_AFTER ?? 0);
   if (!Number.isSafeInteger(removeDeadAfterMs) || removeDeadAfterMs < 0) usage('--remove-dead-after must be a non-negative number of ms');
 
@@ -395,6 +400,7 @@ async function main(): Promise<void> {
 interface HistoryRetention {
   historyEventsMax: number;
   historyAgeMs: number;
+  historyBytesMax: number;
 }
 
 async function openStores(data: string, logger: pino.Logger, history: HistoryRetention): Promise<{ log: SegmentLog; entries: Entry[]; checkpoint: LmdbCheckpoint }> {

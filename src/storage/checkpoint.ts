@@ -7,6 +7,7 @@
 //   meta   key: "meta"                   value: UTF-8 JSON CheckpointMeta
 //          key: "history"                value: UTF-8 JSON {"floor":…,"count":…}
 //          key: "historyChain"           value: 1 (the events of a key are chained, below)
+//          key: "historyBytes"           value: bytes the events' values take (the byte bound)
 //   ttl    key: the key's UTF-8 bytes    value: UTF-8 JSON {"rev":…,"ttl":…}
 //   events key: index (8 bytes, big-endian) + position in its entry (4 bytes)
 //                                        value: UTF-8 JSON {"keyPrev":[index,position]|null,"at":ms,"event":ChangeEvent}
@@ -39,7 +40,7 @@ import path from 'node:path';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { changeEventJson } from '../core/entry-text.js';
 import { jsonString } from '../core/json-string.js';
-import { HISTORY_EVENTS_DEFAULT, HISTORY_PRUNE_EVENTS_MAX, KEY_BYTES_MAX } from '../core/limits.js';
+import { HISTORY_BYTES_DEFAULT, HISTORY_EVENTS_DEFAULT, HISTORY_PRUNE_EVENTS_MAX, KEY_BYTES_MAX } from '../core/limits.js';
 import type { ChangeEvent } from '../core/wire.js';
 import { MemHistory, pruneCount } from './mem-history.js';
 import type { CheckpointStore } from './ports.js';
@@ -59,6 +60,8 @@ export class CheckpointDamagedError extends Error {
 const META_KEY = Buffer.from('meta', 'utf8');
 const HISTORY_KEY = Buffer.from('history', 'utf8');
 const HISTORY_CHAIN_KEY = Buffer.from('historyChain', 'utf8');
+/** (Its own key: the "history" record's shape check would refuse a field older servers do not know.) */
+const HISTORY_BYTES_KEY = Buffer.from('historyBytes', 'utf8');
 /** (ttl, events, hist and heads came later: a read-only open of an older checkpoint finds none, and reads them as empty.) */
 const DB_NAMES = ['kv', 'rids', 'meta', 'ttl', 'events', 'hist', 'heads'] as const;
 const DB_LATER: ReadonlySet<string> = new Set(['ttl', 'events', 'hist', 'heads']);
@@ -161,6 +164,10 @@ function histKey(key: Buffer, evKey: Buffer): Buffer {
   return out;
 }
 
+function byteCountProblem(x: unknown): string | null {
+  return Number.isSafeInteger(x) && (x as number) >= 0 ? null : 'is not a byte count';
+}
+
 function historyJson(h: HistoryMeta): string {
   return `{"floor":${h.floor},"count":${h.count}}`;
 }
@@ -180,6 +187,8 @@ interface HistoryOps {
   headPuts: Array<[Buffer, Buffer]>;
   headDels: Buffer[];
   meta: HistoryMeta;
+  /** Bytes of the events' values once written. */
+  bytes: number;
 }
 
 interface HistoryMeta {
@@ -353,6 +362,8 @@ export interface LmdbCheckpointOptions {
   /** History retention: most events kept (default HISTORY_EVENTS_DEFAULT), and (if set) most age in ms. */
   historyEventsMax?: number;
   historyAgeMs?: number;
+  /** Most bytes the kept events' stored values take (default HISTORY_BYTES_DEFAULT). */
+  historyBytesMax?: number;
   /** Wall clock for the history's age (ms since the epoch). */
   now?: () => number;
 }
@@ -379,6 +390,9 @@ export class LmdbCheckpoint implements CheckpointStore {
   private hist: HistoryMeta = { floor: 0, count: 0 };
   private historyEventsMax = HISTORY_EVENTS_DEFAULT;
   private historyAgeMs = 0;
+  private historyBytesMax = HISTORY_BYTES_DEFAULT;
+  /** Bytes the kept events' stored values take. */
+  private histBytes = 0;
   private now: () => number = Date.now;
   /** Writes run one at a time, in call order. */
   private chain: Promise<void> = Promise.resolve();
@@ -433,6 +447,7 @@ export class LmdbCheckpoint implements CheckpointStore {
     const cp = new LmdbCheckpoint(dir, readOnly, root, dbs);
     if (opts.historyEventsMax !== undefined) cp.historyEventsMax = opts.historyEventsMax;
     if (opts.historyAgeMs !== undefined) cp.historyAgeMs = opts.historyAgeMs;
+    if (opts.historyBytesMax !== undefined) cp.historyBytesMax = opts.historyBytesMax;
     if (opts.now !== undefined) cp.now = opts.now;
     const raw = cp.metaDb.getBinary(META_KEY);
     if (raw === undefined) {
@@ -462,6 +477,9 @@ export class LmdbCheckpoint implements CheckpointStore {
       // A checkpoint from before the history: it starts at the checkpoint's index.
       cp.hist = h === undefined ? { floor: meta.index, count: 0 } : decodeValue<HistoryMeta>(HISTORY_KEY, h, true, 'history', historyMetaProblem);
       if (cp.hist.floor > meta.index) throw new Error(`history floor ${cp.hist.floor} is beyond meta.index ${meta.index}`);
+      const hb = cp.metaDb.getBinary(HISTORY_BYTES_KEY);
+      // (Counted once where a checkpoint does not say yet.)
+      cp.histBytes = hb !== undefined ? decodeValue<number>(HISTORY_BYTES_KEY, hb, true, 'history bytes', byteCountProblem) : cp.storedEventBytes();
     } catch (err) {
       await root.close();
       throw new CheckpointDamagedError(dir, (err as Error).message);
@@ -495,6 +513,19 @@ export class LmdbCheckpoint implements CheckpointStore {
   historyCount(): number {
     this.check();
     return this.hist.count;
+  }
+
+  /** Bytes the kept events' stored values take (what the byte bound counts). */
+  historyBytes(): number {
+    this.check();
+    return this.histBytes;
+  }
+
+  /** Bytes of every stored event's value, counted. */
+  storedEventBytes(): number {
+    let n = 0;
+    if (this.eventsDb !== null) for (const { value } of this.eventsDb.getRange({})) n += value.length;
+    return n;
   }
 
   private decodeEvent(key: Buffer, value: Buffer): ChangeEvent {
@@ -778,9 +809,11 @@ export class LmdbCheckpoint implements CheckpointStore {
       for (const k of history.headDels) void this.headsDb!.remove(k);
       for (const [k, v] of history.headPuts) void this.headsDb!.put(k, v);
       void this.metaDb.put(HISTORY_KEY, sealValue(HISTORY_KEY, historyJson(history.meta)));
+      void this.metaDb.put(HISTORY_BYTES_KEY, sealValue(HISTORY_BYTES_KEY, String(history.bytes)));
       void this.metaDb.put(META_KEY, meta);
     });
     this.hist = history.meta;
+    this.histBytes = history.bytes;
     for (const [k, , , t] of ttlOps) {
       if (t !== null) this.ttlIndex.set(k, t);
       else this.ttlIndex.delete(k);
@@ -809,30 +842,55 @@ export class LmdbCheckpoint implements CheckpointStore {
       // Starting over: a fresh store in practice; anything there goes.
       for (const k of this.eventsDb!.getKeys({})) dels.push(Buffer.from(k));
       for (const k of this.headsDb!.getKeys({})) headDels.push(Buffer.from(k));
-      return { puts: [], dels, headPuts: [], headDels, meta: { floor: delta.meta.index, count: 0 } };
+      return { puts: [], dels, headPuts: [], headDels, meta: { floor: delta.meta.index, count: 0 }, bytes: 0 };
     }
     const at = this.now();
+    const events = delta.events;
+    // Encoded first: the byte bound goes by their sizes.
+    const enc: Array<[Buffer, Buffer]> = new Array(events.length);
+    /** Each key's event so far in this delta: the next one's keyPrev. */
+    const before = new Map<string, Buffer>();
+    let newBytes = 0;
+    let seq = 0;
+    let prevIndex = -1;
+    for (let i = 0; i < events.length; i++) {
+      // Encoding many events lets the loop run between slices, as the records' encoding does.
+      if (i > 0 && i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+      const ev = events[i]!;
+      seq = ev.index === prevIndex ? seq + 1 : 0;
+      prevIndex = ev.index;
+      const k = eventKey(ev.index, seq);
+      // (It may name an event let go of by this very write: the chain then ends there.)
+      const keyPrev = before.get(ev.key) ?? this.headForWrite(Buffer.from(ev.key, 'utf8'));
+      enc[i] = [k, sealValue(k, eventJson(ev, at, keyPrev))];
+      before.set(ev.key, k);
+      newBytes += enc[i]![1].length;
+    }
     let { floor, count } = this.hist;
-    let excess = count + delta.events.length - this.historyEventsMax;
+    let bytes = this.histBytes;
+    let excess = count + events.length - this.historyEventsMax;
+    let bytesExcess = bytes + newBytes - this.historyBytesMax;
     const ageCut = this.historyAgeMs > 0 ? at - this.historyAgeMs : -1;
-    let budget = delta.events.length + HISTORY_PRUNE_EVENTS_MAX;
+    let budget = events.length + HISTORY_PRUNE_EVENTS_MAX;
     let last = -1;
     // Oldest first, a slice per turn of the loop (each slice its own read; only this writer
     // changes the history, and its writes run one at a time).
     let cursor: Buffer | null = null;
     // Nothing to let go of (the usual case): no read at all. (Once something went, go on to
     // the end of its entry, in the next slice if need be.)
-    scan: while (excess > 0 || ageCut >= 0 || last >= 0) {
-      // Only as many as may go (an entry's few more, read in the next slice), or a slice when ages decide.
-      const limit = ageCut >= 0 ? CHECKPOINT_SLICE_ITEMS : Math.min(CHECKPOINT_SLICE_ITEMS, Math.max(excess, 0) + 8);
-      const slice: Array<{ key: Buffer; stored: StoredEvent | null }> = [...this.eventsDb!.getRange({ ...(cursor !== null ? { start: cursor, exclusiveStart: true } : {}), limit })].map(({ key, value }) => ({ key: Buffer.from(key), stored: this.decodeStored(key, value) }));
-      for (const { key, stored } of slice) {
+    scan: while (excess > 0 || bytesExcess > 0 || ageCut >= 0 || last >= 0) {
+      // Only as many as may go (an entry's few more, read in the next slice), or a slice when ages or bytes decide.
+      const limit = ageCut >= 0 || bytesExcess > 0 ? CHECKPOINT_SLICE_ITEMS : Math.min(CHECKPOINT_SLICE_ITEMS, Math.max(excess, 0) + 8);
+      const slice: Array<{ key: Buffer; stored: StoredEvent | null; size: number }> = [...this.eventsDb!.getRange({ ...(cursor !== null ? { start: cursor, exclusiveStart: true } : {}), limit })].map(({ key, value }) => ({ key: Buffer.from(key), stored: this.decodeStored(key, value), size: value.length }));
+      for (const { key, stored, size } of slice) {
         const index = indexOfEventKey(key);
         // Whole entries only: decide at each new index.
-        // (A damaged event's age is unknown: it goes once the age limit is reached, or by count.)
-        if (index !== last && (budget <= 0 || (excess <= 0 && (stored === null ? ageCut < 0 : stored.at >= ageCut)))) break scan;
+        // (A damaged event's age is unknown: it goes once the age limit is reached, or by count or bytes.)
+        if (index !== last && (budget <= 0 || (excess <= 0 && bytesExcess <= 0 && (stored === null ? ageCut < 0 : stored.at >= ageCut)))) break scan;
         dropOld(stored?.event ?? null, key);
         excess--;
+        bytesExcess -= size;
+        bytes -= size;
         budget--;
         count--;
         last = index;
@@ -842,43 +900,36 @@ export class LmdbCheckpoint implements CheckpointStore {
       await yieldToLoop();
     }
     if (last >= 0) floor = last;
-    // Fewer kept than one delta holds: let go of its oldest too.
+    // Fewer kept than one delta holds (by count or by bytes): let go of its oldest too.
     let firstKept = 0;
-    if (excess > 0 && count <= 0) {
+    if ((excess > 0 || bytesExcess > 0) && count <= 0) {
       count = 0;
-      const [drop, f] = pruneCount(delta.events, delta.events.length - excess);
-      firstKept = drop;
-      floor = f;
+      bytes = 0;
+      let fit = 0;
+      for (let room = this.historyBytesMax, i = events.length - 1; i >= 0 && enc[i]![1].length <= room; i--, fit++) room -= enc[i]![1].length;
+      const [drop, f] = pruneCount(events, Math.min(fit, events.length - Math.max(excess, 0)));
+      if (drop > 0) {
+        firstKept = drop;
+        floor = f;
+      }
     }
-    const puts: Array<[Buffer, Buffer]> = [];
-    /** Each key's newest event so far: the next one's keyPrev, and in the end its head. */
-    const newest = new Map<string, { kb: Buffer; k: Buffer }>();
-    let seq = 0;
-    let prevIndex = -1;
-    for (let i = 0; i < delta.events.length; i++) {
-      // Encoding many events lets the loop run between slices, as the records' encoding does.
-      if (i > 0 && i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
-      const ev = delta.events[i]!;
-      seq = ev.index === prevIndex ? seq + 1 : 0;
-      prevIndex = ev.index;
-      if (i < firstKept) continue;
-      const k = eventKey(ev.index, seq);
-      const before = newest.get(ev.key);
-      const kb = before?.kb ?? Buffer.from(ev.key, 'utf8');
-      // (It may name an event let go of by this very write: the chain then ends there.)
-      const keyPrev = before !== undefined ? before.k : this.headForWrite(kb);
-      puts.push([k, sealValue(k, eventJson(ev, at, keyPrev))]);
-      newest.set(ev.key, { kb, k });
-    }
+    const puts = enc.slice(firstKept);
+    for (const [, v] of puts) bytes += v.length;
+    /** Each key's newest event kept: its head. */
+    const newest = new Map<string, Buffer>();
+    for (let i = firstKept; i < events.length; i++) newest.set(events[i]!.key, enc[i]![0]);
     const headPuts: Array<[Buffer, Buffer]> = [];
-    for (const { kb, k } of newest.values()) headPuts.push([kb, sealValue(kb, pointerJson(k))]);
+    for (const [key, k] of newest) {
+      const kb = Buffer.from(key, 'utf8');
+      headPuts.push([kb, sealValue(kb, pointerJson(k))]);
+    }
     for (const [key, k] of dropped) {
       if (newest.has(key)) continue;
       const kb = Buffer.from(key, 'utf8');
       const head = this.headForWrite(kb);
       if (head !== null && head.equals(k)) headDels.push(kb);
     }
-    return { puts, dels, headPuts, headDels, meta: { floor, count: count + puts.length } };
+    return { puts, dels, headPuts, headDels, meta: { floor, count: count + puts.length }, bytes };
   }
 
   /** A key's head as a write finds it; a damaged one counts as none (the write replaces it, or leaves it). */
@@ -1158,8 +1209,10 @@ export async function verifyCheckpoint(dir: string): Promise<CheckpointReport> {
     const newest = new Map<string, Buffer>();
     const show = (k: Buffer): string => `${indexOfEventKey(k)}/${k.readUInt32BE(8)}`;
     let lastIndex = floor;
+    let eventBytes = 0;
     for (const { key, value } of cp.raw('events')) {
       report.events++;
+      eventBytes += value.length;
       try {
         const { event: ev, keyPrev } = cp.decodeEventRaw(key, value);
         if (ev.index <= floor || ev.index > index) problem(`event ${ev.index} is outside the history ${floor + 1}..${index}`);
@@ -1178,6 +1231,7 @@ export async function verifyCheckpoint(dir: string): Promise<CheckpointReport> {
       }
     }
     if (report.events !== cp.historyCount()) problem(`the history counts ${cp.historyCount()} events but holds ${report.events}`);
+    if (eventBytes !== cp.historyBytes()) problem(`the history counts ${cp.historyBytes()} bytes of events but holds ${eventBytes}`);
     if (chained) {
       for (const { key, value } of cp.raw('heads')) {
         const k = key.toString('utf8');
