@@ -630,18 +630,23 @@ t.test('durable history: each key\'s events are a chain; a checkpoint from befor
   const MAX = 40;
   let cp = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX });
   const mem = new MemCheckpoint(MAX);
+  const all: ChangeEvent[] = [];
   let index = 0;
   for (let round = 0; round < 40; round++) {
     const events: ChangeEvent[] = [];
     for (let n = rnd(3); n >= 0; n--) {
       index++;
-      // Keys written once ('once.*', early on) are let go of whole: their heads must go too.
+      // Keys changed only early on ('once.*') are let go of whole: the heads of those deleted must go too.
       const key = round < 5 ? keys[rnd(keys.length)]! : keys[rnd(4)]!;
-      events.push({ index, ts: index, op: 'put', key, value: `v${index}`, prev: index - 1 });
+      events.push(rnd(3) === 0 ? { index, ts: index, op: 'del', key, prev: index - 1 } : { index, ts: index, op: 'put', key, value: `v${index}`, prev: index - 1 });
     }
     const d: CheckpointDelta = { kv: [], ridsSet: [], ridsDel: [], meta: meta(index), events };
     await Promise.all([cp.write(d), mem.write(d)]);
+    all.push(...events);
   }
+  // A head for each key with events kept, and for each key whose last change (let go of) was a
+  // put: its next change rewrites it. A deleted key's head goes with its delete.
+  const newestOp = new Map(all.map((e) => [e.key, e.op]));
   const same = (c: LmdbCheckpoint, what: string): void => {
     for (const key of keys) {
       for (const from of [0, Math.floor(index / 2), index - 3, index + 1]) {
@@ -655,8 +660,10 @@ t.test('durable history: each key\'s events are a chain; a checkpoint from befor
   let db = await lmdbDbs(dir);
   const heads = [...db.heads.getKeys({})].map((k) => (k as Buffer).toString('utf8')).sort();
   const keysKept = [...new Set([...mem.events(0)].map((e) => e.key))].sort();
+  const withHead = [...new Set([...keysKept, ...[...newestOp].filter(([, op]) => op === 'put').map(([k]) => k)])].sort();
   t.ok(keysKept.length < keys.length, 'some keys had all their events let go of');
-  t.same(heads, keysKept, 'a head for each key with events kept, and none for keys whose events all went');
+  t.ok([...newestOp].some(([k, op]) => op === 'del' && !keysKept.includes(k)), 'a deleted key among them');
+  t.same(heads, withHead, 'a head for each key with events kept or last put; none for a key deleted whose events all went');
   t.same([...db.hist.getKeys({})], [], 'no hist index');
   await db.root.close();
   t.same((await verifyCheckpoint(dir)).problems, [], 'verify: every chain whole');
@@ -671,6 +678,7 @@ t.test('durable history: each key\'s events are a chain; a checkpoint from befor
     }
     for (const k of [...db.heads.getKeys({})]) void db.heads.remove(Buffer.from(k as Buffer));
     void db.meta.remove(Buffer.from('historyChain'));
+    void db.meta.remove(Buffer.from('historyBytes'));
   });
   await db.root.close();
   const ro = await LmdbCheckpoint.open(dir, { readOnly: true });
@@ -682,7 +690,7 @@ t.test('durable history: each key\'s events are a chain; a checkpoint from befor
   await cp.close();
   db = await lmdbDbs(dir);
   t.same([...db.hist.getKeys({})], [], 'the hist index is emptied');
-  t.same([...db.heads.getKeys({})].map((k) => (k as Buffer).toString('utf8')).sort(), keysKept);
+  t.same([...db.heads.getKeys({})].map((k) => (k as Buffer).toString('utf8')).sort(), keysKept, 'chaining makes heads for the keys with events kept');
   await db.root.close();
   t.same((await verifyCheckpoint(dir)).problems, [], 'verify: chained whole');
   cp = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX });
@@ -691,6 +699,34 @@ t.test('durable history: each key\'s events are a chain; a checkpoint from befor
   index++;
   same(cp, 'written after');
   await cp.close();
+});
+
+t.test('durable history: chaining an older checkpoint keeps a damaged event in its key\'s chain, so reads still refuse it', async (t) => {
+  const dir = path.join(tmpDir(t), 'checkpoint');
+  let cp = await LmdbCheckpoint.open(dir);
+  const ev = (index: number): ChangeEvent => ({ index, ts: index, op: 'put', key: 'a', value: `v${index}`, prev: index - 1 });
+  await cp.write({ kv: [], ridsSet: [], ridsDel: [], meta: meta(3), events: [ev(1), ev(2), ev(3)] });
+  await cp.close();
+  // Older format, with event 2 damaged (one bit).
+  const db = await lmdbDbs(dir);
+  const stored = [...db.events.getRange({})].map(({ key, value }) => ({ key: Buffer.from(key as Buffer), json: JSON.parse((value as Buffer).toString('utf8', 9)) }));
+  await db.root.batch(() => {
+    for (const { key, json } of stored) {
+      const v = sealed(key, `{"at":${json.at},"event":${changeEventJson(json.event)}}`);
+      if (json.event.index === 2) v[v.length - 3] ^= 1;
+      void db.events.put(key, v);
+      void db.hist.put(Buffer.concat([Buffer.from('a'), Buffer.from([0]), key]), Buffer.from([1]));
+    }
+    for (const k of [...db.heads.getKeys({})]) void db.heads.remove(Buffer.from(k as Buffer));
+    void db.meta.remove(Buffer.from('historyChain'));
+    void db.meta.remove(Buffer.from('historyBytes'));
+  });
+  await db.root.close();
+  cp = await LmdbCheckpoint.open(dir);
+  t.teardown(() => cp.close());
+  t.equal(cp.keyEventsBefore('a', 10)[Symbol.iterator]().next().value?.index, 3, 'the newest reads back');
+  t.throws(() => [...cp.keyEventsBefore('a', 3)], /event 2\/0: fails its checksum/, 'the damaged one is refused, not stepped over');
+  t.throws(() => [...cp.events(0, 'a')], CorruptRecordError);
 });
 
 t.test('durable history: a byte bound keeps the stored events within it, oldest whole entries first; the count survives a reopen', async (t) => {

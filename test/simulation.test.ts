@@ -111,3 +111,63 @@ t.test('causal checker: finds each bad pattern', async (t) => {
   );
   t.same(patterns([w(1, 'x', 'a'), w(2, 'x', 'b'), r(2, 'x', 'a')], [[0, 1]]), ['WriteCORead', 'CyclicCF'], 'token passing orders sessions');
 });
+
+t.test('replica: an offer from the server we now follow replaces a transfer whose incoming checkpoint is still being made; that store is let go of once made', async (t) => {
+  const { CheckpointPort, Replica } = await import('../src/server/replica.js');
+  const { MemCheckpoint } = await import('../src/storage/checkpoint.js');
+  type Made = InstanceType<typeof CheckpointPort>;
+  const begins: Array<(c: Made | null) => void> = [];
+  const aborted: Made[] = [];
+  const pages: number[] = [];
+  const mk = (): Made => new CheckpointPort(new MemCheckpoint(), (st, d, done) => {
+    void st.write(d);
+    done();
+  });
+  const nop = (): undefined => undefined;
+  const env = {
+    now: () => 0,
+    timer: () => nop,
+    defer: nop,
+    sendPeer: nop,
+    sendSnapshot: nop,
+    publishEvent: nop,
+    publishMembers: nop,
+    serve: nop,
+    log: { last: 0, append: nop, truncateFrom: nop, sync: (d: () => void) => d(), removeBelow: nop, bytesAfter: () => 0 },
+    writeState: (_s: unknown, d: () => void) => d(),
+    checkpoint: mk(),
+    transfer: {
+      requestPage: (from: number) => void pages.push(from),
+      begin: (done: (c: Made | null) => void) => void begins.push(done),
+      swap: () => {
+        throw new Error('no swap here');
+      },
+      abort: (inc: Made, done: () => void) => {
+        aborted.push(inc);
+        done();
+      },
+    },
+    logger: { debug: nop, info: nop, warn: nop, error: nop },
+    fatal: (e: Error) => {
+      throw e;
+    },
+  };
+  // (Reaching in: the node's coordinator is set by hand, as heartbeats would.)
+  const r = new Replica({ id: 3, cluster: 'c', voters: [1, 2, 3], logEntries: [], state: { promised: 0, catchUp: false }, newClusterId: 'x' }, env as never) as any;
+  r.node.coordinator = 1;
+  r.onOffer(1);
+  t.equal(begins.length, 1, 'a transfer from 1 begins');
+  r.node.coordinator = 2;
+  r.onOffer(2);
+  t.ok(r.transfer?.ending, 'the transfer from 1 is being let go of');
+  r.takeEarlyOffer();
+  t.equal(begins.length, 1, 'none from 2 yet: the incoming directory is still the first one\'s');
+  const first = mk();
+  begins[0]!(first);
+  t.same(aborted, [first], 'once made, the superseded store is let go of');
+  t.equal(r.transfer, null);
+  r.takeEarlyOffer();
+  t.equal(begins.length, 2, 'then the transfer from 2 begins');
+  begins[1]!(mk());
+  t.same(pages, [2], 'pages are asked of 2 only');
+});

@@ -46,6 +46,9 @@ import { subjects } from '../transport/subjects.js';
 import { VERSION } from '../core/version.js';
 import { assert } from '../core/assert.js';
 
+/** How soon a checkpoint asked for by a committed configuration change is tried again, when ours was held still. */
+const CONFIG_CHECKPOINT_RETRY_MS = 1_000;
+
 export { VERSION };
 
 // ---------------------------------------------------------------------------
@@ -289,6 +292,10 @@ interface Transfer {
   swapStarted: boolean;
   /** Being let go of (its incoming checkpoint is removed; it ends when that is done). */
   ending: boolean;
+  /** Its incoming checkpoint is being made (begin has not answered yet). */
+  opening: boolean;
+  /** Ended while opening: the begin callback lets go of what it gets, then this. */
+  ended: (() => void) | null;
 }
 
 type Page = { meta: CheckpointMeta; items: Array<[string, Rec | RidRecord]>; next: string | null };
@@ -561,8 +568,14 @@ export class Replica {
    * for good (a voter decommissioned once the change committed).
    */
   private checkpointConfig(index: number): void {
-    if (!this.checkpointing) this.checkpoint();
-    else this.afterCheckpoint.push(() => !this.closing && this.node.checkpointIndex < index && this.checkpoint());
+    if (this.dead || this.closing || this.node.checkpointIndex >= index) return;
+    if (this.checkpointing) {
+      this.afterCheckpoint.push(() => this.checkpointConfig(index));
+      return;
+    }
+    this.checkpoint();
+    // Held (a follower or a backup reads our checkpoint) or swapping: try again shortly.
+    if (!this.checkpointing) this.env.timer(CONFIG_CHECKPOINT_RETRY_MS, () => this.guard(() => this.checkpointConfig(index)));
   }
 
   private carryOut(r: Ready): void {
@@ -1094,10 +1107,17 @@ export class Replica {
       return;
     }
     this.earlyOffer = null;
-    const t: Transfer = { from, incoming: null, phase: 'kv', after: null, meta: null, awaiting: 0, tries: 0, complete: false, swapStarted: false, ending: false };
+    const t: Transfer = { from, incoming: null, phase: 'kv', after: null, meta: null, awaiting: 0, tries: 0, complete: false, swapStarted: false, ending: false, opening: true, ended: null };
     this.transfer = t;
     this.env.logger.info({ from }, 'receiving a checkpoint');
     this.env.transfer.begin((incoming) => {
+      t.opening = false;
+      if (t.ending) {
+        // Superseded meanwhile: let go of the store it made (it shares the incoming directory with the next).
+        if (incoming) this.env.transfer!.abort(incoming, t.ended!);
+        else t.ended!();
+        return;
+      }
       if (incoming === null) return this.endTransfer(t, 'no place for it');
       t.incoming = incoming;
       this.requestPage(t);
@@ -1177,6 +1197,7 @@ export class Replica {
       this.schedule();
     };
     if (t.incoming) this.env.transfer!.abort(t.incoming, done);
+    else if (t.opening) t.ended = done;
     else done();
   }
 

@@ -17,7 +17,7 @@
 // A key's history is a chain, newest first: its head names its newest event, and each event
 // the one of the same key before it (keyPrev). A checkpoint writes one head per key it
 // changes, into a table no larger than the keys, and letting the oldest events go deletes
-// nothing else (but the head of a key whose newest event went). The index it replaces took
+// nothing else (but the head of a key deleted, whose delete went). The index it replaces took
 // an insert per event into a tree as large as the whole history and a delete per event let
 // go of: ~45% of a checkpoint's cost. The chain ends at an event let go of (all older ones
 // went too).
@@ -830,13 +830,20 @@ export class LmdbCheckpoint implements CheckpointStore {
   private async historyOps(delta: CheckpointDelta): Promise<HistoryOps> {
     const dels: Buffer[] = [];
     const headDels: Buffer[] = [];
-    /** The newest event let go of, per key (its head goes too, unless the key has a newer one). */
+    /**
+     * The newest event let go of, per key, where it is a delete: the key's head goes too if it
+     * names it. (A head naming a put let go of stays: the key is in kv, and its next change
+     * rewrites the head anyway. So heads never outnumber the keys by more than those deleted
+     * with some history kept, and the keys changed once and let go of cost no delete here.)
+     */
     const dropped = new Map<string, Buffer>();
     const dropOld = (ev: ChangeEvent | null, k: Buffer): void => {
       const kk = Buffer.from(k);
       dels.push(kk);
       // (An event that does not decode may leave its key's head naming it: the chain ends there.)
-      if (ev !== null) dropped.set(ev.key, kk);
+      if (ev === null) return;
+      if (ev.op === 'del') dropped.set(ev.key, kk);
+      else dropped.delete(ev.key);
     };
     if (delta.events === undefined) {
       // Starting over: a fresh store in practice; anything there goes.
@@ -957,12 +964,25 @@ export class LmdbCheckpoint implements CheckpointStore {
   private async chainHistory(): Promise<void> {
     const newest = new Map<string, Buffer>();
     const puts: Array<[Buffer, Buffer]> = [];
+    let bytes = 0;
+    // The hist index names each event's key: a damaged event stays as it is but in its key's
+    // chain, so that reads still fail on it (and the server repairs), as they did through hist.
+    const keyOf = new Map<string, string>();
+    for (const hk of this.histDb!.getKeys({})) {
+      const sep = hk.length - EVENT_KEY_BYTES - 1;
+      if (sep >= 0 && hk[sep] === 0) keyOf.set(hk.toString('hex', sep + 1), hk.toString('utf8', 0, sep));
+    }
     for (const { key, value } of this.eventsDb!.getRange({})) {
       const stored = this.decodeStored(key, value);
-      // A damaged event stays as it is, in no chain: reads of the whole history still find it.
-      if (stored === null) continue;
+      if (stored === null) {
+        bytes += value.length;
+        const owner = keyOf.get(key.toString('hex'));
+        if (owner !== undefined) newest.set(owner, Buffer.from(key));
+        continue;
+      }
       const k = Buffer.from(key);
       puts.push([k, sealValue(k, eventJson(stored.event, stored.at, newest.get(stored.event.key) ?? null))]);
+      bytes += puts[puts.length - 1]![1].length;
       newest.set(stored.event.key, k);
     }
     const histKeys = [...this.histDb!.getKeys({})].map((k) => Buffer.from(k));
@@ -974,6 +994,7 @@ export class LmdbCheckpoint implements CheckpointStore {
       }
       for (const k of histKeys) void this.histDb!.remove(k);
       void this.metaDb.put(HISTORY_CHAIN_KEY, sealValue(HISTORY_CHAIN_KEY, '1'));
+      void this.metaDb.put(HISTORY_BYTES_KEY, sealValue(HISTORY_BYTES_KEY, String(bytes)));
     });
     await this.root.flushed;
     this.chained = true;
@@ -1239,7 +1260,7 @@ export async function verifyCheckpoint(dir: string): Promise<CheckpointReport> {
           const head = cp.decodeHeadRaw(key, value);
           const want = newest.get(k);
           newest.delete(k);
-          // A head may name an event let go of (one that was damaged, so its key was not known).
+          // A head may name an event let go of: a put (its key is still there), or a damaged one.
           if (want !== undefined ? !head.equals(want) : indexOfEventKey(head) > floor) problem(`the head of key ${JSON.stringify(k)} names ${show(head)}, not ${want ? show(want) : 'an event let go of'}`);
         } catch (err) {
           problem((err as Error).message);
