@@ -237,8 +237,12 @@ function anonMb(pid: number): number {
 async function scale(url: string, n: number): Promise<void> {
   const c = await startCkv(procs, SERVER, 3, 'single', url, [], 'info');
   const checkpoints: Array<{ id: number; end: number; ms: number; keys: number }> = [];
+  let stepdowns = 0;
+  let firstStepdown = '';
+  let retries = 0;
   c.onLog((id, l) => {
     if (l.msg === 'checkpoint written') checkpoints.push({ id, end: Number(l.time), ms: Number(l.ms), keys: Number(l.keys) });
+    if (l.msg === 'members: stepdown' && stepdowns++ === 0) firstStepdown = String((l.notice as { reason?: string } | undefined)?.reason);
   });
   const rss0 = [...c.servers.values()].map((p) => rssMb(p.pid!));
   // Load in batches (BATCH_OPS_MAX ops each), 16 in flight.
@@ -254,8 +258,19 @@ async function scale(url: string, n: number): Promise<void> {
         next = Math.min(n, next + BATCH);
         const ops = [];
         for (let i = from; i < next; i++) ops.push({ op: 'put', key: keyName(i), value });
-        for (;;) {
-          const r = JSON.parse(new TextDecoder().decode((await c.nc.request(`ckv.${c.cluster}.write`, JSON.stringify({ op: 'batch', ops, rid: `load.${process.pid}.${++rid}` }), { timeout: 30_000 })).data));
+        // Retried with the same rid, as a client would, through a coordinator change (no
+        // responders while none leads, or a timeout).
+        const body = JSON.stringify({ op: 'batch', ops, rid: `load.${process.pid}.${++rid}` });
+        for (let tries = 0; ; tries++) {
+          let r: { ok: boolean; error?: { code: string } };
+          try {
+            r = JSON.parse(new TextDecoder().decode((await c.nc.request(`ckv.${c.cluster}.write`, body, { timeout: 30_000 })).data));
+          } catch (err) {
+            if (tries >= 20) throw err;
+            retries++;
+            await new Promise((res) => setTimeout(res, 250));
+            continue;
+          }
           if (r.ok) break;
           if (r.error?.code !== 'UNAVAILABLE') throw new Error(`load: ${JSON.stringify(r.error)}`);
         }
@@ -264,7 +279,7 @@ async function scale(url: string, n: number): Promise<void> {
     }),
   );
   const loadSecs = (Date.now() - t0) / 1000;
-  say(`scale: loaded ${n} keys of 100 B in ${loadSecs.toFixed(1)} s (${Math.round(n / loadSecs)} keys/s, batches of ${BATCH}, 16 in flight)`);
+  say(`scale: loaded ${n} keys of 100 B in ${loadSecs.toFixed(1)} s (${Math.round(n / loadSecs)} keys/s, batches of ${BATCH}, 16 in flight); ${stepdowns} coordinator stepdowns${stepdowns > 0 ? ` (first: ${firstStepdown})` : ''}, ${retries} batches retried`);
   // Puts over the loaded keys, 64 in flight, for long enough to span cron checkpoints
   // (every 10 s): each op's latency is set against whether the coordinator was checkpointing.
   const st = JSON.parse(new TextDecoder().decode((await c.nc.request(`ckv.${c.cluster}.admin`, JSON.stringify({ op: 'status' }), { timeout: 2000 })).data));
