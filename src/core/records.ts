@@ -14,7 +14,7 @@ export const CHECKPOINT_FORMAT = 2;
  * `what` names the record (a key, a request id, the meta).
  */
 export class CorruptRecordError extends Error {
-  constructor(readonly what: string, detail: string) {
+  constructor(readonly what: string, readonly detail: string) {
     super(`checkpoint: ${what}: ${detail}`);
     this.name = 'CorruptRecordError';
   }

@@ -155,6 +155,18 @@ function keyPrevOf(evKey: Buffer, bytes: Buffer, what: string): Buffer | null {
   return eventKey(index, position);
 }
 
+/** The events key a key's head names. (Its name for an error is made only on one: this runs for each key a checkpoint changes.) */
+function decodeHead(kb: Buffer, bytes: Buffer): Buffer {
+  let p: [number, number];
+  try {
+    p = decodeValue<[number, number]>(kb, bytes, true, 'head', pointerProblem);
+  } catch (err) {
+    if (err instanceof CorruptRecordError) throw new CorruptRecordError(`head of key ${JSON.stringify(kb.toString('utf8'))}`, err.detail);
+    throw err;
+  }
+  return eventKey(p[0], p[1]);
+}
+
 /** The older checkpoints' index of a key's events. */
 function histKey(key: Buffer, evKey: Buffer): Buffer {
   const out = Buffer.allocUnsafe(key.length + 1 + evKey.length);
@@ -217,6 +229,7 @@ function metaJson(m: CheckpointMeta): string {
 //   "<crc as 8 hex digits> <json>"
 // so that a flipped byte in a value, or a value moved under another key, is found when read.
 const ZERO = Buffer.from([0]);
+const ONE = Buffer.from([1]);
 const SEAL_BYTES = 9;
 
 function checksumOf(key: Buffer, body: Uint8Array, start = 0): number {
@@ -529,11 +542,15 @@ export class LmdbCheckpoint implements CheckpointStore {
   }
 
   private decodeEvent(key: Buffer, value: Buffer): ChangeEvent {
+    return this.decodeStoredEvent(key, value).event;
+  }
+
+  private decodeStoredEvent(key: Buffer, value: Buffer): StoredEvent {
     const index = indexOfEventKey(key);
     const what = `event ${index}/${key.readUInt32BE(8)}`;
-    const ev = decodeValue<StoredEvent>(key, value, true, what, storedEventProblem).event;
-    if (ev.index !== index) throw new CorruptRecordError(what, `says index ${ev.index}`);
-    return ev;
+    const stored = decodeValue<StoredEvent>(key, value, true, what, storedEventProblem);
+    if (stored.event.index !== index) throw new CorruptRecordError(what, `says index ${stored.event.index}`);
+    return stored;
   }
 
   *events(from: number, key?: string): Iterable<ChangeEvent> {
@@ -574,7 +591,7 @@ export class LmdbCheckpoint implements CheckpointStore {
       return;
     }
     if (this.histDb === null) return;
-    for (const ptr of this.histDb.getKeys({ start: histKey(kb, start), end: Buffer.concat([kb, Buffer.from([1])]) })) {
+    for (const ptr of this.histDb.getKeys({ start: histKey(kb, start), end: Buffer.concat([kb, ONE]) })) {
       const ev = this.eventAt(ptr.subarray(kb.length + 1));
       if (ev !== null && ev.key === key) yield ev;
     }
@@ -630,9 +647,7 @@ export class LmdbCheckpoint implements CheckpointStore {
   /** The events key of a key's newest event, or null. */
   private headOf(kb: Buffer): Buffer | null {
     const b = this.headsDb?.getBinaryFast(kb);
-    if (b === undefined) return null;
-    const p = decodeValue<[number, number]>(kb, b, true, `head of key ${JSON.stringify(kb.toString('utf8'))}`, pointerProblem);
-    return eventKey(p[0], p[1]);
+    return b === undefined ? null : decodeHead(kb, b);
   }
 
   /** An event reached along `key`'s chain is one of that key's. */
@@ -729,15 +744,13 @@ export class LmdbCheckpoint implements CheckpointStore {
 
   /** Decode a stored event as reads do (checksum, shape, index), for verification; with its keyPrev (undefined: not chained). */
   decodeEventRaw(key: Buffer, value: Buffer): { event: ChangeEvent; keyPrev: Buffer | null | undefined } {
-    const event = this.decodeEvent(key, value);
-    const p = decodeValue<StoredEvent>(key, value, true, 'event', storedEventProblem).keyPrev;
+    const { event, keyPrev: p } = this.decodeStoredEvent(key, value);
     return { event, keyPrev: p === undefined ? undefined : p === null ? null : eventKey(p[0], p[1]) };
   }
 
   /** Decode a head as reads do, for verification. */
   decodeHeadRaw(key: Buffer, value: Buffer): Buffer {
-    const p = decodeValue<[number, number]>(key, value, true, `head of key ${JSON.stringify(key.toString('utf8'))}`, pointerProblem);
-    return eventKey(p[0], p[1]);
+    return decodeHead(key, value);
   }
 
   /** Each key's events are chained (false: an older checkpoint read as it is). */
@@ -998,10 +1011,6 @@ export class LmdbCheckpoint implements CheckpointStore {
     });
     await this.root.flushed;
     this.chained = true;
-  }
-
-  private decodeOrNull(key: Buffer, value: Buffer): ChangeEvent | null {
-    return this.decodeStored(key, value)?.event ?? null;
   }
 
   /** Rewrite a format-1 checkpoint with checksums (format 2), in one transaction. */
