@@ -366,3 +366,167 @@ t.test('URL credentials: split off and redacted, a raw "@" in a password too', a
   t.equal(redactUrl('nats://h:4222'), 'nats://h:4222');
   t.throws(() => splitUrlCredentials(['nats://a:b@h', 'nats://a:c@g']), /different credentials/);
 });
+
+// The one-shot CLI's own NATS client (src/client/nats-wire.ts): against a real nats-server,
+// and against scripted fake servers that send what a NATS server would not.
+t.test('the one-shot NATS client: requests, no responders, timeouts, limits, refusals', async (t) => {
+  const { connectWire } = await import('../src/client/nats-wire.js');
+  const conf = file('wire.conf', `max_payload: 4096\nauthorization { users = [ { user: wired, password: "wire-Secret-7", permissions: { publish: { allow: ["echo", "quiet", "_INBOX.>"] }, subscribe: { allow: ["_INBOX.>", "feed"] } } }, { user: peer, password: "peer-Secret-8" } ] }\n`);
+  const nats = await startNatsServer(['-c', conf]);
+  t.teardown(() => nats.stop());
+  const { connect } = await import('@nats-io/transport-node');
+  const peer = await connect({ servers: nats.url, user: 'peer', pass: 'peer-Secret-8' });
+  t.teardown(() => peer.close().catch(() => undefined));
+  peer.subscribe('echo', { callback: (e, m) => void (e === null ? m.respond(m.data) : undefined) });
+  // (It takes "quiet" and never answers.)
+  peer.subscribe('quiet', { callback: () => undefined });
+  await peer.flush();
+
+  const w = await connectWire({ servers: [nats.url], user: 'wired', pass: 'wire-Secret-7', budgetMs: 2000 });
+  t.ok(w, 'connected');
+  t.teardown(() => w!.close());
+  const enc = new TextEncoder();
+  const dec = new TextDecoder();
+  t.equal(dec.decode(await w!.request('echo', enc.encode('hello'), { timeout: 2000 })), 'hello', 'a reply');
+  // Binary-safe, CRLF inside, and many at once (each reply to its own request).
+  const bytes = Uint8Array.from({ length: 3000 }, (_, i) => (i * 7) % 256);
+  t.same([...(await w!.request('echo', bytes, { timeout: 2000 }))], [...bytes], 'bytes, CRLF included');
+  const many = await Promise.all(Array.from({ length: 50 }, (_, i) => w!.request('echo', enc.encode(`n${i}`), { timeout: 2000 })));
+  t.same(many.map((d) => dec.decode(d)), Array.from({ length: 50 }, (_, i) => `n${i}`), '50 in flight, each its own answer');
+  await t.rejects(w!.request('nobody.home', enc.encode('x'), { timeout: 2000 }), { code: 'AUTH' }, 'a subject the user may not publish to: AUTH, not a timeout');
+  await t.rejects(w!.request('quiet', enc.encode('x'), { timeout: 200 }), { code: 'TIMEOUT' }, 'no answer: TIMEOUT');
+  await t.rejects(w!.request('echo', new Uint8Array(5000), { timeout: 2000 }), { code: 'TOO_LARGE' }, "larger than the server's max_payload");
+  // Subscribe and flush; requestMany's no-responders.
+  const got: string[] = [];
+  w!.subscribe('feed', (d) => got.push(dec.decode(d)));
+  await w!.flush();
+  peer.publish('feed', 'e1');
+  await peer.flush();
+  await w!.flush();
+  const until = Date.now() + 2000;
+  while (got.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+  t.same(got, ['e1'], 'a subscription gets what is published');
+  t.equal(dec.decode(await w!.request('echo', enc.encode('still'), { timeout: 2000 })), 'still', 'the connection is still good');
+  await w!.close();
+  await t.rejects(w!.request('echo', enc.encode('x'), { timeout: 500 }), { code: 'UNAVAILABLE' }, 'closed: UNAVAILABLE');
+
+  // No responders, without credentials on a server that wants them: AUTH, fast.
+  const t0 = Date.now();
+  await t.rejects(connectWire({ servers: [nats.url], budgetMs: 5000 }), { code: 'AUTH' }, 'no credentials: AUTH');
+  await t.rejects(connectWire({ servers: [nats.url], user: 'wired', pass: 'wrong-Pass-8', budgetMs: 5000 }), { code: 'AUTH' }, 'a wrong password: AUTH');
+  t.ok(Date.now() - t0 < 3000, 'refused at once, not at the budget');
+  const open = await startNatsServer([]);
+  t.teardown(() => open.stop());
+  const w2 = await connectWire({ servers: [open.url], budgetMs: 2000 });
+  t.teardown(() => w2!.close());
+  await t.rejects(w2!.request('nobody.home', enc.encode('x'), { timeout: 2000 }), { code: 'UNAVAILABLE', message: /no server is listening/ }, 'no responders: UNAVAILABLE at once');
+  const one = await new Promise<{ err: unknown; data: unknown }>((resolve) => {
+    const s = w2!.requestMany('nobody.home', enc.encode('x'), (err, data) => {
+      s.unsubscribe();
+      resolve({ err, data });
+    });
+  });
+  t.match(one, { err: { code: 'UNAVAILABLE' }, data: null }, 'requestMany: no responders');
+  // The first of two servers is down: the other one answers.
+  const dead = await freePort();
+  const w3 = await connectWire({ servers: [`nats://127.0.0.1:${dead}`, open.url], budgetMs: 2000 });
+  t.ok(w3, 'a server down in the list: the other one');
+  await w3!.close();
+  t.equal(await connectWire({ servers: ['tls://127.0.0.1:1'], budgetMs: 100 }), null, 'tls://: left to the NATS library');
+});
+
+t.test('the one-shot NATS client: what a server should never send ends in an error, never a crash or a hang', async (t) => {
+  const { createServer } = await import('node:net');
+  const { connectWire } = await import('../src/client/nats-wire.js');
+  const INFO = 'INFO {"server_id":"fake","version":"2.9.0","max_payload":1048576,"headers":true}\r\n';
+  /** A fake server: `script` answers each chunk the client sends (after the INFO it sends on accept). */
+  const fake = async (first: string | null, script: (sent: string, sock: import('node:net').Socket) => void) => {
+    const srv = createServer((sock) => {
+      if (first !== null) sock.write(first);
+      let sent = '';
+      sock.on('data', (d) => {
+        sent += d.toString('latin1');
+        script(sent, sock);
+      });
+      sock.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    t.teardown(() => new Promise<void>((r) => srv.close(() => r())));
+    return `nats://127.0.0.1:${(srv.address() as { port: number }).port}`;
+  };
+  /** Answers the handshake's PING, and each request (its reply subject) with `answer(reply)`. */
+  const answering = (answer: (reply: string) => string | Buffer[]) => (sent: string, sock: import('node:net').Socket) => {
+    if (/PING\r\n/.test(sent) && !(sock as { ponged?: boolean }).ponged) {
+      (sock as { ponged?: boolean }).ponged = true;
+      sock.write('PONG\r\n');
+    }
+    const m = /PUB \S+ (\S+) \d+\r\n[^\r]*\r\n$/.exec(sent);
+    if (m) {
+      const a = answer(m[1]!);
+      if (typeof a === 'string') sock.write(a);
+      else for (const piece of a) sock.write(piece);
+    }
+  };
+  const enc = new TextEncoder();
+  const req = async (url: string, budgetMs = 1000) => {
+    const w = await connectWire({ servers: [url], budgetMs });
+    t.teardown(() => w?.close());
+    return w!.request('s', enc.encode('q'), { timeout: 1000 });
+  };
+
+  // Split anywhere: a reply written one byte at a time (with a server PING in between) arrives whole.
+  const body = '{"ok":true,"v":"a\\r\\nb"}';
+  const split = await fake(INFO, answering((reply) => [...Buffer.from(`PING\r\nMSG ${reply} 1 ${body.length}\r\n${body}\r\n`, 'latin1')].map((b) => Buffer.from([b]))));
+  t.equal(new TextDecoder().decode(await req(split)), body, 'a reply split into single bytes');
+  // A status header 503 (no responders), sent as HMSG.
+  const hmsg = await fake(INFO, answering((reply) => `HMSG ${reply} 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n`));
+  await t.rejects(req(hmsg), { code: 'UNAVAILABLE', message: /no server is listening/ }, 'HMSG 503: no responders');
+
+  type Script = (sent: string, sock: import('node:net').Socket) => void;
+  const quiet: Script = () => undefined;
+  const cases: Array<[string, string, Script]> = [
+    ['garbage instead of INFO', 'HELLO THERE\r\n', quiet],
+    ['INFO that is not JSON', 'INFO {not json\r\n', quiet],
+    ['a MSG whose length runs past its CRLF', INFO, answering((reply) => `MSG ${reply} 1 2\r\nabcdef\r\n`)],
+    ['a MSG with a negative length', INFO, answering((reply) => `MSG ${reply} 1 -5\r\nab\r\n`)],
+    ['a MSG with too few fields', INFO, answering(() => 'MSG 1\r\n')],
+    ['an HMSG whose header is longer than the message', INFO, answering((reply) => `HMSG ${reply} 1 10 4\r\nabcd\r\n`)],
+    ['an unknown operation', INFO, answering(() => 'BOGUS 1 2 3\r\n')],
+    ['-ERR after the handshake', INFO, answering(() => "-ERR 'Stale Connection'\r\n")],
+    [
+      'the connection cut mid-reply',
+      INFO,
+      (sent, sock) => {
+        answering((reply) => `MSG ${reply} 1 100\r\nabc`)(sent, sock);
+        if (/PUB /.test(sent)) sock.end();
+      },
+    ],
+  ];
+  for (const [what, first, script] of cases) {
+    const url = await fake(first, script);
+    const t0 = Date.now();
+    const err = await req(url, 800).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    t.match(err, { code: 'UNAVAILABLE' }, `${what}: UNAVAILABLE`);
+    t.ok(Date.now() - t0 < 900, `${what}: not left to time out (${Date.now() - t0} ms)`);
+  }
+
+  // A server that accepts and says nothing: the budget ends it, and nothing is left open.
+  const silent = await fake(null, () => undefined);
+  const t0 = Date.now();
+  await t.rejects(connectWire({ servers: [silent], budgetMs: 300 }), { code: 'UNAVAILABLE', message: /within/ }, 'silent server: UNAVAILABLE');
+  t.ok(Date.now() - t0 < 1000, 'within the budget');
+  // A line without end: refused once past the bound, not buffered forever.
+  const endless = await fake(`INFO {"x":"${'a'.repeat(70 * 1024)}`, () => undefined);
+  await t.rejects(connectWire({ servers: [endless], budgetMs: 2000 }), { code: 'UNAVAILABLE', message: /too long/ }, 'a line past CONTROL_LINE_BYTES_MAX');
+  // A server that wants TLS: left to the NATS library.
+  const tls = await fake('INFO {"server_id":"fake","tls_required":true}\r\n', () => undefined);
+  t.equal(await connectWire({ servers: [tls], budgetMs: 1000 }), null, 'tls_required: null');
+  // -ERR Authorization Violation during the handshake: AUTH.
+  const authErr = await fake(INFO, (sent, sock) => {
+    if (/PING\r\n/.test(sent)) sock.end("-ERR 'Authorization Violation'\r\n");
+  });
+  await t.rejects(connectWire({ servers: [authErr], user: 'u', pass: 'p', budgetMs: 1000 }), { code: 'AUTH' }, 'Authorization Violation: AUTH');
+});

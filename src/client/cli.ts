@@ -1104,7 +1104,7 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   // connecting and, from there, each request.
   const longRunning = LONG_RUNNING.has(s.command) || (s.command === 'elect' && s.flags.observe === true);
   const budget = { timeout: s.timeout, connectBy: deadline, ...(longRunning ? {} : { deadline }) };
-  const connect = () => Client.connect({ servers: s.servers, auth: s.auth, cluster: s.cluster, ...budget, after: s.after, name: 'ckv-cli' }).catch((err: unknown) => err as CkvError);
+  const connect = () => Client.connect({ servers: s.servers, auth: s.auth, cluster: s.cluster, ...budget, after: s.after, name: 'ckv-cli', oneShot: !longRunning }).catch((err: unknown) => err as CkvError);
   const [session, connected] = await Promise.all([s.sessionPath ? readSessionEntry(s.sessionPath, s.cluster) : Promise.resolve({ ts: 0, id: '' }), connect()]);
   let sessionToken = session.ts;
   if (longRunning) clearTimeout(watchdog);

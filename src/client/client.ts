@@ -164,6 +164,13 @@ export interface ConnectOptions extends ClientOptions {
    * timeout, and by the deadline if there is one.
    */
   connectBy?: number;
+  /**
+   * A short-lived client (one command, then close): where the connection needs no TLS, NKey or
+   * .creds, it is made with ckv's own small NATS client (src/client/nats-wire.ts), which starts
+   * in a few ms but never reconnects. The NATS library is used otherwise, and when the server
+   * asks for TLS.
+   */
+  oneShot?: boolean;
 }
 
 export interface ReadOptions {
@@ -370,10 +377,27 @@ export class Client {
     const named = opts.auth !== undefined && (opts.auth.user !== undefined || opts.auth.token !== undefined || opts.auth.nkeySeed !== undefined || opts.auth.creds !== undefined);
     const auth: NatsAuth = { ...(named ? {} : fromUrl.user !== undefined ? { user: fromUrl.user, pass: fromUrl.pass ?? '' } : fromUrl.token !== undefined ? { token: fromUrl.token } : {}), ...opts.auth };
     const where = servers.map(redactUrl).join(',');
+    const by = Math.min(opts.connectBy ?? Infinity, opts.deadline ?? Infinity);
+    const budgetMs = (): number => Math.max(1, Math.floor(Math.min(opts.timeout ?? REQUEST_TIMEOUT_MS_DEFAULT, by - Date.now())));
+    if (opts.oneShot === true && auth.nkeySeed === undefined && auth.creds === undefined && auth.tls === undefined) {
+      const { connectWire } = await import('./nats-wire.js');
+      let t: Transport | null;
+      try {
+        t = await connectWire({ servers, ...auth, ...(opts.name ? { name: opts.name } : {}), budgetMs: budgetMs() });
+      } catch (err) {
+        const e = err as CkvError;
+        throw e.code === ErrorCode.AUTH ? new CkvError(ErrorCode.AUTH, `NATS at ${where} refused the credentials: ${e.message}`, { cause: err }) : new CkvError(ErrorCode.UNAVAILABLE, `cannot connect to NATS at ${where}: ${e.message}`, { cause: err });
+      }
+      // (null: a tls:// URL, or the server wants TLS: the library does that.)
+      if (t !== null) {
+        const client = new Client(t, opts);
+        client.ownsTransport = true;
+        return client;
+      }
+    }
     // Loaded here, not at the top: the CLI's usage errors and --help never pay for the NATS library.
     const { connectWithin, authenticators } = await import('./nats-connect.js');
-    const by = Math.min(opts.connectBy ?? Infinity, opts.deadline ?? Infinity);
-    const budget = Math.max(1, Math.floor(Math.min(opts.timeout ?? REQUEST_TIMEOUT_MS_DEFAULT, by - Date.now())));
+    const budget = budgetMs();
     let nc: NatsConnection;
     try {
       // Reconnect forever: a long-lived client rides out NATS restarts (calls fail UNAVAILABLE meanwhile).
