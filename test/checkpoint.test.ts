@@ -446,7 +446,8 @@ t.test('the ttl index: keys with a time to live are found after a reopen without
   await w.close();
 });
 
-t.test('durable history: LMDB and the in-memory twin agree under retention, across a reopen', async (t) => {
+// With the writer's cache of heads at its default, rotating (6 and 2), and off (0: every head read).
+for (const headCacheKeysMax of [undefined, 6, 2, 0]) t.test(`durable history: LMDB and the in-memory twin agree under retention, across a reopen (head cache ${headCacheKeysMax ?? 'default'})`, async (t) => {
   let seed = 777;
   const rnd = (n: number): number => {
     seed = (seed * 1103515245 + 12345) & 0x7fffffff;
@@ -455,7 +456,7 @@ t.test('durable history: LMDB and the in-memory twin agree under retention, acro
   const keys = ['a', 'a.b', 'ab', 'b', 'c.1', 'c.10'];
   const dir = path.join(tmpDir(t), 'checkpoint');
   const MAX = 25;
-  let lmdb = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX });
+  let lmdb = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX, headCacheKeysMax });
   t.teardown(() => lmdb.close());
   const mem = new MemCheckpoint(MAX);
   const all: ChangeEvent[] = [];
@@ -493,7 +494,7 @@ t.test('durable history: LMDB and the in-memory twin agree under retention, acro
   }
   t.ok(mem.historyFloor() > 0, 'retention let go of some');
   await lmdb.close();
-  lmdb = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX });
+  lmdb = await LmdbCheckpoint.open(dir, { historyEventsMax: MAX, headCacheKeysMax });
   compare('after a reopen');
   const report = await verifyCheckpoint(dir);
   t.same(report.problems, [], 'verify finds the history whole');
