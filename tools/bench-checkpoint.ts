@@ -3,7 +3,9 @@
 // send them) and each checkpoint writes what they changed to a real LMDB checkpoint
 // (records, request ids, durable history), fsync'd. The baseline, run in the same
 // invocation: the same number of LMDB puts of the same sizes, in one lmdb-js batch
-// per checkpoint, with nothing encoded or checked (the floor for this design).
+// per checkpoint, with nothing encoded or checked (the floor for this design). It also
+// reports the longest the event loop held still during a write (a server's heartbeats
+// and requests wait that long).
 // Applying is timed too: past RIDS_RETAINED_MAX puts it shows whether the state
 // machine's cost per write stays flat.
 //
@@ -33,9 +35,27 @@ const PER = Number(o.per);
 const REPS = Number(o.reps);
 const VALUE = 'v'.repeat(Number(o.value));
 
+/** How long the event loop held still at most while this ran (the gap between 5 ms ticks, less 5). */
+function watchLoop(): () => number {
+  let last = performance.now();
+  let most = 0;
+  const tick = setInterval(() => {
+    const now = performance.now();
+    most = Math.max(most, now - last - LOOP_TICK_MS);
+    last = now;
+  }, LOOP_TICK_MS);
+  return () => {
+    clearInterval(tick);
+    return Math.max(most, performance.now() - last - LOOP_TICK_MS);
+  };
+}
+const LOOP_TICK_MS = 5;
+
 interface Run {
   /** µs of checkpoint writing per applied put. */
   usPerOp: number;
+  /** The longest the loop held still during one checkpoint write, ms (a server's heartbeats wait that long). */
+  stallMs: number;
   /** µs of applying per put (ckv only: the state machine, request-id table included), in the first and in the last checkpoint's span. */
   applyUs?: [number, number];
   /** Records written per put (kv, rids, events, the heads of the keys' event chains). */
@@ -49,6 +69,7 @@ async function ckvRun(dir: string): Promise<Run & { sizes: number[] }> {
   st.apply({ index: 1, epoch: 1, ts: 1, kind: 'noop', cluster: 'bench-checkpoint-00000' });
   let index = 1;
   let writing = 0;
+  let stall = 0;
   const applyRounds: number[] = [];
   let records = 0;
   let x = 12345;
@@ -67,12 +88,14 @@ async function ckvRun(dir: string): Promise<Run & { sizes: number[] }> {
     records += delta.kv.length + delta.ridsSet.length + delta.ridsDel.length + events.length + new Set(events.map((ev) => ev.key)).size;
     sizes.push(delta.kv.length, delta.ridsSet.length, events.length);
     const t0 = process.hrtime.bigint();
+    const stop = watchLoop();
     await cp.write(delta);
+    stall = Math.max(stall, stop());
     writing += Number(process.hrtime.bigint() - t0) / 1000;
     st.release(delta);
   }
   await cp.close();
-  return { usPerOp: writing / OPS, applyUs: [applyRounds[0]!, applyRounds[applyRounds.length - 1]!], recordsPerOp: records / OPS, sizes };
+  return { usPerOp: writing / OPS, stallMs: stall, applyUs: [applyRounds[0]!, applyRounds[applyRounds.length - 1]!], recordsPerOp: records / OPS, sizes };
 }
 
 /** The floor: as many LMDB puts of about the same sizes, one batch per checkpoint, fsync'd. */
@@ -89,6 +112,7 @@ async function rawRun(dir: string): Promise<Run> {
   const head = Buffer.alloc(24, 0x61);
   let index = 1;
   let writing = 0;
+  let stall = 0;
   let records = 0;
   let x = 12345;
   for (let done = 0; done < OPS; ) {
@@ -103,6 +127,7 @@ async function rawRun(dir: string): Promise<Run> {
       batch.push([Buffer.from(`bench.${process.pid}.${index}`), evKey]);
     }
     const t0 = process.hrtime.bigint();
+    const stop = watchLoop();
     await root.batch(() => {
       for (const k of keys.values()) {
         void kv.put(k, rec);
@@ -114,11 +139,12 @@ async function rawRun(dir: string): Promise<Run> {
       }
     });
     await root.flushed;
+    stall = Math.max(stall, stop());
     writing += Number(process.hrtime.bigint() - t0) / 1000;
     records += 2 * keys.size + 2 * batch.length;
   }
   await root.close();
-  return { usPerOp: writing / OPS, recordsPerOp: records / OPS };
+  return { usPerOp: writing / OPS, stallMs: stall, recordsPerOp: records / OPS };
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -128,6 +154,8 @@ async function main(): Promise<void> {
   const raw: number[] = [];
   const applyFirst: number[] = [];
   const applyLast: number[] = [];
+  const stallCkv: number[] = [];
+  const stallRaw: number[] = [];
   let recCkv = 0;
   let recRaw = 0;
   let shape = '';
@@ -139,6 +167,8 @@ async function main(): Promise<void> {
       const b = await ckvRun(dir);
       raw.push(a.usPerOp);
       ckv.push(b.usPerOp);
+      stallRaw.push(a.stallMs);
+      stallCkv.push(b.stallMs);
       applyFirst.push(b.applyUs![0]);
       applyLast.push(b.applyUs![1]);
       recRaw = a.recordsPerOp;
@@ -154,6 +184,7 @@ async function main(): Promise<void> {
     `checkpoint write, ${OPS} puts over ${KEYS} keys of ${VALUE.length} B, a checkpoint every ${PER} puts (first: ${shape}); median of ${REPS}\n` +
       `  raw LMDB batch (same puts, nothing encoded): ${w.toFixed(2)} us per put (${recRaw.toFixed(2)} records)\n` +
       `  ckv checkpoint:                              ${c.toFixed(2)} us per put (${recCkv.toFixed(2)} records)  ${(c / w).toFixed(2)}x raw\n` +
+      `  the loop held still at most: raw batch ${median(stallRaw).toFixed(0)} ms, ckv checkpoint ${median(stallCkv).toFixed(0)} ms (the longest in a run; median of runs)\n` +
       `  applying the puts (before writing): ${median(applyFirst).toFixed(2)} us per put in the first checkpoint's span, ${median(applyLast).toFixed(2)} in the last\n`,
   );
 }

@@ -27,12 +27,13 @@
 // msgpack so that the bytes do not depend on encoder state (msgpack's shared
 // structures) and the tools can decode them on their own.
 //
-// A write applies one delta in one LMDB write transaction, queued with
-// lmdb-js's batch() so that it commits on lmdb-js's write thread without
-// blocking the event loop; readers see the old state until the commit and the
-// new one after, never a mix. The write resolves once the commit is flushed.
-// (lmdb-js's async transaction(callback) hangs on this platform; batch()
-// gives the same one-transaction atomicity for puts and removes.)
+// A write applies one delta in one LMDB write transaction. The loop encodes and packs its
+// records a slice at a time; the checkpoint write thread (write-thread.ts) carries them out
+// with lmdb-js's batch(), whose callback is synchronous (at a million keys it held the loop
+// for up to 440 ms, past the followers' heartbeat timeout). Readers see the old state until
+// the commit and the new one after, never a mix. The write resolves once the commit is
+// flushed. (lmdb-js's async transaction(callback) hangs on this platform; batch() gives the
+// same one-transaction atomicity for puts and removes.)
 
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -47,6 +48,8 @@ import type { CheckpointStore } from './ports.js';
 import { crc32c } from './crc32c.js';
 import { CHECKPOINT_FORMAT, CorruptRecordError, deltaProblem, deltaProblemSteps, eventProblem, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord, type TimedRec } from '../core/records.js';
 import { timedOf } from '../core/state.js';
+import { WriteOps } from './write-ops.js';
+import { releaseFromWriteThread, writeThread } from './write-thread.js';
 
 export const CHECKPOINT_DIR_NAME = 'checkpoint';
 
@@ -63,7 +66,9 @@ const HISTORY_CHAIN_KEY = Buffer.from('historyChain', 'utf8');
 /** (Its own key: the "history" record's shape check would refuse a field older servers do not know.) */
 const HISTORY_BYTES_KEY = Buffer.from('historyBytes', 'utf8');
 /** (ttl, events, hist and heads came later: a read-only open of an older checkpoint finds none, and reads them as empty.) */
-const DB_NAMES = ['kv', 'rids', 'meta', 'ttl', 'events', 'hist', 'heads'] as const;
+export const DB_NAMES = ['kv', 'rids', 'meta', 'ttl', 'events', 'hist', 'heads'] as const;
+/** Each database's number in a packed write (write-ops.ts). */
+const DB = Object.fromEntries(DB_NAMES.map((name, i) => [name, i])) as Record<(typeof DB_NAMES)[number], number>;
 const DB_LATER: ReadonlySet<string> = new Set(['ttl', 'events', 'hist', 'heads']);
 const EVENT_KEY_BYTES = 12;
 /** Events of one key a walk along its chain steps over before it reads the log of events instead. */
@@ -825,35 +830,41 @@ export class LmdbCheckpoint implements CheckpointStore {
     this.check();
     const ridDels = delta.ridsDel.map((rid) => Buffer.from(rid, 'utf8'));
     const meta = sealValue(META_KEY, metaJson(delta.meta));
-    await this.root.batch(() => {
-      for (const [k, v] of kvOps) {
-        if (v === null) void this.kv.remove(k);
-        else void this.kv.put(k, v);
-      }
-      for (const k of ridDels) void this.ridsDb.remove(k);
-      for (const [k, v] of ridSets) void this.ridsDb.put(k, v);
-      for (const [, k, v] of ttlOps) {
-        if (v === null) void this.ttlDb!.remove(k);
-        else void this.ttlDb!.put(k, v);
-      }
-      for (const k of history.dels) void this.eventsDb!.remove(k);
-      for (const [k, v] of history.puts) void this.eventsDb!.put(k, v);
-      for (const k of history.headDels) void this.headsDb!.remove(k);
-      for (const [k, v] of history.headPuts) void this.headsDb!.put(k, v);
-      void this.metaDb.put(HISTORY_KEY, sealValue(HISTORY_KEY, historyJson(history.meta)));
-      void this.metaDb.put(HISTORY_BYTES_KEY, sealValue(HISTORY_BYTES_KEY, String(history.bytes)));
-      void this.metaDb.put(META_KEY, meta);
-    });
+    const ops = new WriteOps();
+    ops.add(DB.kv, kvOps);
+    ops.add(DB.rids, ridDels.map((k) => [k, null] as const));
+    ops.add(DB.rids, ridSets);
+    ops.add(DB.ttl, ttlOps.map(([, k, v]) => [k, v] as const));
+    ops.add(DB.events, history.dels.map((k) => [k, null] as const));
+    ops.add(DB.events, history.puts);
+    ops.add(DB.heads, history.headDels.map((k) => [k, null] as const));
+    ops.add(DB.heads, history.headPuts);
+    ops.add(DB.meta, [
+      [HISTORY_KEY, sealValue(HISTORY_KEY, historyJson(history.meta))],
+      [HISTORY_BYTES_KEY, sealValue(HISTORY_BYTES_KEY, String(history.bytes))],
+      [META_KEY, meta],
+    ]);
+    const packed = await ops.pack(yieldToLoop);
+    this.check();
+    // One transaction on the write thread; it answers once the commit is flushed (durable).
+    await writeThread().write(this.dir, DB_NAMES, packed);
+    // This thread's read snapshot may predate that commit: the next read takes a new one.
+    this.root.resetReadTxn();
     this.hist = history.meta;
     this.histBytes = history.bytes;
     if (history.heads === null) this.forgetHeads();
-    else for (const [key, head] of history.heads) this.rememberHead(key, head);
+    else {
+      // (Sliced: no write runs meanwhile, the chain holds the next one until this resolves.)
+      let n = 0;
+      for (const [key, head] of history.heads) {
+        if (++n % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+        this.rememberHead(key, head);
+      }
+    }
     for (const [k, , , t] of ttlOps) {
       if (t !== null) this.ttlIndex.set(k, t);
       else this.ttlIndex.delete(k);
     }
-    // The batch resolves when committed (visible); durable once flushed.
-    await this.root.flushed;
   }
 
   /**
@@ -957,15 +968,23 @@ export class LmdbCheckpoint implements CheckpointStore {
     const puts = enc.slice(firstKept);
     for (const [, v] of puts) bytes += v.length;
     /** Each key's newest event kept: its head. */
+    // (A slice at a time too: at a million keys this is a head per event, ~150 ms in one go.)
     const newest = new Map<string, Buffer>();
-    for (let i = firstKept; i < events.length; i++) newest.set(events[i]!.key, enc[i]![0]);
+    for (let i = firstKept; i < events.length; i++) {
+      if (i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+      newest.set(events[i]!.key, enc[i]![0]);
+    }
     const headPuts: Array<[Buffer, Buffer]> = [];
-    const heads = new Map<string, Buffer | null>(newest);
+    const heads = new Map<string, Buffer | null>();
+    let n = 0;
     for (const [key, k] of newest) {
+      if (++n % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
       const kb = Buffer.from(key, 'utf8');
       headPuts.push([kb, sealValue(kb, pointerJson(k))]);
+      heads.set(key, k);
     }
     for (const [key, k] of dropped) {
+      if (++n % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
       if (newest.has(key)) continue;
       const head = this.headForWrite(key);
       if (head !== null && head.equals(k)) {
@@ -1081,6 +1100,8 @@ export class LmdbCheckpoint implements CheckpointStore {
     if (this.closed) return;
     await this.chain;
     this.closed = true;
+    // (The write thread's handle first: the environment is one, shared by the threads.)
+    if (!this.readOnly) await releaseFromWriteThread(this.dir);
     await this.root.close();
   }
 }
