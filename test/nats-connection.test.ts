@@ -60,7 +60,8 @@ t.test('users with passwords: servers and clients connect; a wrong password is A
   ] as const) {
     r = await runNode(CLI_JS, [...args, '--cluster', 'auth1', '--no-session', '--timeout', '5000', 'get', 'a.b'], { env });
     t.equal(r.code, 5, `${what}: exit 5 (${r.stderr.trim()})`);
-    t.match(r.stderr, /AUTH: NATS at .* refused the credentials/, `${what}: says so`);
+    t.match(r.stderr, /AUTH: NATS at .* refused the credentials: Authorization Violation\n/, `${what}: says so`);
+    t.notMatch(r.stderr, /refused .*refused/, `${what}: once`);
     t.notMatch(r.stderr + r.stdout, /wrong-Pass-9/, `${what}: the password is not printed`);
     t.ok(r.ms < 3000, `${what}: not retried until the budget ends (${Math.round(r.ms)} ms)`);
   }
@@ -357,7 +358,10 @@ t.test('across machines: a 3-node NATS cluster, one ckv-server per node; a NATS 
 });
 
 t.test('URL credentials: split off and redacted, a raw "@" in a password too', async (t) => {
-  const { redactUrl, splitUrlCredentials } = await import('../src/transport/nats-auth.js');
+  const { isNatsAuthError, redactUrl, splitUrlCredentials } = await import('../src/transport/nats-auth.js');
+  // (What the NATS library's errors say, by message: a revoked user is refused credentials, not an outage.)
+  for (const m of ['Authorization Violation', 'User Authentication Expired', 'User Authentication Revoked', 'Permissions Violation for Publish to "x"']) t.ok(isNatsAuthError(new Error(m)), m);
+  t.notOk(isNatsAuthError(new Error('CONNECTION_REFUSED')));
   t.equal(redactUrl('nats://a:p@ss@h:4222'), 'nats://***@h:4222');
   t.same(splitUrlCredentials(['nats://a:p@ss@h:4222']), { servers: ['nats://h:4222'], user: 'a', pass: 'p@ss' });
   t.same(splitUrlCredentials(['nats://a:p%3Ass@h']), { servers: ['nats://h'], user: 'a', pass: 'p:ss' });
@@ -371,7 +375,7 @@ t.test('URL credentials: split off and redacted, a raw "@" in a password too', a
 // and against scripted fake servers that send what a NATS server would not.
 t.test('the one-shot NATS client: requests, no responders, timeouts, limits, refusals', async (t) => {
   const { connectWire } = await import('../src/client/nats-wire.js');
-  const conf = file('wire.conf', `max_payload: 4096\nauthorization { users = [ { user: wired, password: "wire-Secret-7", permissions: { publish: { allow: ["echo", "quiet", "_INBOX.>"] }, subscribe: { allow: ["_INBOX.>", "feed"] } } }, { user: peer, password: "peer-Secret-8" } ] }\n`);
+  const conf = file('wire.conf', `max_payload: 4096\nauthorization { users = [ { user: wired, password: "wire-Secret-7", permissions: { publish: { allow: ["echo", "quiet", "_INBOX.>"] }, subscribe: { allow: ["_INBOX.>", "feed"] } } }, { user: peer, password: "peer-Secret-8" }, { user: "ünï", password: "pässwörd€" } ] }\n`);
   const nats = await startNatsServer(['-c', conf]);
   t.teardown(() => nats.stop());
   const { connect } = await import('@nats-io/transport-node');
@@ -409,6 +413,16 @@ t.test('the one-shot NATS client: requests, no responders, timeouts, limits, ref
   t.equal(dec.decode(await w!.request('echo', enc.encode('still'), { timeout: 2000 })), 'still', 'the connection is still good');
   await w!.close();
   await t.rejects(w!.request('echo', enc.encode('x'), { timeout: 500 }), { code: 'UNAVAILABLE' }, 'closed: UNAVAILABLE');
+  // Credentials that are not ASCII go as UTF-8, as the NATS library sends them.
+  const u = await connectWire({ servers: [nats.url], user: 'ünï', pass: 'pässwörd€', budgetMs: 2000 });
+  t.teardown(() => u!.close());
+  t.equal(dec.decode(await u!.request('echo', enc.encode('ü'), { timeout: 2000 })), 'ü', 'a user and password that are not ASCII');
+  // A payload past max_payload through the NATS library: TOO_LARGE too, and not retried.
+  const { Client, natsTransport } = await import('../src/client/client.js');
+  const viaLibrary = new Client(natsTransport(peer), { cluster: 'big', timeout: 3000 });
+  const big0 = Date.now();
+  await t.rejects(viaLibrary.put('k', 'x'.repeat(5000)), { code: 'TOO_LARGE' }, 'the NATS library\'s max_payload error: TOO_LARGE');
+  t.ok(Date.now() - big0 < 1000, `not retried until the budget ends (${Date.now() - big0} ms)`);
 
   // No responders, without credentials on a server that wants them: AUTH, fast.
   const t0 = Date.now();
@@ -432,6 +446,18 @@ t.test('the one-shot NATS client: requests, no responders, timeouts, limits, ref
   const w3 = await connectWire({ servers: [`nats://127.0.0.1:${dead}`, open.url], budgetMs: 2000 });
   t.ok(w3, 'a server down in the list: the other one');
   await w3!.close();
+  // Messages: connectWire says the cause, Client.connect says where, once.
+  await t.rejects(connectWire({ servers: [`nats://127.0.0.1:${dead}`], budgetMs: 1000 }), { code: 'UNAVAILABLE', message: /^connect ECONNREFUSED / }, 'connectWire: the bare cause');
+  await t.rejects(
+    Client.connect({ servers: `nats://127.0.0.1:${dead}`, oneShot: true, timeout: 1000 }),
+    { code: 'UNAVAILABLE', message: new RegExp(`^cannot connect to NATS at nats://127\\.0\\.0\\.1:${dead}: connect ECONNREFUSED [^:]*:${dead}$`) },
+    'Client.connect: where, once',
+  );
+  await t.rejects(
+    Client.connect({ servers: nats.url, auth: { user: 'wired', pass: 'wrong-Pass-8' }, oneShot: true, timeout: 1000 }),
+    { code: 'AUTH', message: `NATS at ${nats.url} refused the credentials: Authorization Violation` },
+    'AUTH: where, once',
+  );
   t.equal(await connectWire({ servers: ['tls://127.0.0.1:1'], budgetMs: 100 }), null, 'tls://: left to the NATS library');
 });
 
@@ -481,6 +507,11 @@ t.test('the one-shot NATS client: what a server should never send ends in an err
   // A status header 503 (no responders), sent as HMSG.
   const hmsg = await fake(INFO, answering((reply) => `HMSG ${reply} 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n`));
   await t.rejects(req(hmsg), { code: 'UNAVAILABLE', message: /no server is listening/ }, 'HMSG 503: no responders');
+  const described = await fake(INFO, answering((reply) => `HMSG ${reply} 1 30 30\r\nNATS/1.0 503 No Responders\r\n\r\n\r\n`));
+  await t.rejects(req(described), { code: 'UNAVAILABLE', message: /no server is listening/ }, 'HMSG 503 with a description: no responders');
+  // A status of four digits is no 503: the (empty) message is the reply.
+  const fourDigits = await fake(INFO, answering((reply) => `HMSG ${reply} 1 17 17\r\nNATS/1.0 5030\r\n\r\n\r\n`));
+  t.equal((await req(fourDigits)).length, 0, 'HMSG status 5030: not a 503');
 
   type Script = (sent: string, sock: import('node:net').Socket) => void;
   const quiet: Script = () => undefined;
@@ -491,6 +522,11 @@ t.test('the one-shot NATS client: what a server should never send ends in an err
     ['a MSG with a negative length', INFO, answering((reply) => `MSG ${reply} 1 -5\r\nab\r\n`)],
     ['a MSG with too few fields', INFO, answering(() => 'MSG 1\r\n')],
     ['an HMSG whose header is longer than the message', INFO, answering((reply) => `HMSG ${reply} 1 10 4\r\nabcd\r\n`)],
+    ['a MSG size in hex', INFO, answering((reply) => `MSG ${reply} 1 0x2\r\nok\r\n`)],
+    ['a MSG size with a sign', INFO, answering((reply) => `MSG ${reply} 1 +2\r\nok\r\n`)],
+    ['a MSG size with a fraction', INFO, answering((reply) => `MSG ${reply} 1 2.0\r\nok\r\n`)],
+    ['an HMSG header size with a sign', INFO, answering((reply) => `HMSG ${reply} 1 +0 2\r\nok\r\n`)],
+    ['a MSG sid with a fraction', INFO, answering((reply) => `MSG ${reply} 1.0 2\r\nok\r\n`)],
     ['an unknown operation', INFO, answering(() => 'BOGUS 1 2 3\r\n')],
     ['-ERR after the handshake', INFO, answering(() => "-ERR 'Stale Connection'\r\n")],
     [
@@ -528,5 +564,47 @@ t.test('the one-shot NATS client: what a server should never send ends in an err
   const authErr = await fake(INFO, (sent, sock) => {
     if (/PING\r\n/.test(sent)) sock.end("-ERR 'Authorization Violation'\r\n");
   });
-  await t.rejects(connectWire({ servers: [authErr], user: 'u', pass: 'p', budgetMs: 1000 }), { code: 'AUTH' }, 'Authorization Violation: AUTH');
+  await t.rejects(connectWire({ servers: [authErr], user: 'u', pass: 'p', budgetMs: 1000 }), { code: 'AUTH', message: 'Authorization Violation' }, 'Authorization Violation: AUTH');
+  const revoked = await fake(INFO, (sent, sock) => {
+    if (/PING\r\n/.test(sent)) sock.end("-ERR 'User Authentication Revoked'\r\n");
+  });
+  await t.rejects(connectWire({ servers: [revoked], user: 'u', pass: 'p', budgetMs: 1000 }), { code: 'AUTH' }, 'User Authentication Revoked: AUTH');
+
+  const { Client } = await import('../src/client/client.js');
+  // The connection drops at the first request (a NATS restart): the retry connects again, and
+  // goes through (the same rid: a write still applies once).
+  let conns = 0;
+  const kv = JSON.stringify({ ok: true, ts: 5, index: 5, value: 'v', rev: 3 });
+  const flaky = await fake(INFO, (sent, sock) => {
+    const s = sock as { n?: number };
+    s.n ??= ++conns;
+    if (s.n === 1 && /PUB /.test(sent)) return void sock.destroy();
+    answering((reply) => `MSG ${reply} 1 ${kv.length}\r\n${kv}\r\n`)(sent, sock);
+  });
+  const c = await Client.connect({ servers: flaky, oneShot: true, timeout: 2000 });
+  t.teardown(() => c.close());
+  const r0 = Date.now();
+  t.same(await c.get('k'), { key: 'k', value: 'v', rev: 3 }, 'a dropped connection: made again, and the request answered');
+  t.equal(conns, 2, 'two connections');
+  t.ok(Date.now() - r0 < 1000, `at once, not at the budget (${Date.now() - r0} ms)`);
+
+  // The connection cut while requestMany waits (ckv status): its handler hears UNAVAILABLE.
+  const cutter = await fake(INFO, (sent, sock) => {
+    answering(() => '')(sent, sock);
+    if (/PUB /.test(sent)) sock.destroy();
+  });
+  const w = await connectWire({ servers: [cutter], budgetMs: 1000 });
+  t.teardown(() => w?.close());
+  const heard = await new Promise<unknown>((resolve) => {
+    const timer = setTimeout(() => resolve('nothing within 2000 ms'), 2000);
+    const sub = w!.requestMany('s', enc.encode('q'), (err, data) => {
+      clearTimeout(timer);
+      sub.unsubscribe();
+      resolve({ err, data });
+    });
+  });
+  t.match(heard, { err: { code: 'UNAVAILABLE', message: /closed/ }, data: null }, 'requestMany: UNAVAILABLE when the connection is cut');
+  const cs = await Client.connect({ servers: cutter, oneShot: true, timeout: 800 });
+  t.teardown(() => cs.close());
+  await t.rejects(cs.status(), { code: 'UNAVAILABLE' }, 'status: UNAVAILABLE, not TIMEOUT');
 });

@@ -97,6 +97,8 @@ function transportError(err: unknown, subject: string, timeoutMs: number): CkvEr
   if (e?.name === 'NoResponders' || (typeof e?.isNoResponders === 'function' && e.isNoResponders())) {
     return new CkvError(ErrorCode.UNAVAILABLE, `no server is listening on ${subject}`, { cause: err });
   }
+  // (The library's publish refuses it before sending: another try would be refused too.)
+  if (/max_payload size exceeded/.test(e?.message ?? '')) return new CkvError(ErrorCode.TOO_LARGE, `a request on ${subject} is larger than the NATS server takes (its max_payload)`, { cause: err });
   return new CkvError(ErrorCode.UNAVAILABLE, `NATS request on ${subject} failed: ${e?.message ?? String(err)}`, { cause: err });
 }
 
@@ -167,8 +169,8 @@ export interface ConnectOptions extends ClientOptions {
   /**
    * A short-lived client (one command, then close): where the connection needs no TLS, NKey or
    * .creds, it is made with ckv's own small NATS client (src/client/nats-wire.ts), which starts
-   * in a few ms but never reconnects. The NATS library is used otherwise, and when the server
-   * asks for TLS.
+   * in a few ms and reconnects only for a request that finds its connection dropped. The NATS
+   * library is used otherwise, and when the server asks for TLS.
    */
   oneShot?: boolean;
 }

@@ -1,8 +1,9 @@
 // A small NATS client for one-shot commands: one plain TCP connection and the
 // NATS text protocol (INFO, CONNECT, PING/PONG, SUB, UNSUB, PUB, MSG, HMSG, +OK,
 // -ERR), enough for requests with no-responders, subscriptions and flush. No
-// reconnects, TLS, NKeys or JWTs: Client.connect uses it only for a short-lived
-// client (`oneShot`) whose connection needs none of these, and falls back to
+// TLS, NKeys or JWTs, and the only reconnect is a request's on a dropped
+// connection: Client.connect uses it only for a short-lived client (`oneShot`)
+// whose connection needs none of these, and falls back to
 // @nats-io/transport-node when the server asks for TLS. Why: loading and starting
 // that library was most of what a one-shot `ckv get` spent beyond Node's own
 // start (tools/bench.ts, one-shot row).
@@ -70,17 +71,92 @@ interface Pending {
 
 type OnMsg = (data: Uint8Array, status: number) => void;
 
+interface Sub {
+  onMsg: OnMsg;
+  /** Told why when the connection ends (requestMany's handler waits for replies that will not come). */
+  onClosed?: (why: string) => void;
+}
+
 /**
  * Connect to one of o.servers (in random order, as the NATS library does) within the budget.
  * Resolves null for a URL other than nats:// or a server that asks for TLS (the caller then
  * uses the NATS library instead); rejects with
- * CkvError AUTH when a server refuses the credentials, UNAVAILABLE when none could be reached.
+ * CkvError AUTH when a server refuses the credentials, UNAVAILABLE when none could be reached
+ * (messages name the cause, not "cannot connect": the caller says that, and where).
  */
 export async function connectWire(o: WireOptions): Promise<Transport | null> {
+  const conn = await dial(o, o.budgetMs);
+  return conn === null ? null : new Redialing(conn, o);
+}
+
+/**
+ * What connectWire returns: a request that finds the connection dropped (a NATS restart, a
+ * NATS node gone) connects again first, within its own timeout. Why: Client.call retries an
+ * UNAVAILABLE with the same rid, which helps only on a live connection (the NATS library
+ * reconnects by itself). Nothing else reconnects: subscriptions are not carried over, and
+ * requestMany, subscribe and flush on a dropped connection fail UNAVAILABLE.
+ */
+class Redialing implements Transport {
+  private closing = false;
+  /** A reconnect under way, shared by the requests that wait for it. */
+  private redial: Promise<void> | null = null;
+
+  constructor(
+    private conn: WireConnection,
+    private readonly o: WireOptions,
+  ) {}
+
+  async request(subject: string, data: Uint8Array, opts: { timeout: number }): Promise<Uint8Array> {
+    let timeout = opts.timeout;
+    if (this.conn.isClosed && !this.closing) {
+      const start = Date.now();
+      await this.reconnect(timeout);
+      timeout = Math.max(1, timeout - (Date.now() - start));
+    }
+    return this.conn.request(subject, data, { timeout });
+  }
+
+  requestMany(subject: string, data: Uint8Array, onReply: (err: CkvError | null, data: Uint8Array | null) => void): Subscription {
+    return this.conn.requestMany(subject, data, onReply);
+  }
+
+  subscribe(subject: string, onMsg: (data: Uint8Array) => void): Subscription {
+    return this.conn.subscribe(subject, onMsg);
+  }
+
+  flush(): Promise<void> {
+    return this.conn.flush();
+  }
+
+  close(): Promise<void> {
+    this.closing = true;
+    return this.conn.close();
+  }
+
+  private reconnect(ms: number): Promise<void> {
+    this.redial ??= dial(this.o, ms)
+      .then(
+        (conn) => {
+          if (conn === null) throw new CkvError(ErrorCode.UNAVAILABLE, 'cannot reconnect to NATS: the server asks for TLS now');
+          // (Closed meanwhile: the new connection is not wanted; the request fails on the old one.)
+          if (this.closing) void conn.close();
+          else this.conn = conn;
+        },
+        (err: CkvError) => {
+          throw new CkvError(err.code, `cannot reconnect to NATS: ${err.message}`, { cause: err });
+        },
+      )
+      .finally(() => (this.redial = null));
+    return this.redial;
+  }
+}
+
+/** connectWire's connection: a WireConnection, null where the NATS library must do it. */
+async function dial(o: WireOptions, budgetMs: number): Promise<WireConnection | null> {
   const addresses = o.servers.map((s) => plainNatsAddress(s));
   if (addresses.some((a) => a === null)) return null;
   const order = (addresses as Array<{ host: string; port: number }>).map((a) => ({ a, r: Math.random() })).sort((x, y) => x.r - y.r).map((x) => x.a);
-  const deadline = Date.now() + o.budgetMs;
+  const deadline = Date.now() + budgetMs;
   let last: AttemptError | null = null;
   for (let i = 0; i < order.length; i++) {
     const left = deadline - Date.now();
@@ -96,7 +172,7 @@ export async function connectWire(o: WireOptions): Promise<Transport | null> {
       if (last.auth) throw new CkvError(ErrorCode.AUTH, last.message);
     }
   }
-  throw new CkvError(ErrorCode.UNAVAILABLE, last?.message ?? `no NATS server answered within ${o.budgetMs} ms`);
+  throw new CkvError(ErrorCode.UNAVAILABLE, last?.message ?? `no NATS server answered within ${budgetMs} ms`);
 }
 
 class WireConnection implements Transport {
@@ -106,7 +182,7 @@ class WireConnection implements Transport {
   private closedWhy = 'the NATS connection is closed';
   private maxPayload = 1024 * 1024;
   private nextSid = 1;
-  private readonly subs = new Map<number, OnMsg>();
+  private readonly subs = new Map<number, Sub>();
   private readonly pongs: Array<(err: CkvError | null) => void> = [];
   /** Requests share one wildcard inbox subscription; each waits on its own token under it. */
   private readonly inbox = `_INBOX.${Buffer.from(randomFill(new Uint8Array(16))).toString('base64url')}.`;
@@ -121,6 +197,11 @@ class WireConnection implements Transport {
     private readonly o: WireOptions,
   ) {}
 
+  /** Ended (by either side): Redialing connects again. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   /** Connect and shake hands within ms: true once the server answered our PING, false if it wants TLS. */
   open(ms: number): Promise<boolean> {
     const where = `${this.addr.host}:${this.addr.port}`;
@@ -128,7 +209,7 @@ class WireConnection implements Transport {
       const socket = createConnection(this.addr.port, this.addr.host);
       this.socket = socket;
       socket.setNoDelay(true);
-      const timer = setTimeout(() => finish(new AttemptError(`no NATS server answered at ${where} within ${ms} ms`)), ms);
+      const timer = setTimeout(() => finish(new AttemptError(`no answer from ${where} within ${ms} ms`)), ms);
       const finish = (err: AttemptError | null, tls = false): void => {
         if (this.handshake === null) return;
         this.handshake = null;
@@ -141,13 +222,13 @@ class WireConnection implements Transport {
       };
       this.handshake = { info: false, done: finish };
       socket.on('data', (chunk: Buffer) => this.onData(chunk));
+      // (Node's message names the address: "connect ECONNREFUSED 127.0.0.1:4222".)
       socket.on('error', (err) => {
-        const why = `cannot connect to NATS at ${where}: ${err.message}`;
-        if (this.handshake !== null) finish(new AttemptError(why));
-        else this.shut(why);
+        if (this.handshake !== null) finish(new AttemptError(err.message));
+        else this.shut(err.message);
       });
       socket.on('close', () => {
-        if (this.handshake !== null) finish(new AttemptError(`NATS at ${where} closed the connection`));
+        if (this.handshake !== null) finish(new AttemptError(`${where} closed the connection`));
         else this.shut('the NATS connection was closed');
       });
     });
@@ -177,10 +258,14 @@ class WireConnection implements Transport {
 
   requestMany(subject: string, data: Uint8Array, onReply: (err: CkvError | null, data: Uint8Array | null) => void): Subscription {
     const inbox = `_INBOX.${Buffer.from(randomFill(new Uint8Array(16))).toString('base64url')}`;
-    const sid = this.sub(inbox, (reply, status) => {
-      if (status === 503) onReply(new CkvError(ErrorCode.UNAVAILABLE, `no server is listening on ${subject}`), null);
-      else onReply(null, reply);
-    });
+    const sid = this.sub(
+      inbox,
+      (reply, status) => {
+        if (status === 503) onReply(new CkvError(ErrorCode.UNAVAILABLE, `no server is listening on ${subject}`), null);
+        else onReply(null, reply);
+      },
+      (why) => onReply(new CkvError(ErrorCode.UNAVAILABLE, `NATS request on ${subject} failed: ${why}`), null),
+    );
     const err = this.pub(subject, inbox, data);
     if (err !== null) queueMicrotask(() => onReply(err, null));
     return { unsubscribe: () => this.unsub(sid) };
@@ -209,9 +294,9 @@ class WireConnection implements Transport {
 
   // ---- protocol ----
 
-  private sub(subject: string, onMsg: OnMsg): number {
+  private sub(subject: string, onMsg: OnMsg, onClosed?: (why: string) => void): number {
     const sid = this.nextSid++;
-    this.subs.set(sid, onMsg);
+    this.subs.set(sid, onClosed === undefined ? { onMsg } : { onMsg, onClosed });
     this.write(`SUB ${subject} ${sid}\r\n`);
     return sid;
   }
@@ -225,7 +310,7 @@ class WireConnection implements Transport {
   private pub(subject: string, reply: string, data: Uint8Array): CkvError | null {
     if (this.closed) return new CkvError(ErrorCode.UNAVAILABLE, `NATS request on ${subject} failed: ${this.closedWhy}`);
     if (data.length > this.maxPayload) return new CkvError(ErrorCode.TOO_LARGE, `a request of ${data.length} bytes is larger than the NATS server takes (max_payload ${this.maxPayload})`);
-    const head = Buffer.from(`PUB ${subject} ${reply} ${data.length}\r\n`, 'latin1');
+    const head = Buffer.from(`PUB ${subject} ${reply} ${data.length}\r\n`, 'utf8');
     const frame = Buffer.allocUnsafe(head.length + data.length + 2);
     head.copy(frame, 0);
     frame.set(data, head.length);
@@ -234,8 +319,9 @@ class WireConnection implements Transport {
     return null;
   }
 
+  /** UTF-8, as the NATS library writes: CONNECT's user, pass and auth_token may be any text. */
   private write(s: string): void {
-    if (!this.closed && this.socket !== null) this.socket.write(s, 'latin1');
+    if (!this.closed && this.socket !== null) this.socket.write(s, 'utf8');
   }
 
   /** End the connection: every call waiting fails with why. */
@@ -249,10 +335,13 @@ class WireConnection implements Transport {
     }
     this.requests.clear();
     for (const f of this.pongs.splice(0)) f(new CkvError(ErrorCode.UNAVAILABLE, `NATS flush failed: ${why}`));
+    const subs = [...this.subs.values()];
     this.subs.clear();
     const hs = this.handshake;
     if (hs !== null) hs.done(new AttemptError(why));
     this.socket?.destroy();
+    // Last: these are the caller's handlers (one that unsubscribes finds nothing left to write).
+    for (const s of subs) s.onClosed?.(why);
   }
 
   /** Bytes from the server: every whole frame is handled, the rest kept for the next chunk. */
@@ -298,10 +387,12 @@ class WireConnection implements Transport {
     const a = line.split(/[ \t]+/);
     const fixed = op === 'MSG' ? 4 : 5;
     if (this.handshake !== null || a.length < fixed || a.length > fixed + 1) throw new Error(`a malformed ${op}`);
-    const total = Number(a[a.length - 1]);
-    const hdr = op === 'MSG' ? 0 : Number(a[a.length - 2]);
-    const sid = Number(a[2]);
-    if (!Number.isSafeInteger(total) || !Number.isSafeInteger(hdr) || !Number.isSafeInteger(sid) || total < 0 || hdr < 0 || hdr > total || total > PAYLOAD_BYTES_MAX) throw new Error(`a malformed ${op}`);
+    // Digits only (Number() would take "0x2", "+2", "2.0"); NaN otherwise.
+    const nat = (s: string): number => (/^\d+$/.test(s) ? Number(s) : NaN);
+    const total = nat(a[a.length - 1]!);
+    const hdr = op === 'MSG' ? 0 : nat(a[a.length - 2]!);
+    const sid = nat(a[2]!);
+    if (!Number.isSafeInteger(total) || !Number.isSafeInteger(hdr) || !Number.isSafeInteger(sid) || hdr > total || total > PAYLOAD_BYTES_MAX) throw new Error(`a malformed ${op}`);
     return { subject: a[1]!, sid, hdr, total };
   }
 
@@ -316,7 +407,7 @@ class WireConnection implements Transport {
       else p.resolve(data);
       return;
     }
-    this.subs.get(sid)?.(data, status);
+    this.subs.get(sid)?.onMsg(data, status);
   }
 
   private onControl(op: string, line: string): void {
@@ -342,8 +433,8 @@ class WireConnection implements Transport {
         return;
       case '-ERR': {
         const msg = line.slice(4).trim().replace(/^'(.*)'$/, '$1');
-        const auth = /authorization violation|authentication (timeout|expired)/i.test(msg);
-        if (hs !== null) return hs.done(new AttemptError(`NATS at ${this.addr.host}:${this.addr.port} refused the connection: ${msg}`, auth));
+        const auth = /authorization violation|authentication (timeout|expired|revoked)/i.test(msg);
+        if (hs !== null) return hs.done(new AttemptError(msg, auth));
         if (/permissions violation/i.test(msg)) return this.permissionRefused(msg);
         // Any other error ends the connection (the server closes it too).
         return this.shut(`NATS error: ${msg}`);
@@ -382,8 +473,8 @@ class WireConnection implements Transport {
   }
 }
 
-/** The status code of a header block ("NATS/1.0 503 ..."), 0 when there is none. */
+/** The status code of a header block ("NATS/1.0 503 ..."), 0 when there is none (three digits, then a space or the line's end). */
 function headerStatus(block: string): number {
-  const m = /^NATS\/1\.0[ \t]+(\d{3})/.exec(block);
+  const m = /^NATS\/1\.0[ \t]+(\d{3})(?=[ \t\r\n]|$)/.exec(block);
   return m === null ? 0 : Number(m[1]);
 }

@@ -172,5 +172,5 @@ export function isNatsAuthError(err: unknown): boolean {
   const e = err as { name?: string; message?: string } | null;
   if (!e) return false;
   if (e.name === 'AuthorizationError' || e.name === 'PermissionViolationError' || e.name === 'UserAuthenticationExpiredError') return true;
-  return /authorization violation|authentication (timeout|expired)|permissions violation/i.test(e.message ?? '');
+  return /authorization violation|authentication (timeout|expired|revoked)|permissions violation/i.test(e.message ?? '');
 }
