@@ -15,7 +15,6 @@ import {
   emptyMeta,
   verifyCheckpoint,
   CheckpointDamagedError,
-  DB_NAMES,
 } from '../src/storage/checkpoint.js';
 import type { CheckpointStore } from '../src/storage/ports.js';
 import type { CheckpointDelta, CheckpointMeta, Rec, RidRecord } from '../src/core/records.js';
@@ -23,9 +22,7 @@ import type { ChangeEvent } from '../src/core/wire.js';
 import { type TT, tmpDir } from './helpers/tmp-dir.js';
 import { changeEventJson } from '../src/core/entry-text.js';
 import { crc32c } from '../src/storage/crc32c.js';
-import { unpackOps, WriteOps } from '../src/storage/write-ops.js';
-import { writeThread } from '../src/storage/write-thread.js';
-import { ROOT, runNode } from './helpers/run.js';
+import { Slices } from '../src/storage/slices.js';
 
 // ---------------------------------------------------------------------------
 // Checkpoint behaviour, shared by LmdbCheckpoint and MemCheckpoint.
@@ -297,7 +294,8 @@ t.test('verifyCheckpoint reports bad records', async (t) => {
 });
 
 t.test('LmdbCheckpoint: a big write lets the event loop run while it checks and encodes', async (t) => {
-  const cp = await LmdbCheckpoint.open(path.join(tmpDir(t), 'checkpoint'));
+  // (Slices of 0 ms: the loop runs every 64 records, however fast this machine is.)
+  const cp = await LmdbCheckpoint.open(path.join(tmpDir(t), 'checkpoint'), { sliceMs: 0 });
   const N = 5000;
   const kv = Array.from({ length: N }, (_, i): [string, Rec] => [`k.${String(i).padStart(5, '0')}`, rec(`v${i}`, 1)]);
   // The last record tells when it is first read (checked or encoded).
@@ -314,97 +312,36 @@ t.test('LmdbCheckpoint: a big write lets the event loop run while it checks and 
   await cp.close();
 });
 
-t.test('write ops: packed and read back; a buffer that is not whole or well formed is refused before anything is carried out', async (t) => {
-  const ops = new WriteOps();
-  const k = (s: string): Buffer => Buffer.from(s, 'utf8');
-  ops.add(2, [[k('a'), k('1')], [k('b'), null]]);
-  ops.add(0, [[k('ü'), Buffer.alloc(70_000, 7)]]);
-  ops.add(1, []);
+t.test('slices of a checkpoint write go by time, not by count', async (t) => {
   let turns = 0;
-  const ab = await ops.pack(async () => void turns++);
-  const back = unpackOps(ab, 3);
-  if (typeof back === 'string') throw new Error(back);
-  t.same(back.map((o) => [o.db, Buffer.from(o.key).toString(), o.value === null ? null : o.value.length]), [[2, 'a', 1], [2, 'b', null], [0, 'ü', 70_000]]);
-  t.equal(Buffer.from(back[2]!.value!).every((b) => b === 7), true);
-  t.same(unpackOps(new ArrayBuffer(0), 1), [], 'no ops: an empty write');
-  // Each way a buffer can be wrong, on its own.
-  const one = (edit: (b: Buffer) => Buffer): string | object => {
-    const b = Buffer.from(ab.slice(0));
-    const e = edit(b);
-    const r = unpackOps(e.buffer.slice(e.byteOffset, e.byteOffset + e.length) as ArrayBuffer, 3);
-    return typeof r === 'string' ? r : 'ok';
-  };
-  t.match(one((b) => b.subarray(0, 5)), /header cut short/);
-  t.match(one((b) => b.subarray(0, b.length - 1)), /cut short/);
-  t.match(one((b) => ((b[0] = 3), b)), /db 3 of 3/);
-  t.match(one((b) => ((b[1] = 9), b)), /kind 9/);
-  t.match(one((b) => (b.writeUInt16LE(0, 2), b)), /empty key/);
-  // The second op ("b", a remove) given a value length.
-  t.match(one((b) => (b.writeUInt32LE(1, 8 + 1 + 1 + 4), b)), /a remove with a value/);
-  t.throws(() => ops.add(256, []), /db 256/);
-  const empty = new WriteOps();
-  empty.add(0, [[Buffer.alloc(0), null]]);
-  await t.rejects(empty.pack(async () => undefined), /a key of 0 bytes/);
-  // Many ops: the loop gets turns while they are packed.
-  const many = new WriteOps();
-  many.add(0, Array.from({ length: 10_000 }, (_, i) => [k(`k${i}`), k('v')] as const));
+  const counting = (ms: number): Slices =>
+    new (class extends Slices {
+      override async yield(): Promise<void> {
+        turns++;
+        await super.yield();
+      }
+    })(ms);
+  // 0 ms: the loop runs at every look at the clock (every 64 items).
+  const zero = counting(0);
+  for (let i = 0; i < 6400; i++) if (zero.due()) await zero.yield();
+  t.equal(turns, 100);
+  // A long slice: as many items as fit in it go without a turn.
   turns = 0;
-  await many.pack(async () => void turns++);
-  t.ok(turns >= 4, `${turns} turns of the loop while 10,000 ops were packed`);
-});
-
-t.test('the write thread: a bad write changes nothing and the next one lands; a process with a write out lives until it lands and then exits; a write answered is there after SIGKILL', async (t) => {
-  const dir = path.join(tmpDir(t), 'checkpoint');
-  const cp = await LmdbCheckpoint.open(dir);
-  await cp.write(delta(2, [['a', rec('1', 1)]]));
-  const before = cp.digest();
-  // A first op that would do, then one cut short: the whole write is refused.
-  const ops = new WriteOps();
-  ops.add(0, [[Buffer.from('b'), Buffer.from('x')]]);
-  const ab = await ops.pack(async () => undefined);
-  const bad = new Uint8Array(ab.byteLength + 3);
-  bad.set(new Uint8Array(ab));
-  await t.rejects(writeThread().write(dir, DB_NAMES, bad.buffer as ArrayBuffer), /a bad write for .*cut short/);
-  t.equal(cp.digest(), before, 'nothing of it was carried out');
-  await cp.write(delta(3, [['c', rec('3', 3)]]));
-  t.equal(cp.get('c')?.value, '3', 'the thread takes the next write');
-  t.equal(cp.get('b'), undefined);
-  await cp.close();
-
-  // A child that writes and does nothing else: it must stay alive until the write lands, then
-  // exit by itself (the thread keeps it alive only while a write is out).
-  const mod = path.join(ROOT, 'dist', 'src', 'storage', 'checkpoint.js');
-  const script = (kill: boolean): string => `
-    import { LmdbCheckpoint } from ${JSON.stringify(mod)};
-    const dir = process.argv[2];
-    let d = '';
-    for await (const chunk of process.stdin) d += chunk;
-    const cp = await LmdbCheckpoint.open(dir);
-    const delta = JSON.parse(d);
-    delta.events = [];
-    cp.write(delta).then(() => {
-      process.stdout.write('written ' + cp.meta().index + '\\n');
-      ${kill ? "process.kill(process.pid, 'SIGKILL');" : 'void cp.close();'}
-    });`;
-  const kv = Array.from({ length: 5000 }, (_, i): [string, Rec] => [`k${i}`, rec(`v${i}`, 4)]);
-  // (A file, not -e: a worker thread inherits the process's options, and --input-type is not one for it.)
-  const file = (kill: boolean): string => {
-    const f = path.join(path.dirname(dir), `child-${kill ? 'killed' : 'lives'}.mjs`);
-    fs.writeFileSync(f, script(kill));
-    return f;
-  };
-  const lives = await runNode(file(false), [dir], { input: JSON.stringify(delta(4, kv)), timeoutMs: 20_000 });
-  t.equal(lives.stdout, 'written 4\n', lives.stderr);
-  t.equal(lives.code, 0, 'exits by itself once the write landed and the checkpoint closed');
-  const killed = await runNode(file(true), [dir], { input: JSON.stringify(delta(5, [['k1', rec('killed', 5)]])), timeoutMs: 20_000 });
-  t.equal(killed.stdout, 'written 5\n', killed.stderr);
-  t.equal(killed.signal, 'SIGKILL');
-  const again = await LmdbCheckpoint.open(dir);
-  t.equal(again.meta().index, 5, 'the write answered before the SIGKILL is there');
-  t.equal(again.get('k1')?.value, 'killed');
-  t.equal(again.get('k4999')?.value, 'v4999');
-  t.same((await verifyCheckpoint(dir)).problems, []);
-  await again.close();
+  const long = counting(60_000);
+  for (let i = 0; i < 100_000; i++) if (long.due()) await long.yield();
+  t.equal(turns, 0);
+  // Items counted in steps (the delta's checks go 256 at a time).
+  turns = 0;
+  const steps = counting(0);
+  for (let i = 0; i < 10; i++) if (steps.due(256)) await steps.yield();
+  t.equal(turns, 10);
+  // A slice that has had its time lets the loop run: a timer set before it fires in between.
+  const timed = new Slices(5);
+  let fired = false;
+  setTimeout(() => (fired = true), 0);
+  const start = performance.now();
+  while (!fired && performance.now() - start < 5_000) if (timed.due()) await timed.yield();
+  t.ok(fired, 'the loop ran while the work went on');
 });
 
 t.test('a file that is not an LMDB environment is refused before LMDB opens it', async (t) => {

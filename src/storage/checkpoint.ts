@@ -27,13 +27,12 @@
 // msgpack so that the bytes do not depend on encoder state (msgpack's shared
 // structures) and the tools can decode them on their own.
 //
-// A write applies one delta in one LMDB write transaction. The loop encodes and packs its
-// records a slice at a time; the checkpoint write thread (write-thread.ts) carries them out
-// with lmdb-js's batch(), whose callback is synchronous (at a million keys it held the loop
-// for up to 440 ms, past the followers' heartbeat timeout). Readers see the old state until
-// the commit and the new one after, never a mix. The write resolves once the commit is
-// flushed. (lmdb-js's async transaction(callback) hangs on this platform; batch() gives the
-// same one-transaction atomicity for puts and removes.)
+// A write applies one delta in one LMDB write transaction, queued with lmdb-js's batch() so
+// that it commits on lmdb-js's write thread; the records are checked and encoded first, in
+// slices of a few ms of work with the event loop let run between (slices.ts). Readers see
+// the old state until the commit and the new one after, never a mix. The write resolves
+// once the commit is flushed. (lmdb-js's async transaction(callback) hangs on this
+// platform; batch() gives the same one-transaction atomicity for puts and removes.)
 
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -48,8 +47,7 @@ import type { CheckpointStore } from './ports.js';
 import { crc32c } from './crc32c.js';
 import { CHECKPOINT_FORMAT, CorruptRecordError, deltaProblem, deltaProblemSteps, eventProblem, metaProblem, recProblem, ridRecordProblem, type CheckpointDelta, type CheckpointMeta, type Rec, type RidRecord, type TimedRec } from '../core/records.js';
 import { timedOf } from '../core/state.js';
-import { WriteOps } from './write-ops.js';
-import { releaseFromWriteThread, writeThread } from './write-thread.js';
+import { CHECKPOINT_SLICE_MS, Slices } from './slices.js';
 
 export const CHECKPOINT_DIR_NAME = 'checkpoint';
 
@@ -66,9 +64,7 @@ const HISTORY_CHAIN_KEY = Buffer.from('historyChain', 'utf8');
 /** (Its own key: the "history" record's shape check would refuse a field older servers do not know.) */
 const HISTORY_BYTES_KEY = Buffer.from('historyBytes', 'utf8');
 /** (ttl, events, hist and heads came later: a read-only open of an older checkpoint finds none, and reads them as empty.) */
-export const DB_NAMES = ['kv', 'rids', 'meta', 'ttl', 'events', 'hist', 'heads'] as const;
-/** Each database's number in a packed write (write-ops.ts). */
-const DB = Object.fromEntries(DB_NAMES.map((name, i) => [name, i])) as Record<(typeof DB_NAMES)[number], number>;
+const DB_NAMES = ['kv', 'rids', 'meta', 'ttl', 'events', 'hist', 'heads'] as const;
 const DB_LATER: ReadonlySet<string> = new Set(['ttl', 'events', 'hist', 'heads']);
 const EVENT_KEY_BYTES = 12;
 /** Events of one key a walk along its chain steps over before it reads the log of events instead. */
@@ -249,10 +245,10 @@ function checksumOf(key: Buffer, body: Uint8Array, start = 0): number {
   return crc32c(body, crc32c(ZERO, crc32c(key)), start);
 }
 
-/** Records checked or encoded between two turns of the event loop in a checkpoint write. */
+/** Events read from LMDB at once when old ones are let go of. */
 const CHECKPOINT_SLICE_ITEMS = 1024;
-
-const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+/** Records checked between two looks at the slice's clock. */
+const CHECKPOINT_CHECK_STEP_ITEMS = 256;
 
 const HEX_DIGITS = Buffer.from('0123456789abcdef', 'latin1');
 
@@ -394,6 +390,8 @@ export interface LmdbCheckpointOptions {
   now?: () => number;
   /** Heads kept in memory (default HEAD_CACHE_KEYS_MAX; 0: none, every head read). For tests. */
   headCacheKeysMax?: number;
+  /** A write's slices of work on the loop, ms (default CHECKPOINT_SLICE_MS; 0: the loop runs every few records). For tests. */
+  sliceMs?: number;
 }
 
 type Bytes = Buffer;
@@ -427,6 +425,7 @@ export class LmdbCheckpoint implements CheckpointStore {
    * batch has committed: a hit is what the heads table holds (or held before a flipped byte).
    */
   private headCacheKeysMax = HEAD_CACHE_KEYS_MAX;
+  private sliceMs = CHECKPOINT_SLICE_MS;
   private headsYoung = new Map<string, Buffer>();
   private headsOld = new Map<string, Buffer>();
   private now: () => number = Date.now;
@@ -485,6 +484,7 @@ export class LmdbCheckpoint implements CheckpointStore {
     if (opts.historyAgeMs !== undefined) cp.historyAgeMs = opts.historyAgeMs;
     if (opts.historyBytesMax !== undefined) cp.historyBytesMax = opts.historyBytesMax;
     if (opts.headCacheKeysMax !== undefined) cp.headCacheKeysMax = opts.headCacheKeysMax;
+    if (opts.sliceMs !== undefined) cp.sliceMs = opts.sliceMs;
     if (opts.now !== undefined) cp.now = opts.now;
     const raw = cp.metaDb.getBinary(META_KEY);
     if (raw === undefined) {
@@ -794,21 +794,22 @@ export class LmdbCheckpoint implements CheckpointStore {
     if (this.readOnly) throw new Error(`checkpoint ${this.dir} is open read-only`);
     // Check and encode everything first (nothing inside the batch may throw halfway), a slice
     // at a time with the event loop let run in between: requests go on meanwhile.
+    const sl = new Slices(this.sliceMs);
     const before = this.meta();
-    const steps = deltaProblemSteps(delta, before, CHECKPOINT_SLICE_ITEMS);
+    const steps = deltaProblemSteps(delta, before, CHECKPOINT_CHECK_STEP_ITEMS);
     for (;;) {
       const r = steps.next();
       if (r.done) {
         if (r.value !== null) throw new Error(`checkpoint write: ${r.value}`);
         break;
       }
-      await yieldToLoop();
+      if (sl.due(CHECKPOINT_CHECK_STEP_ITEMS)) await sl.yield();
     }
     const kvOps: Array<[Buffer, Buffer | null]> = new Array(delta.kv.length);
     // The ttl index follows the records: set for a record with a ttl, removed where one had it.
     const ttlOps: Array<[string, Buffer, Buffer | null, TimedRec | null]> = [];
     for (let i = 0; i < delta.kv.length; i++) {
-      if (i > 0 && i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+      if (sl.due()) await sl.yield();
       const [k, rec] = delta.kv[i]!;
       const key = Buffer.from(k, 'utf8');
       kvOps[i] = [key, rec === null ? null : sealValue(key, recJson(rec))];
@@ -820,50 +821,60 @@ export class LmdbCheckpoint implements CheckpointStore {
     }
     const ridSets: Array<[Buffer, Buffer]> = new Array(delta.ridsSet.length);
     for (let i = 0; i < delta.ridsSet.length; i++) {
-      if (i > 0 && i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+      if (sl.due()) await sl.yield();
       const [rid, rec] = delta.ridsSet[i]!;
       const key = Buffer.from(rid, 'utf8');
       ridSets[i] = [key, sealValue(key, ridJson(rec))];
     }
     this.check();
-    const history = await this.historyOps(delta);
+    const history = await this.historyOps(delta, sl);
     this.check();
     const ridDels = delta.ridsDel.map((rid) => Buffer.from(rid, 'utf8'));
     const meta = sealValue(META_KEY, metaJson(delta.meta));
-    const ops = new WriteOps();
-    ops.add(DB.kv, kvOps);
-    ops.add(DB.rids, ridDels.map((k) => [k, null] as const));
-    ops.add(DB.rids, ridSets);
-    ops.add(DB.ttl, ttlOps.map(([, k, v]) => [k, v] as const));
-    ops.add(DB.events, history.dels.map((k) => [k, null] as const));
-    ops.add(DB.events, history.puts);
-    ops.add(DB.heads, history.headDels.map((k) => [k, null] as const));
-    ops.add(DB.heads, history.headPuts);
-    ops.add(DB.meta, [
-      [HISTORY_KEY, sealValue(HISTORY_KEY, historyJson(history.meta))],
-      [HISTORY_BYTES_KEY, sealValue(HISTORY_BYTES_KEY, String(history.bytes))],
-      [META_KEY, meta],
-    ]);
-    const packed = await ops.pack(yieldToLoop);
-    this.check();
-    // One transaction on the write thread; it answers once the commit is flushed (durable).
-    await writeThread().write(this.dir, DB_NAMES, packed);
-    // This thread's read snapshot may predate that commit: the next read takes a new one.
-    this.root.resetReadTxn();
+    const hb = sealValue(HISTORY_BYTES_KEY, String(history.bytes));
+    const hm = sealValue(HISTORY_KEY, historyJson(history.meta));
+    // lmdb-js's batch(): one transaction, committed on its write thread. Its callback is
+    // synchronous (~1 µs per record on the loop), which is why the slices above keep
+    // checkpoints small under load. Nothing in it throws (all checked and encoded above):
+    // a throw would commit what was queued before it. (A worker thread running this batch,
+    // 752ed1c, was dropped: process.exit hangs while lmdb-js's writer waits on that thread's
+    // JS, and under load it let checkpoints grow without bound; see issue 9's notes.)
+    await this.root.batch(() => {
+      for (const [k, v] of kvOps) {
+        if (v === null) void this.kv.remove(k);
+        else void this.kv.put(k, v);
+      }
+      for (const k of ridDels) void this.ridsDb.remove(k);
+      for (const [k, v] of ridSets) void this.ridsDb.put(k, v);
+      for (const [, k, v] of ttlOps) {
+        if (v === null) void this.ttlDb!.remove(k);
+        else void this.ttlDb!.put(k, v);
+      }
+      for (const k of history.dels) void this.eventsDb!.remove(k);
+      for (const [k, v] of history.puts) void this.eventsDb!.put(k, v);
+      for (const k of history.headDels) void this.headsDb!.remove(k);
+      for (const [k, v] of history.headPuts) void this.headsDb!.put(k, v);
+      void this.metaDb.put(HISTORY_KEY, hm);
+      void this.metaDb.put(HISTORY_BYTES_KEY, hb);
+      void this.metaDb.put(META_KEY, meta);
+    });
+    // Visible from here (the batch resolves once committed): the history's meta and the ttl
+    // index follow in the same turn, so no read sees the new events with the old floor.
     this.hist = history.meta;
     this.histBytes = history.bytes;
-    if (history.heads === null) this.forgetHeads();
-    else {
-      // (Sliced: no write runs meanwhile, the chain holds the next one until this resolves.)
-      let n = 0;
-      for (const [key, head] of history.heads) {
-        if (++n % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
-        this.rememberHead(key, head);
-      }
-    }
     for (const [k, , , t] of ttlOps) {
       if (t !== null) this.ttlIndex.set(k, t);
       else this.ttlIndex.delete(k);
+    }
+    // Durable once flushed.
+    await this.root.flushed;
+    if (history.heads === null) this.forgetHeads();
+    else {
+      // (Sliced: only writes read the heads, and the chain holds the next one until this resolves.)
+      for (const [key, head] of history.heads) {
+        if (sl.due()) await sl.yield();
+        this.rememberHead(key, head);
+      }
     }
   }
 
@@ -872,7 +883,7 @@ export class LmdbCheckpoint implements CheckpointStore {
    * before), the oldest let go of beyond the retention (by whole entries, at most
    * HISTORY_PRUNE_EVENTS_MAX more than are added), and the heads of the keys they change.
    */
-  private async historyOps(delta: CheckpointDelta): Promise<HistoryOps> {
+  private async historyOps(delta: CheckpointDelta, sl: Slices): Promise<HistoryOps> {
     const dels: Buffer[] = [];
     const headDels: Buffer[] = [];
     /**
@@ -907,7 +918,7 @@ export class LmdbCheckpoint implements CheckpointStore {
     let prevIndex = -1;
     for (let i = 0; i < events.length; i++) {
       // Encoding many events lets the loop run between slices, as the records' encoding does.
-      if (i > 0 && i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+      if (sl.due()) await sl.yield();
       const ev = events[i]!;
       seq = ev.index === prevIndex ? seq + 1 : 0;
       prevIndex = ev.index;
@@ -925,8 +936,8 @@ export class LmdbCheckpoint implements CheckpointStore {
     const ageCut = this.historyAgeMs > 0 ? at - this.historyAgeMs : -1;
     let budget = events.length + HISTORY_PRUNE_EVENTS_MAX;
     let last = -1;
-    // Oldest first, a slice per turn of the loop (each slice its own read; only this writer
-    // changes the history, and its writes run one at a time).
+    // Oldest first, a slice of events per read (each its own read: no cursor is held while the
+    // loop runs; only this writer changes the history, and its writes run one at a time).
     let cursor: Buffer | null = null;
     // Nothing to let go of (the usual case): no read at all. (Once something went, go on to
     // the end of its entry, in the next slice if need be.)
@@ -949,7 +960,7 @@ export class LmdbCheckpoint implements CheckpointStore {
       }
       if (slice.length < limit) break;
       cursor = slice[slice.length - 1]!.key;
-      await yieldToLoop();
+      if (sl.due(slice.length)) await sl.yield();
     }
     if (last >= 0) floor = last;
     // Fewer kept than one delta holds (by count or by bytes): let go of its oldest too.
@@ -971,20 +982,19 @@ export class LmdbCheckpoint implements CheckpointStore {
     // (A slice at a time too: at a million keys this is a head per event, ~150 ms in one go.)
     const newest = new Map<string, Buffer>();
     for (let i = firstKept; i < events.length; i++) {
-      if (i % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+      if (sl.due()) await sl.yield();
       newest.set(events[i]!.key, enc[i]![0]);
     }
     const headPuts: Array<[Buffer, Buffer]> = [];
     const heads = new Map<string, Buffer | null>();
-    let n = 0;
     for (const [key, k] of newest) {
-      if (++n % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+      if (sl.due()) await sl.yield();
       const kb = Buffer.from(key, 'utf8');
       headPuts.push([kb, sealValue(kb, pointerJson(k))]);
       heads.set(key, k);
     }
     for (const [key, k] of dropped) {
-      if (++n % CHECKPOINT_SLICE_ITEMS === 0) await yieldToLoop();
+      if (sl.due()) await sl.yield();
       if (newest.has(key)) continue;
       const head = this.headForWrite(key);
       if (head !== null && head.equals(k)) {
@@ -1100,8 +1110,6 @@ export class LmdbCheckpoint implements CheckpointStore {
     if (this.closed) return;
     await this.chain;
     this.closed = true;
-    // (The write thread's handle first: the environment is one, shared by the threads.)
-    if (!this.readOnly) await releaseFromWriteThread(this.dir);
     await this.root.close();
   }
 }
