@@ -13,6 +13,7 @@ import { fail, fakeServer, nodeStatus, ok } from './helpers/fake-server.js';
 import { ROOT, run } from './helpers/run.js';
 import { within } from './helpers/deadline.js';
 import { CasMismatchError, CkvError, Client, natsTransport, type Transport } from '../src/client/client.js';
+import { ErrorCode } from '../src/core/errors.js';
 import { defaultSessionPath, readSession, readToken, saveToken } from '../src/client/session.js';
 import type { ChangeEvent, NodeStatus, PeerStatus } from '../src/core/wire.js';
 import { coordinatorOf, formatStatusTable, hasCoordinator, statusRows } from '../src/client/status-table.js';
@@ -630,3 +631,56 @@ t.test('watch', async (t) => {
   });
 });
 
+
+t.test('reads go to the ckv servers on our own NATS server first, the cluster\'s read subject when none answer there', async (t) => {
+  const enc = new TextEncoder();
+  const sent: string[] = [];
+  let localAnswers: 'ok' | 'nobody' | 'busy' = 'ok';
+  let id: string | undefined = 'NCLOCAL7';
+  let lastBody: { timeout?: number } = {};
+  const reply = (body: object): Uint8Array => enc.encode(JSON.stringify({ ok: true, ts: 1, index: 1, ...body }));
+  const transport: Transport = {
+    request: async (subject, data) => {
+      sent.push(subject);
+      lastBody = JSON.parse(new TextDecoder().decode(data)) as { timeout?: number };
+      if (subject.includes('~')) {
+        if (localAnswers === 'nobody') throw new CkvError(ErrorCode.UNAVAILABLE, `no server is listening on ${subject}`);
+        if (localAnswers === 'busy') return enc.encode(JSON.stringify({ ok: false, ts: 1, error: { code: 'UNAVAILABLE', message: 'installing a checkpoint; retry' } }));
+      }
+      return reply(subject.endsWith('.write') ? { index: 2 } : { value: 'v', rev: 1 });
+    },
+    requestMany: () => ({ unsubscribe: () => undefined }),
+    subscribe: () => ({ unsubscribe: () => undefined }),
+    flush: async () => undefined,
+    close: async () => undefined,
+    natsServerId: () => id,
+  };
+  const c = new Client(transport, { cluster: 'loc', timeout: 2000 });
+  t.equal((await c.get('k'))?.value, 'v');
+  await c.put('k', 'w');
+  t.same(sent, ['ckv.loc~NCLOCAL7.read', 'ckv.loc.write'], 'a read on the local subject; writes to the coordinator as ever');
+  // Nobody on our NATS server: at once (no backoff) the cluster's subject, and for a while after.
+  sent.length = 0;
+  localAnswers = 'nobody';
+  t.equal((await c.get('k'))?.value, 'v');
+  t.equal((await c.get('k'))?.value, 'v');
+  t.same(sent, ['ckv.loc~NCLOCAL7.read', 'ckv.loc.read', 'ckv.loc.read']);
+  // A local server that answers UNAVAILABLE: the same (another server may answer).
+  const c2 = new Client(transport, { cluster: 'loc', timeout: 2000 });
+  sent.length = 0;
+  localAnswers = 'busy';
+  t.equal((await c2.get('k'))?.value, 'v');
+  t.same(sent, ['ckv.loc~NCLOCAL7.read', 'ckv.loc.read']);
+  // A deadline in fractions of a ms (the CLI's is its start plus --timeout) and a budget below
+  // one attempt's: the server is still given a whole number of ms (it refuses anything else).
+  const c3 = new Client(transport, { cluster: 'loc', timeout: 2000, deadline: Date.now() + 600.37 });
+  await c3.get('k');
+  t.ok(Number.isInteger(lastBody.timeout) && lastBody.timeout! > 0, `timeout ${lastBody.timeout}`);
+  // No id, or one that is no subject token: the cluster's subject only.
+  for (const bad of [undefined, 'A.B', 'x y', '']) {
+    id = bad;
+    sent.length = 0;
+    await new Client(transport, { cluster: 'loc', timeout: 2000 }).get('k');
+    t.same(sent, ['ckv.loc.read'], `id ${JSON.stringify(bad)}`);
+  }
+});

@@ -338,6 +338,33 @@ t.test('across machines: a 3-node NATS cluster, one ckv-server per node; a NATS 
   await until('a first write', async () => (await ckv(['put', 'm.a', '1'])).code === 0);
   const status = async () => JSON.parse((await ckv(['status', '--json'])).stdout || '{"servers":[]}');
   await until('three servers in status', async () => (await status()).servers?.length === 3);
+  // Reads go to the ckv server on the client's own NATS node (NATS 2.9 would spread them over
+  // all three): with the other two stopped, every read on node 0 within one attempt (700 ms,
+  // no retry) is answered. Spread over all three, each would have had 1 chance in 3.
+  const onNode0 = (args: string[], timeoutMs: number) => runNode(CLI_JS, ['--nats', `nats://127.0.0.1:${client[0]}`, '--cluster', 'mach', '--no-session', '--timeout', String(timeoutMs), ...args]);
+  t.equal((await onNode0(['get', 'm.a'], 3000)).stdout, '1');
+  for (const s of [servers[1]!, servers[2]!]) s.proc.kill('SIGSTOP');
+  try {
+    let answered = 0;
+    const errors: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const r = await onNode0(['get', 'm.a'], 700);
+      if (r.stdout === '1') answered++;
+      else errors.push(r.stderr);
+    }
+    t.same(errors, []);
+    t.equal(answered, 8, 'every read answered by the server on the same NATS node');
+  } finally {
+    for (const s of [servers[1]!, servers[2]!]) s.proc.kill('SIGCONT');
+  }
+  // The local server stopped: reads go on, through the cluster's read subject.
+  servers[0]!.proc.kill('SIGSTOP');
+  try {
+    const r = await onNode0(['get', 'm.a'], 8000);
+    t.equal(r.stdout, '1', `a read while the local server is stopped: ${r.stderr}`);
+  } finally {
+    servers[0]!.proc.kill('SIGCONT');
+  }
   // The NATS node of one server dies: the other two are a majority and go on.
   const st = await status();
   const victim = (st.coordinator as number) === 3 ? 2 : 3;

@@ -1092,7 +1092,8 @@ async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   // The budget counts from the start of this process, so that `ckv --timeout MS` is done
   // within MS (plus EXIT_MARGIN_MS) of being started, module loading included.
   // (Date.now() less the uptime, not performance.timeOrigin: perf_hooks costs milliseconds to load.)
-  const deadline = Date.now() - process.uptime() * 1000 + s.timeout;
+  // (Whole ms: a budget below ATTEMPT_MS_MAX became a request's timeout, which must be an integer.)
+  const deadline = Math.floor(Date.now() - process.uptime() * 1000 + s.timeout);
   // Should anything still hold the process open past the margin, exit anyway (and say so).
   // (A budget already spent by start-up still leaves the margin to say so and exit.)
   const watchdog = setTimeout(() => {

@@ -12,12 +12,14 @@ import { randomFill } from './random.js';
 import { leaseIdOf } from '../core/state.js';
 import { CkvError, ErrorCode, ERROR_CODES, type WireError } from '../core/errors.js';
 import { isNatsAuthError, natsConnectionOptions, redactUrl, splitUrlCredentials, type NatsAuth } from '../transport/nats-auth.js';
+import { localReadSubject } from '../transport/subjects.js';
 
 export { CkvError };
 import {
   CLUSTER_DEFAULT,
   CLUSTER_NAME_PATTERN,
   CLUSTER_NAME_RULE,
+  NATS_SERVER_ID_PATTERN,
   LIST_LIMIT_DEFAULT,
   LEASE_KEY_PREFIX,
   LIST_LIMIT_MAX,
@@ -83,6 +85,8 @@ export interface Transport {
   /** Resolves once the NATS server has processed everything sent so far (subscriptions included). */
   flush(): Promise<void>;
   close(): Promise<void>;
+  /** The id of the NATS server this connection is on (its INFO's server_id), if known: reads go to a ckv server on it first. */
+  natsServerId?(): string | undefined;
 }
 
 function randomToken(bytes: number): string {
@@ -131,6 +135,7 @@ export function natsTransport(nc: NatsConnection, opts: { closeConnection?: bool
       return nc.subscribe(subject, { callback: (err, msg) => void (err ? undefined : onMsg(msg.data)) });
     },
     flush: () => nc.flush(),
+    natsServerId: () => nc.info?.server_id,
     async close() {
       if (opts.closeConnection) await nc.close();
     },
@@ -282,6 +287,9 @@ export { CLUSTER_DEFAULT, NATS_URL_DEFAULT };
 /** Longest single attempt. A request sent to a server that dies gets no reply at all: this
  * bounds how long a client waits on it before retrying elsewhere (failover takes ~0.5 s). */
 const ATTEMPT_MS_MAX = 800;
+/** After a read found no (good) ckv server on our NATS server: how long reads skip looking there. */
+const LOCAL_READ_OFF_MS = 5_000;
+
 /** The server's hold time is the attempt's minus this share, so its TIMEOUT reply beats ours. */
 const SERVER_TIMEOUT_MARGIN_MS_MAX = 100;
 /** Backoff between attempts: doubles from MIN up to MAX, with jitter. */
@@ -356,6 +364,8 @@ function replyError(reply: Extract<Reply, { ok: false }>): CkvError {
 export class Client {
   readonly cluster: string;
   private cid: string;
+  /** Until when reads skip the local read subject (ms since the epoch). */
+  private localReadOffUntil = 0;
   readonly timeout: number;
   /** See ClientOptions.deadline (Infinity: none). */
   readonly deadline: number;
@@ -432,6 +442,17 @@ export class Client {
     this.cid = '';
     const p = `ckv.${cluster}`;
     this.subject = { read: `${p}.read`, write: `${p}.write`, admin: `${p}.admin`, ev: `${p}.ev` };
+  }
+
+  /**
+   * Where a read goes first: the read subject of the ckv servers on our own NATS server (a
+   * NATS cluster spreads a queue group's requests over every node, 2 in 3 of them a route
+   * away), or null (none known, or none there lately, or none answering).
+   */
+  private localReadSubject(): string | null {
+    if (Date.now() < this.localReadOffUntil) return null;
+    const id = this.transport.natsServerId?.();
+    return id !== undefined && NATS_SERVER_ID_PATTERN.test(id) ? localReadSubject(this.cluster, id) : null;
   }
 
   /** The causal token: the largest ts this client has seen. Never decreases. */
@@ -773,9 +794,13 @@ export class Client {
     check(req); // the server's own rules: fail here, before any network
     const deadline = this.callDeadline();
     let prior: CkvError | null = null;
+    const shared = subject;
+    let local = subject === this.subject.read ? this.localReadSubject() : null;
     for (let attempt = 0; ; attempt++) {
       this.checkOpen();
-      const remaining = deadline - Date.now();
+      subject = local ?? shared;
+      // (Whole ms: a deadline given as a fraction must not make the server's timeout one.)
+      const remaining = Math.floor(deadline - Date.now());
       const attemptMs = Math.max(1, Math.min(remaining, ATTEMPT_MS_MAX));
       const serverMs = Math.min(REQUEST_TIMEOUT_MS_MAX, Math.max(1, attemptMs - Math.min(SERVER_TIMEOUT_MARGIN_MS_MAX, Math.floor(attemptMs / 10))));
       const token = Math.max(this.ts, after ?? 0);
@@ -794,6 +819,14 @@ export class Client {
         if (err.code === ErrorCode.TIMEOUT && attemptMs < ATTEMPT_MS_MAX && prior && !('rid' in req)) err = prior;
       }
       prior = err;
+      // Nobody there, or no good answer: every server of the cluster, at once (a stopped or
+      // lagging local server must not hold this client's reads).
+      if (local !== null && RETRYABLE.has(err.code) && Date.now() < deadline) {
+        local = null;
+        this.localReadOffUntil = Date.now() + LOCAL_READ_OFF_MS;
+        attempt--;
+        continue;
+      }
       if (!RETRYABLE.has(err.code) || !(await this.backoff(attempt, deadline))) throw err;
     }
   }

@@ -128,6 +128,10 @@ class Redialing implements Transport {
     return this.conn.flush();
   }
 
+  natsServerId(): string | undefined {
+    return this.conn.natsServerId();
+  }
+
   close(): Promise<void> {
     this.closing = true;
     return this.conn.close();
@@ -181,6 +185,7 @@ class WireConnection implements Transport {
   private closed = false;
   private closedWhy = 'the NATS connection is closed';
   private maxPayload = 1024 * 1024;
+  private serverId: string | undefined;
   private nextSid = 1;
   private readonly subs = new Map<number, Sub>();
   private readonly pongs: Array<(err: CkvError | null) => void> = [];
@@ -196,6 +201,11 @@ class WireConnection implements Transport {
     private readonly addr: { host: string; port: number },
     private readonly o: WireOptions,
   ) {}
+
+  /** The NATS server's id, from its INFO. */
+  natsServerId(): string | undefined {
+    return this.serverId;
+  }
 
   /** Ended (by either side): Redialing connects again. */
   get isClosed(): boolean {
@@ -416,8 +426,9 @@ class WireConnection implements Transport {
       case 'INFO': {
         const info = JSON.parse(line.slice(4)) as unknown;
         if (typeof info !== 'object' || info === null) throw new Error('INFO is not an object');
-        const i = info as { tls_required?: unknown; max_payload?: unknown };
+        const i = info as { tls_required?: unknown; max_payload?: unknown; server_id?: unknown };
         if (typeof i.max_payload === 'number' && Number.isSafeInteger(i.max_payload) && i.max_payload > 0) this.maxPayload = Math.min(i.max_payload, PAYLOAD_BYTES_MAX);
+        if (typeof i.server_id === 'string') this.serverId = i.server_id;
         if (hs === null || hs.info) return; // (a later INFO: cluster changes; nothing to do)
         hs.info = true;
         if (i.tls_required === true) return hs.done(null, true);

@@ -9,12 +9,12 @@ import type { Logger } from 'pino';
 import { changeEventJson } from '../core/entry-text.js';
 import { ErrorCode } from '../core/errors.js';
 import { jsonString } from '../core/json-string.js';
-import { REPLY_BYTES_MAX, SNAPSHOT_PAGE_TIMEOUT_MS, TICK_MS } from '../core/limits.js';
+import { NATS_SERVER_ID_PATTERN, REPLY_BYTES_MAX, SNAPSHOT_PAGE_TIMEOUT_MS, TICK_MS } from '../core/limits.js';
 import type { KvState } from '../core/state.js';
 import type { Entry, Reply } from '../core/wire.js';
 import type { CheckpointStore, LogStore, StateFile } from '../storage/ports.js';
 import type { ServerTransport } from '../transport/nats.js';
-import { subjects } from '../transport/subjects.js';
+import { localReadSubject, subjects } from '../transport/subjects.js';
 import { CheckpointPort, Replica, type CheckpointTransfer, type ClientSubject, type ReplicaEnv, type ReplicaEvent, type ReplicaOptions } from './replica.js';
 
 export { VERSION } from './replica.js';
@@ -129,7 +129,17 @@ export class Server {
         delete this.stops[subject];
         if (!on) return;
         const queue = subject === 'admin' ? undefined : `ckv-${subject}`;
-        this.stops[subject] = t.serve(s[subject], queue, (data, respond) => this.replica.request(subject, data, (reply) => respond(encodeReply(reply))));
+        const handler = (data: Uint8Array, respond: (reply: string) => void): void => this.replica.request(subject, data, (reply) => respond(encodeReply(reply)));
+        const stop = t.serve(s[subject], queue, handler);
+        // Reads also on our NATS server's own read subject: clients there try it first (a NATS
+        // cluster would send 2 in 3 of them a route away). Its id as of now: after a reconnect
+        // to another NATS server, clients there find none and use the cluster's subject.
+        const id = subject === 'read' ? t.natsServerId?.() : undefined;
+        const stopLocal = id !== undefined && NATS_SERVER_ID_PATTERN.test(id) ? t.serve(localReadSubject(o.cluster, id), queue, handler) : null;
+        this.stops[subject] = () => {
+          stop();
+          stopLocal?.();
+        };
       },
       log: {
         get last() {

@@ -24,6 +24,8 @@ export interface ServerTransport {
   /** Serve a request subject; queue groups share the load. Returns a stop function. */
   serve(subject: string, queue: string | undefined, handler: RequestHandler): () => void;
   flush(): Promise<void>;
+  /** The id of the NATS server we are connected to (its INFO's server_id), if known. */
+  natsServerId?(): string | undefined;
   close(): Promise<void>;
 }
 
@@ -167,6 +169,10 @@ export class NatsTransport implements ServerTransport {
 
   flush(): Promise<void> {
     return this.nc.flush();
+  }
+
+  natsServerId(): string | undefined {
+    return this.nc.info?.server_id;
   }
 
   async close(): Promise<void> {

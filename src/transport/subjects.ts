@@ -2,6 +2,16 @@
 
 import type { Msg } from '../core/messages.js';
 
+/**
+ * The read subject of the ckv servers on one NATS server (natsServerId: its INFO's server_id).
+ * A NATS cluster (2.9) spreads a queue group's requests over all its nodes, so a client reads
+ * here first, then on the cluster's read subject. "~" is in no cluster name: no cluster's own
+ * subjects can be this; and it still matches `ckv.*.read` in NATS permissions.
+ */
+export function localReadSubject(cluster: string, natsServerId: string): string {
+  return `ckv.${cluster}~${natsServerId}.read`;
+}
+
 export function subjects(cluster: string) {
   const p = `ckv.${cluster}`;
   return {

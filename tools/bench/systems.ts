@@ -10,6 +10,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { newClusterKeyText } from '../../src/transport/peer-auth.js';
+import { localReadSubject } from '../../src/transport/subjects.js';
 import type { Op } from './workload.js';
 
 const REQUEST_TIMEOUT_MS = 10_000;
@@ -173,6 +174,12 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
       try {
         reply = JSON.parse(dec.decode((await nc.request(subject, JSON.stringify(body), { timeout: REQUEST_TIMEOUT_MS })).data));
       } catch (err) {
+        // No ckv server on our NATS server: the cluster's read subject from now on.
+        if ((err as Error).message.includes('no responders') && subject === local) {
+          localThere = false;
+          subject = readSubject();
+          continue;
+        }
         // No coordinator yet (no responders): wait for one.
         if ((err as Error).message.includes('no responders')) {
           await new Promise((r) => setTimeout(r, 20));
@@ -187,11 +194,16 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
   };
   let rid = 0;
   const prefix = `b${process.pid}.${cluster}`;
+  const local = nc.info?.server_id !== undefined ? localReadSubject(cluster, nc.info.server_id) : null;
+  let localThere = local !== null;
+  const readSubject = (): string => (localThere ? local! : `ckv.${cluster}.read`);
   const target: Target = {
     name: `ckv ${nodes}, ${topology === 'single' ? '1 nats-server' : '3-node NATS'}`,
+    // Reads as ckv's client makes them: on the read subject of the servers on its own NATS
+    // server first (src/transport/subjects.ts), the cluster's when none is there.
     run: (op) =>
       op.op === 'get'
-        ? request(`ckv.${cluster}.read`, { op: 'get', key: op.key })
+        ? request(readSubject(), { op: 'get', key: op.key })
         : request(`ckv.${cluster}.write`, { op: 'put', key: op.key, value: op.value, rid: `${prefix}.${++rid}` }),
     pids: () => [...[...servers.values()].map((p) => p.pid!), ...urls.map((u) => procs.natsPids.get(u)!)],
     close: () => nc.close(),
