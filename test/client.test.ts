@@ -635,15 +635,23 @@ t.test('watch', async (t) => {
 t.test('reads go to the ckv servers on our own NATS server first, the cluster\'s read subject when none answer there', async (t) => {
   const enc = new TextEncoder();
   const sent: string[] = [];
-  let localAnswers: 'ok' | 'nobody' | 'busy' = 'ok';
+  let localAnswers: 'ok' | 'nobody' | 'busy' | 'compacted' | 'refused' | 'stopped' = 'ok';
+  const localTimeouts: number[] = [];
   let id: string | undefined = 'NCLOCAL7';
   let lastBody: { timeout?: number } = {};
   const reply = (body: object): Uint8Array => enc.encode(JSON.stringify({ ok: true, ts: 1, index: 1, ...body }));
   const transport: Transport = {
-    request: async (subject, data) => {
+    request: async (subject, data, opts) => {
       sent.push(subject);
       lastBody = JSON.parse(new TextDecoder().decode(data)) as { timeout?: number };
       if (subject.includes('~')) {
+        localTimeouts.push(opts.timeout);
+        if (localAnswers === 'compacted') return enc.encode(JSON.stringify({ ok: false, ts: 1, error: { code: 'COMPACTED', message: 'history up to index 9 is no longer kept here' } }));
+        if (localAnswers === 'refused') throw new CkvError(ErrorCode.AUTH, `Permissions Violation for Publish to "${subject}"`);
+        if (localAnswers === 'stopped') {
+          await new Promise((r) => setTimeout(r, opts.timeout));
+          throw new CkvError(ErrorCode.TIMEOUT, `no reply on ${subject} within ${opts.timeout} ms`);
+        }
         if (localAnswers === 'nobody') throw new CkvError(ErrorCode.UNAVAILABLE, `no server is listening on ${subject}`);
         if (localAnswers === 'busy') return enc.encode(JSON.stringify({ ok: false, ts: 1, error: { code: 'UNAVAILABLE', message: 'installing a checkpoint; retry' } }));
       }
@@ -671,6 +679,25 @@ t.test('reads go to the ckv servers on our own NATS server first, the cluster\'s
   localAnswers = 'busy';
   t.equal((await c2.get('k'))?.value, 'v');
   t.same(sent, ['ckv.loc~NCLOCAL7.read', 'ckv.loc.read']);
+  // What another server may answer better, from the local one: COMPACTED (it installed a
+  // checkpoint lately), AUTH (NATS permissions that allow only the cluster's read subject),
+  // no answer at all (stopped: its attempt is short, and the read is still answered within a
+  // budget smaller than one whole attempt).
+  for (const what of ['compacted', 'refused', 'stopped'] as const) {
+    const cx = new Client(transport, { cluster: 'loc', timeout: 700 });
+    sent.length = 0;
+    localTimeouts.length = 0;
+    localAnswers = what;
+    t.equal((await cx.get('k'))?.value, 'v', what);
+    t.same(sent, ['ckv.loc~NCLOCAL7.read', 'ckv.loc.read'], what);
+    t.ok(localTimeouts[0]! <= 350, `${what}: the local attempt had ${localTimeouts[0]} ms of 700`);
+  }
+  // Strong reads and writes never take the local subject.
+  localAnswers = 'ok';
+  sent.length = 0;
+  const cs = new Client(transport, { cluster: 'loc', timeout: 2000 });
+  await cs.get('k', { consistency: 'strong' });
+  t.same(sent, ['ckv.loc.write']);
   // A deadline in fractions of a ms (the CLI's is its start plus --timeout) and a budget below
   // one attempt's: the server is still given a whole number of ms (it refuses anything else).
   const c3 = new Client(transport, { cluster: 'loc', timeout: 2000, deadline: Date.now() + 600.37 });

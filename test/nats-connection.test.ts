@@ -341,22 +341,27 @@ t.test('across machines: a 3-node NATS cluster, one ckv-server per node; a NATS 
   // Reads go to the ckv server on the client's own NATS node (NATS 2.9 would spread them over
   // all three): with the other two stopped, every read on node 0 within one attempt (700 ms,
   // no retry) is answered. Spread over all three, each would have had 1 chance in 3.
-  const onNode0 = (args: string[], timeoutMs: number) => runNode(CLI_JS, ['--nats', `nats://127.0.0.1:${client[0]}`, '--cluster', 'mach', '--no-session', '--timeout', String(timeoutMs), ...args]);
-  t.equal((await onNode0(['get', 'm.a'], 3000)).stdout, '1');
-  for (const s of [servers[1]!, servers[2]!]) s.proc.kill('SIGSTOP');
-  try {
-    let answered = 0;
-    const errors: string[] = [];
-    for (let i = 0; i < 8; i++) {
-      const r = await onNode0(['get', 'm.a'], 700);
-      if (r.stdout === '1') answered++;
-      else errors.push(r.stderr);
+  const onNode = (i: number, args: string[], timeoutMs: number) => runNode(CLI_JS, ['--nats', `nats://127.0.0.1:${client[i]}`, '--cluster', 'mach', '--no-session', '--timeout', String(timeoutMs), ...args]);
+  const onNode0 = (args: string[], timeoutMs: number) => onNode(0, args, timeoutMs);
+  /** Reads on node i, each one attempt of 700 ms, with every server but i+1 stopped: how many answered. */
+  const localReads = async (i: number): Promise<{ answered: number; errors: string[] }> => {
+    const others = servers.filter((_, k) => k !== i);
+    for (const s of others) s.proc.kill('SIGSTOP');
+    try {
+      const errors: string[] = [];
+      let answered = 0;
+      for (let n = 0; n < 8; n++) {
+        const r = await onNode(i, ['get', 'm.a'], 700);
+        if (r.stdout === '1') answered++;
+        else errors.push(r.stderr);
+      }
+      return { answered, errors };
+    } finally {
+      for (const s of others) s.proc.kill('SIGCONT');
     }
-    t.same(errors, []);
-    t.equal(answered, 8, 'every read answered by the server on the same NATS node');
-  } finally {
-    for (const s of [servers[1]!, servers[2]!]) s.proc.kill('SIGCONT');
-  }
+  };
+  t.equal((await onNode0(['get', 'm.a'], 3000)).stdout, '1');
+  t.same(await localReads(0), { answered: 8, errors: [] }, 'every read answered by the server on the same NATS node');
   // The local server stopped: reads go on, through the cluster's read subject.
   servers[0]!.proc.kill('SIGSTOP');
   try {
@@ -382,6 +387,10 @@ t.test('across machines: a 3-node NATS cluster, one ckv-server per node; a NATS 
     return !!me && !!lead && me.applied >= lead.commit && me.commit > 0;
   });
   t.pass(`server ${victim} reconnected through its NATS node and caught up`);
+  // It reconnected to another NATS server (the library learns them all from the first): it
+  // serves the local reads of that one now, not of the one that went away.
+  const servedFor = [...servers[victim - 1]!.stderr().matchAll(/"natsServerId":"([A-Z0-9]+)"/g)].map((m) => m[1]);
+  t.ok(new Set(servedFor).size >= 2 && servedFor[servedFor.length - 1] !== servedFor[0], `server ${victim} served local reads under another NATS server id after it: ${servedFor.join(', ')}`);
 });
 
 t.test('URL credentials: split off and redacted, a raw "@" in a password too', async (t) => {

@@ -289,6 +289,10 @@ export { CLUSTER_DEFAULT, NATS_URL_DEFAULT };
 const ATTEMPT_MS_MAX = 800;
 /** After a read found no (good) ckv server on our NATS server: how long reads skip looking there. */
 const LOCAL_READ_OFF_MS = 5_000;
+/** A read's attempt on the local subject (at most half its budget). */
+const LOCAL_ATTEMPT_MS_MAX = 250;
+/** What a read on the local subject can get that another server may answer better. */
+const LOCAL_READ_FALLBACK: ReadonlySet<ErrorCode> = new Set([ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.COMPACTED, ErrorCode.AUTH]);
 
 /** The server's hold time is the attempt's minus this share, so its TIMEOUT reply beats ours. */
 const SERVER_TIMEOUT_MARGIN_MS_MAX = 100;
@@ -801,7 +805,9 @@ export class Client {
       subject = local ?? shared;
       // (Whole ms: a deadline given as a fraction must not make the server's timeout one.)
       const remaining = Math.floor(deadline - Date.now());
-      const attemptMs = Math.max(1, Math.min(remaining, ATTEMPT_MS_MAX));
+      // The local attempt is short, and leaves at least half the budget for the others: a
+      // stopped or lagging local server must not cost the read.
+      const attemptMs = Math.max(1, local !== null ? Math.min(Math.floor(remaining / 2), LOCAL_ATTEMPT_MS_MAX) : Math.min(remaining, ATTEMPT_MS_MAX));
       const serverMs = Math.min(REQUEST_TIMEOUT_MS_MAX, Math.max(1, attemptMs - Math.min(SERVER_TIMEOUT_MARGIN_MS_MAX, Math.floor(attemptMs / 10))));
       const token = Math.max(this.ts, after ?? 0);
       const body = { ...req, ...(token > 0 ? { after: token } : {}), timeout: serverMs };
@@ -818,15 +824,18 @@ export class Client {
         // found. (A write's TIMEOUT stays: it may have been applied.)
         if (err.code === ErrorCode.TIMEOUT && attemptMs < ATTEMPT_MS_MAX && prior && !('rid' in req)) err = prior;
       }
-      prior = err;
+      // (The local attempt's error is not kept as `prior`: it says nothing of the other servers.)
       // Nobody there, or no good answer: every server of the cluster, at once (a stopped or
-      // lagging local server must not hold this client's reads).
-      if (local !== null && RETRYABLE.has(err.code) && Date.now() < deadline) {
+      // lagging local server must not hold this client's reads; one that installed a
+      // checkpoint lately keeps less history than others may). NATS permissions that allow
+      // only the cluster's own read subject: never the local one again.
+      if (local !== null && LOCAL_READ_FALLBACK.has(err.code) && Date.now() < deadline) {
         local = null;
-        this.localReadOffUntil = Date.now() + LOCAL_READ_OFF_MS;
+        this.localReadOffUntil = err.code === ErrorCode.AUTH ? Infinity : Date.now() + LOCAL_READ_OFF_MS;
         attempt--;
         continue;
       }
+      prior = err;
       if (!RETRYABLE.has(err.code) || !(await this.backoff(attempt, deadline))) throw err;
     }
   }

@@ -131,14 +131,27 @@ export class Server {
         const queue = subject === 'admin' ? undefined : `ckv-${subject}`;
         const handler = (data: Uint8Array, respond: (reply: string) => void): void => this.replica.request(subject, data, (reply) => respond(encodeReply(reply)));
         const stop = t.serve(s[subject], queue, handler);
+        if (subject !== 'read') {
+          this.stops[subject] = stop;
+          return;
+        }
         // Reads also on our NATS server's own read subject: clients there try it first (a NATS
-        // cluster would send 2 in 3 of them a route away). Its id as of now: after a reconnect
-        // to another NATS server, clients there find none and use the cluster's subject.
-        const id = subject === 'read' ? t.natsServerId?.() : undefined;
-        const stopLocal = id !== undefined && NATS_SERVER_ID_PATTERN.test(id) ? t.serve(localReadSubject(o.cluster, id), queue, handler) : null;
+        // cluster would send 2 in 3 of them a route away). Again after each reconnect: it may
+        // be to another NATS server, and a restarted one has a new id.
+        let local: { id: string; stop: () => void } | null = null;
+        const serveLocal = (): void => {
+          const id = t.natsServerId?.();
+          if (local !== null && local.id === id) return;
+          local?.stop();
+          local = id !== undefined && NATS_SERVER_ID_PATTERN.test(id) ? { id, stop: t.serve(localReadSubject(o.cluster, id), queue, handler) } : null;
+          if (local !== null) this.logger.info({ natsServerId: id }, 'serving reads for clients on this NATS server too');
+        };
+        serveLocal();
+        const unhook = t.onReconnect?.(serveLocal);
         this.stops[subject] = () => {
           stop();
-          stopLocal?.();
+          unhook?.();
+          local?.stop();
         };
       },
       log: {

@@ -26,6 +26,8 @@ export interface ServerTransport {
   flush(): Promise<void>;
   /** The id of the NATS server we are connected to (its INFO's server_id), if known. */
   natsServerId?(): string | undefined;
+  /** Call fn after each reconnect to NATS (possibly another server, or one restarted with a new id); returns a stop. */
+  onReconnect?(fn: () => void): () => void;
   close(): Promise<void>;
 }
 
@@ -173,6 +175,29 @@ export class NatsTransport implements ServerTransport {
 
   natsServerId(): string | undefined {
     return this.nc.info?.server_id;
+  }
+
+  private reconnectHooks = new Set<() => void>();
+  private watchingStatus = false;
+
+  onReconnect(fn: () => void): () => void {
+    this.reconnectHooks.add(fn);
+    if (!this.watchingStatus) {
+      this.watchingStatus = true;
+      void (async () => {
+        for await (const st of this.nc.status()) {
+          if (st.type !== 'reconnect') continue;
+          for (const f of [...this.reconnectHooks]) {
+            try {
+              f();
+            } catch (e) {
+              this.events.handlerFailed(e);
+            }
+          }
+        }
+      })().catch((e) => this.events.handlerFailed(e));
+    }
+    return () => void this.reconnectHooks.delete(fn);
   }
 
   async close(): Promise<void> {

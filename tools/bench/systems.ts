@@ -11,6 +11,10 @@ import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { newClusterKeyText } from '../../src/transport/peer-auth.js';
 import { localReadSubject } from '../../src/transport/subjects.js';
+import { NATS_SERVER_ID_PATTERN } from '../../src/core/limits.js';
+
+/** As the client's (src/client/client.ts). */
+const LOCAL_READ_OFF_MS = 5_000;
 import type { Op } from './workload.js';
 
 const REQUEST_TIMEOUT_MS = 10_000;
@@ -174,9 +178,9 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
       try {
         reply = JSON.parse(dec.decode((await nc.request(subject, JSON.stringify(body), { timeout: REQUEST_TIMEOUT_MS })).data));
       } catch (err) {
-        // No ckv server on our NATS server: the cluster's read subject from now on.
+        // No ckv server on our NATS server: the cluster's read subject for a while (as the client).
         if ((err as Error).message.includes('no responders') && subject === local) {
-          localThere = false;
+          localOffUntil = Date.now() + LOCAL_READ_OFF_MS;
           subject = readSubject();
           continue;
         }
@@ -188,15 +192,21 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
         throw err;
       }
       if (reply.ok || reply.error?.code === 'NOT_FOUND') return;
+      if (reply.error?.code === 'UNAVAILABLE' && subject === local) {
+        localOffUntil = Date.now() + LOCAL_READ_OFF_MS;
+        subject = readSubject();
+        continue;
+      }
       if (reply.error?.code === 'UNAVAILABLE') continue;
       throw new Error(`${subject}: ${reply.error?.code}: ${reply.error?.message}`);
     }
   };
   let rid = 0;
   const prefix = `b${process.pid}.${cluster}`;
-  const local = nc.info?.server_id !== undefined ? localReadSubject(cluster, nc.info.server_id) : null;
-  let localThere = local !== null;
-  const readSubject = (): string => (localThere ? local! : `ckv.${cluster}.read`);
+  const id = nc.info?.server_id;
+  const local = id !== undefined && NATS_SERVER_ID_PATTERN.test(id) ? localReadSubject(cluster, id) : null;
+  let localOffUntil = 0;
+  const readSubject = (): string => (local !== null && Date.now() >= localOffUntil ? local : `ckv.${cluster}.read`);
   const target: Target = {
     name: `ckv ${nodes}, ${topology === 'single' ? '1 nats-server' : '3-node NATS'}`,
     // Reads as ckv's client makes them: on the read subject of the servers on its own NATS
