@@ -17,6 +17,7 @@ import { CkvError, ErrorCode } from '../core/errors.js';
 import {
   BATCH_OPS_MAX,
   CHECKPOINT_DIRTY_RECORDS_TRIGGER,
+  DIRTY_RECORDS_MAX,
   NO_COORDINATOR_WARN_MS,
   CHECKPOINT_LOG_BYTES_TRIGGER,
   LIST_PAGE_BYTES_MAX,
@@ -196,6 +197,8 @@ export interface ReplicaOptions {
   snapshotPageItems?: number;
   /** Entries per replication message (the simulation makes them few). */
   replEntriesMax?: number;
+  /** Records not yet checkpointed past which new writes are refused (default DIRTY_RECORDS_MAX; the simulation makes it small). */
+  dirtyRecordsMax?: number;
 }
 
 /**
@@ -334,6 +337,7 @@ export class Replica {
   private ttlLeading = false;
   private afterCheckpoint: Array<() => void> = [];
   private checkpointBytes: number;
+  private dirtyRecordsMax: number;
   private snapshotPageItems: number;
   private closing = false;
   /** Set once shutdown has drained: peer messages and ticks are no longer taken in. */
@@ -361,6 +365,7 @@ export class Replica {
     this.started = env.now();
     this.noCoordinatorSince = this.started;
     this.checkpointBytes = o.checkpointBytes ?? CHECKPOINT_LOG_BYTES_TRIGGER;
+    this.dirtyRecordsMax = o.dirtyRecordsMax ?? DIRTY_RECORDS_MAX;
     this.snapshotPageItems = o.snapshotPageItems ?? SNAPSHOT_PAGE_ITEMS_MAX;
     this.ckpt = env.checkpoint;
     this.st = new KvState(this.ckpt);
@@ -907,6 +912,14 @@ export class Replica {
         return;
       }
     }
+    // The checkpoint is far behind: no new write until it catches up (a retry with the same
+    // rid is answered once one lands; one already placed above is answered as ever). Not
+    // while a follower reads our checkpoint (it is held still, for a bounded time): that
+    // would stop every write until the transfer ends.
+    if (this.st.dirtyCount >= this.dirtyRecordsMax && !this.checkpointHeld()) {
+      this.checkpoint();
+      return this.fail(respond, ErrorCode.UNAVAILABLE, `${this.st.dirtyCount} records are not checkpointed yet (at most ${this.dirtyRecordsMax}): retry`);
+    }
     const ops: WriteOp[] = req.op === 'batch' ? req.ops : [stripWrite(req)];
     // (The core refuses an entry larger than ENTRY_BYTES_MAX: TOO_LARGE.)
     this.placed(this.node.propose(ops, rid), rid, respond, timeoutMs);
@@ -1243,6 +1256,11 @@ export class Replica {
    * Write what was applied since the last checkpoint into it; never blocks requests. `done`
    * runs once no checkpoint is in flight (the final one, on shutdown).
    */
+  /** A follower is reading our checkpoint page by page (held still until SNAPSHOT_HOLD_TOTAL_MS_MAX at most). */
+  private checkpointHeld(): boolean {
+    return this.env.now() < this.holdCheckpointUntil && !this.closing;
+  }
+
   checkpoint(done?: () => void): void {
     if (this.dead) return;
     if (this.checkpointing) {
@@ -1250,8 +1268,7 @@ export class Replica {
       return;
     }
     // A follower is reading our checkpoint page by page: keep it still (the cron comes back).
-    const held = this.env.now() < this.holdCheckpointUntil && !this.closing;
-    if (this.swapping || this.st.applied === this.node.checkpointIndex || held) {
+    if (this.swapping || this.st.applied === this.node.checkpointIndex || this.checkpointHeld()) {
       done?.();
       return;
     }

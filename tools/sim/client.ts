@@ -83,6 +83,8 @@ export interface SessionStats {
   readsDone: number;
   readsGivenUp: number;
   retries: number;
+  /** Writes refused because the coordinator's checkpoint was too far behind (dirtyMax). */
+  behind: number;
   tokenAhead: number;
   bogus: number;
   bogusRejected: number;
@@ -131,7 +133,7 @@ export class Session {
   private leases: number[] = [];
   /** Writes acknowledged to this session, for resending their rid. */
   private ackedWrites: Array<{ rid: string; ops: ClientWriteOp[] }> = [];
-  readonly stats: SessionStats = { writes: 0, acked: 0, reads: 0, readsDone: 0, readsGivenUp: 0, retries: 0, tokenAhead: 0, bogus: 0, bogusRejected: 0, pages: 0, resent: 0 };
+  readonly stats: SessionStats = { writes: 0, acked: 0, reads: 0, readsDone: 0, readsGivenUp: 0, retries: 0, behind: 0, tokenAhead: 0, bogus: 0, bogusRejected: 0, pages: 0, resent: 0 };
   sessions: Session[] = [];
 
   constructor(id: number, host: ClientHost) {
@@ -376,6 +378,7 @@ export class Session {
     }
     if (!isFinal(op, reply)) {
       if (!reply.ok && reply.error.code === 'TOKEN_AHEAD') this.stats.tokenAhead++;
+      if (!reply.ok && reply.error.code === 'UNAVAILABLE' && reply.error.message.includes('not checkpointed')) this.stats.behind++;
       this.again();
       return;
     }

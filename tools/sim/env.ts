@@ -85,6 +85,7 @@ export class SimNode implements ReplicaEnv {
         newClusterId: Buffer.from(Array.from({ length: 16 }, () => sim.rng.time.int(256))).toString('base64url'),
         retainEntries: sim.p.retain,
         retainBytes: sim.p.retainBytes,
+        dirtyRecordsMax: sim.p.dirtyMax,
         removeDeadAfterMs: sim.p.removeDeadAfterTicks * sim.tickMs,
         snapshotPageItems: sim.p.snapshotPageItems,
         replEntriesMax: sim.p.replEntriesMax,

@@ -63,6 +63,8 @@ export interface SimStats {
   spuriousTokenAhead: number;
   bogus: number;
   bogusRejected: number;
+  /** Writes refused while the coordinator's checkpoint was too far behind. */
+  behind: number;
   messages: number;
   configs: number;
 }
@@ -135,6 +137,7 @@ export class Sim {
     spuriousTokenAhead: 0,
     bogus: 0,
     bogusRejected: 0,
+    behind: 0,
     messages: 0,
     configs: 0,
   };
@@ -352,7 +355,7 @@ export class Sim {
     this.stats.simMs = this.t;
     this.stats.committed = this.inv.model.last;
     this.stats.messages = this.net.messages;
-    this.stats.writes = this.stats.acked = this.stats.reads = this.stats.readsDone = this.stats.pages = this.stats.resent = this.stats.bogus = this.stats.bogusRejected = 0;
+    this.stats.writes = this.stats.acked = this.stats.reads = this.stats.readsDone = this.stats.pages = this.stats.resent = this.stats.bogus = this.stats.bogusRejected = this.stats.behind = 0;
     for (const s of this.sessions) {
       this.stats.writes += s.stats.writes;
       this.stats.acked += s.stats.acked;
@@ -362,6 +365,7 @@ export class Sim {
       this.stats.resent += s.stats.resent;
       this.stats.bogus += s.stats.bogus;
       this.stats.bogusRejected += s.stats.bogusRejected;
+      this.stats.behind += s.stats.behind;
     }
     this.stats.ackedAfterHeal = this.inv.ackedAfterHeal;
   }

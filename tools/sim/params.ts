@@ -54,6 +54,8 @@ export interface Params {
   retain: number;
   /** Bytes of log kept below a checkpoint: small values compact by bytes rather than by count. */
   retainBytes: number;
+  /** Records not yet checkpointed past which the coordinator refuses new writes (off unless set: `--set dirtyMax=8`). */
+  dirtyMax: number;
   ckptEveryMs: [number, number];
   /** Entries per replication message: small values make catch-up take many rounds. */
   replEntriesMax: number;
@@ -131,6 +133,7 @@ export function drawParams(pr: Rng, enabled: readonly FaultKind[] = []): Params 
     wire: pr.chance(0.5),
     dataOps: 0.08,
     retainBytes: 1_000_000_000,
+    dirtyMax: 1_000_000_000,
   };
   if (pr.chance(0.3)) {
     p.membership = true;
