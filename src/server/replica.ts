@@ -915,8 +915,9 @@ export class Replica {
     // The checkpoint is far behind: no new write until it catches up (a retry with the same
     // rid is answered once one lands; one already placed above is answered as ever). Not
     // while a follower reads our checkpoint (it is held still, for a bounded time): that
-    // would stop every write until the transfer ends.
-    if (this.st.dirtyCount >= this.dirtyRecordsMax && !this.checkpointHeld()) {
+    // would stop every write until the transfer ends. (Keepalives and revokes still go: a
+    // lease must not expire, and its locks go, because the checkpoint is slow.)
+    if (this.st.dirtyCount >= this.dirtyRecordsMax && !this.checkpointHeld() && req.op !== 'keepalive' && req.op !== 'revoke') {
       this.checkpoint();
       return this.fail(respond, ErrorCode.UNAVAILABLE, `${this.st.dirtyCount} records are not checkpointed yet (at most ${this.dirtyRecordsMax}): retry`);
     }
