@@ -338,6 +338,8 @@ export class Replica {
   private afterCheckpoint: Array<() => void> = [];
   private checkpointBytes: number;
   private dirtyRecordsMax: number;
+  /** Records of the checkpoint being written (still in the overlay until it lands). */
+  private checkpointRecords = 0;
   private snapshotPageItems: number;
   private closing = false;
   /** Set once shutdown has drained: peer messages and ticks are no longer taken in. */
@@ -366,6 +368,8 @@ export class Replica {
     this.noCoordinatorSince = this.started;
     this.checkpointBytes = o.checkpointBytes ?? CHECKPOINT_LOG_BYTES_TRIGGER;
     this.dirtyRecordsMax = o.dirtyRecordsMax ?? DIRTY_RECORDS_MAX;
+    // (0 would refuse every write for good: the checkpoint that would end it has nothing to write.)
+    assert(Number.isSafeInteger(this.dirtyRecordsMax) && this.dirtyRecordsMax >= 1, `dirtyRecordsMax ${this.dirtyRecordsMax} is not a positive integer`);
     this.snapshotPageItems = o.snapshotPageItems ?? SNAPSHOT_PAGE_ITEMS_MAX;
     this.ckpt = env.checkpoint;
     this.st = new KvState(this.ckpt);
@@ -917,9 +921,13 @@ export class Replica {
     // while a follower reads our checkpoint (it is held still, for a bounded time): that
     // would stop every write until the transfer ends. (Keepalives and revokes still go: a
     // lease must not expire, and its locks go, because the checkpoint is slow.)
-    if (this.st.dirtyCount >= this.dirtyRecordsMax && !this.checkpointHeld() && req.op !== 'keepalive' && req.op !== 'revoke') {
+    // Counted: what changed since the checkpoint being written was taken (writes go on once
+    // one is taken, so memory stays within about twice the bound), and the writes placed but
+    // not applied yet (each at least one record: commits may stall while many are taken).
+    const behind = this.st.dirtyCount - this.checkpointRecords + this.pendingByIndex.size;
+    if (behind >= this.dirtyRecordsMax && !this.checkpointHeld() && req.op !== 'keepalive' && req.op !== 'revoke') {
       this.checkpoint();
-      return this.fail(respond, ErrorCode.UNAVAILABLE, `${this.st.dirtyCount} records are not checkpointed yet (at most ${this.dirtyRecordsMax}): retry`);
+      return this.fail(respond, ErrorCode.UNAVAILABLE, `${behind} records are not checkpointed yet (at most ${this.dirtyRecordsMax} more than the checkpoint being written): retry`);
     }
     const ops: WriteOp[] = req.op === 'batch' ? req.ops : [stripWrite(req)];
     // (The core refuses an entry larger than ENTRY_BYTES_MAX: TOO_LARGE.)
@@ -1275,6 +1283,7 @@ export class Replica {
     }
     const startedAt = this.env.now();
     const delta = this.st.takeDelta();
+    this.checkpointRecords = delta.kv.length + delta.ridsSet.length + delta.ridsDel.length;
     // The events of what the delta holds become its history (all we have: none is at or below the checkpoint's index).
     assert(this.events.length === 0 || this.events[0]!.index > this.ckpt.meta().index, 'events since the checkpoint start above its index');
     delta.events = this.events.filter((ev) => ev.index <= delta.meta.index);
@@ -1285,6 +1294,7 @@ export class Replica {
         this.checkpointing = false;
         this.holdStartedAt = 0;
         this.st.release(delta);
+        this.checkpointRecords = 0;
         let kept = 0;
         while (kept < this.events.length && this.events[kept]!.index <= delta.meta.index) kept++;
         this.events = this.events.slice(kept);
