@@ -444,6 +444,13 @@ export class Replica {
       this.ttl.clear();
       for (const [key, r] of this.st.ttlKeys()) if (r.ttl !== undefined) this.ttl.arm(key, r.rev, r.ttl);
     }
+    // While writes are refused, refreshes are too: no key's time may run out meanwhile (a
+    // `ckv lock` would be lost), so the countdowns stand still, and a checkpoint is started
+    // (no write may come to start one).
+    if (this.refusingWrites()) {
+      this.checkpoint();
+      return;
+    }
     const due = this.ttl.tick();
     for (let i = 0; i < due.length; i += BATCH_OPS_MAX) {
       const chunk = due.slice(i, i + BATCH_OPS_MAX);
@@ -921,13 +928,9 @@ export class Replica {
     // while a follower reads our checkpoint (it is held still, for a bounded time): that
     // would stop every write until the transfer ends. (Keepalives and revokes still go: a
     // lease must not expire, and its locks go, because the checkpoint is slow.)
-    // Counted: what changed since the checkpoint being written was taken (writes go on once
-    // one is taken, so memory stays within about twice the bound), and the writes placed but
-    // not applied yet (each at least one record: commits may stall while many are taken).
-    const behind = this.st.dirtyCount - this.checkpointRecords + this.pendingByIndex.size;
-    if (behind >= this.dirtyRecordsMax && !this.checkpointHeld() && req.op !== 'keepalive' && req.op !== 'revoke') {
+    if (this.refusingWrites() && req.op !== 'keepalive' && req.op !== 'revoke') {
       this.checkpoint();
-      return this.fail(respond, ErrorCode.UNAVAILABLE, `${behind} records are not checkpointed yet (at most ${this.dirtyRecordsMax} more than the checkpoint being written): retry`);
+      return this.fail(respond, ErrorCode.UNAVAILABLE, `${this.writesBehind()} records are not checkpointed yet (at most ${this.dirtyRecordsMax} more than the checkpoint being written): retry`);
     }
     const ops: WriteOp[] = req.op === 'batch' ? req.ops : [stripWrite(req)];
     // (The core refuses an entry larger than ENTRY_BYTES_MAX: TOO_LARGE.)
@@ -1265,6 +1268,21 @@ export class Replica {
    * Write what was applied since the last checkpoint into it; never blocks requests. `done`
    * runs once no checkpoint is in flight (the final one, on shutdown).
    */
+  /**
+   * Records the checkpoint is behind by: what changed since the checkpoint being written was
+   * taken (writes go on once one is taken, so memory stays within about twice the bound), and
+   * the writes placed but not applied yet (each at least one record: commits may stall while
+   * many are taken).
+   */
+  private writesBehind(): number {
+    return this.st.dirtyCount - this.checkpointRecords + this.pendingByIndex.size;
+  }
+
+  /** New writes wait for a checkpoint (see DIRTY_RECORDS_MAX); never while a follower holds ours still. */
+  private refusingWrites(): boolean {
+    return this.writesBehind() >= this.dirtyRecordsMax && !this.checkpointHeld();
+  }
+
   /** A follower is reading our checkpoint page by page (held still until SNAPSHOT_HOLD_TOTAL_MS_MAX at most). */
   private checkpointHeld(): boolean {
     return this.env.now() < this.holdCheckpointUntil && !this.closing;
