@@ -926,8 +926,8 @@ export class Replica {
     // The checkpoint is far behind: no new write until it catches up (a retry with the same
     // rid is answered once one lands; one already placed above is answered as ever). Not
     // while a follower reads our checkpoint (it is held still, for a bounded time): that
-    // would stop every write until the transfer ends. (Keepalives and revokes still go: a
-    // lease must not expire, and its locks go, because the checkpoint is slow.)
+    // would stop every write until the transfer ends. (Lease keepalives and revokes still go:
+    // a lease, and the locks on it, must not expire because the checkpoint is slow.)
     if (this.refusingWrites() && req.op !== 'keepalive' && req.op !== 'revoke') {
       this.checkpoint();
       return this.fail(respond, ErrorCode.UNAVAILABLE, `${this.writesBehind()} records are not checkpointed yet (at most ${this.dirtyRecordsMax} more than the checkpoint being written): retry`);
@@ -1265,10 +1265,6 @@ export class Replica {
   // ---- checkpoints ----
 
   /**
-   * Write what was applied since the last checkpoint into it; never blocks requests. `done`
-   * runs once no checkpoint is in flight (the final one, on shutdown).
-   */
-  /**
    * Records the checkpoint is behind by: what changed since the checkpoint being written was
    * taken (writes go on once one is taken, so memory stays within about twice the bound), and
    * the writes placed but not applied yet (each at least one record: commits may stall while
@@ -1288,6 +1284,10 @@ export class Replica {
     return this.env.now() < this.holdCheckpointUntil && !this.closing;
   }
 
+  /**
+   * Write what was applied since the last checkpoint into it; never blocks requests. `done`
+   * runs once no checkpoint is in flight (the final one, on shutdown).
+   */
   checkpoint(done?: () => void): void {
     if (this.dead) return;
     if (this.checkpointing) {
