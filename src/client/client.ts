@@ -19,7 +19,7 @@ import {
   CLUSTER_DEFAULT,
   CLUSTER_NAME_PATTERN,
   CLUSTER_NAME_RULE,
-  NATS_SERVER_ID_PATTERN,
+  LOCAL_READ_OFF_MS,
   LIST_LIMIT_DEFAULT,
   LEASE_KEY_PREFIX,
   LIST_LIMIT_MAX,
@@ -287,8 +287,6 @@ export { CLUSTER_DEFAULT, NATS_URL_DEFAULT };
 /** Longest single attempt. A request sent to a server that dies gets no reply at all: this
  * bounds how long a client waits on it before retrying elsewhere (failover takes ~0.5 s). */
 const ATTEMPT_MS_MAX = 800;
-/** After a read found no (good) ckv server on our NATS server: how long reads skip looking there. */
-const LOCAL_READ_OFF_MS = 5_000;
 /** A read's attempt on the local subject (at most half its budget). */
 const LOCAL_ATTEMPT_MS_MAX = 250;
 /** What a read on the local subject can get that another server may answer better. */
@@ -455,8 +453,7 @@ export class Client {
    */
   private localReadSubject(): string | null {
     if (Date.now() < this.localReadOffUntil) return null;
-    const id = this.transport.natsServerId?.();
-    return id !== undefined && NATS_SERVER_ID_PATTERN.test(id) ? localReadSubject(this.cluster, id) : null;
+    return localReadSubject(this.cluster, this.transport.natsServerId?.());
   }
 
   /** The causal token: the largest ts this client has seen. Never decreases. */

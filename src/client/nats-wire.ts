@@ -397,8 +397,6 @@ class WireConnection implements Transport {
     const a = line.split(/[ \t]+/);
     const fixed = op === 'MSG' ? 4 : 5;
     if (this.handshake !== null || a.length < fixed || a.length > fixed + 1) throw new Error(`a malformed ${op}`);
-    // Digits only (Number() would take "0x2", "+2", "2.0"); NaN otherwise.
-    const nat = (s: string): number => (/^\d+$/.test(s) ? Number(s) : NaN);
     const total = nat(a[a.length - 1]!);
     const hdr = op === 'MSG' ? 0 : nat(a[a.length - 2]!);
     const sid = nat(a[2]!);
@@ -482,6 +480,11 @@ class WireConnection implements Transport {
       ...(o.token !== undefined ? { auth_token: o.token } : {}),
     });
   }
+}
+
+/** A size or sid: digits only (Number() would take "0x2", "+2", "2.0"); NaN otherwise. */
+function nat(s: string): number {
+  return /^\d+$/.test(s) ? Number(s) : NaN;
 }
 
 /** The status code of a header block ("NATS/1.0 503 ..."), 0 when there is none (three digits, then a space or the line's end). */

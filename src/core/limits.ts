@@ -173,6 +173,8 @@ export const CLUSTER_DEFAULT = 'ckv';
 export const CLUSTER_NAME_PATTERN = /^[-_a-zA-Z0-9]{1,64}$/;
 /** A cluster's identity, made by its first coordinator: 16 random bytes, base64url. */
 export const CLUSTER_ID_PATTERN = /^[-_a-zA-Z0-9]{22}$/;
+/** After a read found no (good) ckv server on the client's NATS server: how long its reads skip looking there, ms. */
+export const LOCAL_READ_OFF_MS = 5_000;
 /** A NATS server_id taken as a subject token (local read subjects; nats-server's are 56 characters of base32). */
 export const NATS_SERVER_ID_PATTERN = /^[A-Za-z0-9]{1,64}$/;
 export const CLUSTER_NAME_RULE = 'cluster name must be 1..64 characters of [-_a-zA-Z0-9]';

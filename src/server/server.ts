@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { changeEventJson } from '../core/entry-text.js';
 import { ErrorCode } from '../core/errors.js';
 import { jsonString } from '../core/json-string.js';
-import { NATS_SERVER_ID_PATTERN, REPLY_BYTES_MAX, SNAPSHOT_PAGE_TIMEOUT_MS, TICK_MS } from '../core/limits.js';
+import { REPLY_BYTES_MAX, SNAPSHOT_PAGE_TIMEOUT_MS, TICK_MS } from '../core/limits.js';
 import type { KvState } from '../core/state.js';
 import type { Entry, Reply } from '../core/wire.js';
 import type { CheckpointStore, LogStore, StateFile } from '../storage/ports.js';
@@ -143,7 +143,8 @@ export class Server {
           const id = t.natsServerId?.();
           if (local !== null && local.id === id) return;
           local?.stop();
-          local = id !== undefined && NATS_SERVER_ID_PATTERN.test(id) ? { id, stop: t.serve(localReadSubject(o.cluster, id), queue, handler) } : null;
+          const subject = localReadSubject(o.cluster, id);
+          local = subject !== null ? { id: id!, stop: t.serve(subject, queue, handler) } : null;
           if (local !== null) this.logger.info({ natsServerId: id }, 'serving reads for clients on this NATS server too');
         };
         serveLocal();

@@ -1,15 +1,17 @@
 // NATS subjects of one cluster (DESIGN §5). Pure string building.
 
+import { NATS_SERVER_ID_PATTERN } from '../core/limits.js';
 import type { Msg } from '../core/messages.js';
 
 /**
  * The read subject of the ckv servers on one NATS server (natsServerId: its INFO's server_id).
  * A NATS cluster (2.9) spreads a queue group's requests over all its nodes, so a client reads
  * here first, then on the cluster's read subject. "~" is in no cluster name: no cluster's own
- * subjects can be this; and it still matches `ckv.*.read` in NATS permissions.
+ * subjects can be this; and it still matches `ckv.*.read` in NATS permissions. null: no id, or
+ * one that is no subject token.
  */
-export function localReadSubject(cluster: string, natsServerId: string): string {
-  return `ckv.${cluster}~${natsServerId}.read`;
+export function localReadSubject(cluster: string, natsServerId: string | undefined): string | null {
+  return natsServerId !== undefined && NATS_SERVER_ID_PATTERN.test(natsServerId) ? `ckv.${cluster}~${natsServerId}.read` : null;
 }
 
 export function subjects(cluster: string) {

@@ -11,10 +11,7 @@ import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { newClusterKeyText } from '../../src/transport/peer-auth.js';
 import { localReadSubject } from '../../src/transport/subjects.js';
-import { NATS_SERVER_ID_PATTERN } from '../../src/core/limits.js';
-
-/** As the client's (src/client/client.ts). */
-const LOCAL_READ_OFF_MS = 5_000;
+import { LOCAL_READ_OFF_MS } from '../../src/core/limits.js';
 import type { Op } from './workload.js';
 
 const REQUEST_TIMEOUT_MS = 10_000;
@@ -203,8 +200,7 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
   };
   let rid = 0;
   const prefix = `b${process.pid}.${cluster}`;
-  const id = nc.info?.server_id;
-  const local = id !== undefined && NATS_SERVER_ID_PATTERN.test(id) ? localReadSubject(cluster, id) : null;
+  const local = localReadSubject(cluster, nc.info?.server_id);
   let localOffUntil = 0;
   const readSubject = (): string => (local !== null && Date.now() >= localOffUntil ? local : `ckv.${cluster}.read`);
   const target: Target = {
