@@ -1434,10 +1434,17 @@ export class Node {
       break;
     }
     const got = fromIdx + m.entries.length - 1;
-    if (got < ph.targetLast && m.entries.length > 0) {
-      ph.start = got + 1;
-      ph.until = this.now + CLAIM_WAIT_TICKS;
-      this.send(ph.target, { t: 'fetch', start: ph.start });
+    if (got < ph.targetLast) {
+      if (m.entries.length > 0) {
+        ph.start = got + 1;
+        ph.until = this.now + CLAIM_WAIT_TICKS;
+        this.send(ph.target, { t: 'fetch', start: ph.start });
+        return;
+      }
+      // The target no longer holds the log it promised with (it restarted from a repaired or
+      // wiped disk): what we hold may lack committed entries, so we must not lead on it.
+      // (Sim seed 1903095: a claimant led on 34 of 38 and replaced committed entry 35.)
+      this.abandonClaim(`server ${ph.target} no longer holds entries ${got + 1}..${ph.targetLast} of the log it promised with`);
       return;
     }
     // Our own entries beyond the best log's end are from older epochs and never committed.
