@@ -926,9 +926,9 @@ export class Replica {
     // The checkpoint is far behind: no new write until it catches up (a retry with the same
     // rid is answered once one lands; one already placed above is answered as ever). Not
     // while a follower reads our checkpoint (it is held still, for a bounded time): that
-    // would stop every write until the transfer ends. (Lease keepalives and revokes still go:
-    // a lease, and the locks on it, must not expire because the checkpoint is slow.)
-    if (this.refusingWrites() && req.op !== 'keepalive' && req.op !== 'revoke') {
+    // would stop every write until the transfer ends. (Lease keepalives and revokes still go,
+    // alone or batched: a lease, and the locks on it, must not expire because the checkpoint is slow.)
+    if (this.refusingWrites() && !leaseUpkeep(req)) {
       this.checkpoint();
       return this.fail(respond, ErrorCode.UNAVAILABLE, `${this.writesBehind()} records are not checkpointed yet (at most ${this.dirtyRecordsMax} more than the checkpoint being written): retry`);
     }
@@ -1495,4 +1495,10 @@ function stripWrite(req: Exclude<WriteRequest, { op: 'batch' }>): WriteOp {
     case 'cas':
       return 'expectRev' in req ? { op: 'cas', key: req.key, expectRev: req.expectRev, value: req.value, ...ttl, ...b64, ...lease } : { op: 'cas', key: req.key, expect: req.expect, value: req.value, ...ttl, ...b64, ...lease };
   }
+}
+
+/** Keeps leases alive or ends them, and nothing else: goes through while writes are refused (see onWrite). */
+function leaseUpkeep(req: WriteRequest): boolean {
+  const upkeep = (op: string): boolean => op === 'keepalive' || op === 'revoke';
+  return upkeep(req.op) || (req.op === 'batch' && req.ops.every((o) => upkeep(o.op)));
 }
