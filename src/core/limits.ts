@@ -86,6 +86,9 @@ export const REPLAY_SCAN_EVENTS_MAX = 20_000;
 export const HISTORY_PRUNE_EVENTS_MAX = 20_000;
 /** Time allowed on shutdown for in-flight work before the final checkpoint. */
 export const SHUTDOWN_DRAIN_MS_MAX = 5_000;
+
+/** Longest a stopped replica waits for a checkpoint transfer to let go of its incoming store (see Replica.releaseTransfer), in ms. */
+export const TRANSFER_RELEASE_MS_MAX = 10_000;
 /** Pages of a checkpoint transfer, in keys (or request ids), and in bytes of keys and values
  * (a single larger value goes alone). */
 export const SNAPSHOT_PAGE_ITEMS_MAX = 2_000;

@@ -373,9 +373,12 @@ async function main(): Promise<void> {
           logger.error({ err: err.damage.message }, 'a damaged record: stopping to repair this data directory, then starting again as a catch-up member');
           stop = null;
           void job.stop();
-          current = server.store();
           server.abort();
-          void teardown().then(() => {
+          // (A transfer's incoming checkpoint is let go of first; a swap under way may change what is current.)
+          void server.releaseTransfer().then(() => {
+            current = server.store();
+            return teardown();
+          }).then(() => {
             repairDataDir(data, 'checkpoint', logger, err.damage.message);
             resolve('repair');
           });

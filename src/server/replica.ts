@@ -34,6 +34,7 @@ import {
   SNAPSHOT_PAGE_TIMEOUT_MS,
   SNAPSHOT_PAGE_TRIES_MAX,
   TICK_MS,
+  TRANSFER_RELEASE_MS_MAX,
 } from '../core/limits.js';
 import type { Msg } from '../core/messages.js';
 import { Node, type DurableState, type Notice, type Proposal, type Ready } from '../core/node.js';
@@ -398,6 +399,11 @@ export class Replica {
       keepOut: meta.keepOut ?? [],
       ...(o.replEntriesMax !== undefined ? { replEntriesMax: o.replEntriesMax } : {}),
     });
+  }
+
+  /** A checkpoint transfer from a peer is under way (for checkers and tools). */
+  get receivingCheckpoint(): boolean {
+    return this.transfer !== null;
   }
 
   /** The state machine (read only: for status, checkers and tools). */
@@ -1209,6 +1215,28 @@ export class Replica {
       }
       this.requestPage(t);
     });
+  }
+
+  /**
+   * Once stopped on a damaged record (the shell repairs the data directory and runs a new
+   * replica in this process): let go of a checkpoint transfer's incoming store, which would
+   * stay open otherwise (an LMDB environment on a directory the next transfer deletes).
+   * `done` once no transfer holds one; a swap under way finishes first (the shell then closes
+   * what is current). Bounded by TRANSFER_RELEASE_MS_MAX.
+   */
+  releaseTransfer(done: () => void): void {
+    const t = this.transfer;
+    if (t !== null && !t.ending && !t.swapStarted) this.endTransfer(t, 'the server stopped');
+    const deadline = this.env.now() + TRANSFER_RELEASE_MS_MAX;
+    const wait = (): void => {
+      if (this.transfer === null) return done();
+      if (this.env.now() >= deadline) {
+        this.env.logger.warn({ from: this.transfer.from }, 'a checkpoint transfer did not end in time: going on without it');
+        return done();
+      }
+      this.env.timer(TICK_MS, wait);
+    };
+    wait();
   }
 
   /** A transfer ends without a swap: failed (reason) or not needed any more (null). */

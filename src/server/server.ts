@@ -237,6 +237,11 @@ export class Server {
     this.started = false;
   }
 
+  /** After abort(): resolves once no checkpoint transfer holds an incoming store (see Replica.releaseTransfer). */
+  releaseTransfer(): Promise<void> {
+    return new Promise<void>((resolve) => this.replica.releaseTransfer(resolve));
+  }
+
   /** Stop taking requests, finish in-flight work, checkpoint, close. */
   async close(): Promise<void> {
     await new Promise<void>((resolve) => this.replica.close(resolve));

@@ -28,6 +28,8 @@ export class SimNode implements ReplicaEnv {
   readonly transfer: CheckpointTransfer;
   readonly logger: ReplicaLogger;
   readonly serving = new Set<ClientSubject>();
+  /** Checkpoint transfers' incoming stores made and not yet swapped in or let go of (none may be left when the server repairs). */
+  readonly incoming = new Set<SimCheckpointPort>();
   /** Peer messages are sealed and opened as the NATS transport does (in wire mode). */
   readonly seal: PeerSeal;
   readonly inbox: PeerInbox;
@@ -59,14 +61,24 @@ export class SimNode implements ReplicaEnv {
     this.checkpoint = this.port(disk.ckpt);
     this.transfer = {
       requestPage: (from, request, done) => sim.net.requestPage(this, from, request, done),
-      begin: (done) => sim.at(this, sim.t, () => done(this.port(new SimCheckpoint()))),
+      begin: (done) =>
+        sim.at(this, sim.t, () => {
+          const incoming = this.port(new SimCheckpoint());
+          this.incoming.add(incoming);
+          done(incoming);
+        }),
       // The swap is one atomic rename, durable at once.
       swap: (_current, incoming, done) =>
         sim.at(this, sim.t + sim.checkpointDelay(), () => {
+          this.incoming.delete(incoming as SimCheckpointPort);
           disk.ckpt = (incoming as SimCheckpointPort).store;
           done(incoming);
         }),
-      abort: (_incoming, done) => sim.at(this, sim.t, done),
+      abort: (incoming, done) =>
+        sim.at(this, sim.t, () => {
+          this.incoming.delete(incoming as SimCheckpointPort);
+          done();
+        }),
     };
     this.seal = new PeerSeal(SIM_CLUSTER_KEY, newIncarnation(sim.t, Buffer.from(sim.rng.time.int(2 ** 32).toString(16).padStart(16, '0'), 'hex')));
     this.inbox = new PeerInbox(this.seal, id);
@@ -150,13 +162,19 @@ export class SimNode implements ReplicaEnv {
   }
   fatal(err: Error): void {
     // A damaged record: the shell repairs the disk and starts the server again (catching up).
+    // The real shell repairs and runs again in the same process: a transfer's incoming store is
+    // let go of first, or it would stay open there.
     if (err instanceof RepairNeeded) {
       this.sim.note(this.id, `REPAIR: ${err.damage.message}`);
-      this.sim.faults.crash(this.id, 'stopping to repair', false);
-      this.disk.repair(true);
-      this.sim.stats.repairs++;
-      this.sim.q.push(this.sim.t + 1, () => {
-        if (this.sim.servers.get(this.id) === null) this.sim.start(this.id);
+      if (this.replica.receivingCheckpoint) this.sim.stats.repairsReceiving++;
+      this.replica.releaseTransfer(() => {
+        if (this.incoming.size > 0) throw new Error(`server ${this.id} stopped to repair with ${this.incoming.size} checkpoint transfer store(s) still open`);
+        this.sim.faults.crash(this.id, 'stopping to repair', false);
+        this.disk.repair(true);
+        this.sim.stats.repairs++;
+        this.sim.q.push(this.sim.t + 1, () => {
+          if (this.sim.servers.get(this.id) === null) this.sim.start(this.id);
+        });
       });
       return;
     }

@@ -129,9 +129,15 @@ export class Faults {
         return this.forge();
       case 'flipCheckpoint': {
         if (!this.mayLoseData()) return;
-        const i = this.target(ids.filter((x) => !sim.retired.has(x)));
+        const live = ids.filter((x) => !sim.retired.has(x));
+        const receiving = sim.p.flipReceiving ? live.filter((x) => sim.servers.get(x)?.replica.receivingCheckpoint === true) : [];
+        const i = this.target(receiving.length > 0 ? receiving : live);
         const key = sim.disks.get(i)!.ckpt.flip(r);
         if (key !== null) sim.note(i, `BIT FLIP in checkpoint record ${key}`);
+        // A read of it then, as a client's without a token is answered at once: the damage is
+        // found while the transfer is under way (else the swap would replace it unread).
+        const n = sim.servers.get(i);
+        if (key !== null && receiving.includes(i) && n) n.replica.request('read', JSON.stringify({ op: 'get', key }), () => undefined);
         return;
       }
     }

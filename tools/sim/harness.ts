@@ -60,6 +60,8 @@ export interface SimStats {
   historyOps: number;
   snapshots: number;
   repairs: number;
+  /** Repairs that found a checkpoint transfer under way (its incoming store let go of first). */
+  repairsReceiving: number;
   spuriousTokenAhead: number;
   bogus: number;
   bogusRejected: number;
@@ -134,6 +136,7 @@ export class Sim {
     historyOps: 0,
     snapshots: 0,
     repairs: 0,
+    repairsReceiving: 0,
     spuriousTokenAhead: 0,
     bogus: 0,
     bogusRejected: 0,

@@ -56,6 +56,8 @@ export interface Params {
   retainBytes: number;
   /** Records not yet checkpointed past which the coordinator refuses new writes (off unless set: `--set dirtyMax=8`). */
   dirtyMax: number;
+  /** A bit flip in a checkpoint goes to a server receiving a checkpoint transfer, when one is (off unless set: `--set flipReceiving=true`). */
+  flipReceiving: boolean;
   ckptEveryMs: [number, number];
   /** Entries per replication message: small values make catch-up take many rounds. */
   replEntriesMax: number;
@@ -134,6 +136,7 @@ export function drawParams(pr: Rng, enabled: readonly FaultKind[] = []): Params 
     dataOps: 0.08,
     retainBytes: 1_000_000_000,
     dirtyMax: 1_000_000_000,
+    flipReceiving: false,
   };
   if (pr.chance(0.3)) {
     p.membership = true;
