@@ -30,7 +30,7 @@ t.test('metrics, health and readiness of a real cluster', async (t) => {
 
   const texts = await Promise.all(ports.map((p) => get(p, '/metrics')));
   for (const r of texts) t.equal(r.status, 200);
-  const names = ['ckv_server_is_coordinator', 'ckv_server_has_coordinator', 'ckv_epoch', 'ckv_log_last_index', 'ckv_commit_index', 'ckv_applied_index', 'ckv_checkpoint_index', 'ckv_follower_lag_entries', 'ckv_log_bytes', 'ckv_checkpoint_bytes', 'ckv_coordinator_changes_total'];
+  const names = ['ckv_server_is_coordinator', 'ckv_server_has_coordinator', 'ckv_epoch', 'ckv_log_last_index', 'ckv_commit_index', 'ckv_applied_index', 'ckv_checkpoint_index', 'ckv_follower_lag_entries', 'ckv_log_bytes', 'ckv_checkpoint_bytes', 'ckv_coordinator_changes_total', 'ckv_checkpoint_behind_holds_total'];
   for (const n of names) t.ok(texts.every((r) => metric(r.body, n) !== undefined), `${n} on every server`);
   for (const n of ['ckv_log_fsync_duration_seconds', 'ckv_checkpoint_duration_seconds', 'ckv_request_duration_seconds', 'ckv_requests_total', 'ckv_peer_messages_dropped_total']) {
     t.ok(texts.every((r) => r.body.includes(`# TYPE ${n} `)), `${n} exported`);

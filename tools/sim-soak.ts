@@ -149,7 +149,7 @@ function main(): void {
   }
   const t0 = performance.now();
   const failed: SimResult[] = [];
-  const total = { events: 0, committed: 0, acked: 0, crashes: 0, snapshots: 0, repairs: 0, repairsReceiving: 0, configs: 0, pages: 0, resent: 0, bogusRejected: 0, spuriousTokenAhead: 0, historyOps: 0 };
+  const total = { events: 0, committed: 0, acked: 0, crashes: 0, snapshots: 0, repairs: 0, repairsReceiving: 0, holds: 0, configs: 0, pages: 0, resent: 0, bogusRejected: 0, spuriousTokenAhead: 0, historyOps: 0 };
   let done = 0;
   for (let seed = a.start; seed < a.start + a.seeds; seed++) {
     const r = runSeed({ ...options(a, seed), traceSize: failed.length < 1 ? a.trace : 0 });

@@ -54,7 +54,7 @@ export const CHECKPOINT_DIRTY_RECORDS_TRIGGER = 2048;
 /**
  * Records changed since the last checkpoint (keys, request ids) past which the coordinator
  * takes no new writes (UNAVAILABLE, which clients retry with the same rid) until a checkpoint
- * lands. Memory follows these records: without a bound it grows as long as checkpoints fall
+ * lands, and a follower no new entries (Node.holdAppends). Memory follows these records: without a bound it grows as long as checkpoints fall
  * behind (a slow disk, a transfer holding the checkpoint still). Large: a guard, not a limit
  * a healthy cluster meets (its checkpoints hold a few thousand).
  */
@@ -86,6 +86,9 @@ export const REPLAY_SCAN_EVENTS_MAX = 20_000;
 export const HISTORY_PRUNE_EVENTS_MAX = 20_000;
 /** Time allowed on shutdown for in-flight work before the final checkpoint. */
 export const SHUTDOWN_DRAIN_MS_MAX = 5_000;
+
+/** Least time between two warnings that a follower's checkpoint is behind (it takes no new entries meanwhile), in ms. */
+export const HOLD_LOG_MS = 10_000;
 
 /** Longest a stopped replica waits for a checkpoint transfer to let go of its incoming store (see Replica.releaseTransfer), in ms. */
 export const TRANSFER_RELEASE_MS_MAX = 10_000;

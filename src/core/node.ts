@@ -231,6 +231,8 @@ export class Node {
   private cannotLeadBelow = 0;
   private cannotLeadUntil = 0;
   private nackAt = -100;
+  /** Set by the replica while its checkpoint is too far behind: see holdAppends. */
+  private holding = false;
   private lastAppendTick = -100;
   /** Strong reads and token checks waiting for a majority to confirm we lead (coordinator). */
   private rounds = new ConfirmRounds();
@@ -1149,6 +1151,17 @@ export class Node {
     this.answerTokens();
   }
 
+  /**
+   * While on, a follower takes no entries beyond those it holds, and asks for none (no nack):
+   * set by the replica while its checkpoint is too far behind (DIRTY_RECORDS_MAX), so that a
+   * follower's memory, too, follows the writes not yet checkpointed. To the coordinator it is a
+   * follower that lags: it acks nothing new, and is sent the rest once it nacks again. Like a
+   * lost message, it can delay commits but never changes what is committed.
+   */
+  holdAppends(on: boolean): void {
+    this.holding = on;
+  }
+
   private onAppend(m: Extract<Msg, { t: 'append' }>): void {
     // Entering catch-up must be durable before our log holds anything again (else a restart
     // would find a partial log and no flag, and vote with it).
@@ -1184,13 +1197,18 @@ export class Node {
     const prevEpoch = prev === m.prevIndex ? m.prevEpoch : m.entries[prev - m.prevIndex - 1]!.epoch;
     const have = this.epochAt(prev);
     if (have === undefined || have !== prevEpoch) {
-      if (this.now - this.nackAt >= RESEND_GAP_TICKS || entries.length === 0) this.sendNack();
+      if (!this.holding && (this.now - this.nackAt >= RESEND_GAP_TICKS || entries.length === 0)) this.sendNack();
       return;
     }
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i]!;
       const mine = this.epochAt(e.index);
       if (mine === e.epoch) continue;
+      // Holding: only what we already hold counts (as if the rest were lost on the way).
+      if (this.holding) {
+        entries = entries.slice(0, i);
+        break;
+      }
       if (mine !== undefined) this.truncateLocal(e.index);
       this.appendLocal(entries.slice(i));
       break;

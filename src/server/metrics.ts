@@ -35,6 +35,7 @@ export class ServerMetrics {
   private fsyncSeconds: Histogram;
   private checkpointSeconds: Histogram;
   private dropped: Counter;
+  private holds: Counter;
   private source: MetricsSource | null = null;
 
   constructor() {
@@ -65,6 +66,7 @@ export class ServerMetrics {
     this.requestSeconds = new Histogram({ name: 'ckv_request_duration_seconds', help: 'from a request\'s arrival to its reply', labelNames: ['op'], buckets: LATENCY_BUCKETS_S, registers: r });
     this.fsyncSeconds = new Histogram({ name: 'ckv_log_fsync_duration_seconds', help: 'one sync of the log', buckets: LATENCY_BUCKETS_S, registers: r });
     this.checkpointSeconds = new Histogram({ name: 'ckv_checkpoint_duration_seconds', help: 'one checkpoint, from taking its records to durable', buckets: LATENCY_BUCKETS_S, registers: r });
+    this.holds = new Counter({ name: 'ckv_checkpoint_behind_holds_total', help: 'times this server, a follower, took no new entries because its checkpoint was DIRTY_RECORDS_MAX records behind', registers: r });
     this.dropped = new Counter({ name: 'ckv_peer_messages_dropped_total', help: 'peer messages dropped, by reason', labelNames: ['reason'], registers: r });
   }
 
@@ -78,6 +80,7 @@ export class ServerMetrics {
       this.requests.inc({ op: e.op, code: e.code });
       this.requestSeconds.observe({ op: e.op }, e.ms / 1000);
     } else if (e.t === 'checkpointed') this.checkpointSeconds.observe(e.ms / 1000);
+    else if (e.t === 'holding') this.holds.inc();
     else if (e.t === 'notice' && e.notice.type === 'coordinator') this.coordinatorChanges.inc();
   }
 

@@ -35,6 +35,7 @@ import {
   SNAPSHOT_PAGE_TRIES_MAX,
   TICK_MS,
   TRANSFER_RELEASE_MS_MAX,
+  HOLD_LOG_MS,
 } from '../core/limits.js';
 import type { Msg } from '../core/messages.js';
 import { Node, type DurableState, type Notice, type Proposal, type Ready } from '../core/node.js';
@@ -144,6 +145,8 @@ export type ReplicaEvent =
   | { t: 'ready'; ready: Ready }
   | { t: 'applied'; entry: Entry; result: Applied }
   | { t: 'checkpointed'; index: number; ms: number; records: number }
+  /** A follower's checkpoint fell behind: it takes no new entries until one is taken. */
+  | { t: 'holding'; records: number }
   /** A client request answered: its op ('invalid' when it did not parse), the reply's code, and how long it took. */
   | { t: 'answered'; op: string; code: string; ms: number }
   | { t: 'installed'; index: number }
@@ -341,6 +344,9 @@ export class Replica {
   private dirtyRecordsMax: number;
   /** Records of the checkpoint being written (still in the overlay until it lands). */
   private checkpointRecords = 0;
+  /** Taking no new entries (a follower whose checkpoint is behind: syncHold), and when we last said so. */
+  private holding = false;
+  private holdLoggedAt = -Infinity;
   private snapshotPageItems: number;
   private closing = false;
   /** Set once shutdown has drained: peer messages and ticks are no longer taken in. */
@@ -401,6 +407,11 @@ export class Replica {
     });
   }
 
+  /** Records the checkpoint is behind by (see writesBehind; for checkers and tools). */
+  get recordsBehind(): number {
+    return this.writesBehind();
+  }
+
   /** A checkpoint transfer from a peer is under way (for checkers and tools). */
   get receivingCheckpoint(): boolean {
     return this.transfer !== null;
@@ -430,6 +441,7 @@ export class Replica {
     // While a received checkpoint is swapped in, the core holds still (no elections meanwhile).
     if (this.swapping || this.peersStopped || this.dead) return;
     this.guard(() => this.node.tick());
+    this.guard(() => this.syncHold());
     this.watchCoordinator();
     this.guard(() => this.expireDue());
     this.schedule();
@@ -581,6 +593,29 @@ export class Replica {
     this.wakeWaiters();
     if (this.env.log.bytesAfter(this.node.checkpointIndex) > this.checkpointBytes || (this.st.dirtyCount >= CHECKPOINT_DIRTY_RECORDS_TRIGGER && !this.checkpointing)) this.checkpoint();
     else if (r.committed.some((e) => e.kind === 'config')) this.checkpointConfig(r.commit);
+    this.syncHold();
+  }
+
+  /**
+   * A follower whose checkpoint is as far behind as a coordinator would refuse writes at takes
+   * no new entries until one is taken (Node.holdAppends), and starts one. Not while a server
+   * reads our checkpoint (held still, for a bounded time): no checkpoint could end the hold,
+   * and commits may need us meanwhile (sim seed 1800042 with dirtyMax=8 stalled 8 s so).
+   */
+  private syncHold(): void {
+    const behind = (): boolean => this.node.role !== 'coordinator' && !this.closing && this.refusingWrites();
+    if (behind()) this.checkpoint();
+    const on = behind();
+    if (on && !this.holding) {
+      this.env.observe?.({ t: 'holding', records: this.writesBehind() });
+      const now = this.env.now();
+      if (now - this.holdLoggedAt >= HOLD_LOG_MS) {
+        this.holdLoggedAt = now;
+        this.env.logger.warn({ records: this.writesBehind(), max: this.dirtyRecordsMax }, 'the checkpoint is behind: taking no new entries until one is taken (a slow disk?)');
+      }
+    }
+    this.holding = on;
+    this.node.holdAppends(on);
   }
 
   /**
@@ -1348,6 +1383,7 @@ export class Replica {
         this.env.log.removeBelow(first);
         this.env.logger.info({ index: delta.meta.index, keys: delta.kv.length, ms: Math.round(this.env.now() - startedAt) }, 'checkpoint written');
         this.env.observe?.({ t: 'checkpointed', index: delta.meta.index, ms: this.env.now() - startedAt, records: delta.kv.length + delta.ridsSet.length + delta.ridsDel.length });
+        this.syncHold();
       });
       const waiting = this.afterCheckpoint;
       this.afterCheckpoint = [];

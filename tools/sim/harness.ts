@@ -62,6 +62,10 @@ export interface SimStats {
   repairs: number;
   /** Repairs that found a checkpoint transfer under way (its incoming store let go of first). */
   repairsReceiving: number;
+  /** Times a follower's checkpoint fell dirtyMax records behind and it took no new entries. */
+  holds: number;
+  /** The most records any follower's checkpoint was behind by, seen after each apply. */
+  followerBehindMax: number;
   spuriousTokenAhead: number;
   bogus: number;
   bogusRejected: number;
@@ -137,6 +141,8 @@ export class Sim {
     snapshots: 0,
     repairs: 0,
     repairsReceiving: 0,
+    holds: 0,
+    followerBehindMax: 0,
     spuriousTokenAhead: 0,
     bogus: 0,
     bogusRejected: 0,

@@ -79,7 +79,12 @@ export class Invariants {
       case 'applied':
         // Before checking what was applied, take in what the node counts committed.
         this.onCommit(n);
+        if (n.replica.node.role !== 'coordinator') this.sim.stats.followerBehindMax = Math.max(this.sim.stats.followerBehindMax, n.replica.recordsBehind);
         return this.onApplied(n, e.entry, e.result);
+      case 'holding':
+        this.sim.stats.holds++;
+        this.sim.trace.add(this.sim.t, n.id, () => `checkpoint ${e.records} records behind: taking no new entries`);
+        return;
       case 'checkpointed':
         this.sim.trace.add(this.sim.t, n.id, () => `checkpoint at ${e.index}, log from ${n.replica.node.firstIndex()}`);
         this.checkState(n, 'after a checkpoint', false);
