@@ -1115,7 +1115,7 @@ export class Node {
         if (m.commitTs > this.knownCommitTs) this.knownCommitTs = m.commitTs;
         this.learnCommit(m.commit, m.commitTs);
         // A gap (lost append): ask for what we lack.
-        if (m.last > this.matched && this.now - this.lastAppendTick > RESEND_GAP_TICKS) this.sendNack();
+        if (!this.holding && m.last > this.matched && this.now - this.lastAppendTick > RESEND_GAP_TICKS) this.sendNack();
       }
     } else if (this.role === 'coordinator' && m.epoch === this.epoch && (m.role === 'follower' || m.role === 'learner') && m.coordinator === this.id) {
       // A lost ack is recovered from the follower's heartbeat. Only a follower of ours: a

@@ -145,6 +145,8 @@ export type ReplicaEvent =
   | { t: 'ready'; ready: Ready }
   | { t: 'applied'; entry: Entry; result: Applied }
   | { t: 'checkpointed'; index: number; ms: number; records: number }
+  /** A tick of the coordinator's in which keys' countdowns stood still (writes refused). */
+  | { t: 'ttlPaused' }
   /** A follower's checkpoint fell behind: it takes no new entries until one is taken. */
   | { t: 'holding'; records: number }
   /** A client request answered: its op ('invalid' when it did not parse), the reply's code, and how long it took. */
@@ -466,6 +468,7 @@ export class Replica {
     // `ckv lock` would be lost), so the countdowns stand still, and a checkpoint is started
     // (no write may come to start one).
     if (this.refusingWrites()) {
+      this.env.observe?.({ t: 'ttlPaused' });
       this.checkpoint();
       return;
     }
@@ -1364,7 +1367,8 @@ export class Replica {
     }
     const startedAt = this.env.now();
     const delta = this.st.takeDelta();
-    this.checkpointRecords = delta.kv.length + delta.ridsSet.length + delta.ridsDel.length;
+    // (The overlay's records leave dirtyCount when the checkpoint lands; its request ids already have.)
+    this.checkpointRecords = delta.kv.length;
     // The events of what the delta holds become its history (all we have: none is at or below the checkpoint's index).
     assert(this.events.length === 0 || this.events[0]!.index > this.ckpt.meta().index, 'events since the checkpoint start above its index');
     delta.events = this.events.filter((ev) => ev.index <= delta.meta.index);

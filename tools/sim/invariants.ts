@@ -62,6 +62,8 @@ export class Invariants {
   readonly operatorAdds = new Set<number>();
   /** When each committed index was first seen committed (sim time). */
   private committedAt: number[] = [];
+  /** When a coordinator's tick left the countdowns standing (writes refused): the expiry check allows for them. */
+  private ttlPausedAt: number[] = [];
   /** When the first entry committed after healing was seen (liveness). */
   firstCommitAfterHeal: number | null = null;
   private lastAtHeal = -1;
@@ -81,6 +83,9 @@ export class Invariants {
         this.onCommit(n);
         if (n.replica.node.role !== 'coordinator') this.sim.stats.followerBehindMax = Math.max(this.sim.stats.followerBehindMax, n.replica.recordsBehind);
         return this.onApplied(n, e.entry, e.result);
+      case 'ttlPaused':
+        this.ttlPausedAt.push(this.sim.t);
+        return;
       case 'holding':
         this.sim.stats.holds++;
         this.sim.trace.add(this.sim.t, n.id, () => `checkpoint ${e.records} records behind: taking no new entries`);
@@ -553,7 +558,9 @@ export class Invariants {
     for (const [key, rec] of this.model.cur) {
       if (rec.ttl === undefined) continue;
       const from = Math.max(this.committedAt[rec.rev]!, sim.healAt);
-      const late = sim.t - from - rec.ttl * (1 + sim.p.drift);
+      // (Countdowns stand still while a coordinator refuses writes: its ticks since do not count.)
+      const paused = this.ttlPausedAt.filter((at) => at >= from).length * sim.tickMs;
+      const late = sim.t - from - rec.ttl * (1 + sim.p.drift) - paused;
       if (late > EXPIRY_LATE_MS_MAX) fail(`liveness: ${key} (written at ${rec.rev} with ttl ${rec.ttl} ms) has not expired ${Math.round(sim.t - from)} ms after ${from === sim.healAt ? 'healing' : 'its write committed'}; servers: ${sim.describeServers()}`);
     }
   }
