@@ -20,7 +20,6 @@ import {
   CLUSTER_NAME_PATTERN,
   CLUSTER_NAME_RULE,
   LOCAL_READ_OFF_MS,
-  LOCAL_READS_IN_FLIGHT_MAX,
   LIST_LIMIT_DEFAULT,
   LEASE_KEY_PREFIX,
   LIST_LIMIT_MAX,
@@ -369,8 +368,6 @@ export class Client {
   private cid: string;
   /** Until when reads skip the local read subject (ms since the epoch). */
   private localReadOffUntil = 0;
-  /** Reads in flight on the local read subject (at most LOCAL_READS_IN_FLIGHT_MAX). */
-  private localInFlight = 0;
   readonly timeout: number;
   /** See ClientOptions.deadline (Infinity: none). */
   readonly deadline: number;
@@ -455,7 +452,7 @@ export class Client {
    * away), or null (none known, or none there lately, or none answering).
    */
   private localReadSubject(): string | null {
-    if (Date.now() < this.localReadOffUntil || this.localInFlight >= LOCAL_READS_IN_FLIGHT_MAX) return null;
+    if (Date.now() < this.localReadOffUntil) return null;
     return localReadSubject(this.cluster, this.transport.natsServerId?.());
   }
 
@@ -812,8 +809,6 @@ export class Client {
       const token = Math.max(this.ts, after ?? 0);
       const body = { ...req, ...(token > 0 ? { after: token } : {}), timeout: serverMs };
       let err: CkvError;
-      const onLocal = local !== null;
-      if (onLocal) this.localInFlight++;
       try {
         const reply = decodeReply(await this.transport.request(subject, encoder.encode(JSON.stringify(body)), { timeout: attemptMs }), subject);
         this.observe(reply.ts);
@@ -825,8 +820,6 @@ export class Client {
         // A read's last attempt cut short by the budget says little: report what the full ones
         // found. (A write's TIMEOUT stays: it may have been applied.)
         if (err.code === ErrorCode.TIMEOUT && attemptMs < ATTEMPT_MS_MAX && prior && !('rid' in req)) err = prior;
-      } finally {
-        if (onLocal) this.localInFlight--;
       }
       // (The local attempt's error is not kept as `prior`: it says nothing of the other servers.)
       // Nobody there, or no good answer: every server of the cluster, at once (a stopped or

@@ -181,13 +181,6 @@ export const CLUSTER_NAME_PATTERN = /^[-_a-zA-Z0-9]{1,64}$/;
 export const CLUSTER_ID_PATTERN = /^[-_a-zA-Z0-9]{22}$/;
 /** After a read found no (good) ckv server on the client's NATS server: how long its reads skip looking there, ms. */
 export const LOCAL_READ_OFF_MS = 5_000;
-/**
- * Reads one client has in flight on its NATS server's own read subject at most; the rest go to
- * the cluster's, which every server shares. Local reads save a route hop, but all of one busy
- * client's would fall on one server (bench, get with 64 in flight on a 3-node NATS cluster:
- * 0.61x raw NATS against 0.95x on one nats-server, where all three servers share them).
- */
-export const LOCAL_READS_IN_FLIGHT_MAX = 8;
 /** A NATS server_id taken as a subject token (local read subjects; nats-server's are 56 characters of base32). */
 export const NATS_SERVER_ID_PATTERN = /^[A-Za-z0-9]{1,64}$/;
 export const CLUSTER_NAME_RULE = 'cluster name must be 1..64 characters of [-_a-zA-Z0-9]';

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { newClusterKeyText } from '../../src/transport/peer-auth.js';
 import { localReadSubject } from '../../src/transport/subjects.js';
-import { LOCAL_READ_OFF_MS, LOCAL_READS_IN_FLIGHT_MAX } from '../../src/core/limits.js';
+import { LOCAL_READ_OFF_MS } from '../../src/core/limits.js';
 import type { Op } from './workload.js';
 
 const REQUEST_TIMEOUT_MS = 10_000;
@@ -172,8 +172,6 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
     for (;;) {
       if (Date.now() > deadline) throw new Error(`${subject}: no answer within ${REQUEST_TIMEOUT_MS} ms`);
       let reply: { ok: boolean; error?: { code: string; message: string } };
-      const onLocal = subject === local;
-      if (onLocal) localInFlight++;
       try {
         reply = JSON.parse(dec.decode((await nc.request(subject, JSON.stringify(body), { timeout: REQUEST_TIMEOUT_MS })).data));
       } catch (err) {
@@ -189,8 +187,6 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
           continue;
         }
         throw err;
-      } finally {
-        if (onLocal) localInFlight--;
       }
       if (reply.ok || reply.error?.code === 'NOT_FOUND') return;
       if (reply.error?.code === 'UNAVAILABLE' && subject === local) {
@@ -206,8 +202,7 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
   const prefix = `b${process.pid}.${cluster}`;
   const local = localReadSubject(cluster, nc.info?.server_id);
   let localOffUntil = 0;
-  let localInFlight = 0;
-  const readSubject = (): string => (local !== null && Date.now() >= localOffUntil && localInFlight < LOCAL_READS_IN_FLIGHT_MAX ? local : `ckv.${cluster}.read`);
+  const readSubject = (): string => (local !== null && Date.now() >= localOffUntil ? local : `ckv.${cluster}.read`);
   const target: Target = {
     name: `ckv ${nodes}, ${topology === 'single' ? '1 nats-server' : '3-node NATS'}`,
     // Reads as ckv's client makes them: on the read subject of the servers on its own NATS
