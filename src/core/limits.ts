@@ -54,9 +54,10 @@ export const CHECKPOINT_DIRTY_RECORDS_TRIGGER = 2048;
 /**
  * Records changed since the last checkpoint (keys, request ids) past which the coordinator
  * takes no new writes (UNAVAILABLE, which clients retry with the same rid) until a checkpoint
- * lands, and a follower no new entries (Node.holdAppends). Memory follows these records: without a bound it grows as long as checkpoints fall
- * behind (a slow disk, a transfer holding the checkpoint still). Large: a guard, not a limit
- * a healthy cluster meets (its checkpoints hold a few thousand).
+ * lands, and a follower no new entries (Node.holdAppends). Memory follows these records:
+ * without a bound it grows as long as checkpoints fall behind (a slow disk, a transfer holding
+ * the checkpoint still). Large: a guard, not a limit a healthy cluster meets (its checkpoints
+ * hold a few thousand).
  */
 export const DIRTY_RECORDS_MAX = 1_048_576;
 /** Entries kept in the log below the checkpoint for lagging followers. */
