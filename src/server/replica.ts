@@ -1260,7 +1260,8 @@ export class Replica {
    * replica in this process): let go of a checkpoint transfer's incoming store, which would
    * stay open otherwise (an LMDB environment on a directory the next transfer deletes).
    * `done` once no transfer holds one; a swap under way finishes first (the shell then closes
-   * what is current). Bounded by TRANSFER_RELEASE_MS_MAX.
+   * what is current). Bounded by TRANSFER_RELEASE_MS_MAX, except a swap: going on while its
+   * renames run would race the repair of the same directory.
    */
   releaseTransfer(done: () => void): void {
     const t = this.transfer;
@@ -1268,7 +1269,7 @@ export class Replica {
     const deadline = this.env.now() + TRANSFER_RELEASE_MS_MAX;
     const wait = (): void => {
       if (this.transfer === null) return done();
-      if (this.env.now() >= deadline) {
+      if (this.env.now() >= deadline && !this.transfer.swapStarted) {
         this.env.logger.warn({ from: this.transfer.from }, 'a checkpoint transfer did not end in time: going on without it');
         return done();
       }
