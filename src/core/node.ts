@@ -1162,6 +1162,11 @@ export class Node {
     this.holding = on;
   }
 
+  /** Whether holdAppends is on. */
+  get holdingAppends(): boolean {
+    return this.holding;
+  }
+
   private onAppend(m: Extract<Msg, { t: 'append' }>): void {
     // Entering catch-up must be durable before our log holds anything again (else a restart
     // would find a partial log and no flag, and vote with it).

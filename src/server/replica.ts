@@ -346,8 +346,7 @@ export class Replica {
   private dirtyRecordsMax: number;
   /** Records of the checkpoint being written (still in the overlay until it lands). */
   private checkpointRecords = 0;
-  /** Taking no new entries (a follower whose checkpoint is behind: syncHold), and when we last said so. */
-  private holding = false;
+  /** When we last said that we take no new entries (syncHold). */
   private holdLoggedAt = -Infinity;
   private snapshotPageItems: number;
   private closing = false;
@@ -609,7 +608,7 @@ export class Replica {
     const behind = (): boolean => this.node.role !== 'coordinator' && !this.closing && this.refusingWrites();
     if (behind()) this.checkpoint();
     const on = behind();
-    if (on && !this.holding) {
+    if (on && !this.node.holdingAppends) {
       this.env.observe?.({ t: 'holding', records: this.writesBehind() });
       const now = this.env.now();
       if (now - this.holdLoggedAt >= HOLD_LOG_MS) {
@@ -617,7 +616,6 @@ export class Replica {
         this.env.logger.warn({ records: this.writesBehind(), max: this.dirtyRecordsMax }, 'the checkpoint is behind: taking no new entries until one is taken (a slow disk?)');
       }
     }
-    this.holding = on;
     this.node.holdAppends(on);
   }
 

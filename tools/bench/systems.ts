@@ -177,8 +177,7 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
       } catch (err) {
         // No ckv server on our NATS server: the cluster's read subject for a while (as the client).
         if ((err as Error).message.includes('no responders') && subject === local) {
-          localOffUntil = Date.now() + LOCAL_READ_OFF_MS;
-          subject = readSubject();
+          subject = localOff();
           continue;
         }
         // No coordinator yet (no responders): wait for one.
@@ -190,8 +189,7 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
       }
       if (reply.ok || reply.error?.code === 'NOT_FOUND') return;
       if (reply.error?.code === 'UNAVAILABLE' && subject === local) {
-        localOffUntil = Date.now() + LOCAL_READ_OFF_MS;
-        subject = readSubject();
+        subject = localOff();
         continue;
       }
       if (reply.error?.code === 'UNAVAILABLE') continue;
@@ -203,6 +201,11 @@ export async function startCkv(procs: Procs, serverJs: string, nodes: number, to
   const local = localReadSubject(cluster, nc.info?.server_id);
   let localOffUntil = 0;
   const readSubject = (): string => (local !== null && Date.now() >= localOffUntil ? local : `ckv.${cluster}.read`);
+  /** The local subject failed: the cluster's for a while, as the client does. */
+  const localOff = (): string => {
+    localOffUntil = Date.now() + LOCAL_READ_OFF_MS;
+    return readSubject();
+  };
   const target: Target = {
     name: `ckv ${nodes}, ${topology === 'single' ? '1 nats-server' : '3-node NATS'}`,
     // Reads as ckv's client makes them: on the read subject of the servers on its own NATS

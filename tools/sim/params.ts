@@ -54,7 +54,7 @@ export interface Params {
   retain: number;
   /** Bytes of log kept below a checkpoint: small values compact by bytes rather than by count. */
   retainBytes: number;
-  /** Records not yet checkpointed past which the coordinator refuses new writes (off unless set: `--set dirtyMax=8`). */
+  /** Records not yet checkpointed past which the coordinator refuses new writes and a follower takes no new entries (off unless set: `--set dirtyMax=8`). */
   dirtyMax: number;
   /** A bit flip in a checkpoint goes to a server receiving a checkpoint transfer, when one is (off unless set: `--set flipReceiving=true`). */
   flipReceiving: boolean;
